@@ -1,0 +1,187 @@
+"""A library of playbooks (a folder) and validation of many files at once.
+
+Cross-file rules live here: playbook ids are unique in a library, ``run_playbook`` names a playbook
+of the library, and a scenario's ``playbook`` resolves to a valid playbook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Union
+
+from .model import Playbook, RunPlaybookStep
+from .problems import Problem
+from .scenario import ScenarioResult, validate_scenario_file
+from .schema_check import suggest
+from .validator import PlaybookResult, validate_playbook_file
+
+SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+FileResult = Union[PlaybookResult, ScenarioResult]
+
+
+def is_scenario(path: Path) -> bool:
+    return path.name.endswith(SCENARIO_SUFFIXES)
+
+
+def discover(paths: Iterable[Path | str]) -> list[Path]:
+    """Files named, and YAML files under folders named (sorted), without duplicates."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(YAML_SUFFIXES)))
+        else:
+            found.append(path)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+@dataclass
+class Library:
+    """The valid playbooks of one folder (not its scenarios), by id."""
+
+    root: Path
+    playbooks: dict[str, Playbook] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    results: list[PlaybookResult] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: Path | str) -> "Library":
+        root = Path(root)
+        lib = cls(root)
+        for path in discover([root]):
+            if is_scenario(path):
+                continue
+            result = validate_playbook_file(path)
+            lib.results.append(result)
+            if result.playbook is not None and result.playbook.id not in lib.playbooks:
+                lib.playbooks[result.playbook.id] = result.playbook
+                lib.files[result.playbook.id] = path
+        return lib
+
+
+def find_library_root(scenario: Path) -> Path:
+    """The nearest folder above a scenario that holds playbooks (playbooks/tests/x.scenario.yaml -> playbooks/)."""
+    for folder in [scenario.parent, *scenario.parent.parents]:
+        if any(not is_scenario(p) for p in folder.glob("*.y*ml")):
+            return folder
+    return scenario.parent
+
+
+class Resolver:
+    """Resolves a scenario's `playbook:` by id in its library, or by path relative to the scenario."""
+
+    def __init__(self, extra: dict[str, Playbook] | None = None) -> None:
+        self._libraries: dict[Path, Library] = {}
+        self.extra = extra or {}
+
+    def library_for(self, scenario: Path) -> Library:
+        root = find_library_root(scenario).resolve()
+        if root not in self._libraries:
+            self._libraries[root] = Library.load(root)
+        return self._libraries[root]
+
+    def __call__(self, reference: str, scenario: Path) -> Playbook | str:
+        if reference.endswith(YAML_SUFFIXES) or "/" in reference:
+            target = (scenario.parent / reference).resolve()
+            if not target.exists():
+                return f"playbook file '{reference}' does not exist (relative to {scenario.parent})"
+            result = validate_playbook_file(target)
+            if result.playbook is None:
+                return f"playbook '{reference}' has {len(result.problems)} problem(s); run playbook validate on it"
+            return result.playbook
+        if reference in self.extra:
+            return self.extra[reference]
+        library = self.library_for(scenario)
+        if reference in library.playbooks:
+            return library.playbooks[reference]
+        broken = [r for r in library.results if r.doc and isinstance(r.doc.data, dict) and r.doc.data.get("id") == reference]
+        if broken:
+            return f"playbook '{reference}' ({broken[0].file}) has problems; fix them first"
+        close = suggest(reference, library.playbooks)
+        hint = f"; did you mean '{close}'?" if close else ""
+        return f"no playbook '{reference}' in {library.root}{hint}"
+
+
+def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
+    """Validates every playbook and scenario named (folders: every YAML file under them)."""
+    files = discover(paths)
+    results: list[FileResult] = []
+    playbook_results: list[PlaybookResult] = []
+    for path in files:
+        if is_scenario(path):
+            continue
+        result = validate_playbook_file(path)
+        playbook_results.append(result)
+    valid = {r.playbook.id: r.playbook for r in playbook_results if r.playbook is not None}
+    _check_library(playbook_results)
+    resolver = Resolver(extra=valid)
+    by_file = {r.file: r for r in playbook_results}
+    for path in files:
+        if is_scenario(path):
+            results.append(validate_scenario_file(path, resolver))
+        else:
+            results.append(by_file[str(path)])
+    return results
+
+
+def _check_library(results: list[PlaybookResult]) -> None:
+    """Duplicate ids and run_playbook targets across the files validated together (and their folders)."""
+    first_by_id: dict[str, PlaybookResult] = {}
+    for result in results:
+        if result.doc is None or not isinstance(result.doc.data, dict):
+            continue
+        pid = result.doc.data.get("id")
+        if not isinstance(pid, str):
+            continue
+        if pid in first_by_id:
+            pos = result.doc.pos(("id",))
+            result.problems.append(
+                Problem(
+                    result.file,
+                    pos.value_line,
+                    pos.value_col,
+                    f"playbook id '{pid}' is also used by {first_by_id[pid].file}; ids are unique in a library",
+                    "library",
+                    pos.value_len,
+                )
+            )
+            result.playbook = None
+        else:
+            first_by_id[pid] = result
+    folder_ids: dict[Path, set[str]] = {}  # loaded only when a target is not among the files given
+    for result in results:
+        if result.playbook is None or result.doc is None:
+            continue
+        folder = Path(result.file).parent.resolve()
+        for step in result.playbook.walk():
+            if not isinstance(step, RunPlaybookStep) or step.playbook_id in first_by_id:
+                continue
+            if folder not in folder_ids:
+                folder_ids[folder] = set(Library.load(folder).playbooks)
+            known = folder_ids[folder] | set(first_by_id)
+            if step.playbook_id not in known:
+                path = tuple(int(p) if p.isdigit() else p for p in step.path.split(".")) + ("run_playbook", "id")
+                pos = result.doc.pos(path)
+                close = suggest(step.playbook_id, known)
+                hint = f"; did you mean '{close}'?" if close else ""
+                result.problems.append(
+                    Problem(
+                        result.file,
+                        pos.value_line,
+                        pos.value_col,
+                        f"run_playbook: no playbook '{step.playbook_id}' in the library{hint}",
+                        "library",
+                        pos.value_len,
+                    )
+                )
+                result.playbook = None

@@ -1,0 +1,201 @@
+"""Safe YAML loading that remembers where every key and value stands.
+
+PyYAML's safe constructor forgets positions, silently keeps the last of two duplicate keys and
+expands aliases without limit; this walks the composed node graph itself to do better on all three.
+The result is plain JSON-like data (dict, list, str, int, float, bool, None) and a table from each
+path (a tuple of keys and indexes) to its position. Timestamps stay strings: a playbook is data for
+a workflow, and datetimes are not JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+try:  # libyaml is ~10x faster; PyYAML's wheels ship it, but a source build may not.
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+MAX_BYTES = 1_000_000
+MAX_NODES = 100_000
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    """1-based line and column of a key and of its value (the same for list items and the root)."""
+
+    key_line: int
+    key_col: int
+    value_line: int
+    value_col: int
+    block: bool = False  # the value is a block scalar (| or >): its text starts on the next line
+    key_len: int = 1
+    value_len: int = 1
+
+
+class SourceError(Exception):
+    """The text is not a loadable YAML document. Carries a 1-based position."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1, rule: str = "syntax") -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.rule = rule
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    data: Any
+    positions: dict[Path, Pos]
+    text: str
+    problems: tuple[SourceError, ...] = ()  # non-fatal: duplicate keys (the first one is kept)
+
+    def pos(self, path: Path) -> Pos:
+        """The position of path, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path not in self.positions and path:
+            path = path[:-1]
+        return self.positions.get(path, Pos(1, 1, 1, 1))
+
+
+_SCALAR_CONSTRUCTOR = yaml.SafeLoader("")  # only its construct_* methods are used
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_KNOWN_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    _TIMESTAMP_TAG,
+}
+
+
+def _hint_for(problem: str) -> str:
+    if "'\\t'" in problem or "tab" in problem:
+        return "; YAML does not allow tabs for indentation: use spaces"
+    return ""
+
+
+def load(text: str) -> Document:
+    """Parses one YAML document. Raises SourceError with a position on any problem."""
+    if len(text) > MAX_BYTES:
+        raise SourceError(
+            f"file is {len(text) / 1_000_000:.1f} MB; a playbook or scenario may be at most {MAX_BYTES // 1_000_000} MB",
+            rule="syntax",
+        )
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = err.problem or err.context or "invalid YAML"
+        if err.context and err.problem:
+            problem = f"{err.problem} ({err.context})"
+        line = mark.line + 1 if mark else 1
+        col = mark.column + 1 if mark else 1
+        raise SourceError(f"YAML syntax error: {problem}{_hint_for(problem)}", line, col) from None
+    except yaml.YAMLError as err:
+        raise SourceError(f"YAML error: {err}") from None
+    if node is None:
+        raise SourceError("file is empty", rule="schema")
+    positions: dict[Path, Pos] = {}
+    counter = [0]
+    duplicates: list[SourceError] = []
+    root_mark = node.start_mark
+    positions[()] = Pos(root_mark.line + 1, root_mark.column + 1, root_mark.line + 1, root_mark.column + 1)
+    data = _convert(node, (), positions, counter, frozenset(), duplicates)
+    return Document(data, positions, text, tuple(duplicates))
+
+
+def _scalar_len(node: yaml.Node) -> int:
+    if node.start_mark.line == node.end_mark.line:
+        return max(1, node.end_mark.column - node.start_mark.column)
+    return max(1, len(str(getattr(node, "value", ""))) if "\n" not in str(node.value) else 1)
+
+
+def _convert(
+    node: yaml.Node,
+    path: Path,
+    positions: dict[Path, Pos],
+    counter: list[int],
+    active: frozenset[int],
+    duplicates: list[SourceError],
+) -> Any:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise SourceError(
+            f"document has more than {MAX_NODES:,} values (YAML aliases expanding?)",
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+        )
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag not in _KNOWN_SCALAR_TAGS:
+            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+        if node.tag == _TIMESTAMP_TAG:
+            return node.value
+        try:
+            return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
+        except yaml.YAMLError as err:  # e.g. an int too large for a float
+            raise SourceError(f"invalid value: {err}", node.start_mark.line + 1, node.start_mark.column + 1) from None
+    if id(node) in active:
+        raise SourceError("recursive YAML alias", node.start_mark.line + 1, node.start_mark.column + 1)
+    active = active | {id(node)}
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != "tag:yaml.org,2002:seq":
+            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+        items = []
+        for index, child in enumerate(node.value):
+            child_path = path + (index,)
+            m = child.start_mark
+            positions[child_path] = Pos(
+                m.line + 1, m.column + 1, m.line + 1, m.column + 1, key_len=1, value_len=_len_of(child)
+            )
+            items.append(_convert(child, child_path, positions, counter, active, duplicates))
+        return items
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != "tag:yaml.org,2002:map":
+            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+        try:
+            _SCALAR_CONSTRUCTOR.flatten_mapping(node)  # resolves `<<` merge keys
+        except yaml.YAMLError as err:
+            raise SourceError(f"invalid merge key: {err}", node.start_mark.line + 1, node.start_mark.column + 1) from None
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            km = key_node.start_mark
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SourceError("a key must be a plain value, not a list or mapping", km.line + 1, km.column + 1)
+            key = _convert(key_node, path, {}, counter, active, duplicates)
+            if not isinstance(key, str):
+                # `yes:`, `1:` or `null:` as keys: keep the text the author wrote.
+                key = key_node.value
+            if key in result:
+                first = positions[path + (key,)]
+                duplicates.append(
+                    SourceError(f"duplicate key '{key}' (first defined at line {first.key_line})", km.line + 1, km.column + 1)
+                )
+                continue
+            vm = value_node.start_mark
+            child_path = path + (key,)
+            positions[child_path] = Pos(
+                km.line + 1,
+                km.column + 1,
+                vm.line + 1,
+                vm.column + 1,
+                block=isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">"),
+                key_len=max(1, len(key)),
+                value_len=_len_of(value_node),
+            )
+            result[key] = _convert(value_node, child_path, positions, counter, active, duplicates)
+        return result
+    raise SourceError("unsupported YAML node", node.start_mark.line + 1, node.start_mark.column + 1)  # pragma: no cover
+
+
+def _len_of(node: yaml.Node) -> int:
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar_len(node)
+    return 1
