@@ -19,7 +19,7 @@ from datetime import date, datetime
 from typing import Any
 
 from jinja2 import StrictUndefined, nodes
-from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.lexer import TOKEN_EOF
 from jinja2.parser import Parser
 from jinja2.sandbox import (
@@ -41,7 +41,7 @@ _UNSAFE_NAMES = (
     | UNSAFE_GENERATOR_ATTRIBUTES
     | UNSAFE_COROUTINE_ATTRIBUTES
     | UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
-    | {"format", "format_map", "mro"}
+    | {"mro"}
 )
 
 
@@ -171,7 +171,15 @@ def render(source: str, context: dict[str, Any]) -> str:
     except ExpressionError:
         raise
     except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as err:
-        raise ExpressionError(f"{type(err).__name__}: {err}") from None
+        raise ExpressionError(_describe(err)) from None
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, UndefinedError):
+        return f"undefined value: {err}"
+    if isinstance(err, SecurityError):
+        return f"refused by the sandbox: {err}"
+    return f"{type(err).__name__}: {err}"
 
 
 def evaluate(source: str | bool, context: dict[str, Any]) -> Any:
@@ -181,7 +189,7 @@ def evaluate(source: str | bool, context: dict[str, Any]) -> Any:
     try:
         return _compiled_expression(source)(**context)
     except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as err:
-        raise ExpressionError(f"{type(err).__name__}: {err}") from None
+        raise ExpressionError(_describe(err)) from None
 
 
 # ---------------------------------------------------------------- analysis
@@ -248,37 +256,41 @@ def _chain(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
 
 
 def _analyse(tree: nodes.Template) -> Analysis:
+    """One pass over the AST (parents before children, so the longest attribute chain is seen first)."""
     env = environment()
     result = Analysis()
-    loads = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}
-    stores = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    loads: set[str] = set()
+    stores: set[str] = set()
+    inner_chain_nodes: set[int] = set()
+    stack: list[nodes.Node] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.Name):
+            (loads if node.ctx == "load" else stores).add(node.name)
+            if node.name.startswith("_"):
+                result.unsafe.append(node.name)
+        elif isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            attr: Any = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            if isinstance(attr, str) and (attr.startswith("_") or attr in _UNSAFE_NAMES):
+                result.unsafe.append(attr)
+            if id(node) not in inner_chain_nodes:
+                chain = _chain(node)
+                if chain:
+                    inner = node.node
+                    while isinstance(inner, (nodes.Getattr, nodes.Getitem)):
+                        inner_chain_nodes.add(id(inner))
+                        inner = inner.node
+                    result.references.append(Reference(*chain))
+        elif isinstance(node, nodes.Filter):
+            if node.name not in env.filters:
+                result.unknown_filters.add(node.name)
+        elif isinstance(node, nodes.Test):
+            if node.name not in env.tests:
+                result.unknown_tests.add(node.name)
+        stack.extend(node.iter_child_nodes())
     # Names bound by {% for %}/{% set %}/macros are not free. (Jinja's own meta module gets scoping exactly
     # right but runs its code generator, which costs as much as compiling.)
     result.names = loads - stores
-    seen_chain_nodes: set[int] = set()
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        attr: Any = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(attr, str) and (attr.startswith("_") or attr in _UNSAFE_NAMES):
-            result.unsafe.append(attr)
-        if id(node) in seen_chain_nodes:
-            continue
-        chain = _chain(node)
-        if chain:
-            # only keep the longest chain: mark the inner nodes as seen
-            inner = node.node
-            while isinstance(inner, (nodes.Getattr, nodes.Getitem)):
-                seen_chain_nodes.add(id(inner))
-                inner = inner.node
-            result.references.append(Reference(*chain))
-    for name_node in tree.find_all(nodes.Name):
-        if name_node.name.startswith("_"):
-            result.unsafe.append(name_node.name)
-    for f in tree.find_all(nodes.Filter):
-        if f.name not in env.filters:
-            result.unknown_filters.add(f.name)
-    for t in tree.find_all(nodes.Test):
-        if t.name not in env.tests:
-            result.unknown_tests.add(t.name)
     return result
 
 

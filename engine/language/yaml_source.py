@@ -66,6 +66,7 @@ class Document:
 
 _SCALAR_CONSTRUCTOR = yaml.SafeLoader("")  # only its construct_* methods are used
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_STR_TAG = "tag:yaml.org,2002:str"
 _KNOWN_SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -136,8 +137,8 @@ def _convert(
     if isinstance(node, yaml.ScalarNode):
         if node.tag not in _KNOWN_SCALAR_TAGS:
             raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
-        if node.tag == _TIMESTAMP_TAG:
-            return node.value
+        if node.tag == _TIMESTAMP_TAG or node.tag == _STR_TAG:
+            return node.value  # most scalars are text: skip the constructor's dispatch
         try:
             return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
         except yaml.YAMLError as err:  # e.g. an int too large for a float
