@@ -141,6 +141,47 @@ def dev(
     raise typer.Exit(1 if problems else 0)
 
 
+@app.command()
+def test(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Scenario files or folders (default: playbooks/).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Run scenarios on Temporal's time-skipping test server and check their expectations."""
+    import asyncio
+    import json
+
+    from .testing.scenarios import run_scenarios
+
+    targets = paths or [DEFAULT_LIBRARY]
+    missing = [p for p in targets if not p.exists()]
+    if missing:
+        Console(stderr=True).print(f"no such file or folder: {', '.join(map(str, missing))}", markup=False)
+        raise typer.Exit(2)
+    scenarios = [p for p in discover(targets) if is_scenario(p)]
+    if not scenarios:
+        Console(stderr=True).print("no scenario files (*.scenario.yaml) found", markup=False)
+        raise typer.Exit(2)
+    reports = asyncio.run(run_scenarios(scenarios))
+    if json_output:
+        print(json.dumps({"scenarios": [r.as_json() for r in reports]}, indent=2))
+    else:
+        console = _console()
+        for r in reports:
+            mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
+            console.print(f"{mark} {r.file}  (outcome {r.outcome}, {r.seconds:.1f} s)")
+            table = Table(show_header=True, box=None, pad_edge=False)
+            for column in ("at", "step", "kind", "status", "detail"):
+                table.add_column(column, overflow="fold")
+            for entry in r.timeline:
+                table.add_row(entry["at"], str(entry["step"] or ""), entry["kind"], entry["status"], entry["detail"])
+            console.print(table)
+            for failure in r.failures:
+                console.print(f"  [red]✗[/red] {failure}", highlight=False)
+        passed = sum(r.passed for r in reports)
+        console.print(f"{passed} passed, {len(reports) - passed} failed", markup=False)
+    raise typer.Exit(0 if all(r.passed for r in reports) else 1)
+
+
 def main() -> None:  # console-script entry point
     try:
         app()

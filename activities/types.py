@@ -1,0 +1,154 @@
+"""What the interpreter workflow sends to activities and gets back: one dataclass in, one out.
+
+Plain dataclasses only (no imports of providers or storage), so the workflow sandbox can import
+this module cheaply. Every request that causes an effect carries ``key``: the run and the step's
+position (and item), never the attempt, so a retried or replayed activity finds its first effect.
+``at`` is the workflow's clock (ISO 8601): simulated in tests, so activities never read the wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Which run and step an effect belongs to."""
+
+    workflow_id: str
+    playbook_id: str
+    account_id: str
+    step_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountRequest:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """The account as templates see it: every CRM field, id, name and owner ({id, name, email} or None)."""
+
+    account: dict[str, Any]
+    contacts: list[dict[str, Any]] = field(default_factory=list)
+    found: bool = True
+
+
+@dataclass(frozen=True)
+class AssignRequest:
+    key: str
+    ref: RunRef
+    by: str  # language | round_robin | least_loaded | owner
+    at: str
+    team: str | None = None
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class AssignResult:
+    owner: str | None  # the CSM id, None when nobody fits and there is no fallback
+    account: AccountSnapshot | None = None
+
+
+@dataclass(frozen=True)
+class CrmRequest:
+    key: str
+    ref: RunRef
+    action: str  # update | note | tag | lookup
+    at: str
+    fields: dict[str, Any] = field(default_factory=dict)  # update
+    text: str | None = None  # note / tag
+
+
+@dataclass(frozen=True)
+class EmailRequest:
+    key: str
+    ref: RunRef
+    to: list[str]
+    at: str
+    subject: str = ""
+    body: str = ""
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    sender: str | None = None
+    reply_to: str | None = None
+    template_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmailResult:
+    message_id: str
+    status: str  # sent | suppressed | rejected
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class CallTaskRequest:
+    key: str
+    ref: RunRef
+    assignee: str  # owner | role:<name> | user:<id> | a CSM id
+    title: str
+    at: str
+    notes: str = ""
+    due_at: str | None = None
+    outcomes: list[str] = field(default_factory=list)
+    wait: bool = False
+
+
+@dataclass(frozen=True)
+class CallTaskResult:
+    task_id: str
+    assignee: str  # the CSM id it went to
+
+
+@dataclass(frozen=True)
+class CloseTaskRequest:
+    task_id: str
+    status: str  # done | timed_out | cancelled
+    at: str
+    outcome: str | None = None
+    by: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    key: str
+    ref: RunRef
+    approvers: list[str]  # owner | role:<name> | user:<id>
+    at: str
+    message: str = ""
+    draft: dict[str, Any] | None = None  # for an email with approval: to, subject, body
+    due_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalCreated:
+    approval_id: str
+    deciders: list[str]  # the CSM ids allowed to decide
+
+
+@dataclass(frozen=True)
+class CloseApprovalRequest:
+    approval_id: str
+    status: str  # approved | rejected | timed_out | escalated
+    at: str
+    by: str | None = None
+    comment: str | None = None
+    edits: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PlaybookRequest:
+    """run_playbook: the playbook to start, by id, from the worker's library."""
+
+    playbook_id: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """An activity's empty answer (a dataclass, so fields can be added later)."""
+
+    ok: bool = True

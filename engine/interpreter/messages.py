@@ -1,0 +1,121 @@
+"""What goes in and out of a PlaybookRun workflow: its input, result, signals, updates and query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.language.model import Playbook
+
+WORKFLOW_NAME = "PlaybookRun"
+FOR_EACH_WORKFLOW_NAME = "PlaybookForEachChunk"
+EVENT_SIGNAL = "event"
+DECIDE_UPDATE = "decide"
+OUTCOME_UPDATE = "record_outcome"
+STATE_QUERY = "state"
+
+
+@dataclass
+class Event:
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    occurred_at: str | None = None
+    account_id: str | None = None
+
+
+@dataclass
+class RunInput:
+    playbook: Playbook
+    account_id: str
+    event: Event | None = None
+    input: dict[str, Any] = field(default_factory=dict)  # extra vars (run_playbook input)
+    # Seconds added to the server's clock: 0 in production. `playbook test` sets it so a scenario can start
+    # at any date (the time-skipping server only moves forward from today); timers are relative, so it cancels out.
+    clock_offset: float = 0.0
+
+
+@dataclass
+class RunResult:
+    outcome: str  # completed | exited | goal | failed
+    reason: str | None = None
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    decision: str  # approve | reject
+    by: str
+    approval_id: str | None = None  # or step_id
+    step_id: str | None = None
+    comment: str | None = None
+    edits: dict[str, Any] | None = None  # subject, body (emails with approval)
+    admin: bool = False  # ops may decide anything
+
+
+@dataclass
+class DecisionResult:
+    approval_id: str
+    decision: str
+
+
+@dataclass
+class Outcome:
+    outcome: str
+    by: str
+    task_id: str | None = None  # or step_id
+    step_id: str | None = None
+    admin: bool = False
+
+
+@dataclass
+class TimelineEntry:
+    at: str
+    path: str
+    step_id: str | None
+    kind: str
+    status: str  # started | done | skipped | failed | waiting | not_run | info
+    detail: str = ""
+
+
+@dataclass
+class Pending:
+    kind: str  # approval | call_task
+    id: str  # approval_id / task_id
+    step_id: str | None
+    deciders: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunState:
+    playbook_id: str
+    version: str
+    account_id: str
+    status: str  # running | completed | exited | goal | failed
+    current: list[str] = field(default_factory=list)  # paths of steps running now
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ForEachChunkInput:
+    """A slice of a large for_each, run as a child workflow so the parent's history stays bounded."""
+
+    playbook: Playbook
+    account_id: str
+    step_path: str
+    start_index: int
+    items: list[Any]
+    context: dict[str, Any]  # account, contacts, event, vars, steps, run: a snapshot
+    timezone: str
+    parent_workflow_id: str
+    key_prefix: str
+    clock_offset: float = 0.0
+
+
+@dataclass
+class ForEachChunkResult:
+    count: int
+    failed: int

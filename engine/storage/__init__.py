@@ -1,0 +1,1 @@
+"""The engine's own tables and the database they live in."""

@@ -1,0 +1,160 @@
+"""The engine's own tables (SQLAlchemy 2): the built-in CRM, the email outbox, the call-task inbox,
+approval drafts, and the keys that make every effect happen once.
+
+Each effect table has a unique ``key`` (run + step position + item), so a retried or replayed
+activity finds its earlier row instead of acting again. Times are the workflow's (simulated in
+tests), passed in by the activity, never read from the wall clock here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Csm(Base):
+    """A customer-success manager the engine may assign (the team)."""
+
+    __tablename__ = "csms"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    languages: Mapped[list[Any]] = mapped_column(default=list)
+    role: Mapped[str | None] = mapped_column(String(100), default=None)
+    capacity: Mapped[int | None] = mapped_column(Integer, default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), default="")
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("csms.id"), default=None, index=True)
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)  # every other CRM field
+    updated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # 0 is the primary contact
+    email: Mapped[str] = mapped_column(String(320), default="")
+    first_name: Mapped[str] = mapped_column(String(200), default="")
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("account_id", "tag"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    tag: Mapped[str] = mapped_column(String(200))
+
+
+class Assignment(Base):
+    """Who an assign step chose, by key: a retry returns the same CSM even for round robin."""
+
+    __tablename__ = "assignments"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    csm_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+
+
+class OutboxEmail(Base):
+    """Every email the engine sends or drafts; the embedded email provider's delivery is this row."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400), index=True)
+    playbook_id: Mapped[str] = mapped_column(String(200), index=True)
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    step_id: Mapped[str | None] = mapped_column(String(200))
+    to: Mapped[list[Any]] = mapped_column(default=list)
+    cc: Mapped[list[Any]] = mapped_column(default=list)
+    bcc: Mapped[list[Any]] = mapped_column(default=list)
+    sender: Mapped[str | None] = mapped_column(String(320))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    template_id: Mapped[str | None] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20))  # sending | sent | suppressed | rejected
+    provider: Mapped[str] = mapped_column(String(40))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class Suppression(Base):
+    """Addresses that must not receive email (unsubscribed, bounced)."""
+
+    __tablename__ = "suppressions"
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200), default="unsubscribed")
+
+
+class CallTask(Base):
+    """The call-task inbox: what CSMs must do, and the outcome they record."""
+
+    __tablename__ = "call_tasks"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    task_id: Mapped[str] = mapped_column(String(200), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400), index=True)
+    playbook_id: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    step_id: Mapped[str | None] = mapped_column(String(200))
+    assignee: Mapped[str] = mapped_column(String(200), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    outcomes: Mapped[list[Any]] = mapped_column(default=list)
+    wait: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | done | timed_out | cancelled
+    outcome: Mapped[str | None] = mapped_column(String(100))
+    completed_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    due_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+
+class Approval(Base):
+    """A decision a person must take; for an email with approval, the draft they may edit."""
+
+    __tablename__ = "approvals"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    approval_id: Mapped[str] = mapped_column(String(200), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400), index=True)
+    playbook_id: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    step_id: Mapped[str | None] = mapped_column(String(200))
+    approvers: Mapped[list[Any]] = mapped_column(default=list)  # resolved: user:<id> / role:<name>
+    message: Mapped[str] = mapped_column(Text, default="")
+    draft: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # to, subject, body
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | approved | rejected | timed_out
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text)
+    edits: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime]
+    due_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime | None]

@@ -1,0 +1,151 @@
+"""The world around a scenario run, as a Temporal workflow on the same time-skipping server.
+
+People and the product act on the simulated clock: the driver sleeps on server timers, so the
+time-skipping server stops exactly when someone answers a task (``after`` its asking) or the product
+posts an event (``at`` its offset), and answers go through the run's real updates and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.service import RPCError, RPCStatusCode
+
+with workflow.unsafe.imports_passed_through():
+    from engine.interpreter.messages import DECIDE_UPDATE, EVENT_SIGNAL, OUTCOME_UPDATE, Decision, Event, Outcome
+    from engine.language.durations import parse_duration
+
+DRIVER_NAME = "ScenarioDriver"
+ASKED_SIGNAL = "asked"
+
+
+@dataclass
+class Asked:
+    kind: str  # call_task | approval
+    id: str
+    workflow_id: str
+    step_id: str | None
+    deciders: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DriverInput:
+    run_workflow_id: str
+    script: list[dict[str, Any]]
+
+
+@dataclass
+class Answer:
+    workflow_id: str
+    kind: str  # outcome | decision | event
+    payload: dict[str, Any]
+
+
+@dataclass
+class AnswerResult:
+    ok: bool
+    error: str | None = None
+
+
+def _delay(text: str | None) -> float:
+    return float(parse_duration(text).seconds) if text else 0.0
+
+
+@workflow.defn(name=DRIVER_NAME)
+class ScenarioDriver:
+    def __init__(self) -> None:
+        self.asked: list[Asked] = []
+        self.errors: list[str] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @workflow.run
+    async def run(self, params: DriverInput) -> list[str]:
+        self.params = params
+        for item in params.script:
+            if "event" in item:
+                self.tasks.append(asyncio.create_task(self.post_event(item)))
+        await workflow.wait_condition(lambda: False)  # runs until the scenario runner cancels it
+        return self.errors  # pragma: no cover
+
+    async def post_event(self, item: dict[str, Any]) -> None:
+        await workflow.sleep(_delay(item.get("at")))
+        event = dict(item["event"])
+        await self.send(Answer(self.params.run_workflow_id, "event", event))
+
+    async def answer(self, asked: Asked, item: dict[str, Any]) -> None:
+        await workflow.sleep(_delay(item.get("after")))
+        if asked.kind == "call_task":
+            payload = {"task_id": asked.id, "outcome": item["outcome"], "by": asked.deciders[0] if asked.deciders else "ops"}
+            payload["admin"] = not asked.deciders
+            await self.send(Answer(asked.workflow_id, "outcome", payload))
+        else:
+            by = item.get("by") or (asked.deciders[0] if asked.deciders else "ops")
+            payload = {
+                "approval_id": asked.id,
+                "decision": item["decide"],
+                "by": by,
+                "comment": item.get("comment"),
+                "edits": item.get("edit"),
+                "admin": not asked.deciders,
+            }
+            await self.send(Answer(asked.workflow_id, "decision", payload))
+
+    async def send(self, answer: Answer) -> None:
+        try:
+            result: AnswerResult = await workflow.execute_activity(
+                "scenario_answer",
+                answer,
+                result_type=AnswerResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as err:
+            self.errors.append(f"{answer.kind} to {answer.workflow_id}: {err.cause or err}")
+            return
+        if not result.ok:
+            self.errors.append(f"{answer.kind} {answer.payload}: {result.error}")
+
+    @workflow.signal(name=ASKED_SIGNAL)
+    def on_asked(self, asked: Asked) -> None:
+        self.asked.append(asked)
+        for item in self.params.script:
+            if asked.kind == "call_task" and item.get("call_task") == asked.step_id:
+                self.tasks.append(asyncio.create_task(self.answer(asked, item)))
+            elif asked.kind == "approval" and item.get("approval") == asked.step_id:
+                self.tasks.append(asyncio.create_task(self.answer(asked, item)))
+
+    @workflow.query
+    def problems(self) -> list[str]:
+        return list(self.errors)
+
+
+class DriverActivities:
+    """Carries the driver's answers to the run through its real signal and updates."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @activity.defn(name="scenario_answer")
+    async def scenario_answer(self, answer: Answer) -> AnswerResult:
+        handle = self.client.get_workflow_handle(answer.workflow_id)
+        try:
+            if answer.kind == "event":
+                await handle.signal(EVENT_SIGNAL, Event(**answer.payload))
+            elif answer.kind == "outcome":
+                await handle.execute_update(OUTCOME_UPDATE, Outcome(**answer.payload), result_type=str)
+            else:
+                await handle.execute_update(DECIDE_UPDATE, Decision(**answer.payload))
+        except WorkflowUpdateFailedError as err:
+            return AnswerResult(False, str(err.cause or err))
+        except RPCError as err:
+            if answer.kind == "event" and err.status == RPCStatusCode.NOT_FOUND:
+                return AnswerResult(True)  # the run has ended: events only reach live runs
+            return AnswerResult(False, str(err))
+        return AnswerResult(True)

