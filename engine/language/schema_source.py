@@ -52,8 +52,9 @@ def _s(description: str, **extra: Any) -> dict[str, Any]:
 
 
 def _ref(name: str, description: str) -> dict[str, Any]:
-    # draft-07 ignores siblings of $ref, so the description is wrapped in allOf to survive.
-    return {"description": description, "allOf": [{"$ref": f"#/definitions/{name}"}]}
+    # Validators ignore a $ref's siblings in draft-07, but yaml-language-server shows this description on
+    # hover (an allOf wrapper would make it show the definition's generic text instead).
+    return {"description": description, "$ref": f"#/definitions/{name}"}
 
 
 def _duration(description: str) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
         "description": "One address or a list of addresses; templates.",
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
     }
+    wait_description = "Pauses the run: a duration (14d), {until: <datetime>, offset: -2d}, or {business_days: 3}."
     return {
         "email": _obj(
             "Sends one email. Result: message_id, status (sent, suppressed, rejected).",
@@ -177,7 +179,7 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
             ["by"],
         ),
         "wait": {
-            "description": "Pauses the run: a duration (14d), {until: <datetime>, offset: -2d}, or {business_days: 3}.",
+            "description": wait_description,
             "type": ["string", "object"],
             "if": {"type": "object"},
             "then": _obj(
@@ -197,7 +199,8 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                     },
                 },
             ),
-            "else": {"$ref": "#/definitions/duration"},
+            # the description again: an editor shows the matching branch's text on hover
+            "else": {"$ref": "#/definitions/duration", "description": wait_description},
         },
         "wait_for": _obj(
             "Waits for an event for this account. Result: event (or null), timed_out.",

@@ -67,6 +67,7 @@ class Document:
 _SCALAR_CONSTRUCTOR = yaml.SafeLoader("")  # only its construct_* methods are used
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _KNOWN_SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -139,6 +140,16 @@ def _convert(
             raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
         if node.tag == _TIMESTAMP_TAG or node.tag == _STR_TAG:
             return node.value  # most scalars are text: skip the constructor's dispatch
+        if node.tag == _BOOL_TAG and not node.style and node.value.lower() not in ("true", "false"):
+            # YAML 1.1 reads yes/no/on/off as booleans (`language: no` becomes false); editors read YAML 1.2,
+            # where they are text. Refuse the ambiguity instead of guessing.
+            duplicates.append(
+                SourceError(
+                    f"'{node.value}' is read as a boolean: write true or false, or quote it ('{node.value}') for text",
+                    node.start_mark.line + 1,
+                    node.start_mark.column + 1,
+                )
+            )
         try:
             return _SCALAR_CONSTRUCTOR.construct_object(node, deep=True)
         except yaml.YAMLError as err:  # e.g. an int too large for a float
