@@ -121,24 +121,201 @@ def list_playbooks(
     raise typer.Exit(1 if _problems(results) else 0)
 
 
+def _load_library_table(library: Path) -> tuple[list[FileResult], int]:
+    console = _console()
+    files = discover([library])
+    results = validate_paths(files)
+    _print_problems(results, Format.text, Console(stderr=True))
+    console.print(library_table(results))
+    return results, len(_problems(results))
+
+
 @app.command()
 def dev(
     library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
+    port: Annotated[int, typer.Option(help="Temporal's gRPC port.")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
+    check_only: Annotated[bool, typer.Option("--check-only", help="Check and show the library, start nothing.")] = False,
 ) -> None:
-    """Check the library and show it. (Starting the local engine arrives with durable execution, issue 4.)"""
-    console = _console()
+    """Start everything locally: the Temporal dev server (with Web UI), the worker, the bundled playbooks."""
+    import asyncio
+    import dataclasses
+
+    from .runtime.settings import load_settings
+
+    results, n_problems = _load_library_table(library)
+    if check_only:
+        raise typer.Exit(1 if n_problems else 0)
+    settings = dataclasses.replace(load_settings(), library=str(library), temporal_address=f"127.0.0.1:{port}")
+    try:
+        asyncio.run(_dev_stack(settings, port, ui_port))
+    except KeyboardInterrupt:
+        pass
+    Console().print("stopped.", markup=False)
+
+
+async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+
+    from .runtime.demo import seed_demo
+    from .runtime.devstack import DevServer
+    from .runtime.logs import configure
+    from .storage.db import migrate
+
+    console = Console()
+    configure(settings.logs_as_json)
+    home = Path(settings.home)
+    server = DevServer(home, port, ui_port, settings.temporal_namespace)
+    console.print(f"starting Temporal dev server (state in {home / 'temporal.db'}) ...", markup=False)
+    await server.start()
+    try:
+        migrate(settings.db_url)
+        if seed_demo(settings.db_url):
+            console.print("seeded a demo team (csm-de, csm-en, csm-fr, lead-1) and accounts acc-kraus, acc-brightside", markup=False)
+        from worker import run_worker
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"Temporal:  {server.address} (namespace {settings.temporal_namespace})", markup=False)
+        console.print(f"Web UI:    {server.ui_url}", markup=False)
+        console.print(f"Database:  {settings.db_url}", markup=False)
+        console.print("Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False)
+        await run_worker(settings, stop)
+    finally:
+        server.stop()
+
+
+@app.command()
+def run(
+    playbook: Annotated[str, typer.Argument(help="A playbook id in the library, or a path to a playbook file.")],
+    account: Annotated[str, typer.Option("--account", help="The account to run it for.")],
+    event: Annotated[Optional[Path], typer.Option("--event", help="A JSON or YAML file with the trigger event {type, data}.")] = None,
+    library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
+) -> None:
+    """Start a run of a playbook for an account by hand."""
+    import asyncio
+
+    import yaml
+
+    from .interpreter.messages import Event
+    from .language.library import Library
+    from .language.validator import validate_playbook_file
+    from .runtime.connect import connect
+    from .runtime.runs import start_run
+    from .runtime.settings import load_settings
+
     err = Console(stderr=True)
-    files = discover([library])
-    results = validate_paths(files)
-    _print_problems(results, Format.text, err)
-    console.print(library_table(results))
-    problems = _problems(results)
-    n_playbooks = sum(1 for f in files if not is_scenario(f))
-    console.print(
-        f"{n_playbooks} playbook(s), {len(files) - n_playbooks} scenario(s), {len(problems)} problem(s).",
-        markup=False,
-    )
-    raise typer.Exit(1 if problems else 0)
+    if playbook.endswith((".yaml", ".yml")):
+        checked = validate_playbook_file(playbook)
+        if checked.playbook is None:
+            err.print(format_text(checked.problems, {checked.file: checked.text}), markup=False)
+            raise typer.Exit(1)
+        model = checked.playbook
+    else:
+        lib = Library.load(library)
+        if playbook not in lib.playbooks:
+            err.print(f"no valid playbook '{playbook}' in {library}; run `playbook validate`", markup=False)
+            raise typer.Exit(1)
+        model = lib.playbooks[playbook]
+    trigger_event = None
+    if event is not None:
+        data = yaml.safe_load(event.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict) or "type" not in data:
+            err.print(f"{event}: an event is a mapping with at least 'type'", markup=False)
+            raise typer.Exit(2)
+        trigger_event = Event(type=str(data["type"]), data=dict(data.get("data") or {}), id=data.get("id"), account_id=account)
+    settings = load_settings()
+
+    async def go() -> str:
+        client = await connect(settings)
+        handle = await start_run(client, settings.task_queue, model, account, trigger_event)
+        return handle.id
+
+    try:
+        run_id = asyncio.run(go())
+    except Exception as exc:  # noqa: BLE001 - reported, not a traceback
+        err.print(f"could not start the run: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    Console().print(f"started {run_id} ({model.id} version {model.version[:8]})", markup=False)
+
+
+runs_app = typer.Typer(help="List runs, or show one's timeline.", invoke_without_command=True, no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
+def runs_list(
+    ctx: typer.Context,
+    playbook: Annotated[Optional[str], typer.Option(help="Only this playbook.")] = None,
+    account: Annotated[Optional[str], typer.Option(help="Only this account.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="running, completed, failed, terminated, ...")] = None,
+) -> None:
+    """List runs: playbook, version, account, status and current step."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+
+    from .runtime.connect import connect
+    from .runtime.runs import list_runs
+    from .runtime.settings import load_settings
+
+    async def go():  # type: ignore[no-untyped-def]
+        client = await connect(load_settings())
+        return await list_runs(client, playbook=playbook, account=account, status=status)
+
+    try:
+        runs = asyncio.run(go())
+    except Exception as exc:  # noqa: BLE001
+        Console(stderr=True).print(f"could not list runs: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    table = Table(title="Runs", title_justify="left")
+    for column in ("run", "playbook", "version", "account", "status", "current step", "started"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(r.id, r.playbook, r.version, r.account, r.status, ", ".join(r.current),
+                      r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "")
+    _console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="The run (workflow) id.")]) -> None:
+    """Show a run's version, status and timeline."""
+    import asyncio
+
+    from .runtime.connect import connect
+    from .runtime.runs import run_state
+    from .runtime.settings import load_settings
+
+    async def go():  # type: ignore[no-untyped-def]
+        client = await connect(load_settings())
+        return await run_state(client, run_id)
+
+    try:
+        state, status = asyncio.run(go())
+    except Exception as exc:  # noqa: BLE001
+        Console(stderr=True).print(f"could not read run {run_id}: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    console = _console()
+    console.print(f"{run_id}: {state.playbook_id} version {state.version[:8]}, account {state.account_id}, {status}", markup=False)
+    table = Table(box=None)
+    for column in ("at", "step", "kind", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for e in state.timeline:
+        table.add_row(e.at[:19], e.step_id or e.path, e.kind, e.status, e.detail)
+    console.print(table)
+    for p in state.pending:
+        console.print(f"waiting: {p.kind} {p.id} (step {p.step_id}) for {', '.join(p.deciders) or 'ops'}", markup=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against the Temporal cluster in the settings (same as `python worker.py`)."""
+    import worker as worker_module
+
+    worker_module.main()
 
 
 @app.command()

@@ -221,7 +221,7 @@ class Interpreter:
                 return
         except ex.ExpressionError as err:
             return self.fail(step, scope, f"when: {err}")
-        self.current.append(step.path)
+        self.current.append(step.id or step.path)
         self.note(step, "started")
         try:
             runner = getattr(self, f"step_{step.kind}")
@@ -234,8 +234,8 @@ class Interpreter:
         except (StepFailed, ex.ExpressionError) as err:
             return self.fail(step, scope, getattr(err, "message", str(err)))
         finally:
-            if step.path in self.current:
-                self.current.remove(step.path)
+            if (step.id or step.path) in self.current:
+                self.current.remove(step.id or step.path)
         self.record(step, scope, "done", result)
         self.note(step, "done", _summary(result))
 

@@ -44,8 +44,12 @@ def engine_for(url: str) -> Engine:
 
 def migrate(url: str) -> None:
     """Upgrades the database at url to the newest schema."""
+    import logging
+
     from alembic import command
     from alembic.config import Config
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-revision chatter is not news
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -1,0 +1,66 @@
+"""Connecting to Temporal and building the activities, both from Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from temporalio.client import Client, TLSConfig
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+from activities.crm import BuiltinCrm, CrmProvider
+from activities.email import EmailProvider, OutboxProvider
+from activities.library import LibraryActivities
+from activities.playbook_activities import Listener, PlaybookActivities
+
+from .settings import Settings
+
+SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "AccountId": "Keyword"}
+
+
+def quiet_runtime() -> Runtime:
+    """A Temporal runtime whose core logs only errors (its warnings about the test server's version are noise)."""
+    return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))))
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    tls: bool | TLSConfig = False
+    if settings.temporal_tls or settings.temporal_tls_cert or settings.temporal_api_key:
+        tls = TLSConfig(
+            client_cert=_read(settings.temporal_tls_cert),
+            client_private_key=_read(settings.temporal_tls_key),
+            server_root_ca_cert=_read(settings.temporal_tls_ca),
+        )
+    kwargs: dict[str, Any] = {"namespace": settings.temporal_namespace, "tls": tls}
+    if settings.temporal_api_key:
+        kwargs["api_key"] = settings.temporal_api_key
+    if runtime is not None:
+        kwargs["runtime"] = runtime
+    return await Client.connect(settings.temporal_address, **kwargs)
+
+
+def email_provider(settings: Settings) -> EmailProvider:
+    if settings.email_provider == "sendgrid":
+        from activities.sendgrid_email import SendGridProvider
+
+        return SendGridProvider(settings.sendgrid_api_key or "", host=settings.sendgrid_host, default_sender=settings.default_sender)
+    return OutboxProvider()
+
+
+def crm_provider(settings: Settings) -> CrmProvider:
+    if settings.crm_provider == "hubspot":
+        from activities.hubspot_crm import HubSpotCrm
+
+        return HubSpotCrm(settings.hubspot_token or "", base_url=settings.hubspot_base_url)
+    return BuiltinCrm(settings.db_url)
+
+
+def activities(settings: Settings, listeners: list[Listener] | None = None) -> list[Callable[..., Any]]:
+    acts = PlaybookActivities(
+        settings.db_url, crm_provider(settings), email_provider(settings), settings.default_sender, listeners
+    )
+    return [*acts.all(), LibraryActivities(settings.library).load_playbook]
