@@ -26,11 +26,12 @@ def add_business_days(start: datetime, days: int, tz: ZoneInfo) -> datetime:
     Saturday 10:00 + 1bd is Tuesday 10:00: one whole business day has passed.
     """
     local = start.astimezone(tz)
+    step = 1 if days >= 0 else -1  # a negative count (an offset of -3bd) goes back in business days
     while local.weekday() >= 5:
-        local = datetime.combine(local.date() + timedelta(days=1), local.timetz())
-    remaining = days
+        local = datetime.combine(local.date() + timedelta(days=step), local.timetz())
+    remaining = abs(days)
     while remaining > 0:
-        local = datetime.combine(local.date() + timedelta(days=1), local.time(), tz)
+        local = datetime.combine(local.date() + timedelta(days=step), local.time(), tz)
         if local.weekday() < 5:
             remaining -= 1
     return datetime.combine(local.date(), local.time(), tz)

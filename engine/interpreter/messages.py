@@ -40,6 +40,7 @@ class RunResult:
     outcome: str  # completed | exited | goal | failed
     reason: str | None = None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeline: list["TimelineEntry"] = field(default_factory=list)
 
 
 @dataclass

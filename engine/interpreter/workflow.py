@@ -666,8 +666,13 @@ class PlaybookRun(Interpreter):
                 start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY,
             )
             self.set_snapshot(snapshot)
-            tz_name = self.render(playbook.settings.timezone, scope) if playbook.settings.timezone else "UTC"
-            self.tz = calendar.zone(str(tz_name))
+            tz_name = str(self.render(playbook.settings.timezone, scope) if playbook.settings.timezone else "UTC")
+            self.tz = calendar.zone(tz_name)
+            if str(self.tz) != tz_name:
+                self.timeline.append(
+                    TimelineEntry(self.now().isoformat(), "settings.timezone", None, "run", "info",
+                                  f"unknown timezone {tz_name!r}: using UTC")
+                )
             for name, value in playbook.vars.items():
                 scope.vars[name] = self.render(value, scope)
             scope.vars.update(run.input)
@@ -684,8 +689,9 @@ class PlaybookRun(Interpreter):
         except StopRun as stop:
             return self.finish(stop.outcome, stop.reason)
         except StepFailed as err:
-            self.finish("failed", err.message)
-            raise ApplicationError(err.message, type="StepFailed", non_retryable=True) from None
+            # Failed in Temporal's eyes too (the Web UI shows it), with the run's record as the error's details.
+            result = self.finish("failed", err.message)
+            raise ApplicationError(err.message, result, type="StepFailed", non_retryable=True) from None
         if self.exit is not None:  # an exit event came in during the last step
             outcome, event = self.exit
             return self.finish(outcome, f"exit on event {event.type}")
@@ -696,7 +702,7 @@ class PlaybookRun(Interpreter):
         self.timeline.append(
             TimelineEntry(self.now().isoformat(), "", None, "run", outcome, reason or "")
         )
-        return RunResult(outcome=outcome, reason=reason, steps=dict(self.statuses))
+        return RunResult(outcome=outcome, reason=reason, steps=dict(self.statuses), timeline=list(self.timeline))
 
     @workflow.signal(name=EVENT_SIGNAL)
     def on_event(self, event: Event) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
+import string
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -210,6 +212,7 @@ class Analysis:
     unknown_filters: set[str] = field(default_factory=set)
     unknown_tests: set[str] = field(default_factory=set)
     unsafe: list[str] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)  # tags that would load other templates
 
 
 class AnalysisError(Exception):
@@ -255,6 +258,20 @@ def _chain(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
             return None
 
 
+def _format_string_attributes(fmt: str) -> list[str]:
+    """Unsafe attribute names reached by a format string's fields, e.g. '{0.__class__}' -> ['__class__']."""
+    found: list[str] = []
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
+    except ValueError:
+        return found
+    for field_name in fields:
+        for part in re.split(r"[.\[\]]", field_name)[1:]:
+            if part and (part.startswith("_") or part in _UNSAFE_NAMES):
+                found.append(part)
+    return found
+
+
 def _analyse(tree: nodes.Template) -> Analysis:
     """One pass over the AST (parents before children, so the longest attribute chain is seen first)."""
     env = environment()
@@ -284,6 +301,22 @@ def _analyse(tree: nodes.Template) -> Analysis:
         elif isinstance(node, nodes.Filter):
             if node.name not in env.filters:
                 result.unknown_filters.add(node.name)
+            if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+                name = node.args[0].value
+                if isinstance(name, str) and (name.startswith("_") or name in _UNSAFE_NAMES):
+                    result.unsafe.append(name)
+        elif isinstance(node, nodes.Call):
+            target = node.node
+            if (
+                isinstance(target, nodes.Getattr)
+                and target.attr in ("format", "format_map")
+                and isinstance(target.node, nodes.Const)
+                and isinstance(target.node.value, str)
+            ):
+                result.unsafe.extend(_format_string_attributes(target.node.value))
+        elif isinstance(node, (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+            tag = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "from", nodes.Extends: "extends"}[type(node)]
+            result.forbidden.append(tag)
         elif isinstance(node, nodes.Test):
             if node.name not in env.tests:
                 result.unknown_tests.add(node.name)

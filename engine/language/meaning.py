@@ -7,6 +7,7 @@ internals, filters that exist, durations, cron, timezones, assignee forms, switc
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -24,22 +25,22 @@ from .yaml_source import Document
 RUN_NAMES = ("account", "contact", "contacts", "event", "vars", "steps", "run")
 TRIGGER_NAMES = ("event", "account")
 SEGMENT_NAMES = ("account",)
-EXIT_NAMES = ("event", "account", "contact", "vars", "run")
+EXIT_NAMES = ("event", "account", "contact", "run")
 SETUP_NAMES = ("account", "contact", "contacts", "event", "run")
 JINJA_GLOBALS = ("range", "dict", "true", "false", "none", "True", "False", "None", "loop")
 
 RUN_FIELDS = ("id", "playbook", "version", "started_at")
 EVENT_FIELDS = ("id", "type", "data", "occurred_at", "account_id")
 
-COMMON_RESULT = ("status",)
+COMMON_RESULT = ("status", "error")
 RESULT_FIELDS: dict[str, tuple[str, ...]] = {
-    "email": ("message_id", "status", "subject", "body", "decision", "by", "comment"),
+    "email": ("message_id", "subject", "body", "decision", "by", "comment", "edits"),
     "call_task": ("task_id", "outcome", "assignee"),
     "crm": ("account",),
     "assign": ("owner",),
     "wait": (),
     "wait_for": ("event", "timed_out"),
-    "approval": ("decision", "by", "comment"),
+    "approval": ("decision", "by", "comment", "edits"),
     "switch": ("case",),
     "parallel": (),
     "for_each": ("count", "failed"),
@@ -180,13 +181,9 @@ class Checker:
         if isinstance(schedule, dict):
             cron = schedule.get("cron")
             if isinstance(cron, str):
-                fields = cron.split()
-                if len(fields) != 5 or not croniter.is_valid(cron):
-                    self.at_value(
-                        ("trigger", "schedule", "cron"),
-                        f"invalid cron '{cron}': expected five fields, minute hour day-of-month month day-of-week, "
-                        "e.g. \"0 9 1 1,4,7,10 *\"",
-                    )
+                reason = cron_problem(cron)
+                if reason:
+                    self.at_value(("trigger", "schedule", "cron"), f"invalid cron '{cron}': {reason}")
             self.check_expression(("trigger", "schedule", "accounts"), schedule.get("accounts"), SEGMENT_NAMES, None)
             self.check_timezone(("trigger", "schedule", "timezone"), schedule.get("timezone"))
 
@@ -194,7 +191,7 @@ class Checker:
         settings = data.get("settings")
         if isinstance(settings, dict):
             self.check_timezone(("settings", "timezone"), settings.get("timezone"))
-            self.check_strings(("settings", "timezone"), settings.get("timezone"), ("account", "contact", "event", "vars"), None)
+            self.check_strings(("settings", "timezone"), settings.get("timezone"), ("account", "contact", "event"), None)
         enrollment = data.get("enrollment")
         if isinstance(enrollment, dict):
             self.check_strings(("enrollment", "key"), enrollment.get("key"), ("account", "contact", "event"), None)
@@ -241,10 +238,13 @@ class Checker:
                     # cases and branches see what ran before the container, not each other
                     inner = Scope(dict(scope.visible), scope.locals, scope.in_for_each)
                 self.check_steps(child.steps, child.path, inner)
-                if child.role != "for_each":
-                    for sid, info in self.steps_by_id.items():
-                        if info.path[: len(child.path)] == child.path and info.for_each == self._for_each_of(scope):
-                            scope.visible.setdefault(sid, info.kind or "")
+            # Only once every case/branch is checked: they see what ran before the container, not each other.
+            for child in child_lists(step, step_path):
+                if child.role == "for_each":
+                    continue
+                for sid, info in self.steps_by_id.items():
+                    if info.path[: len(child.path)] == child.path and info.for_each == self._for_each_of(scope):
+                        scope.visible.setdefault(sid, info.kind or "")
             if step_id:
                 scope.visible[step_id] = kind
 
@@ -365,9 +365,35 @@ class Checker:
         try:
             analysis = ex.analyse_template(value)
         except ex.AnalysisError as err:
-            self.at_value(path, err.message, "expression", line_offset=err.line)
+            message = err.message
+            if "end of print statement" in message and value.count("{{") > value.count("}}"):
+                message = "template syntax error: '{{' is not closed; add '}}'"
+            line, col = self.template_error_at(path, err.line)
+            self.problems.append(Problem(self.file, line, col, message, "expression"))
             return
         self.check_analysis(path, analysis, names, scope, self_id)
+
+    def template_error_at(self, path: Path, template_line: int) -> tuple[int, int]:
+        """Where a template's syntax error stands in the file: inside a block scalar, on the offending line."""
+        pos = self.doc.pos(path)
+        if not pos.block:
+            return pos.value_line, pos.value_col
+        lines = self.doc.text.splitlines()
+        block: list[int] = []  # 0-based indexes of the block's lines
+        for i in range(pos.value_line, len(lines)):
+            text = lines[i]
+            if text.strip() and len(text) - len(text.lstrip()) < pos.key_col:
+                break
+            block.append(i)
+        literal = self.doc.text.splitlines()[pos.value_line - 1][pos.value_col - 1 :].startswith("|")
+        if literal and 0 < template_line <= len(block):
+            i = block[template_line - 1]
+        else:
+            # a folded (>) block joins lines: find the first line that does not parse on its own
+            i = next((j for j in block if ("{{" in lines[j] or "{%" in lines[j]) and _fails(lines[j].strip())), None)
+            if i is None:
+                return pos.value_line, pos.value_col
+        return i + 1, len(lines[i]) - len(lines[i].lstrip()) + 1
 
     def check_expression(
         self, path: Path, value: Any, names: tuple[str, ...], scope: Scope | None, self_id: str | None = None
@@ -377,10 +403,11 @@ class Checker:
         key = next((p for p in reversed(path) if isinstance(p, str)), "when")
         if "{{" in value or "{%" in value:
             stripped = value.replace("{{", "").replace("}}", "").strip()
+            consequence = "not a list" if key == "items" else "which is always true"
             self.at_value(
                 path,
                 f"'{key}' is an expression: write it without {{{{ }}}}, e.g. {key}: {stripped}. "
-                "With braces it is text, which is always true",
+                f"With braces it is text, {consequence}",
                 "expression",
             )
             return
@@ -397,9 +424,11 @@ class Checker:
     def check_analysis(
         self, path: Path, analysis: ex.Analysis, names: tuple[str, ...], scope: Scope | None, self_id: str | None
     ) -> None:
+        for tag in sorted(set(analysis.forbidden)):
+            self.at_value(path, f"'{{% {tag} %}}' is not allowed: a template cannot load other templates or files", "expression")
         for attr in sorted(set(analysis.unsafe)):
             self.at_value(path, f"access to '{attr}' is not allowed: templates cannot reach Python internals", "expression")
-        if analysis.unsafe:
+        if analysis.unsafe or analysis.forbidden:
             return
         allowed = set(names) | set(JINJA_GLOBALS)
         for name in sorted(analysis.names - allowed):
@@ -474,9 +503,43 @@ class Checker:
                 hint = f"did you mean '{close}'? " if close else ""
                 self.at_value(
                     path,
-                    f"a {info.kind} step's result has no '{attrs[1]}'; {hint}it has {', '.join(fields)}",
+                    f"{_article(info.kind)} {info.kind} step's result has no '{attrs[1]}'; {hint}it has {', '.join(fields)}",
                     "reference",
                 )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _fails(template: str) -> bool:
+    try:
+        ex.analyse_template(template)
+    except ex.AnalysisError:
+        return True
+    return False
+
+
+CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"), ("month", "1-12"), ("day-of-week", "0-7"))
+
+
+def cron_problem(cron: str) -> str | None:
+    """None for a valid five-field cron expression; else what is wrong, naming the field."""
+    fields = cron.split()
+    if len(fields) != 5:
+        return 'expected five fields, minute hour day-of-month month day-of-week, e.g. "0 9 1 1,4,7,10 *"'
+    for i, (name, bounds) in enumerate(CRON_FIELDS):
+        probe = ["*"] * 5
+        probe[i] = fields[i]
+        if not croniter.is_valid(" ".join(probe)):
+            digits = [int(n) for n in re.findall(r"\d+", fields[i])]
+            low, high = (int(b) for b in bounds.split("-"))
+            if digits and any(not low <= n <= high for n in digits if "/" not in fields[i]):
+                return f"the {name} field '{fields[i]}' is out of range ({bounds})"
+            return f"the {name} field '{fields[i]}' is not valid ({bounds}, *, lists a,b, ranges a-b, steps */n)"
+    if not croniter.is_valid(cron):
+        return "not a valid cron expression"
+    return None
 
 
 def check_meaning(doc: Document, file: str) -> tuple[list[Problem], set[Path]]:

@@ -21,6 +21,11 @@ class Problem:
     rule: str = "schema"  # syntax | schema | meaning | expression | reference | library
     length: int = 1  # how many characters the caret underlines
 
+    def __post_init__(self) -> None:
+        # One problem, one line: values quoted in a message may carry line breaks (a `>` block, a fuzzer).
+        if "\n" in self.message or "\r" in self.message:
+            object.__setattr__(self, "message", self.message.replace("\r", "\\r").replace("\n", "\\n"))
+
     def header(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.message} [{self.rule}]"
 

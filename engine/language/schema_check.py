@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import re
 from typing import Any, Callable, Iterable
 
 import fastjsonschema
 import jsonschema
+import jsonschema.validators
 from jsonschema.exceptions import ValidationError
 
 from .problems import Problem
@@ -32,18 +34,33 @@ _TYPE_WORDS = {
 }
 
 
+def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterable[ValidationError]:
+    """`pattern` as editors (JavaScript) read it: `$` is the end of the text, not also before a final line break.
+
+    Python's `$` also matches before a trailing newline, so `id: >` folding to "welcome\\n" would pass.
+    """
+    if not validator.is_type(instance, "string"):
+        return
+    regex = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+    if re.search(regex, instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _strict_pattern})
+
+
 @functools.cache
-def playbook_validator() -> jsonschema.Draft7Validator:
+def playbook_validator() -> Any:
     schema = playbook_schema()
     jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
+    return _Validator(schema)
 
 
 @functools.cache
-def scenario_validator() -> jsonschema.Draft7Validator:
+def scenario_validator() -> Any:
     schema = scenario_schema()
     jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
+    return _Validator(schema)
 
 
 @functools.cache
@@ -96,7 +113,7 @@ def describe_value(value: Any) -> str:
         return "a list"
     if isinstance(value, (int, float)):
         return f"the number {value}"
-    text = str(value)
+    text = str(value).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return f"'{text[:60]}{'…' if len(text) > 60 else ''}'"
 
 
@@ -165,22 +182,38 @@ class Translator:
         allowed = list((error.schema.get("properties") or {}).keys())
         extras = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
         place = where(self.doc.data, path, self.document)
+        kind = place[: -len(" step")] if place.endswith(" step") else None
+        kind_keys = self._kind_keys(kind) if kind and path and path[-1] != kind else set()
         problems = []
         for key in extras:
             close = suggest(str(key), allowed)
-            if close:
+            if key in kind_keys:
+                message = f"'{key}' belongs to '{kind}': indent it under '{kind}:'"
+            elif not allowed:
+                message = f"unknown key '{key}' in {place}; {path[-1] if path else 'it'} takes no keys: write {path[-1]}: {{}}"
+            elif close:
                 message = f"unknown key '{key}' in {place}; did you mean '{close}'?"
             else:
                 message = f"unknown key '{key}' in {place}; expected one of: {', '.join(allowed)}"
             problems.append(self._at_key(path + (key,), message))
         return problems
 
+    @staticmethod
+    def _kind_keys(kind: str) -> set[str]:
+        spec = playbook_schema()["definitions"]["step"]["properties"].get(kind) or {}
+        then = spec.get("then") if isinstance(spec.get("then"), dict) else {}
+        return set(spec.get("properties") or {}) | set((then or {}).get("properties") or {})
+
     def _required(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
         present = error.instance if isinstance(error.instance, dict) else {}
-        missing = [k for k in error.validator_value if k not in present and " | " not in k]
-        if not missing:
-            return []  # the "no kind" marker: reported by the step-shape check
+        markers = [k for k in error.validator_value if " | " in k]
+        if markers:
+            # The "no kind" marker: for steps the step-shape check reports it; here it is a scenario item.
+            options = markers[0].split(" | ")
+            place = where(self.doc.data, path, self.document)
+            return [self._at_value(path, f"{place} needs one of: {', '.join(options)}")]
+        missing = [k for k in error.validator_value if k not in present]
         place = where(self.doc.data, path, self.document)
         hint = ""
         if place == "email step" and ("subject" in missing or "body" in missing):
@@ -201,6 +234,8 @@ class Translator:
             return [self._at_value(path, f"a playbook must be a mapping (id, title, trigger, steps...); got {got}")]
         if not path:
             return [self._at_value(path, f"a scenario must be a mapping (playbook, account, script, expect...); got {got}")]
+        if error.schema.get("pattern") and error.schema.get("errorMessage", "").startswith("a duration"):
+            return [self._at_value(path, f"{subject(path)} must be a duration like 30s, 15m, 2h, 14d, 2w, 3bd or P14D; got {got}")]
         return [self._at_value(path, f"{subject(path)} must be {words}; got {got}")]
 
     def _enum(self, error: ValidationError) -> list[Problem]:
@@ -220,6 +255,10 @@ class Translator:
 
     def _pattern(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
+        if "propertyNames" in error.schema_path:
+            # jsonschema yields the inner error of propertyNames: its instance is the offending name
+            explanation = error.schema.get("errorMessage") or "invalid name"
+            return [self._at_key(path + (error.instance,), f"invalid name '{error.instance}' in {subject(path)}: {explanation}")]
         explanation = error.schema.get("errorMessage") or f"expected text matching {error.validator_value}"
         return [self._at_value(path, f"invalid {subject(path)} {describe_value(error.instance)}: {explanation}")]
 
@@ -306,9 +345,24 @@ def schema_problems(doc: Document, file: str, document: str, skip: Iterable[Path
     skipped = [tuple(s) for s in skip]
     translator = Translator(doc, file, document)
     problems: list[Problem] = []
+    suggested: set[tuple[Path, str]] = set()  # (mapping path, key an unknown key was taken for)
+    errors = []
     for error in validator.iter_errors(doc.data):
         path = tuple(error.absolute_path)
         if any(path[: len(s)] == s for s in skipped):
             continue
+        errors.append(error)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = list((error.schema.get("properties") or {}).keys())
+            for key in error.instance:
+                close = suggest(str(key), allowed) if key not in allowed else None
+                if close:
+                    suggested.add((path, close))
+    for error in errors:
+        if error.validator == "required":
+            path = tuple(error.absolute_path)
+            missing = [k for k in error.validator_value if k not in (error.instance or {})]
+            if missing and all((path, k) in suggested for k in missing):
+                continue  # the typo is reported as an unknown key with this very suggestion
         problems.extend(translator.translate(error))
     return problems

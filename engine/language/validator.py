@@ -80,7 +80,9 @@ def validate_playbook_text(text: str, file: str = "<playbook>") -> PlaybookResul
         result.problems.append(Problem(file, 1, 1, "file is empty; a playbook needs at least 'id' and 'steps'", "schema"))
         return result
     meaning, bad_steps = check_meaning(doc, file) if isinstance(doc.data, dict) else ([], set())
-    result.problems.extend(schema_problems(doc, file, "playbook", skip=bad_steps))
+    # Where the meaning checks said something precise about a value, the schema's general word on it is noise.
+    precise = {(p.line, p.column) for p in meaning}
+    result.problems.extend(p for p in schema_problems(doc, file, "playbook", skip=bad_steps) if (p.line, p.column) not in precise)
     result.problems.extend(meaning)
     result.problems = sorted(set(result.problems), key=lambda p: (p.line, p.column, p.message))
     if not result.problems:

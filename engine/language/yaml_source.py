@@ -78,14 +78,64 @@ _KNOWN_SCALAR_TAGS = {
 }
 
 
-def _hint_for(problem: str) -> str:
-    if "'\\t'" in problem or "tab" in problem:
-        return "; YAML does not allow tabs for indentation: use spaces"
-    return ""
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _syntax_error(err: yaml.MarkedYAMLError, text: str) -> SourceError:
+    """libyaml's wording, turned into what an author needs, at the spot that needs fixing."""
+    problem = err.problem or ""
+    context = err.context or ""
+    mark = err.problem_mark or err.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    lines = text.splitlines()
+    source_line = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "\t" in source_line[: max(col, 1)] or (problem.startswith("found character") and "\t" in source_line):
+        return SourceError(
+            "YAML syntax error: tab character; YAML does not allow tabs for indentation: use spaces",
+            line,
+            source_line.index("\t") + 1,
+        )
+    ctx_line, ctx_col = (err.context_mark.line + 1, err.context_mark.column + 1) if err.context_mark else (line, col)
+    if "quoted scalar" in context:
+        quote = text.splitlines()[ctx_line - 1][ctx_col - 1 : ctx_col] if ctx_line <= len(lines) else '"'
+        return SourceError(
+            f"YAML syntax error: the quoted text starting here is not closed; add the closing '{quote}'", ctx_line, ctx_col
+        )
+    if "flow sequence" in context:
+        return SourceError(
+            "YAML syntax error: the list opened with '[' here is not closed; add ']' after its last item", ctx_line, ctx_col
+        )
+    if "flow mapping" in context:
+        return SourceError(
+            "YAML syntax error: the mapping opened with '{' here is not closed; add '}' after its last entry", ctx_line, ctx_col
+        )
+    if "single document" in context:
+        return SourceError(
+            "a playbook file holds one YAML document; put the playbook after this '---' in its own file", line, col
+        )
+    if problem == "did not find expected key" or problem.startswith("did not find expected '-'"):
+        return SourceError(
+            "YAML syntax error: this line is not lined up with the keys above it; "
+            "indent it by the same number of spaces as its sibling keys",
+            line,
+            col,
+        )
+    if problem == "mapping values are not allowed here" or problem.startswith("mapping values are not allowed"):
+        return SourceError(
+            "YAML syntax error: unexpected ':' here; quote the value if it contains ': ', or fix the indentation",
+            line,
+            col,
+        )
+    if "undefined alias" in problem:
+        return SourceError(f"YAML syntax error: {problem}; define the anchor (&name) before using *name", line, col)
+    message = f"{problem} ({context})" if problem and context else (problem or context or "invalid YAML")
+    return SourceError(f"YAML syntax error: {' '.join(message.split())}", line, col)
 
 
 def load(text: str) -> Document:
-    """Parses one YAML document. Raises SourceError with a position on any problem."""
+    """Parses one YAML document. Raises SourceError with a position on any problem; an empty text gives data None."""
     if len(text) > MAX_BYTES:
         raise SourceError(
             f"file is {len(text) / 1_000_000:.1f} MB; a playbook or scenario may be at most {MAX_BYTES // 1_000_000} MB",
@@ -94,17 +144,15 @@ def load(text: str) -> Document:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        problem = err.problem or err.context or "invalid YAML"
-        if err.context and err.problem:
-            problem = f"{err.problem} ({err.context})"
-        line = mark.line + 1 if mark else 1
-        col = mark.column + 1 if mark else 1
-        raise SourceError(f"YAML syntax error: {problem}{_hint_for(problem)}", line, col) from None
+        raise _syntax_error(err, text) from None
+    except yaml.reader.ReaderError as err:
+        line, col = _line_col(text, err.position)
+        char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
+        raise SourceError(f"YAML syntax error: control character {char} is not allowed in YAML; remove it", line, col) from None
     except yaml.YAMLError as err:
-        raise SourceError(f"YAML error: {err}") from None
+        raise SourceError(f"YAML error: {' '.join(str(err).split())}") from None
     if node is None:
-        raise SourceError("file is empty", rule="schema")
+        return Document(None, {(): Pos(1, 1, 1, 1)}, text)
     positions: dict[Path, Pos] = {}
     counter = [0]
     duplicates: list[SourceError] = []

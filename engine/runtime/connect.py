@@ -55,7 +55,8 @@ def crm_provider(settings: Settings) -> CrmProvider:
     if settings.crm_provider == "hubspot":
         from activities.hubspot_crm import HubSpotCrm
 
-        return HubSpotCrm(settings.hubspot_token or "", base_url=settings.hubspot_base_url)
+        # HubSpot owners have no languages, roles or capacity: those come from the engine's csms table.
+        return HubSpotCrm(settings.hubspot_token or "", base_url=settings.hubspot_base_url, db_url=settings.db_url)
     return BuiltinCrm(settings.db_url)
 
 

@@ -131,6 +131,9 @@ class DriverActivities:
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        # Refused answers are kept here, on the runner's side: once the run has ended the driver workflow may
+        # be closed (the time-skipping server runs on past the run's end), but what it saw before must count.
+        self.refused: list[str] = []
 
     @activity.defn(name="scenario_answer")
     async def scenario_answer(self, answer: Answer) -> AnswerResult:
@@ -143,9 +146,11 @@ class DriverActivities:
             else:
                 await handle.execute_update(DECIDE_UPDATE, Decision(**answer.payload))
         except WorkflowUpdateFailedError as err:
+            self.refused.append(f"{answer.kind} {answer.payload}: {err.cause or err}")
             return AnswerResult(False, str(err.cause or err))
         except RPCError as err:
             if answer.kind == "event" and err.status == RPCStatusCode.NOT_FOUND:
                 return AnswerResult(True)  # the run has ended: events only reach live runs
+            self.refused.append(f"{answer.kind} {answer.payload}: {err}")
             return AnswerResult(False, str(err))
         return AnswerResult(True)

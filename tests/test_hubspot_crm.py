@@ -1,0 +1,414 @@
+"""HubSpotCrm with httpx against a fake HubSpot on 127.0.0.1 (and once through httpx.MockTransport)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.assignment import Candidate
+from activities.email import OutboxProvider
+from activities.errors import (
+    ConfigurationError,
+    NotFoundError,
+    ProviderError,
+    RejectedError,
+    TransientError,
+    to_application_error,
+)
+from activities.hubspot_crm import HubSpotCrm
+from activities.playbook_activities import PlaybookActivities
+from activities.types import AccountRequest, CrmRequest, RunRef
+from engine.storage import models as t
+from engine.storage.db import migrate, session
+from tests.fakes import FakeHubSpot, closed_port_url, fake_hubspot  # noqa: F401 - fake_hubspot is a fixture
+from tests.fakes.fake_hubspot import TOKEN
+
+AT = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def hub(fake_hubspot: FakeHubSpot) -> FakeHubSpot:
+    fake_hubspot.add_owner("101", "anna@vendor.example", "Anna", "Berg", teams=["Onboarding", "EMEA"])
+    fake_hubspot.add_owner("102", "ben@vendor.example", "Ben", "Chan", teams=["Sales"])
+    fake_hubspot.add_owner("103", "cleo@vendor.example", "Cleo", "Diaz")
+    fake_hubspot.add_owner("104", "old@vendor.example", "Old", "Timer", archived=True)
+    fake_hubspot.add_company(
+        "5001",
+        name="Acme GmbH",
+        domain="acme.example",
+        website="https://acme.example",
+        health_score="85",
+        mrr="1200.5",
+        cancelled="false",
+        renewal_date="2025-01-31",
+        language="de",
+        playbook_tags="vip;onboarding",
+        hubspot_owner_id="101",
+    )
+    fake_hubspot.add_contact("701", "5001", email="anna@acme.example", firstname="Anna", lastname="Alt", jobtitle="CEO")
+    fake_hubspot.add_contact("702", "5001", email="bo@acme.example", firstname="Bo")
+    fake_hubspot.add_contact("703", "5001", email="cy@acme.example", firstname="Cy", lastname="Cole")
+    fake_hubspot.add_company("5002", name="Beta Ltd", hubspot_owner_id="101")
+    fake_hubspot.add_company("5003", name="Gamma Inc", hubspot_owner_id="103")
+    return fake_hubspot
+
+
+@pytest.fixture
+def crm(hub: FakeHubSpot):
+    with HubSpotCrm(TOKEN, base_url=hub.url, timeout=2) as client:
+        yield client
+
+
+# reading -----------------------------------------------------------------------------------------
+
+
+def test_get_account_asks_for_standard_and_custom_properties_and_the_contacts(crm, hub):
+    crm.get_account("5001")
+
+    company = hub.requests_to("GET", "/crm/v3/objects/companies/5001")[0]
+    assert company.headers["authorization"] == f"Bearer {TOKEN}"
+    asked = company.query["properties"][0].split(",")
+    assert asked[:3] == ["name", "hubspot_owner_id", "playbook_tags"]
+    assert {"domain", "industry", "health_score", "mrr", "cancelled", "renewal_date", "language"} <= set(asked)
+    assert "website" not in asked  # a standard property nobody asked for
+    assert company.query["associations"] == ["contacts"]
+    [batch] = hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")
+    assert batch.json["inputs"] == [{"id": "701"}, {"id": "702"}, {"id": "703"}]
+    assert {"email", "firstname", "lastname", "jobtitle"} <= set(batch.json["properties"])
+
+
+def test_get_account_returns_typed_fields_owner_tags_and_contacts_in_order(crm):
+    snapshot = crm.get_account("5001")
+
+    account = snapshot.account
+    assert snapshot.found
+    assert (account["id"], account["name"]) == ("5001", "Acme GmbH")
+    # typed from HubSpot's property definitions, so `account.health_score >= 70` works in a playbook
+    assert account["health_score"] == 85 and account["mrr"] == 1200.5 and account["cancelled"] is False
+    assert account["renewal_date"] == "2025-01-31" and account["language"] == "de"
+    assert account["industry"] is None  # unset in HubSpot
+    assert account["tags"] == ["vip", "onboarding"] and "playbook_tags" not in account
+    assert account["owner"] == {
+        "id": "101",
+        "name": "Anna Berg",
+        "email": "anna@vendor.example",
+        "languages": [],
+        "role": "Onboarding",
+    }
+    assert [c["id"] for c in snapshot.contacts] == ["701", "702", "703"]  # not the batch answer's order
+    assert snapshot.contacts[0] == {
+        "id": "701",
+        "email": "anna@acme.example",
+        "first_name": "Anna",
+        "last_name": "Alt",
+        "jobtitle": "CEO",
+        "phone": None,
+        "hs_language": None,
+    }
+    assert snapshot.contacts[1]["last_name"] is None
+
+
+def test_property_definitions_and_owners_are_fetched_once(crm, hub):
+    crm.get_account("5001")
+    crm.get_account("5001")
+    assert len(hub.requests_to("GET", "/crm/v3/properties/companies")) == 1
+    assert len(hub.requests_to("GET", "/crm/v3/properties/contacts")) == 1
+    assert len(hub.requests_to("GET", "/crm/v3/owners/101")) == 1
+    assert len(hub.requests_to("GET", "/crm/v3/objects/companies/5001")) == 2
+
+
+def test_chosen_properties_replace_the_default_set(hub):
+    with HubSpotCrm(TOKEN, base_url=hub.url, company_properties=["website"], contact_properties=[]) as crm:
+        snapshot = crm.get_account("5001")
+    assert snapshot.account["website"] == "https://acme.example"
+    assert "health_score" not in snapshot.account
+    asked = hub.requests_to("GET", "/crm/v3/objects/companies/5001")[0].query["properties"][0]
+    assert asked == "name,hubspot_owner_id,playbook_tags,website"
+    assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")[0].json["properties"] == [
+        "email", "firstname", "lastname"
+    ]
+
+
+def test_an_unknown_company_is_not_found_and_the_activity_says_so(crm):
+    with pytest.raises(NotFoundError) as caught:
+        crm.get_account("999")
+    assert caught.value.status == 404 and not caught.value.retryable
+
+    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+    snapshot = activities.load_account(AccountRequest(account_id="999"))
+    assert snapshot.found is False
+
+
+def test_an_owner_gone_from_hubspot_keeps_its_id(crm, hub):
+    hub.companies["5001"]["hubspot_owner_id"] = "104"  # archived: /owners/104 answers 404
+    assert crm.get_account("5001").account["owner"] == {
+        "id": "104", "name": "", "email": "", "languages": [], "role": None
+    }
+
+
+def test_a_company_without_owner_or_contacts(crm, hub):
+    hub.add_company("5009", name="Solo")
+    snapshot = crm.get_account("5009")
+    assert snapshot.account["owner"] is None and snapshot.account["tags"] == [] and snapshot.contacts == []
+    assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read") == []
+
+
+# writing -----------------------------------------------------------------------------------------
+
+
+def test_update_fields_patches_text_values_and_skips_what_is_not_a_property(crm, hub):
+    crm.update_fields(
+        "5001",
+        {"name": "Acme AG", "health_score": 70, "cancelled": True, "renewal_date": "2025-03-01", "language": None,
+         "id": "x", "owner": {"id": "1"}, "tags": ["x"]},
+        AT,
+    )
+    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")
+    assert patch.json == {"properties": {
+        "name": "Acme AG", "health_score": "70", "cancelled": "true", "renewal_date": "2025-03-01", "language": ""
+    }}
+    account = crm.get_account("5001").account
+    assert (account["name"], account["health_score"], account["cancelled"], account["language"]) == (
+        "Acme AG", 70, True, None
+    )
+
+
+def test_update_fields_with_an_unknown_property_is_rejected(crm):
+    with pytest.raises(RejectedError, match='Property "renewal_stage" does not exist') as caught:
+        crm.update_fields("5001", {"renewal_stage": "90_days"}, AT)
+    assert caught.value.status == 400
+    assert to_application_error(caught.value).non_retryable
+
+
+def test_add_note_searches_by_key_then_creates_it_on_the_company_once(crm, hub):
+    crm.add_note("wf-1/4/0", "5001", "Called <Anna>:\nall good & happy", AT)
+    crm.add_note("wf-1/4/0", "5001", "Called <Anna>:\nall good & happy", AT)  # a retry
+
+    searches = hub.requests_to("POST", "/crm/v3/objects/notes/search")
+    assert len(searches) == 2
+    assert searches[0].json["filterGroups"] == [
+        {"filters": [{"propertyName": "playbook_key", "operator": "EQ", "value": "wf-1/4/0"}]}
+    ]
+    [create] = hub.requests_to("POST", "/crm/v3/objects/notes")
+    assert create.json == {
+        "properties": {
+            "hs_note_body": "Called &lt;Anna&gt;:<br>all good &amp; happy",
+            "hs_timestamp": "2024-05-01T10:00:00.000Z",
+            "playbook_key": "wf-1/4/0",
+        },
+        "associations": [
+            {"to": {"id": "5001"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 190}]}
+        ],
+    }
+    assert len(hub.notes) == 1
+
+
+def test_add_note_without_a_key_property_just_creates(hub):
+    with HubSpotCrm(TOKEN, base_url=hub.url, note_key_property=None) as crm:
+        crm.add_note("k", "5001", "hello", AT)
+    assert hub.requests_to("POST", "/crm/v3/objects/notes/search") == []
+    [note] = hub.notes.values()
+    assert note["properties"] == {"hs_note_body": "hello", "hs_timestamp": "2024-05-01T10:00:00.000Z"}
+
+
+def test_add_note_without_the_key_property_in_hubspot_is_a_configuration_error(crm, hub):
+    hub.note_properties.discard("playbook_key")
+    with pytest.raises(ConfigurationError, match="create the note property 'playbook_key'") as caught:
+        crm.add_note("wf-1/4/0", "5001", "hello", AT)
+    assert caught.value.status == 400 and not caught.value.retryable
+    assert hub.notes == {}
+
+
+def test_add_tag_reads_modifies_and_writes_the_multi_select(crm, hub):
+    crm.add_tag("5001", "onboarding")  # already there: nothing to write
+    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/5001") == []
+
+    crm.add_tag("5001", "at-risk")
+    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")
+    assert patch.json == {"properties": {"playbook_tags": "vip;onboarding;at-risk"}}
+    assert crm.get_account("5001").account["tags"] == ["vip", "onboarding", "at-risk"]
+
+
+def test_add_tag_that_is_not_an_option_is_rejected(crm):
+    with pytest.raises(RejectedError, match="not one of the allowed options"):
+        crm.add_tag("5001", "brand-new-tag")
+    with pytest.raises(RejectedError):
+        crm.add_tag("5001", "a;b")
+
+
+def test_set_owner_patches_hubspot_owner_id(crm, hub):
+    crm.set_owner("5001", "103", AT)
+    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")[0].json == {
+        "properties": {"hubspot_owner_id": "103"}
+    }
+    assert crm.get_account("5001").account["owner"]["name"] == "Cleo Diaz"
+    with pytest.raises(RejectedError, match="not a valid owner"):
+        crm.set_owner("5001", "999", AT)
+
+
+def test_update_crm_activity_tags_through_hubspot(crm):
+    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+    ref = RunRef(workflow_id="wf-1", playbook_id="renewal", account_id="5001", step_id="flag")
+    request = CrmRequest(key="wf-1/2/0", ref=ref, action="tag", at=AT.isoformat(), text="renewal")
+    snapshot = activities.update_crm(request)
+    assert snapshot.account["tags"] == ["vip", "onboarding", "renewal"]
+
+
+# the team ----------------------------------------------------------------------------------------
+
+
+def test_team_without_local_profiles_is_every_active_owner_with_its_load(crm, hub):
+    team = crm.team()
+
+    assert team == [
+        Candidate("101", (), "Onboarding", None, 2),
+        Candidate("102", (), "Sales", None, 0),
+        Candidate("103", (), None, None, 1),
+    ]
+    pages = hub.requests_to("GET", "/crm/v3/owners")
+    assert [p.query.get("after") for p in pages] == [None, ["2"]]  # followed HubSpot's paging
+    assert pages[0].query["archived"] == ["false"]
+    search = hub.requests_to("POST", "/crm/v3/objects/companies/search")[0].json
+    assert search["filterGroups"][0]["filters"] == [
+        {"propertyName": "hubspot_owner_id", "operator": "EQ", "value": "101"}
+    ]
+
+
+def test_team_file_gives_languages_roles_capacity_and_limits_the_team(hub, tmp_path):
+    team_file = tmp_path / "team.yaml"
+    team_file.write_text(
+        "team:\n"
+        "  - email: ANNA@vendor.example\n    languages: [de, en]\n    role: onboarding\n    capacity: 30\n"
+        "  - id: '103'\n    languages: [es]\n"
+        "  - id: '102'\n    active: false\n",
+        encoding="utf-8",
+    )
+    with HubSpotCrm(TOKEN, base_url=hub.url, team_file=team_file) as crm:
+        assert crm.team() == [
+            Candidate("101", ("de", "en"), "onboarding", 30, 2),
+            Candidate("103", ("es",), None, None, 1),
+        ]
+        assert crm.csm("101") == {
+            "id": "101",
+            "name": "Anna Berg",
+            "email": "anna@vendor.example",
+            "languages": ["de", "en"],
+            "role": "onboarding",
+        }
+
+
+def test_team_profiles_from_the_builtin_csms_table(hub, tmp_path):
+    url = f"sqlite:///{tmp_path / 'playbook.db'}"
+    migrate(url)
+    with session(url) as s:
+        s.add(t.Csm(id="cleo", name="Cleo", email="cleo@vendor.example", languages=["fr"], role="renewals", capacity=5))
+    with HubSpotCrm(TOKEN, base_url=hub.url, db_url=url) as crm:
+        assert crm.team() == [Candidate("103", ("fr",), "renewals", 5, 1)]
+
+
+def test_csm_by_owner_id(crm):
+    assert crm.csm("102") == {
+        "id": "102", "name": "Ben Chan", "email": "ben@vendor.example", "languages": [], "role": "Sales"
+    }
+    assert crm.csm("999") is None
+
+
+# errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        (400, RejectedError, False),
+        (401, ConfigurationError, False),
+        (403, ConfigurationError, False),
+        (404, NotFoundError, False),
+        (409, RejectedError, False),
+        (429, TransientError, True),
+        (500, TransientError, True),
+        (502, TransientError, True),
+        (503, TransientError, True),
+    ],
+)
+def test_http_errors_map_to_provider_error_kinds(crm, hub, status, kind, retryable):
+    body = {"status": "error", "message": f"nope {status}", "category": "X", "correlationId": "c-1"}
+    hub.fail_next(1, status, body=body)
+    with pytest.raises(ProviderError) as caught:
+        crm.update_fields("5001", {"health_score": 1}, AT)
+
+    err = caught.value
+    assert type(err) is kind
+    assert (err.status, err.retryable, err.provider) == (status, retryable, "hubspot")
+    expected = f"PATCH /crm/v3/objects/companies/5001: HubSpot answered {status}: nope {status} [X] (correlationId c-1)"
+    assert expected in err.message
+    assert TOKEN not in str(err)
+    assert to_application_error(err).non_retryable is (not retryable)
+
+
+def test_rate_limit_carries_retry_after(crm, hub):
+    hub.fail_next(1, 429, body={"status": "error", "message": "You have reached your secondly limit."},
+                  headers={"Retry-After": "7"})
+    with pytest.raises(TransientError, match="retry after 7 s"):
+        crm.csm("101")
+
+
+def test_a_transient_failure_is_not_cached_and_the_retry_works(crm, hub):
+    hub.fail_next(1, 503, path="/crm/v3/properties/companies")
+    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+    with pytest.raises(ApplicationError) as caught:
+        activities.load_account(AccountRequest(account_id="5001"))
+    assert caught.value.non_retryable is False and caught.value.type == "TransientError"
+    assert activities.load_account(AccountRequest(account_id="5001")).account["health_score"] == 85
+
+
+def test_a_wrong_token_is_a_configuration_error_without_the_token(hub):
+    wrong = "pat-na1-wrong-secret"
+    with HubSpotCrm(wrong, base_url=hub.url) as crm:
+        with pytest.raises(ConfigurationError, match="Authentication credentials not found") as caught:
+            crm.get_account("5001")
+    assert wrong not in str(caught.value) and wrong not in repr(crm)
+    assert hub.requests[0].headers["authorization"] == f"Bearer {wrong}"
+
+
+def test_connection_refused_is_transient():
+    with HubSpotCrm(TOKEN, base_url=closed_port_url()) as crm:
+        with pytest.raises(TransientError, match="could not reach HubSpot") as caught:
+            crm.get_account("5001")
+    assert caught.value.retryable
+
+
+def test_a_timeout_is_transient(hub):
+    hub.delay_next(1.0)
+    with HubSpotCrm(TOKEN, base_url=hub.url, timeout=0.2) as crm:
+        with pytest.raises(TransientError, match="did not answer in time"):
+            crm.csm("101")
+
+
+def test_a_dropped_connection_is_transient(crm, hub):
+    hub.drop_next()
+    with pytest.raises(TransientError, match="could not reach HubSpot"):
+        crm.csm("101")
+
+
+def test_no_token_is_a_configuration_error():
+    with pytest.raises(ConfigurationError):
+        HubSpotCrm("")
+
+
+def test_the_transport_seam_takes_an_httpx_mock_transport():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/crm/v3/owners/101":
+            return httpx.Response(200, json={"id": "101", "email": "a@v.example", "firstName": "Anna", "lastName": "B"})
+        raise httpx.ConnectError("no route", request=request)
+
+    with HubSpotCrm(TOKEN, base_url="https://api.hubapi.com", transport=httpx.MockTransport(handler)) as crm:
+        assert crm.csm("101")["name"] == "Anna B"
+        with pytest.raises(TransientError, match="ConnectError"):
+            crm.csm("102")
+    assert seen[0].headers["authorization"] == f"Bearer {TOKEN}"
