@@ -653,6 +653,7 @@ class PlaybookRun(Interpreter):
         self.init_interpreter(run.playbook, run.account_id, run.clock_offset)
         self.status = "running"
         self.exit: tuple[str, Event] | None = None
+        self.vars: dict[str, Any] = {}
         self.main: asyncio.Task[None] | None = None
 
     @workflow.run
@@ -660,6 +661,7 @@ class PlaybookRun(Interpreter):
         playbook = run.playbook
         self.event = _event_dict(run.event) if run.event else None
         scope = Scope(steps={}, vars={})
+        self.vars = scope.vars  # exit_when rules see the run's vars
         try:
             snapshot: act.AccountSnapshot = await workflow.execute_activity(
                 "load_account", act.AccountRequest(run.account_id), result_type=act.AccountSnapshot,
@@ -713,7 +715,7 @@ class PlaybookRun(Interpreter):
             if rule.event != event.type:
                 continue
             try:
-                if rule.match is not None and not self.evaluate(rule.match, Scope({}, {}), event=_event_dict(event)):
+                if rule.match is not None and not self.evaluate(rule.match, Scope({}, self.vars), event=_event_dict(event)):
                     continue
             except ex.ExpressionError:
                 continue

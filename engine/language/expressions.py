@@ -224,7 +224,9 @@ class AnalysisError(Exception):
 
 def _parse_template(source: str) -> nodes.Template:
     try:
-        return environment().parse(source)
+        # The parser alone: Environment.parse also walks the tree to attach the environment, which
+        # analysis does not need (it is ~15% of validating a playbook).
+        return Parser(environment(), source).parse()
     except TemplateSyntaxError as err:
         raise AnalysisError(f"template syntax error: {err.message}", err.lineno or 1) from None
 
@@ -327,10 +329,37 @@ def _analyse(tree: nodes.Template) -> Analysis:
     return result
 
 
+_PRINT = re.compile(r"\{\{(.*?)\}\}", re.S)
+
+
 @functools.lru_cache(maxsize=8192)
 def analyse_template(source: str) -> Analysis:
-    """Parses a template and reports what it uses. Raises AnalysisError on a syntax error."""
+    """Parses a template and reports what it uses. Raises AnalysisError on a syntax error.
+
+    Most templates are text with `{{ expression }}`s only: those expressions are parsed on their own,
+    which skips lexing the text around them (about twice as fast). Anything else, and any error (for
+    its exact line), goes through the full template parser.
+    """
+    if "{%" not in source and "{#" not in source:
+        parts = _PRINT.findall(source)
+        if parts and source.count("{{") == len(parts) == source.count("}}"):
+            try:
+                return _merge([analyse_expression(p.strip("-").strip() or "''") for p in parts])
+            except AnalysisError:
+                pass
     return _analyse(_parse_template(source))
+
+
+def _merge(analyses: list[Analysis]) -> Analysis:
+    merged = Analysis()
+    for a in analyses:
+        merged.names |= a.names
+        merged.references.extend(a.references)
+        merged.unknown_filters |= a.unknown_filters
+        merged.unknown_tests |= a.unknown_tests
+        merged.unsafe.extend(a.unsafe)
+        merged.forbidden.extend(a.forbidden)
+    return merged
 
 
 @functools.lru_cache(maxsize=8192)

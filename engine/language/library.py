@@ -6,6 +6,8 @@ of the library, and a scenario's ``playbook`` resolves to a valid playbook.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
@@ -13,8 +15,9 @@ from typing import Iterable, Union
 from .model import Playbook, RunPlaybookStep
 from .problems import Problem
 from .scenario import ScenarioResult, validate_scenario_file
-from .schema_check import suggest
-from .validator import PlaybookResult, validate_playbook_file
+from .schema_check import _fast_check, suggest
+from .validator import PlaybookResult, load_document, read_text, validate_playbook_file
+from .yaml_source import Document
 
 SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -116,12 +119,7 @@ def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
     """Validates every playbook and scenario named (folders: every YAML file under them)."""
     files = discover(paths)
     results: list[FileResult] = []
-    playbook_results: list[PlaybookResult] = []
-    for path in files:
-        if is_scenario(path):
-            continue
-        result = validate_playbook_file(path)
-        playbook_results.append(result)
+    playbook_results = _validate_many([p for p in files if not is_scenario(p)])
     valid = {r.playbook.id: r.playbook for r in playbook_results if r.playbook is not None}
     _check_library(playbook_results)
     resolver = Resolver(extra=valid)
@@ -134,17 +132,53 @@ def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
     return results
 
 
+PARALLEL_FROM = 64  # below this many files, starting processes costs more than it saves
+
+
+def _validate_many(paths: list[Path]) -> list[PlaybookResult]:
+    """Validates files, on every core when there are many (a large library in CI)."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [validate_playbook_file(p) for p in paths]
+    _fast_check("playbook")  # compiled once here, inherited by the forked workers
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_validate_slim, paths, chunksize=max(1, len(paths) // (workers * 4)))
+
+
+def _validate_slim(path: Path) -> PlaybookResult:
+    """A valid file's result without its text and positions: sending those back costs more than finding them."""
+    result = validate_playbook_file(path)
+    if not result.problems:
+        result.doc = None
+        result.text = ""
+    return result
+
+
+def _document_of(result: PlaybookResult) -> Document | None:
+    if result.doc is None:
+        text, problem = read_text(Path(result.file))
+        result.text = text
+        result.doc = None if problem else load_document(text, result.file).doc
+    return result.doc
+
+
 def _check_library(results: list[PlaybookResult]) -> None:
     """Duplicate ids and run_playbook targets across the files validated together (and their folders)."""
     first_by_id: dict[str, PlaybookResult] = {}
     for result in results:
-        if result.doc is None or not isinstance(result.doc.data, dict):
+        if result.playbook is not None:
+            pid: object = result.playbook.id
+        elif result.doc is not None and isinstance(result.doc.data, dict):
+            pid = result.doc.data.get("id")
+        else:
             continue
-        pid = result.doc.data.get("id")
         if not isinstance(pid, str):
             continue
         if pid in first_by_id:
-            pos = result.doc.pos(("id",))
+            doc = _document_of(result)
+            if doc is None:
+                continue
+            pos = doc.pos(("id",))
             result.problems.append(
                 Problem(
                     result.file,
@@ -160,7 +194,7 @@ def _check_library(results: list[PlaybookResult]) -> None:
             first_by_id[pid] = result
     folder_ids: dict[Path, set[str]] = {}  # loaded only when a target is not among the files given
     for result in results:
-        if result.playbook is None or result.doc is None:
+        if result.playbook is None:
             continue
         folder = Path(result.file).parent.resolve()
         for step in result.playbook.walk():
@@ -171,7 +205,10 @@ def _check_library(results: list[PlaybookResult]) -> None:
             known = folder_ids[folder] | set(first_by_id)
             if step.playbook_id not in known:
                 path = tuple(int(p) if p.isdigit() else p for p in step.path.split(".")) + ("run_playbook", "id")
-                pos = result.doc.pos(path)
+                doc = _document_of(result)
+                if doc is None:
+                    continue
+                pos = doc.pos(path)
                 close = suggest(step.playbook_id, known)
                 hint = f"; did you mean '{close}'?" if close else ""
                 result.problems.append(

@@ -25,7 +25,7 @@ from .yaml_source import Document
 RUN_NAMES = ("account", "contact", "contacts", "event", "vars", "steps", "run")
 TRIGGER_NAMES = ("event", "account")
 SEGMENT_NAMES = ("account",)
-EXIT_NAMES = ("event", "account", "contact", "run")
+EXIT_NAMES = ("event", "account", "contact", "vars", "run")
 SETUP_NAMES = ("account", "contact", "contacts", "event", "run")
 JINJA_GLOBALS = ("range", "dict", "true", "false", "none", "True", "False", "None", "loop")
 
@@ -104,11 +104,12 @@ class Checker:
             return self.problems
         self.check_step_shapes(data.get("steps"))
         self.collect_step_ids(data.get("steps"))
-        self.check_trigger(data.get("trigger"))
-        self.check_settings(data)
         vars_ = data.get("vars")
         if isinstance(vars_, dict):
             self.declared_vars.update(k for k in vars_ if isinstance(k, str))
+        self.check_trigger(data.get("trigger"))
+        self.check_settings(data)  # exit_when may use the declared vars (not those of set steps: they may not have run)
+        if isinstance(vars_, dict):
             for key, value in vars_.items():
                 self.check_strings(("vars", key), value, SETUP_NAMES, None)
         self.check_steps(data.get("steps"), ("steps",), Scope(visible={}))

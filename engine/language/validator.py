@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+
 
 from .build import build_playbook
 from .meaning import check_meaning
@@ -112,6 +112,3 @@ class InvalidPlaybook(Exception):
         self.problems = problems
         super().__init__("\n".join(p.header() for p in problems))
 
-
-def data_of(result: Loaded) -> Any:
-    return result.doc.data if result.doc else None

@@ -119,6 +119,8 @@ class ScenarioDriver:
             if asked.kind == "call_task" and item.get("call_task") == asked.step_id:
                 self.tasks.append(asyncio.create_task(self.answer(asked, item)))
             elif asked.kind == "approval" and item.get("approval") == asked.step_id:
+                if item.get("by") and asked.deciders and item["by"] not in asked.deciders:
+                    continue  # e.g. the lead's answer is for the escalated ask, not the owner's
                 self.tasks.append(asyncio.create_task(self.answer(asked, item)))
 
     @workflow.query

@@ -314,8 +314,11 @@ def _expectation(
         return problems
     if "email" in item:
         sent = [e for e in emails if e.step_id == item["email"] and e.status == "sent"]
+        if "to" in item:  # per recipient: a step inside for_each sends one email to each
+            sent = [e for e in sent if item["to"] in e.to] or sent
         if len(sent) != 1:
-            return [f"email {item['email']}: {len(sent)} sent, expected exactly one"]
+            who = f" to {item['to']}" if "to" in item else ""
+            return [f"email {item['email']}: {len(sent)} sent{who}, expected exactly one"]
         email = sent[0]
         problems = []
         if "to" in item and item["to"] not in email.to:
