@@ -23,7 +23,8 @@ log = structlog.get_logger("worker")
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    migrate(settings.db_url)
+    if settings.is_dev:
+        migrate(settings.db_url)  # in production, `playbook migrate` runs once per deploy (docs/operations.md)
     client = await rt.connect(settings)
     worker = build_worker(
         client, settings.task_queue, rt.activities(settings), max_concurrent_activities=settings.max_concurrent_activities

@@ -6,10 +6,12 @@ replay returns the first result instead of sending, creating or writing again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import datetime
 from typing import Any, Callable
 
+import structlog
 from sqlalchemy import func, select
 from temporalio import activity
 
@@ -39,6 +41,25 @@ from .types import (
 
 # Called after a task or approval is created: (kind, record). The scenario runner listens here.
 Listener = Callable[[str, dict[str, Any]], None]
+
+log = structlog.get_logger("activities")
+
+
+def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Binds the run, playbook, version and step to every log line of the activity (people's data is masked)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, req: Any) -> Any:
+        ref = getattr(req, "ref", None)
+        context = {"activity": fn.__name__, "attempt": activity.info().attempt if activity.in_activity() else None}
+        if ref is not None:
+            context.update(run_id=ref.workflow_id, playbook=ref.playbook_id, version=ref.version[:8], step=ref.step_id)
+        with structlog.contextvars.bound_contextvars(**context):
+            result = fn(self, req)
+            log.info("activity done", result=type(result).__name__)
+            return result
+
+    return wrapper
 
 
 def _when(at: str | None) -> datetime | None:
@@ -83,6 +104,7 @@ class PlaybookActivities:
     # CRM ---------------------------------------------------------------------------------------
 
     @activity.defn(name="load_account")
+    @logged
     def load_account(self, req: AccountRequest) -> AccountSnapshot:
         try:
             return self.crm.get_account(req.account_id)
@@ -92,6 +114,7 @@ class PlaybookActivities:
             raise to_application_error(err) from err
 
     @activity.defn(name="assign_owner")
+    @logged
     def assign_owner(self, req: AssignRequest) -> AssignResult:
         at = _when(req.at)
         try:
@@ -120,6 +143,7 @@ class PlaybookActivities:
             raise to_application_error(err) from err
 
     @activity.defn(name="update_crm")
+    @logged
     def update_crm(self, req: CrmRequest) -> AccountSnapshot:
         at = _when(req.at)
         account_id = req.ref.account_id
@@ -137,6 +161,7 @@ class PlaybookActivities:
     # email -------------------------------------------------------------------------------------
 
     @activity.defn(name="send_email")
+    @logged
     def send_email(self, req: EmailRequest) -> EmailResult:
         message_id = _public_id("msg", req.key)
         at = _when(req.at)
@@ -201,6 +226,7 @@ class PlaybookActivities:
         except ProviderError as err:
             raise to_application_error(err) from err
         self._set_email_status(req.key, "sent", provider_id)
+        log.info("email sent", to=req.to, message_id=message_id, provider=self.email.name)
         return EmailResult(message_id=message_id, status="sent")
 
     def _set_email_status(self, key: str, status: str, provider_id: str | None) -> None:
@@ -256,6 +282,7 @@ class PlaybookActivities:
     # call tasks ----------------------------------------------------------------------------------
 
     @activity.defn(name="create_call_task")
+    @logged
     def create_call_task(self, req: CallTaskRequest) -> CallTaskResult:
         try:
             with session(self.db_url) as s:
@@ -288,6 +315,7 @@ class PlaybookActivities:
         return CallTaskResult(task_id=task_id, assignee=assignee)
 
     @activity.defn(name="close_call_task")
+    @logged
     def close_call_task(self, req: CloseTaskRequest) -> Done:
         with session(self.db_url) as s:
             row = s.scalar(select(t.CallTask).where(t.CallTask.task_id == req.task_id))
@@ -303,6 +331,7 @@ class PlaybookActivities:
     # approvals -----------------------------------------------------------------------------------
 
     @activity.defn(name="create_approval")
+    @logged
     def create_approval(self, req: ApprovalRequest) -> ApprovalCreated:
         try:
             with session(self.db_url) as s:
@@ -333,6 +362,7 @@ class PlaybookActivities:
         return ApprovalCreated(approval_id=approval_id, deciders=deciders)
 
     @activity.defn(name="close_approval")
+    @logged
     def close_approval(self, req: CloseApprovalRequest) -> Done:
         with session(self.db_url) as s:
             row = s.scalar(select(t.Approval).where(t.Approval.approval_id == req.approval_id))

@@ -20,6 +20,7 @@ class RunRef:
     playbook_id: str
     account_id: str
     step_id: str | None = None
+    version: str = ""
 
 
 @dataclass(frozen=True)

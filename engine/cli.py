@@ -311,6 +311,17 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="The run (workflow) id.
 
 
 @app.command()
+def migrate() -> None:
+    """Create or upgrade the engine's tables in the configured database (once per deploy)."""
+    from .runtime.settings import load_settings
+    from .storage.db import migrate as upgrade
+
+    settings = load_settings()
+    upgrade(settings.db_url)
+    Console().print("database is at the newest schema", markup=False)
+
+
+@app.command()
 def worker() -> None:
     """Run a worker against the Temporal cluster in the settings (same as `python worker.py`)."""
     import worker as worker_module

@@ -118,7 +118,7 @@ class Interpreter:
         return f"{info.workflow_id}/{info.first_execution_run_id}/{step.path}{scope.key_suffix}{suffix}"
 
     def ref(self, step: m.Step) -> act.RunRef:
-        return act.RunRef(workflow.info().workflow_id, self.playbook.id, self.account_id, step.id)
+        return act.RunRef(workflow.info().workflow_id, self.playbook.id, self.account_id, step.id, self.playbook.version)
 
     def run_info(self) -> dict[str, Any]:
         info = workflow.info()

@@ -1,0 +1,33 @@
+"""Logs are structured, carry the run's context, and never show people's addresses or names in clear."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import structlog
+
+from engine.runtime.logs import configure, mask_email
+
+
+def test_email_addresses_are_masked():
+    assert mask_email("write to anna@kraus.example today") == "write to a***@k***.example today"
+
+
+def test_json_logs_mask_people_and_keep_context(capsys):
+    configure(json_output=True)
+    try:
+        log = structlog.get_logger("test")
+        with structlog.contextvars.bound_contextvars(run_id="repricer-onboarding/acc-1/x", step="welcome"):
+            log.info("email sent", to=["anna@kraus.example"], first_name="Anna", name="Kraus GmbH")
+        logging.getLogger("temporalio").warning("from stdlib with %s", "jonas@success.example")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    ours, theirs = lines
+    assert ours["event"] == "email sent"
+    assert ours["run_id"] == "repricer-onboarding/acc-1/x" and ours["step"] == "welcome"
+    assert ours["to"] == ["a***@k***.example"]
+    assert ours["first_name"] == "***" and ours["name"] == "***"
+    assert "jonas@" not in json.dumps(theirs) and "j***@s***.example" in theirs["event"]
