@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import sys
 from collections import Counter
@@ -182,10 +183,66 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         console.print(f"Temporal:  {server.address} (namespace {settings.temporal_namespace})", markup=False)
         console.print(f"Web UI:    {server.ui_url}", markup=False)
         console.print(f"Database:  {settings.db_url}", markup=False)
+        console.print(f"API:       http://127.0.0.1:{settings.api_port}/docs   (tokens: playbook token create)", markup=False)
         console.print("Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False)
-        await run_worker(settings, stop)
+        await asyncio.gather(run_worker(settings, stop), _serve_api(settings, stop))
     finally:
         server.stop()
+
+
+async def _serve_api(settings, stop) -> None:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port, log_config=None))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # Ctrl-C is handled by `dev`
+    task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the HTTP API against the Temporal cluster in the settings."""
+    import uvicorn
+
+    from api.app import create_app
+    from .runtime.logs import configure
+    from .runtime.settings import load_settings
+
+    settings = load_settings().check()
+    configure(settings.logs_as_json)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Who or what uses it.")],
+    role: Annotated[str, typer.Option(help="ops, csm or system.")],
+    csm: Annotated[Optional[str], typer.Option(help="For role csm: the CSM's id.")] = None,
+) -> None:
+    """Create an API token and print it (only its hash is stored)."""
+    from api.security import create_token
+    from .runtime.settings import load_settings
+    from .storage.db import migrate as upgrade
+
+    settings = load_settings()
+    upgrade(settings.db_url)
+    try:
+        token = create_token(settings.db_url, name, role, csm)
+    except ValueError as err:
+        Console(stderr=True).print(str(err), markup=False)
+        raise typer.Exit(2) from None
+    print(token)
 
 
 @app.command()

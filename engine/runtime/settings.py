@@ -48,6 +48,9 @@ class Settings:
     hubspot_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
 
+    event_signing_secret: str | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
+    api_port: int = 8000
+
     log_format: str | None = None  # console | json; default: console in dev, json elsewhere
     max_concurrent_activities: int = 50
 
@@ -76,6 +79,8 @@ class Settings:
         if not self.is_dev:
             if self.db_url.startswith("sqlite"):
                 problems.append("outside dev, set PLAYBOOK_DATABASE_URL to a shared database (PostgreSQL)")
+            if self.event_signing_secret is not None and self.event_signing_secret.lower() in PLACEHOLDERS:
+                problems.append("PLAYBOOK_EVENT_SIGNING_SECRET is a placeholder")
             if self.temporal_api_key is not None and self.temporal_api_key.lower() in PLACEHOLDERS:
                 problems.append("PLAYBOOK_TEMPORAL_API_KEY is a placeholder")
         if problems:

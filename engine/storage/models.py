@@ -158,3 +158,27 @@ class Approval(Base):
     created_at: Mapped[datetime]
     due_at: Mapped[datetime | None]
     decided_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is stored. Roles: ops (everything), csm (their own work), system (events)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    csm_id: Mapped[str | None] = mapped_column(String(100), default=None)  # for role csm: who they are
+    created_at: Mapped[datetime]
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ReceivedEvent(Base):
+    """Each event id once: a repeated POST /events answers what the first one did."""
+
+    __tablename__ = "received_events"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    received_at: Mapped[datetime]
+    answer: Mapped[dict[str, Any]] = mapped_column(default=dict)

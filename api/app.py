@@ -1,0 +1,44 @@
+"""The FastAPI application. `playbook dev` serves it beside the worker; `playbook api` alone in production."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from engine.runtime.connect import connect
+from engine.runtime.settings import Settings, load_settings
+
+from . import problems
+from .deps import AppState
+from .routes import events, people, runs
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState(settings=settings, client=client or await connect(settings))
+        state.reload_library()
+        app.state.engine = state
+        yield
+
+    app = FastAPI(
+        title="Playbook engine",
+        version="1.0",
+        description="Events from the product start playbooks; CSMs decide approvals and record call outcomes.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(events.router)
+    app.include_router(people.router)
+    app.include_router(runs.router)
+
+    @app.get("/health", tags=["health"], summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

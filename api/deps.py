@@ -1,0 +1,65 @@
+"""Dependencies: settings, the Temporal client, the library, and who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from temporalio.client import Client
+
+from engine.language.library import Library
+from engine.language.model import Playbook
+from engine.runtime.settings import Settings
+
+from .problems import Problem
+from .security import Caller, caller_for
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    client: Client
+    library: dict[str, Playbook] = field(default_factory=dict)
+
+    def reload_library(self) -> None:
+        self.library = dict(Library.load(self.settings.library).playbooks)
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.engine
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _token(authorization: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def current_caller(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    token = _token(authorization)
+    if not token:
+        raise Problem(401, "Unauthorized", "send an API token: Authorization: Bearer <token>")
+    caller = caller_for(state.settings.db_url, token)
+    if caller is None:
+        raise Problem(401, "Unauthorized", "this API token is unknown or revoked")
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def require(*roles: str):  # type: ignore[no-untyped-def]
+    def check(caller: CallerDep) -> Caller:
+        if caller.role not in roles:
+            raise Problem(403, "Forbidden", f"this needs a token with role {' or '.join(roles)}; yours is {caller.role}")
+        return caller
+
+    return check
+
+
+OpsDep = Annotated[Caller, Depends(require("ops"))]
+PeopleDep = Annotated[Caller, Depends(require("ops", "csm"))]

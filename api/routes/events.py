@@ -1,0 +1,69 @@
+"""POST /events: the product's backend reports what happened to an account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from pydantic import ValidationError
+
+from engine.interpreter.messages import Event
+from engine.runtime.intake import take_event
+
+from ..deps import StateDep
+from ..problems import Problem
+from ..schemas import EventIn, EventOut
+from ..security import SIGNATURE_HEADER, caller_for, check_signature
+
+router = APIRouter(tags=["events"])
+
+
+@router.post(
+    "/events",
+    response_model=EventOut,
+    summary="Report an event for an account",
+    description=(
+        "Authenticated by an HMAC-SHA256 signature of the body (header X-Playbook-Signature: t=<unix>,v1=<hex>, "
+        "signing '<t>.<body>' with the shared secret) or by a system or ops token. Starts every playbook whose "
+        "trigger matches (once per event id and enrollment key) and delivers the event to the account's live runs. "
+        "Posting the same event id again starts nothing and answers the same."
+    ),
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": EventIn.model_json_schema()}}, "required": True}},
+    responses={401: {"description": "Unsigned, badly signed, or replayed"}, 422: {"description": "Not a valid event"}},
+)
+async def post_event(
+    request: Request,
+    state: StateDep,
+    x_playbook_signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> EventOut:
+    body = await request.body()
+    if x_playbook_signature:
+        secret = state.settings.event_signing_secret
+        if not secret:
+            raise Problem(401, "Unauthorized", "signed events are not configured here (PLAYBOOK_EVENT_SIGNING_SECRET)")
+        reason = check_signature(secret, x_playbook_signature, body)
+        if reason:
+            raise Problem(401, "Unauthorized", reason)
+    else:
+        token = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else None
+        caller = caller_for(state.settings.db_url, token) if token else None
+        if caller is None or caller.role not in ("system", "ops"):
+            raise Problem(401, "Unauthorized", f"sign the body ({SIGNATURE_HEADER}) or send a system token")
+    try:
+        payload = EventIn.model_validate_json(body)
+    except ValidationError as err:
+        errors = [{"location": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in err.errors()]
+        detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors) or "not a valid event"
+        raise Problem(422, "Invalid event", detail, errors=errors) from None
+    event = Event(
+        type=payload.type,
+        data=payload.data,
+        id=payload.id,
+        occurred_at=payload.occurred_at.isoformat() if payload.occurred_at else None,
+        account_id=payload.account_id,
+    )
+    answer = await take_event(
+        state.client, state.settings.task_queue, state.settings.db_url, state.library, event, payload.account, payload.contacts
+    )
+    return EventOut.model_validate(answer.as_json())
