@@ -27,7 +27,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         migrate(settings.db_url)  # in production, `playbook migrate` runs once per deploy (docs/operations.md)
     client = await rt.connect(settings)
     worker = build_worker(
-        client, settings.task_queue, rt.activities(settings), max_concurrent_activities=settings.max_concurrent_activities
+        client, settings.task_queue, rt.activities(settings, client), max_concurrent_activities=settings.max_concurrent_activities
     )
     log.info("worker started", address=settings.temporal_address, namespace=settings.temporal_namespace, task_queue=settings.task_queue)
     async with worker:

@@ -153,3 +153,35 @@ class Done:
     """An activity's empty answer (a dataclass, so fields can be added later)."""
 
     ok: bool = True
+
+
+@dataclass(frozen=True)
+class SegmentPage:
+    """One page of the accounts a scheduled playbook's segment selects, in id order after `after`."""
+
+    accounts: str | None  # the expression over `account`; None: every account
+    after: str = ""
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    account_ids: list[str]
+    next_after: str | None  # None: this was the last page
+    scanned: int = 0
+
+
+@dataclass(frozen=True)
+class StartRunsRequest:
+    """Start one run of a playbook per account (a schedule tick): enrollment rules as for events."""
+
+    playbook_id: str
+    account_ids: list[str]
+    tick: str  # the tick's time, ISO 8601
+    task_queue: str
+
+
+@dataclass(frozen=True)
+class StartRunsResult:
+    started: int
+    skipped: int

@@ -169,9 +169,15 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
     home = Path(settings.home)
     server = DevServer(home, port, ui_port, settings.temporal_namespace)
     console.print(f"starting Temporal dev server (state in {home / 'temporal.db'}) ...", markup=False)
-    await server.start()
+    client = await server.start()
     try:
         migrate(settings.db_url)
+        from .language.library import Library
+        from .runtime.schedules import sync_schedules
+
+        synced = await sync_schedules(client, Library.load(settings.library).playbooks, settings.task_queue)
+        if synced.created or synced.updated:
+            console.print(f"schedules: {', '.join(synced.created + synced.updated)}", markup=False)
         if seed_demo(settings.db_url):
             console.print("seeded a demo team (csm-de, csm-en, csm-fr, lead-1) and accounts acc-kraus, acc-brightside", markup=False)
         from worker import run_worker
@@ -376,6 +382,34 @@ def migrate() -> None:
     settings = load_settings()
     upgrade(settings.db_url)
     Console().print("database is at the newest schema", markup=False)
+
+
+@app.command()
+def deploy(
+    library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
+) -> None:
+    """Check the library and make the cluster's schedules match its scheduled playbooks."""
+    from .language.library import Library
+    from .runtime.connect import connect
+    from .runtime.schedules import sync_schedules
+    from .runtime.settings import load_settings
+
+    results, n_problems = _load_library_table(library)
+    if n_problems:
+        Console(stderr=True).print("not deployed: fix the problems above first", markup=False)
+        raise typer.Exit(1)
+    settings = load_settings()
+
+    async def go():  # type: ignore[no-untyped-def]
+        client = await connect(settings)
+        return await sync_schedules(client, Library.load(library).playbooks, settings.task_queue)
+
+    report = asyncio.run(go())
+    Console().print(
+        f"schedules created: {', '.join(report.created) or '-'}; updated: {', '.join(report.updated) or '-'}; "
+        f"removed: {', '.join(report.removed) or '-'}",
+        markup=False,
+    )
 
 
 @app.command()

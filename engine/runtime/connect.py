@@ -12,6 +12,7 @@ from activities.crm import BuiltinCrm, CrmProvider
 from activities.email import EmailProvider, OutboxProvider
 from activities.library import LibraryActivities
 from activities.playbook_activities import Listener, PlaybookActivities
+from activities.segments import SegmentActivities
 
 from .settings import Settings
 
@@ -60,8 +61,10 @@ def crm_provider(settings: Settings) -> CrmProvider:
     return BuiltinCrm(settings.db_url)
 
 
-def activities(settings: Settings, listeners: list[Listener] | None = None) -> list[Callable[..., Any]]:
-    acts = PlaybookActivities(
-        settings.db_url, crm_provider(settings), email_provider(settings), settings.default_sender, listeners
-    )
-    return [*acts.all(), LibraryActivities(settings.library).load_playbook]
+def activities(
+    settings: Settings, client: Client | None = None, listeners: list[Listener] | None = None
+) -> list[Callable[..., Any]]:
+    crm = crm_provider(settings)
+    acts = PlaybookActivities(settings.db_url, crm, email_provider(settings), settings.default_sender, listeners)
+    segments = SegmentActivities(settings.db_url, crm, client, settings.library)
+    return [*acts.all(), LibraryActivities(settings.library).load_playbook, segments.segment_page, segments.start_scheduled_runs]

@@ -9,6 +9,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 
 # Imported once per worker instead of once per workflow run: pure, deterministic modules only.
@@ -19,7 +20,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
-WORKFLOWS: tuple[type, ...] = (PlaybookRun, PlaybookForEachChunk)
+WORKFLOWS: tuple[type, ...] = (PlaybookRun, PlaybookForEachChunk, PlaybookScheduleTick)
 
 
 def build_worker(
