@@ -630,6 +630,27 @@ class Interpreter:
             raise ValueError(f"{o.by!r} may not record the outcome of task {ask.info.id}; it is {ask.info.deciders[0]}'s")
         return ask
 
+    # The updates through which people answer: a validator refuses a bad answer before it enters history.
+    @workflow.update(name=DECIDE_UPDATE)
+    def decide(self, decision: Decision) -> DecisionResult:
+        ask = self.check_decision(decision)
+        ask.answer = decision
+        return DecisionResult(approval_id=ask.info.id, decision=decision.decision)
+
+    @decide.validator
+    def validate_decide(self, decision: Decision) -> None:
+        self.check_decision(decision)
+
+    @workflow.update(name=OUTCOME_UPDATE)
+    def record_outcome(self, outcome: Outcome) -> str:
+        ask = self.check_outcome(outcome)
+        ask.answer = outcome
+        return ask.info.id
+
+    @record_outcome.validator
+    def validate_record_outcome(self, outcome: Outcome) -> None:
+        self.check_outcome(outcome)
+
 
 def _event_dict(e: Event) -> dict[str, Any]:
     return {"type": e.type, "data": e.data, "id": e.id, "occurred_at": e.occurred_at, "account_id": e.account_id}
@@ -724,26 +745,6 @@ class PlaybookRun(Interpreter):
                 self.main.cancel()
             return
 
-    @workflow.update(name=DECIDE_UPDATE)
-    def decide(self, decision: Decision) -> DecisionResult:
-        ask = self.check_decision(decision)
-        ask.answer = decision
-        return DecisionResult(approval_id=ask.info.id, decision=decision.decision)
-
-    @decide.validator
-    def validate_decide(self, decision: Decision) -> None:
-        self.check_decision(decision)
-
-    @workflow.update(name=OUTCOME_UPDATE)
-    def record_outcome(self, outcome: Outcome) -> str:
-        ask = self.check_outcome(outcome)
-        ask.answer = outcome
-        return ask.info.id
-
-    @record_outcome.validator
-    def validate_record_outcome(self, outcome: Outcome) -> None:
-        self.check_outcome(outcome)
-
     @workflow.query(name=STATE_QUERY)
     def state(self) -> RunState:
         return RunState(
@@ -785,22 +786,3 @@ class PlaybookForEachChunk(Interpreter):
         # The parent's key space: an item's effects are the same whichever workflow runs them.
         return f"{self.key_prefix}/{step.path}{scope.key_suffix}{suffix}"
 
-    @workflow.update(name=DECIDE_UPDATE)
-    def decide(self, decision: Decision) -> DecisionResult:
-        ask = self.check_decision(decision)
-        ask.answer = decision
-        return DecisionResult(approval_id=ask.info.id, decision=decision.decision)
-
-    @decide.validator
-    def validate_decide(self, decision: Decision) -> None:
-        self.check_decision(decision)
-
-    @workflow.update(name=OUTCOME_UPDATE)
-    def record_outcome(self, outcome: Outcome) -> str:
-        ask = self.check_outcome(outcome)
-        ask.answer = outcome
-        return ask.info.id
-
-    @record_outcome.validator
-    def validate_record_outcome(self, outcome: Outcome) -> None:
-        self.check_outcome(outcome)
