@@ -58,7 +58,11 @@ class BuiltinCrm:
             }
             return AccountSnapshot(
                 account=data,
-                contacts=[{**(c.fields or {}), "email": c.email, "first_name": c.first_name} for c in contacts],
+                # An empty name is no name: templates see it undefined (an error, or their `default`), never "".
+                contacts=[
+                    {**(c.fields or {}), **{k: v for k, v in (("email", c.email), ("first_name", c.first_name)) if v}}
+                    for c in contacts
+                ],
             )
 
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None:

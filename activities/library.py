@@ -14,16 +14,15 @@ from .types import PlaybookRequest
 
 
 class LibraryActivities:
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str, *more_roots: Path | str) -> None:
+        self.roots = [Path(root), *(Path(r) for r in more_roots)]
 
     @activity.defn(name="load_playbook")
     def load_playbook(self, req: PlaybookRequest) -> Playbook:
         # Read at the moment of the call: a child run starts the library's current version.
-        library = Library.load(self.root)
-        playbook = library.playbooks.get(req.playbook_id)
-        if playbook is None:
-            raise ApplicationError(
-                f"no valid playbook '{req.playbook_id}' in {self.root}", type="NotFound", non_retryable=True
-            )
-        return playbook
+        for root in self.roots:
+            playbook = Library.load(root).playbooks.get(req.playbook_id)
+            if playbook is not None:
+                return playbook
+        where = ", ".join(str(r) for r in self.roots)
+        raise ApplicationError(f"no valid playbook '{req.playbook_id}' in {where}", type="NotFound", non_retryable=True)

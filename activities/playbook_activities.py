@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import structlog
@@ -63,7 +63,8 @@ def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _when(at: str | None) -> datetime | None:
-    return datetime.fromisoformat(at) if at else None
+    # Stored in UTC: SQLite keeps no offset, so a local time would read as UTC and be hours off.
+    return datetime.fromisoformat(at).astimezone(timezone.utc) if at else None
 
 
 def _public_id(prefix: str, key: str) -> str:

@@ -120,3 +120,5 @@ class ForEachChunkInput:
 class ForEachChunkResult:
     count: int
     failed: int
+    stopped: str | None = None  # a stop step ran in an item: its outcome
+    reason: str | None = None

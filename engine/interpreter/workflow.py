@@ -19,6 +19,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
     # Passed through: imported once per worker, not once per run (jinja2 and the model are large).
@@ -53,6 +54,11 @@ DEFAULT_RETRY = RetryPolicy(
 )
 INLINE_FOR_EACH_LIMIT = 100  # more items than this run in child workflows, CHUNK items each
 FOR_EACH_CHUNK = 100
+
+
+def _cancelled(err: BaseException) -> bool:
+    """An activity or child that ended because this run is being cancelled (an exit event, a cancel)."""
+    return isinstance(getattr(err, "cause", None), TemporalCancelledError)
 
 
 class StepFailed(Exception):
@@ -107,6 +113,8 @@ class Interpreter:
         self.statuses: dict[str, dict[str, Any]] = {}  # step id -> {status, result}
         self.pending: dict[str, _PendingAsk] = {}
         self.events: list[Event] = []
+        self.children: list[Any] = []  # running for_each chunk workflows
+        self.open_asks: dict[str, str] = {}  # task/approval id -> kind, until answered, timed out or closed
 
     # ----------------------------------------------------------------- context and helpers
 
@@ -186,6 +194,8 @@ class Interpreter:
         try:
             return await workflow.execute_activity(name, arg, result_type=result_type, **self.options(step))
         except ActivityError as err:
+            if _cancelled(err):
+                raise asyncio.CancelledError() from None
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             raise StepFailed(f"{name} failed: {message}") from None
@@ -306,6 +316,7 @@ class Interpreter:
             return result
         ask = _PendingAsk(Pending("call_task", created.task_id, step.id, [created.assignee], list(step.outcomes)))
         self.pending[created.task_id] = ask
+        self.open_asks[created.task_id] = "call_task"
         timeout = step.wait_timeout or step.timeout
         self.note(step, "waiting", f"for the outcome of task {created.task_id}")
         try:
@@ -325,6 +336,7 @@ class Interpreter:
             act.CloseTaskRequest(created.task_id, status, self.now().isoformat(), outcome, by),
             act.Done,
         )
+        self.open_asks.pop(created.task_id, None)
         return {**result, "outcome": outcome}
 
     async def step_crm(self, step: m.CrmStep, scope: Scope) -> dict[str, Any]:
@@ -379,11 +391,22 @@ class Interpreter:
         start = len(self.events)
         found: list[Event] = []
 
+        judged: set[int] = set()
+
         def matched() -> bool:
-            for e in self.events[start:]:
-                if e.type != step.event or e in found:
+            # Runs inside the workflow's condition check: it must never raise (that would fail the activation
+            # forever). An event the match cannot judge (a missing field) does not count, as for exit_when.
+            for index in range(start, len(self.events)):
+                e = self.events[index]
+                if e.type != step.event or index in judged:
                     continue
-                if step.match is None or self.evaluate(step.match, scope, event=_event_dict(e)):
+                judged.add(index)
+                try:
+                    ok = step.match is None or bool(self.evaluate(step.match, scope, event=_event_dict(e)))
+                except ex.ExpressionError as err:
+                    self.note(step, "info", f"event {e.type} ignored: match could not be evaluated ({err})")
+                    ok = False
+                if ok:
                     found.append(e)
                     return True
             return False
@@ -420,6 +443,7 @@ class Interpreter:
             created: act.ApprovalCreated = await self.call(step, "create_approval", request, act.ApprovalCreated)
             ask = _PendingAsk(Pending("approval", created.approval_id, step.id, list(created.deciders)))
             self.pending[created.approval_id] = ask
+            self.open_asks[created.approval_id] = "approval"
             self.note(step, "waiting", f"for approval {created.approval_id} by {', '.join(created.deciders) or 'ops'}")
             try:
                 await workflow.wait_condition(
@@ -449,6 +473,7 @@ class Interpreter:
                 ),
                 act.Done,
             )
+            self.open_asks.pop(created.approval_id, None)
             if answer is not None:
                 return result
             if escalate:
@@ -480,7 +505,14 @@ class Interpreter:
         return {"case": chosen}
 
     async def step_parallel(self, step: m.ParallelStep, scope: Scope) -> dict[str, Any]:
-        await asyncio.gather(*(self.run_steps(b.steps, scope) for b in step.branches))
+        # "The step ends when all do": a failing branch does not cut the others short.
+        outcomes = await asyncio.gather(*(self.run_steps(b.steps, scope) for b in step.branches), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, (StopRun, asyncio.CancelledError)):
+                raise outcome
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise failures[0]
         return {}
 
     async def step_for_each(self, step: m.ForEachStep, scope: Scope) -> dict[str, Any]:
@@ -535,16 +567,24 @@ class Interpreter:
                 key_prefix=f"{info.workflow_id}/{info.first_execution_run_id}",
                 clock_offset=self.clock_offset.total_seconds(),
             )
+            handle = await workflow.start_child_workflow(
+                FOR_EACH_WORKFLOW_NAME,
+                chunk,
+                id=f"{info.workflow_id}/{step.path}{scope.key_suffix}/{start}",
+                result_type=ForEachChunkResult,
+            )
+            self.children.append(handle)  # events reach the items waiting in it
             try:
-                result: ForEachChunkResult = await workflow.execute_child_workflow(
-                    FOR_EACH_WORKFLOW_NAME,
-                    chunk,
-                    id=f"{info.workflow_id}/{step.path}{scope.key_suffix}/{start}",
-                    result_type=ForEachChunkResult,
-                )
-                failed += result.failed
+                result: ForEachChunkResult = await handle
             except ChildWorkflowError as err:
+                if _cancelled(err):
+                    raise asyncio.CancelledError() from None
                 raise StepFailed(f"items {start}..{start + len(chunk.items) - 1} failed: {err.cause or err}") from None
+            finally:
+                self.children.remove(handle)
+            failed += result.failed
+            if result.stopped:
+                raise StopRun(result.stopped, result.reason)
         return {"count": len(items), "failed": failed}
 
     async def step_set(self, step: m.SetStep, scope: Scope) -> dict[str, Any]:
@@ -577,6 +617,8 @@ class Interpreter:
             )
             return {"run_id": child_id, "outcome": result.outcome}
         except ChildWorkflowError as err:
+            if _cancelled(err):
+                raise asyncio.CancelledError() from None  # this run is exiting: its child was cancelled with it
             return {"run_id": child_id, "outcome": "failed", "error": str(err.cause or err)}
 
     async def step_stop(self, step: m.StopStep, scope: Scope) -> dict[str, Any]:
@@ -629,6 +671,14 @@ class Interpreter:
         if not o.admin and o.by not in ask.info.deciders:
             raise ValueError(f"{o.by!r} may not record the outcome of task {ask.info.id}; it is {ask.info.deciders[0]}'s")
         return ask
+
+    async def forward(self, event: Event) -> None:
+        """Passes an event on to the for_each chunks running now (their items may wait for it)."""
+        for child in list(self.children):
+            try:
+                await child.signal(EVENT_SIGNAL, event)
+            except Exception:  # noqa: BLE001 - the chunk ended meanwhile: nothing waits there any more
+                continue
 
     # The updates through which people answer: a validator refuses a bad answer before it enters history.
     @workflow.update(name=DECIDE_UPDATE)
@@ -708,8 +758,10 @@ class PlaybookRun(Interpreter):
             if self.exit is None:
                 raise  # the run itself was cancelled
             outcome, event = self.exit
+            await self.close_open_asks()
             return self.finish(outcome, f"exit on event {event.type}")
         except StopRun as stop:
+            await self.close_open_asks()
             return self.finish(stop.outcome, stop.reason)
         except StepFailed as err:
             # Failed in Temporal's eyes too (the Web UI shows it), with the run's record as the error's details.
@@ -720,6 +772,18 @@ class PlaybookRun(Interpreter):
             return self.finish(outcome, f"exit on event {event.type}")
         return self.finish("completed", None)
 
+    async def close_open_asks(self) -> None:
+        """Tasks and approvals the run no longer waits for leave the inbox as cancelled."""
+        for ask_id, kind in list(self.open_asks.items()):
+            request: Any
+            if kind == "call_task":
+                name, request = "close_call_task", act.CloseTaskRequest(ask_id, "cancelled", self.now().isoformat())
+            else:
+                name, request = "close_approval", act.CloseApprovalRequest(ask_id, "cancelled", self.now().isoformat())
+            await workflow.execute_activity(name, request, result_type=act.Done,
+                                            start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY)
+        self.open_asks.clear()
+
     def finish(self, outcome: str, reason: str | None) -> RunResult:
         self.status = outcome
         self.timeline.append(
@@ -728,10 +792,14 @@ class PlaybookRun(Interpreter):
         return RunResult(outcome=outcome, reason=reason, steps=dict(self.statuses), timeline=list(self.timeline))
 
     @workflow.signal(name=EVENT_SIGNAL)
-    def on_event(self, event: Event) -> None:
+    async def on_event(self, event: Event) -> None:
         self.events.append(event)
-        if self.exit is not None or self.status != "running":
+        if self.exit is None and self.status == "running" and self.exits_on(event):
             return
+        await self.forward(event)
+
+    def exits_on(self, event: Event) -> bool:
+        """Whether an exit_when rule matches; if so the run's steps are cancelled and the run ends."""
         for rule in self.playbook.exit_when:
             if rule.event != event.type:
                 continue
@@ -743,7 +811,8 @@ class PlaybookRun(Interpreter):
             self.exit = ("goal" if rule.goal else "exited", event)
             if self.main is not None and not self.main.done():
                 self.main.cancel()
-            return
+            return True
+        return False
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> RunState:
@@ -779,8 +848,17 @@ class PlaybookForEachChunk(Interpreter):
         if not isinstance(step, m.ForEachStep):
             raise ApplicationError(f"no for_each step at {chunk.step_path}", non_retryable=True)
         scope = Scope(dict(ctx["steps"]), dict(ctx["vars"]), dict(ctx["locals"]), ctx["key_suffix"])
-        failed = await self.for_each_inline(step, scope, chunk.items, chunk.start_index)
+        try:
+            failed = await self.for_each_inline(step, scope, chunk.items, chunk.start_index)
+        except StopRun as stop:
+            # A stop inside an item ends the whole run: the parent raises it on.
+            return ForEachChunkResult(count=len(chunk.items), failed=0, stopped=stop.outcome, reason=stop.reason)
         return ForEachChunkResult(count=len(chunk.items), failed=failed)
+
+    @workflow.signal(name=EVENT_SIGNAL)
+    async def on_event(self, event: Event) -> None:
+        self.events.append(event)
+        await self.forward(event)
 
     def key(self, step: m.Step, scope: Scope, suffix: str = "") -> str:
         # The parent's key space: an item's effects are the same whichever workflow runs them.

@@ -74,7 +74,7 @@ async def list_runs(
     if account:
         query.append(f"AccountId = '{account}'")
     if status:
-        query.append(f"ExecutionStatus = '{status.capitalize()}'")
+        query.append(f"ExecutionStatus = '{''.join(part.capitalize() for part in status.split('_'))}'")  # TimedOut
     runs: list[RunSummary] = []
     async for wf in client.list_workflows(" AND ".join(query), limit=limit):
         memo = await wf.memo()

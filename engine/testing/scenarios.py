@@ -160,7 +160,11 @@ async def _run(
 
     loop = asyncio.get_running_loop()
     activities = PlaybookActivities(db_url, crm, OutboxProvider(), listeners=[on_ask])
-    library = LibraryActivities(library_root or find_library_root(path))
+    # run_playbook finds ids beside the scenario's playbook first, then in the library
+    roots = [find_library_root(path)] + ([library_root] if library_root else [])
+    if data["playbook"].endswith((".yaml", ".yml")) or "/" in data["playbook"]:
+        roots.insert(0, (path.parent / data["playbook"]).resolve().parent)
+    library = LibraryActivities(*roots)
     driver_activities = DriverActivities(client)
     worker = build_worker(
         client,
