@@ -180,6 +180,8 @@ class PlaybookActivities:
                 status, detail = "rejected", f"invalid recipient(s): {', '.join(req.to) or 'none'}"
             elif suppressed and set(recipients) <= suppressed:
                 status, detail = "suppressed", "every recipient is on the suppression list"
+            if row is not None and status != "sending":
+                row.status = status  # a retry found the address suppressed or invalid meanwhile: record that
             if row is None:
                 row = t.OutboxEmail(
                     key=req.key,

@@ -48,7 +48,8 @@ with workflow.unsafe.imports_passed_through():
     from engine.language import model as m
     from engine.language.durations import DurationError, parse_duration
 
-ACTIVITY_TIMEOUT = timedelta(seconds=60)
+# Providers time out after 10 s; a worker that dies mid-activity is noticed after this long, then retried.
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
 DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10), maximum_attempts=10
 )
