@@ -46,7 +46,11 @@ def configure(json_output: bool, level: int = logging.INFO) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
-    renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
+    # default=repr: a value JSON cannot hold is shown, not rendered through structlog's fallback, whose lazy
+    # import fails inside Temporal's workflow sandbox and would swallow the very warning being logged.
+    renderer = (
+        structlog.processors.JSONRenderer(default=repr) if json_output else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

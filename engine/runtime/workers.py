@@ -12,7 +12,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 
-# Imported once per worker instead of once per workflow run: pure, deterministic modules only.
+# Modules the workflow sandbox takes from the worker instead of re-importing them for every run: pure,
+# deterministic code only. Most are needed, not just cheaper: the sandbox's own copies of jinja2 (locks),
+# the model's dataclasses and zoneinfo objects do not work inside it (bench/memory.py tries each without).
 PASSTHROUGH = ("jinja2", "markupsafe", "engine.language", "engine.interpreter.calendar", "engine.interpreter.messages", "activities.types")
 
 
