@@ -20,12 +20,17 @@ validate: $(STAMP)
 	$(BIN)/playbook validate playbooks
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
+# scripts/ensure-chromium installs Debian's chromium for the browser test when it is missing (as root).
 test: $(STAMP)
+	@bash scripts/ensure-chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .playbook build .pytest_cache .hypothesis

@@ -13,7 +13,7 @@ from engine.runtime.settings import Settings, load_settings
 
 from . import problems
 from .deps import AppState
-from .routes import events, people, runs
+from .routes import events, inbox, people, runs
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(events.router)
     app.include_router(people.router)
     app.include_router(runs.router)
+    app.include_router(inbox.router)
 
     @app.get("/health", tags=["health"], summary="Liveness")
     def health() -> dict[str, str]:

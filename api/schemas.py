@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/-]+$")
+
+# The database keeps UTC without an offset (SQLite has none); an answer says it is UTC, as RFC 3339 wants.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
+
+
+def _rfc3339_string(value: Any) -> Any:
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("must be an RFC 3339 date-time string")  # not a number read as seconds since 1970
+    return value
+
+
+# A timestamp in a request: a date-time string, as documented.
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339_string)]
+
+
+class ProblemDetails(BaseModel):
+    """Every error answer (RFC 9457), as application/problem+json."""
+
+    type: str = Field(description="about:blank: the title says what kind of error it is")
+    title: str
+    status: int = Field(description="The HTTP status code, again")
+    detail: str = Field(description="What went wrong, in words")
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="For invalid requests: each invalid field's location and message"
+    )
+
+
+class AccountIn(BaseModel):
+    """CRM fields of the account; name and owner are columns of their own, every other field is kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = Field(default=None, max_length=300, description="null or absent: the name stays as it is")
+    owner: str | None = Field(
+        default=None, max_length=200, description="The owning CSM's id (one the engine knows); null: no owner"
+    )
+
+
+class ContactIn(BaseModel):
+    """A contact of the account; every field besides email and first_name is kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+    email: str = Field(default="", max_length=320)
+    first_name: str = Field(default="", max_length=200)
 
 
 class EventIn(BaseModel):
@@ -15,10 +58,10 @@ class EventIn(BaseModel):
     id: str = Field(min_length=1, max_length=200, description="Unique per event: a repeat is answered the same.")
     type: str = Field(min_length=3, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="e.g. account.signed_up")
     account_id: str = ID
-    occurred_at: datetime | None = None
+    occurred_at: Timestamp | None = None
     data: dict[str, Any] = Field(default_factory=dict)
-    account: dict[str, Any] | None = Field(default=None, description="CRM fields to upsert on the account.")
-    contacts: list[dict[str, Any]] | None = Field(default=None, description="The account's contacts (first = primary).")
+    account: AccountIn | None = Field(default=None, description="CRM fields to upsert on the account.")
+    contacts: list[ContactIn] | None = Field(default=None, description="The account's contacts (first = primary).")
 
 
 class StartedRunOut(BaseModel):
@@ -44,15 +87,17 @@ class ApprovalOut(BaseModel):
     draft: dict[str, Any] | None
     approvers: list[str]
     status: str
-    created_at: datetime | None
-    due_at: datetime | None
+    created_at: UtcDatetime | None
+    due_at: UtcDatetime | None
 
 
 class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: Literal["approve", "reject"]
     comment: str | None = Field(default=None, max_length=5000)
-    edits: dict[str, str] | None = Field(default=None, description="subject and/or body of the draft email")
+    edits: dict[Literal["subject", "body"], str] | None = Field(
+        default=None, description="subject and/or body of the draft email"
+    )
 
 
 class DecisionOut(BaseModel):
@@ -72,8 +117,8 @@ class TaskOut(BaseModel):
     outcomes: list[str]
     status: str
     outcome: str | None
-    created_at: datetime | None
-    due_at: datetime | None
+    created_at: UtcDatetime | None
+    due_at: UtcDatetime | None
 
 
 class OutcomeIn(BaseModel):
@@ -81,11 +126,23 @@ class OutcomeIn(BaseModel):
     outcome: str = Field(min_length=1, max_length=100)
 
 
+class RunEventIn(BaseModel):
+    """The event a run started by hand sees as its trigger."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(
+        min_length=3, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="e.g. account.signed_up"
+    )
+    data: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, min_length=1, max_length=200)
+    occurred_at: Timestamp | None = None
+
+
 class RunStartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     playbook: str = Field(min_length=1, max_length=200)
     account_id: str = ID
-    event: dict[str, Any] | None = None
+    event: RunEventIn | None = None
 
 
 class RunOut(BaseModel):
@@ -94,7 +151,7 @@ class RunOut(BaseModel):
     version: str
     account: str
     status: str
-    started_at: datetime | None
+    started_at: UtcDatetime | None
     current: list[str] = []
 
 

@@ -48,7 +48,11 @@ def create_token(db_url: str, name: str, role: str, csm_id: str | None = None) -
 
 
 def caller_for(db_url: str, token: str) -> Caller | None:
-    digest = hash_token(token)
+    return caller_for_hash(db_url, hash_token(token))
+
+
+def caller_for_hash(db_url: str, digest: str) -> Caller | None:
+    """The caller whose live (unrevoked) token has this SHA-256; the inbox's session keeps only the hash."""
     with session(db_url) as s:
         row = s.scalar(select(t.ApiToken).where(t.ApiToken.token_hash == digest, t.ApiToken.revoked.is_(False)))
         return Caller(row.name, row.role, row.csm_id) if row else None

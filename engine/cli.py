@@ -190,6 +190,7 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         console.print(f"Web UI:    {server.ui_url}", markup=False)
         console.print(f"Database:  {settings.db_url}", markup=False)
         console.print(f"API:       http://127.0.0.1:{settings.api_port}/docs   (tokens: playbook token create)", markup=False)
+        console.print(f"Inbox:     http://127.0.0.1:{settings.api_port}/inbox  (CSMs sign in with their token)", markup=False)
         console.print("Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False)
         await asyncio.gather(run_worker(settings, stop), _serve_api(settings, stop))
     finally:

@@ -8,111 +8,13 @@ account.cancelled event ends a live run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
 import uuid
-from datetime import datetime
-from pathlib import Path
-from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
 from api.security import sign
-from tests.paths import PLAYBOOKS, ROOT
-
-SECRET = "e2e-signing-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def daytime_zone() -> str:
-    """A timezone where it is working hours now, so quiet hours (20:00-08:00) do not hold emails back."""
-    for name in ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "America/Los_Angeles", "Asia/Kolkata", "Australia/Sydney", "UTC"):
-        if 9 <= datetime.now(ZoneInfo(name)).hour < 18:
-            return name
-    return "Pacific/Honolulu"
-
-
-class Stack:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.api_port = free_port()
-        self.env = {
-            **os.environ,
-            "PLAYBOOK_HOME": str(home),
-            "PLAYBOOK_LIBRARY": str(PLAYBOOKS),
-            "PLAYBOOK_API_PORT": str(self.api_port),
-            "PLAYBOOK_EVENT_SIGNING_SECRET": SECRET,
-            "PLAYBOOK_TEMPORAL_ADDRESS": "",  # set below
-        }
-        self.temporal_port = free_port()
-        self.env["PLAYBOOK_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
-
-    def start(self) -> None:
-        log = open(self.home / "dev.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "dev", "--library", str(PLAYBOOKS), "--port", str(self.temporal_port),
-             "--ui-port", str(free_port())],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.home / "dev.log").read_text())
-            try:
-                if self.http.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError((self.home / "dev.log").read_text())
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.http.close()
-
-    def token(self, role: str, csm: str | None = None) -> str:
-        args = [sys.executable, "-m", "engine.cli", "token", "create", "--name", f"{role}-test", "--role", role]
-        if csm:
-            args += ["--csm", csm]
-        return subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, check=True).stdout.strip()
-
-    def db(self, query: str, *args: object) -> list[tuple]:
-        with sqlite3.connect(self.home / "playbook.db") as conn:
-            return conn.execute(query, args).fetchall()
-
-    def post_event(self, event: dict, secret: str = SECRET, signature: str | None = None) -> httpx.Response:
-        body = json.dumps(event).encode()
-        return self.http.post(
-            "/events", content=body,
-            headers={"Content-Type": "application/json", "X-Playbook-Signature": signature or sign(secret, body)},
-        )
-
-    def wait_for(self, what, timeout: float = 30):  # type: ignore[no-untyped-def]
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            value = what()
-            if value:
-                return value
-            time.sleep(0.3)
-        raise AssertionError("timed out waiting")
+from tests.dev_stack import SECRET, Stack, daytime_zone
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.interpreter.messages import Event
 from engine.runtime.intake import take_event
+from engine.storage import models as t
+from engine.storage.db import session
 
 from ..deps import StateDep
-from ..problems import Problem
+from ..problems import Problem, documented
 from ..schemas import EventIn, EventOut
 from ..security import SIGNATURE_HEADER, caller_for, check_signature
 
 router = APIRouter(tags=["events"])
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place: a `#/$defs/...` reference in the
+    OpenAPI document would point at the document's root, where there are no $defs."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+def csm_known(db_url: str, csm_id: str) -> bool:
+    with session(db_url) as s:
+        return s.get(t.Csm, csm_id) is not None
 
 
 @router.post(
@@ -28,8 +54,10 @@ router = APIRouter(tags=["events"])
         "trigger matches (once per event id and enrollment key) and delivers the event to the account's live runs. "
         "Posting the same event id again starts nothing and answers the same."
     ),
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": EventIn.model_json_schema()}}, "required": True}},
-    responses={401: {"description": "Unsigned, badly signed, or replayed"}, 422: {"description": "Not a valid event"}},
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": inline_schema(EventIn)}}, "required": True}
+    },
+    responses=documented({401: "Unsigned, badly signed, or replayed", 422: "Not a valid event"}),
 )
 async def post_event(
     request: Request,
@@ -56,6 +84,14 @@ async def post_event(
         errors = [{"location": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in err.errors()]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors) or "not a valid event"
         raise Problem(422, "Invalid event", detail, errors=errors) from None
+    account = payload.account.model_dump(exclude_unset=True) if payload.account else None
+    if account is not None and account.get("name") is None:
+        account.pop("name", None)  # null: the name stays as it is
+    if account and account.get("owner") is not None and not csm_known(state.settings.db_url, account["owner"]):
+        message = f"no CSM {account['owner']!r} is known to the engine"
+        errors = [{"location": "account.owner", "message": message}]
+        raise Problem(422, "Invalid event", f"account.owner: {message}", errors=errors)
+    contacts = [c.model_dump(exclude_unset=True) for c in payload.contacts] if payload.contacts is not None else None
     event = Event(
         type=payload.type,
         data=payload.data,
@@ -64,6 +100,6 @@ async def post_event(
         account_id=payload.account_id,
     )
     answer = await take_event(
-        state.client, state.settings.task_queue, state.settings.db_url, state.library, event, payload.account, payload.contacts
+        state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts
     )
     return EventOut.model_validate(answer.as_json())

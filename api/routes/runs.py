@@ -13,12 +13,13 @@ from engine.runtime import runs as run_service
 from engine.runtime.intake import start_enrolled
 
 from ..deps import OpsDep, StateDep
-from ..problems import Problem
+from ..problems import Problem, documented
 from ..schemas import PlaybookOut, ProblemOut, RunDetailOut, RunOut, RunStartIn, TimelineOut, ValidateIn, ValidationOut
 
 router = APIRouter(tags=["runs and playbooks"])
-ERRORS = {401: {"description": "No or unknown token"}, 403: {"description": "Needs an ops token"},
-          404: {"description": "No such run or playbook"}, 409: {"description": "Conflict"}}
+ERRORS = documented({401: "No or unknown token", 403: "Needs an ops token", 404: "No such run or playbook",
+                     409: "Conflict", 422: "Not a valid request"})
+WITH_BODY = {**ERRORS, **documented({400: "The body is not JSON"})}
 Status = Literal["running", "completed", "failed", "canceled", "terminated", "timed_out"]
 
 
@@ -55,16 +56,15 @@ async def get_run(run_id: str, state: StateDep, _caller: OpsDep) -> RunDetailOut
     )
 
 
-@router.post("/runs", response_model=RunOut, status_code=201, summary="Start a run by hand", responses=ERRORS)
+@router.post("/runs", response_model=RunOut, status_code=201, summary="Start a run by hand", responses=WITH_BODY)
 async def start_run(body: RunStartIn, state: StateDep, _caller: OpsDep) -> RunOut:
     playbook = state.library.get(body.playbook)
     if playbook is None:
         raise Problem(404, "Not Found", f"no valid playbook {body.playbook!r} in the library")
     event = None
     if body.event:
-        if not isinstance(body.event.get("type"), str):
-            raise Problem(422, "Invalid request", "event.type is required")
-        event = Event(type=body.event["type"], data=dict(body.event.get("data") or {}), id=body.event.get("id"),
+        occurred_at = body.event.occurred_at.isoformat() if body.event.occurred_at else None
+        event = Event(type=body.event.type, data=body.event.data, id=body.event.id, occurred_at=occurred_at,
                       account_id=body.account_id)
     handle = await run_service.start_run(state.client, state.settings.task_queue, playbook, body.account_id, event)
     return RunOut(id=handle.id, playbook=playbook.id, version=playbook.version[:8], account=body.account_id,
@@ -92,7 +92,7 @@ def list_playbooks(state: StateDep, _caller: OpsDep) -> list[PlaybookOut]:
     return out
 
 
-@router.post("/playbooks/validate", response_model=ValidationOut, summary="Validate a playbook's text", responses=ERRORS)
+@router.post("/playbooks/validate", response_model=ValidationOut, summary="Validate a playbook's text", responses=WITH_BODY)
 def validate(body: ValidateIn, _caller: OpsDep) -> ValidationOut:
     result = validate_playbook_text(body.text, body.file)
     return ValidationOut(

@@ -8,6 +8,8 @@ nothing new.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +27,7 @@ from engine.language.model import Playbook
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .runs import search_attributes
+from .runs import ACCOUNT_ID, search_attributes
 
 
 @dataclass
@@ -104,17 +106,96 @@ async def start_enrolled(
     return StartedRun(playbook.id, workflow_id, "started")
 
 
+LiveRun = tuple[str, str]  # workflow id, run id
+
+
+class _LiveRunLookup:
+    """The live runs of accounts, from Temporal's visibility store, for the events being taken at the moment.
+
+    One list query per event cost the Temporal server half as much again as the start itself. Here an event that
+    finds a query under way waits for the next one, which asks for every account waiting by then (AccountId IN
+    (...)): alone, an event gets its own query at once; under load, one query serves many. The wait hides behind
+    the starts, which take longer than a query. Each answer is what a query of its own, made after the event
+    arrived, would have said.
+    """
+
+    MAX_IN_FLIGHT = 1
+    MAX_ACCOUNTS = 100  # per query
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.waiting: dict[str, list[asyncio.Future[list[LiveRun]]]] = {}
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    async def of(self, account_id: str) -> list[LiveRun]:
+        future: asyncio.Future[list[LiveRun]] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(account_id, []).append(future)
+        if self.in_flight < self.MAX_IN_FLIGHT:
+            self.in_flight += 1
+            task = asyncio.create_task(self._serve())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return await future
+
+    async def _serve(self) -> None:
+        try:
+            while self.waiting:
+                batch = {k: self.waiting.pop(k) for k in list(self.waiting)[: self.MAX_ACCOUNTS]}
+                try:
+                    found = await self._query(list(batch))
+                except Exception as err:  # noqa: BLE001 - each waiting event gets the error, as its own query would
+                    for futures in batch.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(err)
+                    continue
+                for account_id, futures in batch.items():
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(list(found.get(account_id, [])))
+        finally:
+            self.in_flight -= 1
+
+    async def _query(self, account_ids: list[str]) -> dict[str, list[LiveRun]]:
+        accounts = ", ".join(f"'{_quote(a)}'" for a in account_ids)
+        query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND AccountId IN ({accounts})"
+        found: dict[str, list[LiveRun]] = {}
+        async for wf in self.client.list_workflows(query):
+            account_id = wf.typed_search_attributes.get(ACCOUNT_ID)
+            if account_id is not None:
+                found.setdefault(account_id, []).append((wf.id, wf.run_id))
+        return found
+
+
+_lookups: weakref.WeakKeyDictionary[Client, _LiveRunLookup] = weakref.WeakKeyDictionary()
+
+
+async def live_runs(client: Client, account_id: str) -> list[LiveRun]:
+    """The account's live runs (workflow id, run id)."""
+    lookup = _lookups.get(client)
+    if lookup is None:
+        lookup = _lookups[client] = _LiveRunLookup(client)
+    return await lookup.of(account_id)
+
+
+async def signal_runs(client: Client, runs: list[LiveRun], event: Event) -> list[str]:
+    """Signals the event to the runs (they decide: wait_for, exit_when, or ignore); the ids of those reached."""
+
+    async def signal(workflow_id: str, run_id: str) -> str | None:
+        try:
+            await client.get_workflow_handle(workflow_id, run_id=run_id).signal(EVENT_SIGNAL, event)
+            return workflow_id
+        except RPCError:
+            return None  # it ended meanwhile
+
+    reached = await asyncio.gather(*(signal(w, r) for w, r in runs))
+    return [w for w in reached if w is not None]
+
+
 async def deliver(client: Client, event: Event) -> list[str]:
     """Signals the event to every live run of the account (they decide: wait_for, exit_when, or ignore)."""
-    delivered = []
-    query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND AccountId = '{_quote(event.account_id or '')}'"
-    async for wf in client.list_workflows(query):
-        try:
-            await client.get_workflow_handle(wf.id, run_id=wf.run_id).signal(EVENT_SIGNAL, event)
-            delivered.append(wf.id)
-        except RPCError:
-            continue  # it ended meanwhile
-    return delivered
+    return await signal_runs(client, await live_runs(client, event.account_id or ""), event)
 
 
 def _quote(value: str) -> str:
@@ -155,35 +236,53 @@ async def take_event(
     account: dict[str, Any] | None = None,
     contacts: list[dict[str, Any]] | None = None,
 ) -> EventAnswer:
-    """The whole of POST /events: idempotent by event id."""
+    """The whole of POST /events: idempotent by event id.
+
+    The database work (a few milliseconds of SQLite) runs in a thread, so the event loop goes on serving other
+    requests meanwhile. The account's live runs are looked up while the triggered playbooks start: an event that
+    starts a run is its trigger, not something it waits for, so it is delivered to every live run but those.
+    """
     if event.id:
-        seen = remembered(db_url, event.id)
+        seen = await asyncio.to_thread(remembered, db_url, event.id)
         if seen is not None:
             return seen
     account_id = event.account_id or ""
-    if account or contacts:
-        seed(db_url, {**(account or {}), "id": account_id}, list(contacts or []), [])
-    crm = BuiltinCrm(db_url)
-    try:
-        snapshot = crm.get_account(account_id)
-        account_data, contact_data = snapshot.account, snapshot.contacts
-    except Exception:  # noqa: BLE001 - an unknown account still gets its event delivered; triggers see only its id
-        account_data, contact_data = {"id": account_id, "owner": None}, []
+    account_data, contact_data = await asyncio.to_thread(account_snapshot, db_url, account_id, account, contacts)
     answer = EventAnswer(event_id=event.id or "")
-    # Live runs first: an event that starts a playbook is its trigger, not something it waits for.
-    answer.delivered_to = await deliver(client, event)
+    starts: list[Any] = []  # a StartedRun already (invalid key), or the start to await
     for playbook in library.values():
         if not trigger_matches(playbook, event, account_data):
             continue
         try:
             key = enrollment_key(playbook, event, account_data, contact_data)
         except ex.ExpressionError:
-            answer.runs.append(StartedRun(playbook.id, "", "invalid_key"))
+            starts.append(StartedRun(playbook.id, "", "invalid_key"))
             continue
-        answer.runs.append(await start_enrolled(client, task_queue, playbook, account_id, key, event))
+        starts.append(start_enrolled(client, task_queue, playbook, account_id, key, event))
+
+    async def started(item: Any) -> StartedRun:
+        return item if isinstance(item, StartedRun) else await item
+
+    live, runs = await asyncio.gather(live_runs(client, account_id), asyncio.gather(*(started(x) for x in starts)))
+    answer.runs = list(runs)
+    triggered = {r.run_id for r in answer.runs if r.status == "started"}
+    answer.delivered_to = await signal_runs(client, [r for r in live if r[0] not in triggered], event)
     if event.id:
-        remember(db_url, event, answer)
+        await asyncio.to_thread(remember, db_url, event, answer)
     return answer
+
+
+def account_snapshot(
+    db_url: str, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Upserts what the event says about the account, then reads the account and its contacts as triggers see them."""
+    if account or contacts:
+        seed(db_url, {**(account or {}), "id": account_id}, list(contacts or []), [])
+    try:
+        snapshot = BuiltinCrm(db_url).get_account(account_id)
+        return snapshot.account, snapshot.contacts
+    except Exception:  # noqa: BLE001 - an unknown account still gets its event delivered; triggers see only its id
+        return {"id": account_id, "owner": None}, []
 
 
 def select_accounts(db_url: str) -> list[str]:

@@ -49,8 +49,8 @@ def configure(json_output: bool, level: int = logging.INFO) -> None:
     # default=repr: a value JSON cannot hold is shown, not rendered through structlog's fallback, whose lazy
     # import fails inside Temporal's workflow sandbox and would swallow the very warning being logged.
     renderer = (
-        structlog.processors.JSONRenderer(default=repr) if json_output else structlog.dev.ConsoleRenderer(colors=False)
-    )
+        structlog.processors.JSONRenderer(default=repr) if json_output else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    )  # a plain traceback: the rich one renders locals for seconds on the loop the API and worker share
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -49,6 +49,7 @@ class Settings:
     hubspot_base_url: str = "https://api.hubapi.com"
 
     event_signing_secret: str | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
+    inbox_secret: str | None = None  # signs CSM inbox sessions; the same on every API process (else a key in home)
     api_port: int = 8000
 
     log_format: str | None = None  # console | json; default: console in dev, json elsewhere
@@ -79,6 +80,8 @@ class Settings:
         if not self.is_dev:
             if self.db_url.startswith("sqlite"):
                 problems.append("outside dev, set PLAYBOOK_DATABASE_URL to a shared database (PostgreSQL)")
+            if self.inbox_secret is not None and self.inbox_secret.lower() in PLACEHOLDERS:
+                problems.append("PLAYBOOK_INBOX_SECRET is a placeholder")
             if self.event_signing_secret is not None and self.event_signing_secret.lower() in PLACEHOLDERS:
                 problems.append("PLAYBOOK_EVENT_SIGNING_SECRET is a placeholder")
             if self.temporal_api_key is not None and self.temporal_api_key.lower() in PLACEHOLDERS:

@@ -1,0 +1,151 @@
+"""The intake (engine/runtime/intake.py) on a real Temporal dev server: who an event starts and who it reaches.
+
+No worker: a started run stays running with its first task pending, which is all delivery needs (a signal to a
+live run is recorded by the server). The live runs of the accounts are looked up while the triggered playbooks
+start, and concurrent events share one visibility query; neither may change who an event reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from activities.crm import seed
+from engine.interpreter.messages import Event
+from engine.language.validator import validate_playbook_text
+from engine.runtime.devstack import DevServer
+from engine.runtime.intake import live_runs, take_event
+from engine.storage.db import migrate
+
+ONBOARDING = """\
+id: onboarding
+title: Onboarding
+trigger:
+  event: account.signed_up
+enrollment:
+  key: "{{ account.id }}"
+  reenroll: never
+steps:
+  - wait: 30d
+"""
+ADMIN_CHANGED = """\
+id: admin-changed
+title: Admin changed
+trigger:
+  event: account.admin_changed
+enrollment:
+  key: "{{ account.id }}"
+  reenroll: always
+steps:
+  - wait: 30d
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _playbook(text: str):  # type: ignore[no-untyped-def]
+    result = validate_playbook_text(text, "<test>")
+    assert result.ok and result.playbook is not None, [p.header() for p in result.problems]
+    return result.playbook
+
+
+@pytest.fixture(scope="module")
+def world():  # type: ignore[no-untyped-def]
+    home = Path(tempfile.mkdtemp(prefix="intake-"))
+    server = DevServer(home / "temporal", port=_free_port(), ui_port=_free_port())
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(server.start())
+    db_url = f"sqlite:///{home / 'playbook.db'}"
+    migrate(db_url)
+    library = {p.id: p for p in (_playbook(ONBOARDING), _playbook(ADMIN_CHANGED))}
+    try:
+        yield loop, client, db_url, library
+    finally:
+        server.stop()
+        loop.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _event(kind: str, account_id: str) -> Event:
+    return Event(type=kind, data={}, id=f"evt-{uuid.uuid4().hex[:10]}", account_id=account_id)
+
+
+async def _visible(client, account_id: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        if len(await live_runs(client, account_id)) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{account_id} never showed {count} live runs")
+
+
+def test_an_event_reaches_the_live_runs_but_not_the_run_it_starts(world):  # type: ignore[no-untyped-def]
+    loop, client, db_url, library = world
+    queue = f"intake-{uuid.uuid4().hex[:6]}"
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    seed(db_url, {"id": account, "name": "Kraus GmbH"}, [], [])
+
+    async def scenario() -> None:
+        signup = await take_event(client, queue, db_url, library, _event("account.signed_up", account))
+        assert [(r.playbook, r.status) for r in signup.runs] == [("onboarding", "started")]
+        assert signup.delivered_to == []  # its own run is started by it, not sent it
+        await _visible(client, account, 1)
+
+        changed = await take_event(client, queue, db_url, library, _event("account.admin_changed", account))
+        assert [(r.playbook, r.status) for r in changed.runs] == [("admin-changed", "started")]
+        assert changed.delivered_to == [f"onboarding/{account}"]  # the live onboarding run, not the new one
+        await _visible(client, account, 2)
+
+        again = await take_event(client, queue, db_url, library, _event("account.signed_up", account))
+        assert [(r.playbook, r.status) for r in again.runs] == [("onboarding", "already_running")]
+        assert sorted(again.delivered_to) == sorted([f"onboarding/{account}", changed.runs[0].run_id])
+
+        repeated = await take_event(
+            client,
+            queue,
+            db_url,
+            library,
+            Event(type="account.signed_up", data={}, id=again.event_id, account_id=account),
+        )
+        assert repeated.duplicate and repeated.runs == again.runs and repeated.delivered_to == again.delivered_to
+
+    loop.run_until_complete(scenario())
+
+
+def test_concurrent_events_each_reach_their_own_accounts_runs(world):  # type: ignore[no-untyped-def]
+    loop, client, db_url, library = world
+    queue = f"intake-{uuid.uuid4().hex[:6]}"
+    accounts = [f"acc-{uuid.uuid4().hex[:6]}" for _ in range(12)]
+    for account in accounts:
+        seed(db_url, {"id": account, "name": account}, [], [])
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            *(take_event(client, queue, db_url, library, _event("account.signed_up", a)) for a in accounts)
+        )
+        for account in accounts:
+            await _visible(client, account, 1)
+        # many at once: the lookups share visibility queries, and still each event reaches only its account's run
+        answers = await asyncio.gather(
+            *(
+                take_event(client, queue, db_url, library, _event("account.admin_changed", a))
+                for a in accounts
+                for _ in range(2)
+            )
+        )
+        for i, answer in enumerate(answers):
+            account = accounts[i // 2]
+            assert f"onboarding/{account}" in answer.delivered_to
+            assert all(run_id.split("/")[1] == account for run_id in answer.delivered_to), answer.delivered_to
+            assert answer.runs[0].run_id not in answer.delivered_to
+
+    loop.run_until_complete(scenario())
