@@ -1,6 +1,7 @@
 """The intake (engine/runtime/intake.py) on a real Temporal dev server: who an event starts and who it reaches.
 
-No worker: a started run stays running with its first task pending, which is all delivery needs (a signal to a
+Events reach the live runs that wait for (wait_for) or exit on (exit_when) their type; the two playbooks here
+listen for each other's trigger. No worker: a started run stays running with its first task pending, which is all delivery needs (a signal to a
 live run is recorded by the server). The live runs of the accounts are looked up while the triggered playbooks
 start, and concurrent events share one visibility query; neither may change who an event reaches.
 """
@@ -32,7 +33,7 @@ enrollment:
   key: "{{ account.id }}"
   reenroll: never
 steps:
-  - wait: 30d
+  - wait_for: { event: account.admin_changed, timeout: 30d }
 """
 ADMIN_CHANGED = """\
 id: admin-changed
@@ -42,6 +43,8 @@ trigger:
 enrollment:
   key: "{{ account.id }}"
   reenroll: always
+exit_when:
+  - event: account.signed_up
 steps:
   - wait: 30d
 """
@@ -149,3 +152,16 @@ def test_concurrent_events_each_reach_their_own_accounts_runs(world):  # type: i
             assert answer.runs[0].run_id not in answer.delivered_to
 
     loop.run_until_complete(scenario())
+
+
+def test_an_event_no_playbook_listens_for_reaches_no_run(world):  # type: ignore[no-untyped-def]
+    loop, client, db_url, library = world
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    seed(db_url, {"id": account, "name": "Quiet Shop"}, [], [])
+
+    async def go():  # type: ignore[no-untyped-def]
+        await take_event(client, "intake-test", db_url, library, _event("account.signed_up", account))
+        return await take_event(client, "intake-test", db_url, library, _event("health.score_changed", account))
+
+    answer = loop.run_until_complete(go())
+    assert answer.runs == [] and answer.delivered_to == []

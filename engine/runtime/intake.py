@@ -23,7 +23,7 @@ from temporalio.service import RPCError
 from activities.crm import BuiltinCrm, seed
 from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, RunInput
 from engine.language import expressions as ex
-from engine.language.model import Playbook
+from engine.language.model import Playbook, WaitForStep
 from engine.storage import models as t
 from engine.storage.db import session
 
@@ -263,13 +263,33 @@ async def take_event(
     async def started(item: Any) -> StartedRun:
         return item if isinstance(item, StartedRun) else await item
 
-    live, runs = await asyncio.gather(live_runs(client, account_id), asyncio.gather(*(started(x) for x in starts)))
+    async def no_runs() -> list[LiveRun]:
+        return []
+
+    # Only runs that wait for (wait_for) or exit on (exit_when) this type of event need it: for any other type
+    # the visibility query is skipped, which is most of what an event costs the Temporal server.
+    lookup = live_runs(client, account_id) if event.type in listened_types(library) else no_runs()
+    live, runs = await asyncio.gather(lookup, asyncio.gather(*(started(x) for x in starts)))
     answer.runs = list(runs)
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
     answer.delivered_to = await signal_runs(client, [r for r in live if r[0] not in triggered], event)
     if event.id:
         await asyncio.to_thread(remember, db_url, event, answer)
     return answer
+
+
+def listened_types(library: dict[str, Playbook]) -> frozenset[str]:
+    """The event types some playbook of the library waits for or exits on."""
+    key = tuple(sorted((p.id, p.version) for p in library.values()))
+    cached = _listened.get(key)
+    if cached is None:
+        types = {rule.event for p in library.values() for rule in p.exit_when}
+        types |= {s.event for p in library.values() for s in p.walk() if isinstance(s, WaitForStep)}
+        cached = _listened[key] = frozenset(types)
+    return cached
+
+
+_listened: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
 
 
 def account_snapshot(
