@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.language.problems import Problem
-from engine.language.schema_check import _fast_check, playbook_validator
+from engine.language.schema_check import fast_schema_check, playbook_validator
 from engine.language.schema_source import STEP_KINDS
 from engine.language.step_tree import iter_step_paths
 from engine.language.validator import validate_playbook_text
@@ -78,7 +78,7 @@ def check_fast_path_agrees(text: str) -> None:
         return
     slow_errors = [e.message for e in playbook_validator().iter_errors(data)]
     try:
-        _fast_check("playbook")(data)
+        fast_schema_check("playbook")(data)
         fast_error = None
     except fastjsonschema.JsonSchemaException as err:
         fast_error = str(err)

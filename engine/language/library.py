@@ -15,7 +15,7 @@ from typing import Iterable, Union
 from .model import Playbook, RunPlaybookStep
 from .problems import Problem
 from .scenario import ScenarioResult, validate_scenario_file
-from .schema_check import _fast_check, suggest
+from .schema_check import fast_schema_check, suggest
 from .validator import PlaybookResult, load_document, read_text, validate_playbook_file
 from .yaml_source import Document
 
@@ -140,7 +140,7 @@ def _validate_many(paths: list[Path]) -> list[PlaybookResult]:
     workers = min(os.cpu_count() or 1, 8)
     if len(paths) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [validate_playbook_file(p) for p in paths]
-    _fast_check("playbook")  # compiled once here, inherited by the forked workers
+    fast_schema_check("playbook")  # compiled once here, inherited by the forked workers
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(_validate_slim, paths, chunksize=max(1, len(paths) // (workers * 4)))
 

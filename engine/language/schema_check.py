@@ -64,7 +64,7 @@ def scenario_validator() -> Any:
 
 
 @functools.cache
-def _fast_check(document: str) -> Callable[[Any], None]:
+def fast_schema_check(document: str) -> Callable[[Any], None]:
     """A compiled check that raises fastjsonschema.JsonSchemaException on any schema error.
 
     fastjsonschema compiles schemas to Python, many times faster than jsonschema on valid documents,
@@ -337,7 +337,7 @@ def schema_problems(doc: Document, file: str, document: str, skip: Iterable[Path
     ``skip``: paths whose errors are already reported better elsewhere (steps with no or two kinds).
     """
     try:
-        _fast_check(document)(doc.data)
+        fast_schema_check(document)(doc.data)
         return []
     except fastjsonschema.JsonSchemaException:
         pass
