@@ -7,7 +7,6 @@ enrollment key, so a retried page starts nothing twice.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -41,7 +40,7 @@ class SegmentActivities:
         chosen = []
         for account_id in ids:
             account = self.crm.get_account(account_id).account
-            if req.accounts is None or _in_segment(req.accounts, account):
+            if req.accounts is None or segment_refusal(req.accounts, account) is None:
                 chosen.append(account_id)
         return SegmentResult(chosen, ids[-1] if len(ids) == req.limit else None, len(ids))
 
@@ -70,12 +69,14 @@ class SegmentActivities:
         return StartRunsResult(started, skipped)
 
 
-def _in_segment(expression: str, account: dict[str, Any]) -> bool:
+def segment_refusal(expression: str | bool, account: dict[str, Any]) -> str | None:
+    """Why the account is not in the segment; None when it is.
+
+    An account the expression cannot judge (a missing field) is not in the segment.
+    """
     try:
-        return bool(ex.evaluate(expression, {"account": account}))
-    except ex.ExpressionError:
-        return False  # an account the expression cannot judge (a missing field) is not in the segment
-
-
-def tick_time(value: datetime | None) -> str:
-    return value.isoformat() if value else ""
+        if not ex.evaluate(expression, {"account": account}):
+            return f"the account is not in the segment: {expression}"
+    except ex.ExpressionError as err:
+        return f"segment expression failed: {err}"
+    return None

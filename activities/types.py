@@ -159,7 +159,7 @@ class Done:
 class SegmentPage:
     """One page of the accounts a scheduled playbook's segment selects, in id order after `after`."""
 
-    accounts: str | None  # the expression over `account`; None: every account
+    accounts: str | bool | None  # the expression over `account` (or literal true/false); None: every account
     after: str = ""
     limit: int = 200
 

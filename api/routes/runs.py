@@ -10,7 +10,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.interpreter.messages import Event
 from engine.language.validator import validate_playbook_text
 from engine.runtime import runs as run_service
-from engine.runtime.intake import start_enrolled
 
 from ..deps import OpsDep, StateDep
 from ..problems import Problem, documented

@@ -24,6 +24,11 @@ class Event:
     account_id: str | None = None
 
 
+def event_context(e: Event) -> dict[str, Any]:
+    """An event as templates and expressions see it (`event.type`, `event.data`, ...)."""
+    return {"type": e.type, "data": e.data, "id": e.id, "occurred_at": e.occurred_at, "account_id": e.account_id}
+
+
 @dataclass
 class RunInput:
     playbook: Playbook

@@ -22,7 +22,7 @@ PAGES_PER_RUN = 20
 @dataclass
 class TickInput:
     playbook_id: str
-    accounts: str | None
+    accounts: str | bool | None  # the segment expression (a literal true/false too); None: every account
     task_queue: str
     tick: str = ""  # set on the first run from the schedule's time
     after: str = ""

@@ -12,7 +12,7 @@ duplicate or unauthorised answer before it is written to history, and ``state`` 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         TimelineEntry,
+        event_context,
     )
     from engine.language import expressions as ex
     from engine.language import model as m
@@ -403,7 +404,7 @@ class Interpreter:
                     continue
                 judged.add(index)
                 try:
-                    ok = step.match is None or bool(self.evaluate(step.match, scope, event=_event_dict(e)))
+                    ok = step.match is None or bool(self.evaluate(step.match, scope, event=event_context(e)))
                 except ex.ExpressionError as err:
                     self.note(step, "info", f"event {e.type} ignored: match could not be evaluated ({err})")
                     ok = False
@@ -418,7 +419,7 @@ class Interpreter:
             await workflow.wait_condition(
                 matched, timeout=(self.duration_until(step, timeout, scope) - self.now()) if timeout else None
             )
-            return {"event": _event_dict(found[0]), "timed_out": False}
+            return {"event": event_context(found[0]), "timed_out": False}
         except asyncio.TimeoutError:
             return {"event": None, "timed_out": True}
 
@@ -703,10 +704,6 @@ class Interpreter:
         self.check_outcome(outcome)
 
 
-def _event_dict(e: Event) -> dict[str, Any]:
-    return {"type": e.type, "data": e.data, "id": e.id, "occurred_at": e.occurred_at, "account_id": e.account_id}
-
-
 def _summary(result: dict[str, Any] | None) -> str:
     if not result:
         return ""
@@ -731,7 +728,7 @@ class PlaybookRun(Interpreter):
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
         playbook = run.playbook
-        self.event = _event_dict(run.event) if run.event else None
+        self.event = event_context(run.event) if run.event else None
         scope = Scope(steps={}, vars={})
         self.vars = scope.vars  # exit_when rules see the run's vars
         try:
@@ -805,7 +802,7 @@ class PlaybookRun(Interpreter):
             if rule.event != event.type:
                 continue
             try:
-                if rule.match is not None and not self.evaluate(rule.match, Scope({}, self.vars), event=_event_dict(event)):
+                if rule.match is not None and not self.evaluate(rule.match, Scope({}, self.vars), event=event_context(event)):
                     continue
             except ex.ExpressionError:
                 continue

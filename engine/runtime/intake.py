@@ -14,14 +14,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities.crm import BuiltinCrm, seed
-from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, RunInput
+from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, RunInput, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
 from engine.storage import models as t
@@ -48,25 +47,30 @@ class EventAnswer:
         return asdict(self)
 
 
-def trigger_matches(playbook: Playbook, event: Event, account: dict[str, Any]) -> bool:
+def trigger_refusal(playbook: Playbook, event: Event, account: dict[str, Any]) -> str | None:
+    """Why the event does not start the playbook; None when it does.
+
+    A trigger whose condition cannot be evaluated for this event (a missing field) does not start.
+    """
     trigger = playbook.trigger
     if trigger.type != "event" or trigger.event != event.type:
-        return False
+        return f"the trigger does not listen to {event.type}"
     if trigger.when is None:
-        return True
-    context = {"event": event_dict(event), "account": account}
+        return None
     try:
-        return bool(ex.evaluate(trigger.when, context))
-    except ex.ExpressionError:
-        return False  # a trigger whose condition cannot be evaluated for this event does not start
+        if not ex.evaluate(trigger.when, {"event": event_context(event), "account": account}):
+            return f"trigger when is false: {trigger.when}"
+    except ex.ExpressionError as err:
+        return f"trigger when failed: {err}"
+    return None
 
 
-def event_dict(e: Event) -> dict[str, Any]:
-    return {"type": e.type, "data": e.data, "id": e.id, "occurred_at": e.occurred_at, "account_id": e.account_id}
+def trigger_matches(playbook: Playbook, event: Event, account: dict[str, Any]) -> bool:
+    return trigger_refusal(playbook, event, account) is None
 
 
 def enrollment_key(playbook: Playbook, event: Event, account: dict[str, Any], contacts: list[dict[str, Any]]) -> str:
-    context = {"account": account, "event": event_dict(event), "contact": contacts[0] if contacts else {}}
+    context = {"account": account, "event": event_context(event), "contact": contacts[0] if contacts else {}}
     return str(ex.render(playbook.enrollment.key, context)).strip()
 
 
@@ -193,11 +197,6 @@ async def signal_runs(client: Client, runs: list[LiveRun], event: Event) -> list
     return [w for w in reached if w is not None]
 
 
-async def deliver(client: Client, event: Event) -> list[str]:
-    """Signals the event to every live run of the account (they decide: wait_for, exit_when, or ignore)."""
-    return await signal_runs(client, await live_runs(client, event.account_id or ""), event)
-
-
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
@@ -304,7 +303,3 @@ def account_snapshot(
     except Exception:  # noqa: BLE001 - an unknown account still gets its event delivered; triggers see only its id
         return {"id": account_id, "owner": None}, []
 
-
-def select_accounts(db_url: str) -> list[str]:
-    with session(db_url) as s:
-        return list(s.scalars(select(t.Account.id)))

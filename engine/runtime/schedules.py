@@ -37,7 +37,7 @@ def schedule_for(playbook: Playbook, task_queue: str) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             TICK_WORKFLOW_NAME,
-            TickInput(playbook_id=playbook.id, accounts=trigger.accounts if isinstance(trigger.accounts, str) else None,
+            TickInput(playbook_id=playbook.id, accounts=trigger.accounts,
                       task_queue=task_queue),
             id=f"tick/{playbook.id}",
             task_queue=task_queue,

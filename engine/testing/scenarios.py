@@ -24,14 +24,15 @@ from temporalio.testing import WorkflowEnvironment
 from activities.crm import BuiltinCrm, seed
 from activities.email import OutboxProvider
 from activities.library import LibraryActivities
+from activities.segments import segment_refusal
 from activities.playbook_activities import PlaybookActivities
 from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResult, TimelineEntry
-from engine.language import expressions as ex
 from engine.language.durations import parse_duration
 from engine.language.library import Library, Resolver, find_library_root
 from engine.language.model import Playbook
 from engine.language.scenario import validate_scenario_file
 from engine.runtime.connect import quiet_runtime
+from engine.runtime.intake import trigger_refusal
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
@@ -234,25 +235,9 @@ def _does_not_start(
     if manual:
         return None
     if event is not None:
-        if trigger.type != "event" or trigger.event != event.type:
-            return f"the trigger does not listen to {event.type}"
-        if trigger.when is not None:
-            ctx = {"event": {"type": event.type, "data": event.data, "id": event.id, "occurred_at": event.occurred_at,
-                             "account_id": event.account_id}, "account": account}
-            try:
-                if not ex.evaluate(trigger.when, ctx):
-                    return f"trigger when is false: {trigger.when}"
-            except ex.ExpressionError as err:
-                return f"trigger when failed: {err}"
-        return None
+        return trigger_refusal(playbook, event, account)
     if trigger.type == "schedule":
-        if trigger.accounts is not None:
-            try:
-                if not ex.evaluate(trigger.accounts, {"account": account}):
-                    return f"the account is not in the segment: {trigger.accounts}"
-            except ex.ExpressionError as err:
-                return f"segment expression failed: {err}"
-        return None
+        return segment_refusal(trigger.accounts, account) if trigger.accounts is not None else None
     if trigger.type == "manual":
         return None
     return "no start event given for an event-triggered playbook (use start.event or start.manual: true)"
