@@ -76,6 +76,18 @@ class Stack:
             time.sleep(0.3)
         raise TimeoutError((self.home / "dev.log").read_text())
 
+    def __enter__(self) -> "Stack":
+        """`with Stack(home) as stack:` starts it, and stops it whatever happens (a module fixture's body)."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)

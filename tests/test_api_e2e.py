@@ -19,12 +19,8 @@ from tests.dev_stack import SECRET, Stack, daytime_zone
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("stack"))
-    s.start()
-    try:
+    with Stack(tmp_path_factory.mktemp("stack")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def signup(account_id: str, tz: str) -> dict:

@@ -61,12 +61,8 @@ SEEN: Counter[tuple[str, int]] = Counter()
 
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("schemathesis"))
-    s.start()
-    try:
+    with Stack(tmp_path_factory.mktemp("schemathesis")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
