@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from engine.storage import models as t
 from engine.storage.db import session
@@ -27,7 +28,7 @@ class CrmProvider(Protocol):
     def csm(self, csm_id: str) -> dict[str, Any] | None: ...
 
 
-def _csm_dict(c: t.Csm) -> dict[str, Any]:
+def _csm_dict(c: Any) -> dict[str, Any]:  # a Csm, or a row of its columns
     return {"id": c.id, "name": c.name, "email": c.email, "languages": list(c.languages or []), "role": c.role}
 
 
@@ -41,29 +42,10 @@ class BuiltinCrm:
 
     def get_account(self, account_id: str) -> AccountSnapshot:
         with session(self.db_url) as s:
-            account = s.get(t.Account, account_id)
-            if account is None:
-                raise NotFoundError(f"no account '{account_id}'", provider=self.name)
-            owner = s.get(t.Csm, account.owner_id) if account.owner_id else None
-            contacts = s.scalars(
-                select(t.Contact).where(t.Contact.account_id == account_id).order_by(t.Contact.position, t.Contact.id)
-            ).all()
-            tags = s.scalars(select(t.Tag.tag).where(t.Tag.account_id == account_id).order_by(t.Tag.tag)).all()
-            data = {
-                **(account.fields or {}),
-                "id": account.id,
-                "name": account.name,
-                "owner": _csm_dict(owner) if owner else None,
-                "tags": list(tags),
-            }
-            return AccountSnapshot(
-                account=data,
-                # An empty name is no name: templates see it undefined (an error, or their `default`), never "".
-                contacts=[
-                    {**(c.fields or {}), **{k: v for k, v in (("email", c.email), ("first_name", c.first_name)) if v}}
-                    for c in contacts
-                ],
-            )
+            snapshot = read_account(s, account_id)
+        if snapshot is None:
+            raise NotFoundError(f"no account '{account_id}'", provider=self.name)
+        return snapshot
 
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None:
         with session(self.db_url) as s:
@@ -126,25 +108,90 @@ def seed(db_url: str, account: dict[str, Any], contacts: list[dict[str, Any]], t
             csm.capacity = member.get("capacity")
             s.merge(csm)
         s.flush()
-        fields = {k: v for k, v in account.items() if k not in ("id", "name", "owner")}
-        existing = s.get(t.Account, account["id"])
-        row = existing or t.Account(id=account["id"])
-        row.name = account.get("name", row.name or "")
-        row.fields = {**(existing.fields if existing else {}), **fields}
-        if "owner" in account:
-            row.owner_id = account["owner"]
-        s.merge(row)
-        s.flush()
-        if contacts:
-            for old in s.scalars(select(t.Contact).where(t.Contact.account_id == account["id"])):
-                s.delete(old)
-            for i, c in enumerate(contacts):
-                s.add(
-                    t.Contact(
-                        account_id=account["id"],
-                        position=i,
-                        email=c.get("email", ""),
-                        first_name=c.get("first_name", ""),
-                        fields={k: v for k, v in c.items() if k not in ("email", "first_name")},
-                    )
-                )
+        write_account(s, account, contacts)
+
+
+# Statements built once: SQLAlchemy keeps their compiled form, so an event's few queries cost little Python.
+_ACCOUNTS, _CONTACTS, _CSMS, _TAGS = (t.Account.__table__, t.Contact.__table__, t.Csm.__table__, t.Tag.__table__)
+_ACCOUNT_ROW = select(_ACCOUNTS.c.name, _ACCOUNTS.c.owner_id, _ACCOUNTS.c.fields).where(
+    _ACCOUNTS.c.id == bindparam("account_id")
+)
+_CONTACT_ROWS = (
+    select(_CONTACTS.c.email, _CONTACTS.c.first_name, _CONTACTS.c.fields)
+    .where(_CONTACTS.c.account_id == bindparam("account_id"))
+    .order_by(_CONTACTS.c.position, _CONTACTS.c.id)
+)
+_CSM_ROW = select(_CSMS.c.id, _CSMS.c.name, _CSMS.c.email, _CSMS.c.languages, _CSMS.c.role).where(
+    _CSMS.c.id == bindparam("csm_id")
+)
+_TAG_ROWS = select(_TAGS.c.tag).where(_TAGS.c.account_id == bindparam("account_id")).order_by(_TAGS.c.tag)
+_INSERT_ACCOUNT = insert(_ACCOUNTS)
+_UPDATE_ACCOUNT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("account_id"))
+    .values(name=bindparam("name"), owner_id=bindparam("owner_id"), fields=bindparam("fields"))
+)
+_DELETE_CONTACTS = delete(_CONTACTS).where(_CONTACTS.c.account_id == bindparam("account_id"))
+_INSERT_CONTACT = insert(_CONTACTS)
+
+
+def read_account(s: Session, account_id: str) -> AccountSnapshot | None:
+    """The account as templates see it, read in the caller's transaction; None when there is no such account."""
+    row = s.execute(_ACCOUNT_ROW, {"account_id": account_id}).first()
+    if row is None:
+        return None
+    owner = s.execute(_CSM_ROW, {"csm_id": row.owner_id}).first() if row.owner_id else None
+    tags = s.scalars(_TAG_ROWS, {"account_id": account_id}).all()
+    contacts = s.execute(_CONTACT_ROWS, {"account_id": account_id}).all()
+    return AccountSnapshot(
+        account={
+            **(row.fields or {}),
+            "id": account_id,
+            "name": row.name,
+            "owner": _csm_dict(owner) if owner else None,
+            "tags": list(tags),
+        },
+        # An empty name is no name: templates see it undefined (an error, or their `default`), never "".
+        contacts=[
+            {**(c.fields or {}), **{k: v for k, v in (("email", c.email), ("first_name", c.first_name)) if v}}
+            for c in contacts
+        ],
+    )
+
+
+def write_account(s: Session, account: dict[str, Any], contacts: list[dict[str, Any]] | None) -> None:
+    """Upserts an account (its fields merged into the stored ones) and, when given, replaces its contacts, in the
+    caller's transaction. What is stored already as given is not written again: repeated events cost reads only."""
+    account_id = account["id"]
+    fields = {k: v for k, v in account.items() if k not in ("id", "name", "owner")}
+    row = s.execute(_ACCOUNT_ROW, {"account_id": account_id}).first()
+    if row is None:
+        values = {"id": account_id, "name": account.get("name", ""), "owner_id": account.get("owner"), "fields": fields}
+        s.execute(_INSERT_ACCOUNT, values)
+    else:
+        name = account.get("name", row.name or "")
+        owner_id = account["owner"] if "owner" in account else row.owner_id
+        merged = {**(row.fields or {}), **fields}
+        if (name, owner_id, merged) != (row.name, row.owner_id, row.fields):
+            s.execute(_UPDATE_ACCOUNT, {"account_id": account_id, "name": name, "owner_id": owner_id, "fields": merged})
+    if not contacts:
+        return
+    wanted = [
+        {
+            "account_id": account_id,
+            "position": i,
+            "email": c.get("email", ""),
+            "first_name": c.get("first_name", ""),
+            "fields": {k: v for k, v in c.items() if k not in ("email", "first_name")},
+        }
+        for i, c in enumerate(contacts)
+    ]
+    stored = [] if row is None else s.execute(_CONTACT_ROWS, {"account_id": account_id}).all()
+    if [(w["email"], w["first_name"], w["fields"]) for w in wanted] != [tuple(c) for c in stored]:
+        if stored:
+            s.execute(_DELETE_CONTACTS, {"account_id": account_id})
+        s.execute(_INSERT_CONTACT, wanted)
+
+
+def csm_exists(s: Session, csm_id: str) -> bool:
+    return s.execute(_CSM_ROW, {"csm_id": csm_id}).first() is not None

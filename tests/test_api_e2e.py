@@ -139,6 +139,16 @@ def test_bad_requests_are_4xx_problems(stack):
     assert missing.status_code == 404 and missing.json()["title"] == "Not Found"
     invalid = stack.post_event({"id": "x", "type": "NotDotted", "account_id": "a"})
     assert invalid.status_code == 422 and "type" in invalid.json()["detail"]
+    # an owner the engine does not know: refused before anything is written or started
+    unknown_owner = signup("acc-e2e-owner", "UTC")
+    unknown_owner["account"]["owner"] = "csm-nobody"
+    refused = stack.post_event(unknown_owner)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"] == [
+        {"location": "account.owner", "message": "no CSM 'csm-nobody' is known to the engine"}
+    ]
+    assert stack.db("select 1 from accounts where id = 'acc-e2e-owner'") == []
+    assert stack.db("select 1 from received_events where account_id = 'acc-e2e-owner'") == []
     check = stack.http.post("/playbooks/validate", json={"text": "id: x\nsteps:\n  - wait: 3 days\n"}, headers=ops)
     assert check.status_code == 200
     assert check.json()["problems"][0]["line"] == 3 and "duration" in check.json()["problems"][0]["message"]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from activities.crm import seed
+from activities.crm import BuiltinCrm, seed
 from engine.interpreter.messages import Event
 from engine.language.validator import validate_playbook_text
 from engine.runtime.devstack import DevServer
-from engine.runtime.intake import live_runs, take_event
+from engine.runtime.intake import UnknownOwner, live_runs, take_event
 from engine.storage.db import migrate
 
 ONBOARDING = """\
@@ -165,3 +165,40 @@ def test_an_event_no_playbook_listens_for_reaches_no_run(world):  # type: ignore
 
     answer = loop.run_until_complete(go())
     assert answer.runs == [] and answer.delivered_to == []
+
+
+def test_an_event_upserts_its_account_and_triggers_see_the_merged_account(world):  # type: ignore[no-untyped-def]
+    """Fields merge into the stored ones, contacts are replaced, an unchanged account is left as it is, and an
+    unknown owner refuses the event before anything is written."""
+    loop, client, db_url, library = world
+    queue = f"intake-{uuid.uuid4().hex[:6]}"
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    seed(db_url, {"id": account, "name": "Old name", "plan": "basic", "sku_count": 30}, [{"email": "a@x.example"}],
+         [{"id": "csm-eva", "name": "Eva"}])
+    merged_when = _playbook(ONBOARDING.replace("id: onboarding", "id: merged-only").replace(
+        "  event: account.signed_up\n", "  event: account.signed_up\n  when: account.plan == 'pro' and account.sku_count == 30\n"))
+    crm = BuiltinCrm(db_url)
+
+    async def scenario() -> None:
+        answer = await take_event(
+            client, queue, db_url, {merged_when.id: merged_when}, _event("account.signed_up", account),
+            {"name": "New name", "plan": "pro", "owner": "csm-eva"},
+            [{"email": "b@x.example", "first_name": "Bo"}, {"email": "c@x.example"}],
+        )
+        assert [(r.playbook, r.status) for r in answer.runs] == [("merged-only", "started")]  # sku_count kept
+        snapshot = crm.get_account(account)
+        assert snapshot.account["name"] == "New name" and snapshot.account["plan"] == "pro"
+        assert snapshot.account["sku_count"] == 30 and snapshot.account["owner"]["id"] == "csm-eva"
+        assert snapshot.contacts == [{"email": "b@x.example", "first_name": "Bo"}, {"email": "c@x.example"}]
+
+        # the same again: the stored account is what the event says, and stays so
+        await take_event(client, queue, db_url, {}, _event("account.signed_up", account), {"plan": "pro"},
+                         [{"email": "b@x.example", "first_name": "Bo"}, {"email": "c@x.example"}])
+        assert crm.get_account(account) == snapshot
+
+        with pytest.raises(UnknownOwner, match="no CSM 'csm-nobody' is known"):
+            await take_event(client, queue, db_url, {}, _event("account.signed_up", account),
+                             {"plan": "enterprise", "owner": "csm-nobody"})
+        assert crm.get_account(account) == snapshot
+
+    loop.run_until_complete(scenario())

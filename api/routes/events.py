@@ -8,9 +8,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from engine.interpreter.messages import Event
-from engine.runtime.intake import take_event
-from engine.storage import models as t
-from engine.storage.db import session
+from engine.runtime.intake import UnknownOwner, take_event
 
 from ..deps import StateDep
 from ..problems import Problem, documented
@@ -37,11 +35,6 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return resolve(schema)
-
-
-def csm_known(db_url: str, csm_id: str) -> bool:
-    with session(db_url) as s:
-        return s.get(t.Csm, csm_id) is not None
 
 
 @router.post(
@@ -87,10 +80,6 @@ async def post_event(
     account = payload.account.model_dump(exclude_unset=True) if payload.account else None
     if account is not None and account.get("name") is None:
         account.pop("name", None)  # null: the name stays as it is
-    if account and account.get("owner") is not None and not csm_known(state.settings.db_url, account["owner"]):
-        message = f"no CSM {account['owner']!r} is known to the engine"
-        errors = [{"location": "account.owner", "message": message}]
-        raise Problem(422, "Invalid event", f"account.owner: {message}", errors=errors)
     contacts = [c.model_dump(exclude_unset=True) for c in payload.contacts] if payload.contacts is not None else None
     event = Event(
         type=payload.type,
@@ -99,7 +88,11 @@ async def post_event(
         occurred_at=payload.occurred_at.isoformat() if payload.occurred_at else None,
         account_id=payload.account_id,
     )
-    answer = await take_event(
-        state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts
-    )
+    try:
+        answer = await take_event(
+            state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts
+        )
+    except UnknownOwner as err:
+        errors = [{"location": "account.owner", "message": str(err)}]
+        raise Problem(422, "Invalid event", f"account.owner: {err}", errors=errors) from None
     return EventOut.model_validate(answer.as_json())

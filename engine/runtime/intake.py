@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.crm import BuiltinCrm, seed
+from activities.crm import csm_exists, read_account, write_account
+from activities.types import AccountSnapshot
 from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, RunInput, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
@@ -201,29 +204,50 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def remembered(db_url: str, event_id: str) -> EventAnswer | None:
+class UnknownOwner(ValueError):
+    """The event names as the account's owner a CSM the engine does not know."""
+
+
+_RECEIVED = t.ReceivedEvent.__table__
+_ANSWER_OF = select(_RECEIVED.c.answer).where(_RECEIVED.c.id == bindparam("event_id"))
+_REMEMBER = insert(_RECEIVED)
+
+
+def before_starts(
+    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
+) -> EventAnswer | AccountSnapshot:
+    """The database work before an event starts anything, in one transaction: the answer it got the first time, if
+    its id was seen before; else what it says about the account written (fields merged, contacts replaced) and the
+    account read back as triggers see it. An account the engine does not know gets a snapshot with its id only."""
     with session(db_url) as s:
-        row = s.get(t.ReceivedEvent, event_id)
-        if row is None:
-            return None
-        answer = row.answer
-    return EventAnswer(
-        event_id=event_id,
-        runs=[StartedRun(**r) for r in answer.get("runs", [])],
-        delivered_to=list(answer.get("delivered_to", [])),
-        duplicate=True,
-    )
+        if event_id:
+            answer = s.scalar(_ANSWER_OF, {"event_id": event_id})
+            if answer is not None:
+                return EventAnswer(
+                    event_id=event_id,
+                    runs=[StartedRun(**r) for r in answer.get("runs", [])],
+                    delivered_to=list(answer.get("delivered_to", [])),
+                    duplicate=True,
+                )
+        if account and account.get("owner") is not None and not csm_exists(s, account["owner"]):
+            raise UnknownOwner(f"no CSM {account['owner']!r} is known to the engine")
+        if account or contacts:
+            write_account(s, {**(account or {}), "id": account_id}, contacts)
+        snapshot = read_account(s, account_id)
+    return snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
 
 
 def remember(db_url: str, event: Event, answer: EventAnswer) -> None:
-    with session(db_url) as s:
-        if s.get(t.ReceivedEvent, event.id) is None:
-            s.add(
-                t.ReceivedEvent(
-                    id=event.id, type=event.type, account_id=event.account_id or "",
-                    received_at=datetime.now(timezone.utc), answer=answer.as_json(),
-                )
-            )
+    """Keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
+    row = {
+        "id": event.id, "type": event.type, "account_id": event.account_id or "",
+        "received_at": datetime.now(timezone.utc), "answer": answer.as_json(),
+    }
+    try:
+        with session(db_url) as s:
+            s.execute(_REMEMBER, row)
+    except IntegrityError:
+        pass
 
 
 async def take_event(
@@ -241,12 +265,11 @@ async def take_event(
     requests meanwhile. The account's live runs are looked up while the triggered playbooks start: an event that
     starts a run is its trigger, not something it waits for, so it is delivered to every live run but those.
     """
-    if event.id:
-        seen = await asyncio.to_thread(remembered, db_url, event.id)
-        if seen is not None:
-            return seen
     account_id = event.account_id or ""
-    account_data, contact_data = await asyncio.to_thread(account_snapshot, db_url, account_id, account, contacts)
+    before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts)
+    if isinstance(before, EventAnswer):
+        return before
+    account_data, contact_data = before.account, before.contacts
     answer = EventAnswer(event_id=event.id or "")
     starts: list[Any] = []  # a StartedRun already (invalid key), or the start to await
     for playbook in library.values():
@@ -289,17 +312,3 @@ def listened_types(library: dict[str, Playbook]) -> frozenset[str]:
 
 
 _listened: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
-
-
-def account_snapshot(
-    db_url: str, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Upserts what the event says about the account, then reads the account and its contacts as triggers see them."""
-    if account or contacts:
-        seed(db_url, {**(account or {}), "id": account_id}, list(contacts or []), [])
-    try:
-        snapshot = BuiltinCrm(db_url).get_account(account_id)
-        return snapshot.account, snapshot.contacts
-    except Exception:  # noqa: BLE001 - an unknown account still gets its event delivered; triggers see only its id
-        return {"id": account_id, "owner": None}, []
-
