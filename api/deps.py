@@ -30,7 +30,11 @@ def get_state(request: Request) -> AppState:
     return request.app.state.engine
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
+async def _state(request: Request) -> AppState:  # async: FastAPI runs a plain-def dependency in a thread, per request
+    return get_state(request)
+
+
+StateDep = Annotated[AppState, Depends(_state)]
 
 
 def _token(authorization: str | None) -> str | None:
