@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .playbook build .pytest_cache .hypothesis
