@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowFailureError
@@ -79,12 +79,20 @@ def offset_text(delta: timedelta) -> str:
     return sign + ("".join(parts) or "0s")
 
 
-async def run_scenarios(paths: list[Path], library: Path | None = None) -> list[ScenarioReport]:
+def sqlite_database(folder: Path) -> str:
+    """A scenario's own SQLite file, in its temporary folder (the default)."""
+    return f"sqlite:///{folder / 'scenario.db'}"
+
+
+async def run_scenarios(
+    paths: list[Path], library: Path | None = None, database: Callable[[Path], str] = sqlite_database
+) -> list[ScenarioReport]:
     """Runs scenarios one after another, each on a fresh time-skipping server.
 
     A server per scenario (it starts in ~0.1 s) keeps scenarios apart: one scenario's leftovers (the
     clock it moved, the driver it ended) cannot hold the next one's time still.
     ``library``: where playbook ids resolve, for scenarios kept outside a library folder.
+    ``database``: the URL of an empty database for a scenario, given its temporary folder.
     """
     resolver = Resolver(extra=Library.load(library).playbooks if library else None)
     reports = []
@@ -92,12 +100,16 @@ async def run_scenarios(paths: list[Path], library: Path | None = None) -> list[
         async with await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=test_server_path(), runtime=quiet_runtime()
         ) as env:
-            reports.append(await run_scenario(path, env, resolver, library))
+            reports.append(await run_scenario(path, env, resolver, library, database))
     return reports
 
 
 async def run_scenario(
-    path: Path, env: WorkflowEnvironment, resolver: Resolver | None = None, library_root: Path | None = None
+    path: Path,
+    env: WorkflowEnvironment,
+    resolver: Resolver | None = None,
+    library_root: Path | None = None,
+    database: Callable[[Path], str] = sqlite_database,
 ) -> ScenarioReport:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -107,7 +119,7 @@ async def run_scenario(
         return ScenarioReport(str(path), False, [p.header() for p in checked.problems] or ["playbook not found"])
     tmp = Path(tempfile.mkdtemp(prefix="scenario-"))
     try:
-        report = await _run(path, checked.data, checked.playbook, env, tmp, library_root)
+        report = await _run(path, checked.data, checked.playbook, env, database(tmp), library_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report.seconds = loop.time() - started
@@ -115,9 +127,8 @@ async def run_scenario(
 
 
 async def _run(
-    path: Path, data: dict[str, Any], playbook: Playbook, env: WorkflowEnvironment, tmp: Path, library_root: Path | None
+    path: Path, data: dict[str, Any], playbook: Playbook, env: WorkflowEnvironment, db_url: str, library_root: Path | None
 ) -> ScenarioReport:
-    db_url = f"sqlite:///{tmp / 'scenario.db'}"
     migrate(db_url)
     account = dict(data["account"])
     seed(db_url, account, list(data.get("contacts") or []), list(data.get("team") or []))
