@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test validate bench clean bytecode
+.PHONY: dev test validate bench clean bytecode docs-screenshot
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -31,6 +31,10 @@ test: $(STAMP) bytecode
 	@bash scripts/ensure-chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
+
+# docs/inbox.png: the browser test's screenshot of the CSM inbox, taken again
+docs-screenshot: $(STAMP)
+	PLAYBOOK_UPDATE_DOCS=1 $(BIN)/python -m pytest -q tests/test_inbox_browser.py
 
 bench: $(STAMP) bytecode
 	$(BIN)/python bench/validate.py

@@ -7,7 +7,8 @@ of the intro email the run then drafts, and approves it: the outbox has the edit
 (csm-en), signed in in another browser profile, sees none of it and is refused when she tries to
 decide it anyway; a decision posted twice is refused as well (messages, never tracebacks).
 
-A screenshot of the inbox with the draft is saved in the test's tmp dir and copied to docs/inbox.png.
+A screenshot of the inbox with the draft is saved in the test's tmp dir, and copied to docs/inbox.png when
+PLAYBOOK_UPDATE_DOCS=1 (`make docs-screenshot`), so that a test run leaves the working tree as it was.
 No browser is downloaded: when /usr/bin/chromium or Playwright is missing the test is skipped with the
 reason (`make test` installs chromium first when it can: scripts/ensure-chromium), and fails under CI=1.
 """
@@ -174,8 +175,9 @@ def test_csm_records_the_call_and_approves_the_edited_draft_in_the_browser(stack
         draft.get_by_label("Comment").blur()
         screenshot = tmp_path / "inbox.png"
         page.screenshot(path=str(screenshot), full_page=True)
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(screenshot, DOCS_SCREENSHOT)
+        assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 10_000
+        if os.environ.get("PLAYBOOK_UPDATE_DOCS") == "1":
+            shutil.copyfile(screenshot, DOCS_SCREENSHOT)
 
         draft.get_by_role("button", name="Approve and send").click()
         expect(page.get_by_role("status")).to_have_text("Approved — the edited email goes out")
