@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import socket
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from activities.crm import BuiltinCrm, seed
 from engine.interpreter.messages import Event
 from engine.language.validator import validate_playbook_text
 from engine.runtime.devstack import DevServer
-from engine.runtime.intake import UnknownOwner, live_runs, take_event
+from engine.runtime.intake import UnknownOwner, before_starts, live_runs, take_event
 from engine.storage.db import migrate
 
 ONBOARDING = """\
@@ -202,3 +203,36 @@ def test_an_event_upserts_its_account_and_triggers_see_the_merged_account(world)
         assert crm.get_account(account) == snapshot
 
     loop.run_until_complete(scenario())
+
+
+def create_the_same_account_at_once(db_url: str, events: int = 8, rounds: int = 10) -> list[str]:
+    """`events` threads take an event for the same new account at the same moment, `rounds` times; returns the
+    errors (none expected): the losers of the insert race find the account and update it."""
+    errors: list[str] = []
+    for round_ in range(rounds):
+        account = f"acc-race-{uuid.uuid4().hex[:6]}"
+        barrier = threading.Barrier(events)
+
+        def take(i: int, account: str = account, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                before_starts(db_url, f"evt-{account}-{i}", account, {"name": "Race", "plan": f"p{i}"},
+                              [{"email": f"c{i}@race.example"}])
+            except Exception as err:  # noqa: BLE001 - collected, asserted empty
+                errors.append(f"{type(err).__name__}: {err}")
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(events)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        snapshot = BuiltinCrm(db_url).get_account(account)
+        assert snapshot.account["plan"] in {f"p{i}" for i in range(events)}
+        assert len(snapshot.contacts) == 1
+    return errors
+
+
+def test_events_creating_the_same_account_at_once_all_succeed(tmp_path):  # type: ignore[no-untyped-def]
+    db_url = f"sqlite:///{tmp_path / 'playbook.db'}"
+    migrate(db_url)
+    assert create_the_same_account_at_once(db_url) == []

@@ -27,6 +27,7 @@ from engine.runtime.intake import EventAnswer, StartedRun, UnknownOwner, before_
 from engine.storage import models as t
 from engine.storage.db import engine_for, migrate
 from engine.testing.scenarios import run_scenarios
+from tests.test_intake import create_the_same_account_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,6 +112,10 @@ def test_an_event_is_taken_once_and_upserts_its_account(postgres):  # type: igno
     assert BuiltinCrm(url).get_account("acc-1").account["plan"] == "pro"
     unknown = before_starts(url, "evt-3", "acc-unknown", None, None)
     assert not isinstance(unknown, EventAnswer) and unknown.account == {"id": "acc-unknown", "owner": None}
+
+
+def test_events_creating_the_same_account_at_once_all_succeed(postgres):  # type: ignore[no-untyped-def]
+    assert create_the_same_account_at_once(empty(postgres)) == []
 
 
 def test_an_email_is_sent_once_whatever_the_retries(postgres):  # type: ignore[no-untyped-def]

@@ -218,7 +218,20 @@ def before_starts(
 ) -> EventAnswer | AccountSnapshot:
     """The database work before an event starts anything, in one transaction: the answer it got the first time, if
     its id was seen before; else what it says about the account written (fields merged, contacts replaced) and the
-    account read back as triggers see it. An account the engine does not know gets a snapshot with its id only."""
+    account read back as triggers see it. An account the engine does not know gets a snapshot with its id only.
+
+    Two events creating the same account at once both find no row and both insert it: the one that loses (the
+    unique id refuses it) runs again and finds the account there.
+    """
+    try:
+        return _before_starts(db_url, event_id, account_id, account, contacts)
+    except IntegrityError:
+        return _before_starts(db_url, event_id, account_id, account, contacts)
+
+
+def _before_starts(
+    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
+) -> EventAnswer | AccountSnapshot:
     with session(db_url) as s:
         if event_id:
             answer = s.scalar(_ANSWER_OF, {"event_id": event_id})
