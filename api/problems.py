@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Mapping
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from sqlalchemy.exc import OperationalError
 from starlette.routing import Match
+from temporalio.service import RPCError, RPCStatusCode
 
 from .schemas import ProblemDetails
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+# Temporal answers that say "not now": the request may simply be sent again
+TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+
+log = structlog.get_logger("api")
 
 
 class Problem(Exception):
@@ -35,6 +43,13 @@ def documented(codes: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     """A route's `responses=` for its error codes: each is a problem, so its media type is application/problem+json."""
     schema = ProblemDetails.model_json_schema()
     return {code: {"description": text, "content": {MEDIA_TYPE: {"schema": schema}}} for code, text in codes.items()}
+
+
+# What any route that calls Temporal or the database may answer besides its own errors.
+UPSTREAM = {
+    502: "Temporal refused the request (the reason is in the detail)",
+    503: "Temporal or the engine's database does not answer: send the request again after Retry-After seconds",
+}
 
 
 def _routes(routes: Iterable[Any]) -> Iterator[Any]:
@@ -81,3 +96,27 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors) or "the request is not valid"
         return problem_response(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(RPCError)
+    async def _temporal(request: Request, exc: RPCError) -> JSONResponse:
+        log.warning("temporal error", path=request.url.path, status=exc.status.name, message=exc.message)
+        if exc.status in TRANSIENT:
+            return problem_response(
+                503, "Service Unavailable",
+                f"Temporal did not answer ({exc.status.name}): {exc.message}. Send the request again in a moment.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return problem_response(502, "Bad Gateway", f"Temporal refused the request ({exc.status.name}): {exc.message}")
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database error", path=request.url.path, error=str(exc.orig))
+        return problem_response(
+            503, "Service Unavailable", "the engine's database is unavailable or busy. Send the request again in a moment.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the caller's fault: logged with its traceback (by the server), answered without it.
+        return problem_response(500, "Internal Server Error", "the engine failed on this request; it is logged")

@@ -11,7 +11,7 @@ from engine.interpreter.messages import Event
 from engine.runtime.intake import UnknownOwner, take_event
 
 from ..deps import StateDep
-from ..problems import Problem, documented
+from ..problems import UPSTREAM, Problem, documented
 from ..schemas import EventIn, EventOut
 from ..security import SIGNATURE_HEADER, caller_for, check_signature
 
@@ -50,7 +50,7 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     openapi_extra={
         "requestBody": {"content": {"application/json": {"schema": inline_schema(EventIn)}}, "required": True}
     },
-    responses=documented({401: "Unsigned, badly signed, or replayed", 422: "Not a valid event"}),
+    responses=documented({401: "Unsigned, badly signed, or replayed", 422: "Not a valid event", **UPSTREAM}),
 )
 async def post_event(
     request: Request,

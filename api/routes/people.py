@@ -11,7 +11,7 @@ from engine.storage import models as t
 
 from .. import actions
 from ..deps import PeopleDep, StateDep
-from ..problems import documented
+from ..problems import UPSTREAM, documented
 from ..schemas import ApprovalOut, DecisionIn, DecisionOut, OutcomeIn, TaskOut
 
 router = APIRouter(tags=["approvals and tasks"])
@@ -22,6 +22,7 @@ ERRORS = documented({
     404: "No such approval or task",
     409: "Answered already, or the run has ended",
     422: "Not a valid answer",
+    **UPSTREAM,
 })
 WITH_BODY = {**ERRORS, **documented({400: "The body is not JSON"})}
 

@@ -12,12 +12,12 @@ from engine.language.validator import validate_playbook_text
 from engine.runtime import runs as run_service
 
 from ..deps import OpsDep, StateDep
-from ..problems import Problem, documented
+from ..problems import UPSTREAM, Problem, documented
 from ..schemas import PlaybookOut, ProblemOut, RunDetailOut, RunOut, RunStartIn, TimelineOut, ValidateIn, ValidationOut
 
 router = APIRouter(tags=["runs and playbooks"])
 ERRORS = documented({401: "No or unknown token", 403: "Needs an ops token", 404: "No such run or playbook",
-                     409: "Conflict", 422: "Not a valid request"})
+                     409: "Conflict", 422: "Not a valid request", **UPSTREAM})
 WITH_BODY = {**ERRORS, **documented({400: "The body is not JSON"})}
 Status = Literal["running", "completed", "failed", "canceled", "terminated", "timed_out"]
 
