@@ -90,7 +90,6 @@ def percentile(values: list[float], q: float) -> float:
 # the intake's parts that are timed in the API process, where they exist (module-level functions of intake.py)
 TIMED = (
     "before_starts",
-    "deliver",
     "live_runs",
     "visibility_query",
     "signal_runs",
