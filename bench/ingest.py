@@ -540,6 +540,9 @@ async def bench(events: int, concurrency: int, load: float, profile: bool) -> in
 
                     print(f"Temporal dev server {server.address}; the API, the worker and this client in processes of their")
                     print(f"own, on {os.cpu_count()} cores; the worker is paused while events are timed and drains after\n")
+                    if events < 400:
+                        print(f"({events} events each way is a smoke run: phases of a few rounds of {concurrency} "
+                              "measure their first and last round more than a rate; the figures are noise)\n")
                     throughput = await side_by_side("tp", Pace(concurrency=concurrency), half)
                     print(f"1. throughput: {2 * half} events each way, {throughput.pace}")
                     ratio = throughput.report()
