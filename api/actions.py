@@ -60,7 +60,7 @@ NOT_WAITING_YET = ("is not pending in this run", "is not waiting for an outcome 
 
 
 async def _answer(client: Client, workflow_id: str, update: str, arg: Any, result_type: type) -> Any:
-    """Sends an answer through the run's update.
+    """Sends an answer through the run's update; the run refusing it, or having ended, is a 409 with the reason.
 
     The task or approval row is written by an activity a moment before the run starts waiting on it (the run
     learns the id when the activity completes). An answer in that gap is refused as "not waiting", though the
@@ -72,7 +72,11 @@ async def _answer(client: Client, workflow_id: str, update: str, arg: Any, resul
             return await client.get_workflow_handle(workflow_id).execute_update(update, arg, result_type=result_type)
         except WorkflowUpdateFailedError as err:
             if attempt == 5 or not any(text in _update_refusal(err) for text in NOT_WAITING_YET):
-                raise
+                raise Problem(409, "Conflict", _update_refusal(err)) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise Problem(409, "Conflict", f"the run {workflow_id} has ended") from None
+            raise
         await asyncio.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")  # pragma: no cover
@@ -95,14 +99,7 @@ async def decide(db_url: str, client: Client, caller: Caller, approval_id: str, 
         decision=body.decision, by=who(caller), approval_id=approval_id, comment=body.comment,
         edits=body.edits, admin=caller.is_ops,
     )
-    try:
-        return await _answer(client, row.workflow_id, DECIDE_UPDATE, decision, DecisionResult)
-    except WorkflowUpdateFailedError as err:
-        raise Problem(409, "Conflict", _update_refusal(err)) from None
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise Problem(409, "Conflict", f"the run {row.workflow_id} has ended") from None
-        raise
+    return await _answer(client, row.workflow_id, DECIDE_UPDATE, decision, DecisionResult)
 
 
 async def record_outcome(db_url: str, client: Client, caller: Caller, task_id: str, outcome: str) -> t.CallTask:
@@ -119,14 +116,7 @@ async def record_outcome(db_url: str, client: Client, caller: Caller, task_id: s
     if row.wait:
         # The run waits for this outcome: it records it (and closes the task) through its update.
         answer = Outcome(outcome=outcome, by=who(caller), task_id=task_id, admin=caller.is_ops)
-        try:
-            await _answer(client, row.workflow_id, OUTCOME_UPDATE, answer, str)
-        except WorkflowUpdateFailedError as err:
-            raise Problem(409, "Conflict", _update_refusal(err)) from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise Problem(409, "Conflict", f"the run {row.workflow_id} has ended") from None
-            raise
+        await _answer(client, row.workflow_id, OUTCOME_UPDATE, answer, str)
         row.status, row.outcome = "done", outcome
         return row
     with session(db_url) as s:
