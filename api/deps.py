@@ -13,7 +13,7 @@ from engine.language.model import Playbook
 from engine.runtime.settings import Settings
 
 from .problems import Problem
-from .security import Caller, caller_for
+from .security import Caller, bearer_token, caller_for
 
 
 @dataclass
@@ -37,14 +37,8 @@ async def _state(request: Request) -> AppState:  # async: FastAPI runs a plain-d
 StateDep = Annotated[AppState, Depends(_state)]
 
 
-def _token(authorization: str | None) -> str | None:
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 def current_caller(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    token = _token(authorization)
+    token = bearer_token(authorization)
     if not token:
         raise Problem(401, "Unauthorized", "send an API token: Authorization: Bearer <token>")
     caller = caller_for(state.settings.db_url, token)

@@ -58,11 +58,21 @@ def caller_for_hash(db_url: str, digest: str) -> Caller | None:
         return Caller(row.name, row.role, row.csm_id) if row else None
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def _signature(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     """The signature header value the product's backend sends: t=<unix seconds>,v1=<hex hmac>."""
     ts = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={digest}"
+    return f"t={ts},v1={_signature(secret, ts, body)}"
 
 
 def check_signature(secret: str, header: str, body: bytes, now: float | None = None) -> str | None:
@@ -76,7 +86,6 @@ def check_signature(secret: str, header: str, body: bytes, now: float | None = N
         return "the signature timestamp is not a number"
     if abs((time.time() if now is None else now) - ts) > TOLERANCE_SECONDS:
         return f"the signature timestamp is more than {TOLERANCE_SECONDS} s away from now (replayed or clock skew)"
-    expected = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, parts["v1"]):
+    if not hmac.compare_digest(_signature(secret, ts, body), parts["v1"]):
         return "the signature does not match the body"
     return None

@@ -13,7 +13,7 @@ from engine.runtime.intake import UnknownOwner, take_event
 from ..deps import StateDep
 from ..problems import UPSTREAM, Problem, documented
 from ..schemas import EventIn, EventOut
-from ..security import SIGNATURE_HEADER, caller_for, check_signature
+from ..security import SIGNATURE_HEADER, bearer_token, caller_for, check_signature
 
 router = APIRouter(tags=["events"])
 
@@ -67,7 +67,7 @@ async def post_event(
         if reason:
             raise Problem(401, "Unauthorized", reason)
     else:
-        token = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else None
+        token = bearer_token(authorization)
         caller = caller_for(state.settings.db_url, token) if token else None
         if caller is None or caller.role not in ("system", "ops"):
             raise Problem(401, "Unauthorized", f"sign the body ({SIGNATURE_HEADER}) or send a system token")
