@@ -23,13 +23,13 @@ from temporalio.service import RPCError
 
 from activities.crm import csm_exists, read_account, write_account
 from activities.types import AccountSnapshot
-from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, RunInput, event_context
+from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .runs import ACCOUNT_ID, search_attributes
+from .runs import ACCOUNT_ID, start_run
 
 
 @dataclass
@@ -92,16 +92,10 @@ async def start_enrolled(
         "always": WorkflowIDReusePolicy.REJECT_DUPLICATE,
     }[reenroll]
     try:
-        await client.start_workflow(
-            WORKFLOW_NAME,
-            RunInput(playbook=playbook, account_id=account_id, event=event),
-            id=workflow_id,
-            task_queue=task_queue,
-            id_reuse_policy=reuse,
+        await start_run(
+            client, task_queue, playbook, account_id, event, workflow_id=workflow_id, id_reuse_policy=reuse,
             # a live run for this key is left alone: one live run per enrollment key
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            memo={"playbook_id": playbook.id, "version": playbook.version, "account_id": account_id, "title": playbook.title},
-            search_attributes=search_attributes(playbook, account_id),
         )
     except WorkflowAlreadyStartedError:
         try:

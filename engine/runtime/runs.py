@@ -9,7 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 
 from engine.interpreter.messages import STATE_QUERY, WORKFLOW_NAME, Event, RunInput, RunState
 from engine.language.model import Playbook
@@ -37,16 +43,20 @@ async def start_run(
     event: Event | None = None,
     *,
     workflow_id: str | None = None,
-    with_search_attributes: bool = True,
+    id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    id_conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.UNSPECIFIED,
 ) -> WorkflowHandle[Any, Any]:
+    """Starts a run of the playbook for the account: its id, memo and search attributes say which run it is."""
     workflow_id = workflow_id or f"{playbook.id}/{account_id}/{uuid.uuid4().hex[:8]}"
     return await client.start_workflow(
         WORKFLOW_NAME,
         RunInput(playbook=playbook, account_id=account_id, event=event),
         id=workflow_id,
         task_queue=task_queue,
+        id_reuse_policy=id_reuse_policy,
+        id_conflict_policy=id_conflict_policy,
         memo={"playbook_id": playbook.id, "version": playbook.version, "account_id": account_id, "title": playbook.title},
-        search_attributes=search_attributes(playbook, account_id) if with_search_attributes else None,
+        search_attributes=search_attributes(playbook, account_id),
     )
 
 
