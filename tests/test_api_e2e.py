@@ -152,3 +152,10 @@ def test_bad_requests_are_4xx_problems(stack):
     check = stack.http.post("/playbooks/validate", json={"text": "id: x\nsteps:\n  - wait: 3 days\n"}, headers=ops)
     assert check.status_code == 200
     assert check.json()["problems"][0]["line"] == 3 and "duration" in check.json()["problems"][0]["message"]
+    # JSON can carry a lone surrogate, which no file can: refused with the reason, not a 500
+    surrogate = stack.http.post(
+        "/playbooks/validate", content=b'{"text": "id: x\\ntitle: \\ud800"}',
+        headers={**ops, "Content-Type": "application/json"},
+    )
+    assert surrogate.status_code == 422, surrogate.text
+    assert surrogate.json()["errors"][0]["location"] == "body.text"

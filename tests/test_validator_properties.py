@@ -271,6 +271,15 @@ def test_mutated_playbook_text(name: str, mutations: list[str], data: st.DataObj
     check_result(text)
 
 
+def test_a_lone_surrogate_is_a_problem_at_its_place_not_a_crash() -> None:
+    """Found by test_mutated_playbook_text (the API's JSON body refuses such text before; this is the library)."""
+    result = validate_playbook_text("id: x\ntitle: \ud800 hi\n", "t.yaml")
+    assert [p.header() for p in result.problems] == [
+        "t.yaml:2:8: the text is not valid Unicode: lone surrogate U+D800; remove it [syntax]"
+    ]
+    check_result("id: x\ntitle: \ud800 hi\n")
+
+
 YAML_TOKENS = st.sampled_from(
     [
         "id:", "steps:", "- ", "email:", "to:", "when:", "wait:", "switch:", "else:", "key:", "value", "'quoted'",

@@ -151,6 +151,11 @@ def load(text: str) -> Document:
         raise SourceError(f"YAML syntax error: control character {char} is not allowed in YAML; remove it", line, col) from None
     except yaml.YAMLError as err:
         raise SourceError(f"YAML error: {' '.join(str(err).split())}") from None
+    except UnicodeEncodeError as err:  # a lone surrogate: no UTF-8 file holds one, but a Python str can
+        line, col = _line_col(text, err.start)
+        raise SourceError(
+            f"the text is not valid Unicode: lone surrogate U+{ord(text[err.start]):04X}; remove it", line, col
+        ) from None
     if node is None:
         return Document(None, {(): Pos(1, 1, 1, 1)}, text)
     positions: dict[Path, Pos] = {}
