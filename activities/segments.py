@@ -1,8 +1,7 @@
-"""Schedule ticks: which accounts a segment selects, and starting their runs.
+"""Schedule ticks: which accounts a segment selects.
 
-Starting runs is an activity (it calls Temporal's client), so a tick of 10,000 accounts is a few
-dozen activities in the tick's history, not 10,000 child workflows. Starts are keyed by playbook and
-enrollment key, so a retried page starts nothing twice.
+A tick pages through the segment here; it starts the runs of each page with
+engine.runtime.schedules.ScheduleActivities (starting runs is the runtime's job: activities never import it).
 """
 
 from __future__ import annotations
@@ -13,22 +12,27 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import Client
 
-from engine.interpreter.messages import Event
 from engine.language import expressions as ex
-from engine.language.library import Library
 from engine.storage import models as t
 from engine.storage.db import session
 
 from .crm import CrmProvider
-from .types import SegmentPage, SegmentResult, StartRunsRequest, StartRunsResult
+from .types import SegmentPage, SegmentResult
 
 
 class SegmentActivities:
-    def __init__(self, db_url: str, crm: CrmProvider, client: Client | None, library_root: str) -> None:
+    def __init__(
+        self, db_url: str, crm: CrmProvider, client: Client | None = None, library_root: str | None = None
+    ) -> None:
         self.db_url = db_url
         self.crm = crm
-        self.client = client
-        self.library_root = library_root
+        if library_root is not None:
+            # TEMPORARY (issue 9): engine/runtime/connect.py still registers `start_scheduled_runs` from here. Once it
+            # registers ScheduleActivities(crm, client, settings.library).start_scheduled_runs itself, this goes,
+            # with the `client` and `library_root` parameters (tests/test_architecture.py lists it as pending).
+            from engine.runtime.schedules import ScheduleActivities
+
+            self.start_scheduled_runs = ScheduleActivities(crm, client, library_root).start_scheduled_runs
 
     @activity.defn(name="segment_page")
     def segment_page(self, req: SegmentPage) -> SegmentResult:
@@ -43,30 +47,6 @@ class SegmentActivities:
             if req.accounts is None or segment_refusal(req.accounts, account) is None:
                 chosen.append(account_id)
         return SegmentResult(chosen, ids[-1] if len(ids) == req.limit else None, len(ids))
-
-    @activity.defn(name="start_scheduled_runs")
-    async def start_scheduled_runs(self, req: StartRunsRequest) -> StartRunsResult:
-        from engine.runtime.intake import enrollment_key, start_enrolled
-
-        if self.client is None:
-            raise RuntimeError("start_scheduled_runs needs a Temporal client")
-        playbook = Library.load(self.library_root).playbooks.get(req.playbook_id)
-        if playbook is None:
-            return StartRunsResult(0, len(req.account_ids))
-        started = skipped = 0
-        tick = Event(type="schedule.tick", data={"scheduled_at": req.tick}, id=f"tick:{req.playbook_id}:{req.tick}")
-        for account_id in req.account_ids:
-            snapshot = self.crm.get_account(account_id)
-            event = Event(tick.type, tick.data, tick.id, req.tick, account_id)
-            try:
-                key = enrollment_key(playbook, event, snapshot.account, snapshot.contacts)
-            except ex.ExpressionError:
-                skipped += 1
-                continue
-            result = await start_enrolled(self.client, req.task_queue, playbook, account_id, key, event)
-            started += result.status == "started"
-            skipped += result.status != "started"
-        return StartRunsResult(started, skipped)
 
 
 def segment_refusal(expression: str | bool, account: dict[str, Any]) -> str | None:
