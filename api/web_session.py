@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.runtime.settings import Settings
+from engine.runtime.settings import Settings, reveal
 
 SECRET_ENV = "PLAYBOOK_INBOX_SECRET"
 KEY_FILE = "inbox-session.key"
@@ -88,7 +88,7 @@ def signer_for(settings: Settings) -> Signer:
 
 
 def _secret(settings: Settings) -> bytes:
-    configured = settings.inbox_secret or ""
+    configured = reveal(settings.inbox_secret)
     if configured:
         if len(configured) < 32:
             log.warning("%s is shorter than 32 characters: use a long random value", SECRET_ENV)

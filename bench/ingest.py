@@ -492,6 +492,7 @@ async def bench(events: int, concurrency: int, load: float, profile: bool) -> in
         async with dev_server() as (server, client):
             env = {
                 **os.environ,
+                "PLAYBOOK_ENVIRONMENT": "dev",  # SQLite, outbox, built-in CRM: refused by the production checks
                 "PLAYBOOK_HOME": str(folder),
                 "PLAYBOOK_LIBRARY": str(library),
                 "PLAYBOOK_TEMPORAL_ADDRESS": server.address,

@@ -140,19 +140,38 @@ def dev(
 ) -> None:
     """Start everything locally: the Temporal dev server (with Web UI), the worker, the bundled playbooks."""
     import asyncio
-    import dataclasses
-
-    from .runtime.settings import load_settings
 
     results, n_problems = _load_library_table(library)
     if check_only:
         raise typer.Exit(1 if n_problems else 0)
-    settings = dataclasses.replace(load_settings(), library=str(library), temporal_address=f"127.0.0.1:{port}")
+    settings = dev_settings(library, port)
     try:
         asyncio.run(_dev_stack(settings, port, ui_port))
     except KeyboardInterrupt:
         pass
     Console().print("stopped.", markup=False)
+
+
+def dev_settings(library: Path, port: int):  # type: ignore[no-untyped-def]
+    """`playbook dev` is the one command that is dev without being told: it sets PLAYBOOK_ENVIRONMENT=dev for
+    itself and for whatever it starts (every other command defaults to production and its checks)."""
+    import os
+
+    from .runtime.settings import load_settings
+
+    os.environ["PLAYBOOK_ENVIRONMENT"] = "dev"
+    return load_settings(library=str(library), temporal_address=f"127.0.0.1:{port}")
+
+
+def _settings_to_start(command: str):  # type: ignore[no-untyped-def]
+    """The checked settings of a long-running command, or one line on stderr saying why not, and exit 2."""
+    from .runtime.settings import SettingsError, load_settings
+
+    try:
+        return load_settings().check()
+    except SettingsError as err:
+        print(f"playbook {command}: refusing to start: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore[no-untyped-def]
@@ -220,9 +239,8 @@ def api(
 
     from api.app import create_app
     from .runtime.logs import configure
-    from .runtime.settings import load_settings
 
-    settings = load_settings().check()
+    settings = _settings_to_start("api")
     configure(settings.logs_as_json)
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
@@ -416,6 +434,7 @@ def deploy(
 @app.command()
 def worker() -> None:
     """Run a worker against the Temporal cluster in the settings (same as `python worker.py`)."""
+    _settings_to_start("worker")  # worker.main() checks them too, but a refusal there is a traceback
     import worker as worker_module
 
     worker_module.main()
@@ -467,6 +486,13 @@ def main() -> None:  # console-script entry point
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.exit(130)
+    except Exception as err:
+        from .runtime.settings import SettingsError
+
+        if not isinstance(err, SettingsError):
+            raise
+        print(f"playbook: {err}", file=sys.stderr)  # one line, never a secret; not a traceback
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -176,6 +176,7 @@ def worker_env(
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYBOOK_")}
     env.update(
+        PLAYBOOK_ENVIRONMENT="dev",  # SQLite and the built-in CRM: refused by the production checks (the default)
         PLAYBOOK_TEMPORAL_ADDRESS=address,
         PLAYBOOK_DATABASE_URL=db_url,
         PLAYBOOK_LIBRARY=str(library),

@@ -55,6 +55,7 @@ def api_on_a_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     migrate(db_url)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PLAYBOOK_")},
+        "PLAYBOOK_ENVIRONMENT": "dev",  # SQLite, outbox, built-in CRM: refused by the production checks (the default)
         "PLAYBOOK_HOME": str(tmp_path),
         "PLAYBOOK_LIBRARY": str(PLAYBOOKS),
         "PLAYBOOK_DATABASE_URL": db_url,

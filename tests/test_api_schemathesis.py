@@ -44,7 +44,7 @@ DEADLINE = timedelta(seconds=10)  # per call; they answer in milliseconds on the
 
 # The document is built from the app's code, as the stack serves it (test_the_served_document_is_the_tested_one);
 # it is loaded at collection because schemathesis' lazy fixture loader does not work with pytest 9.
-DOCUMENT = create_app(Settings()).openapi()
+DOCUMENT = create_app(Settings(environment="dev")).openapi()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 LIBRARY = Library.load(PLAYBOOKS).playbooks

@@ -25,7 +25,7 @@ from tests.paths import PLAYBOOKS
 
 @pytest.fixture
 def inbox(tmp_path: Path):
-    settings = Settings(home=str(tmp_path), library=str(PLAYBOOKS))
+    settings = Settings(environment="dev", home=str(tmp_path), library=str(PLAYBOOKS))
     migrate(settings.db_url)
     app = create_app(settings, client=object())  # type: ignore[arg-type]
     app.state.engine = AppState(settings=settings, client=object())  # type: ignore[arg-type]

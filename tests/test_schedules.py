@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import sqlite3
 import time
@@ -57,7 +56,7 @@ def test_schedule_created_ticked_and_removed(tmp_path: Path) -> None:
         server = DevServer(tmp_path / "temporal", free_port(), free_port())
         client = await server.start()
         try:
-            settings = dataclasses.replace(Settings(), database_url=db_url, library=str(library), task_queue="sched-test")
+            settings = Settings(environment="dev", database_url=db_url, library=str(library), task_queue="sched-test")
             worker = build_worker(client, settings.task_queue, rt.activities(settings, client))
             async with worker:
                 playbooks = Library.load(library).playbooks

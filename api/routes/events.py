@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.interpreter.messages import Event
 from engine.runtime.intake import UnknownOwner, take_event
+from engine.runtime.settings import reveal
 
 from ..deps import StateDep
 from ..problems import UPSTREAM, Problem, documented
@@ -60,7 +61,7 @@ async def post_event(
 ) -> EventOut:
     body = await request.body()
     if x_playbook_signature:
-        secret = state.settings.event_signing_secret
+        secret = reveal(state.settings.event_signing_secret)
         if not secret:
             raise Problem(401, "Unauthorized", "signed events are not configured here (PLAYBOOK_EVENT_SIGNING_SECRET)")
         reason = check_signature(secret, x_playbook_signature, body)

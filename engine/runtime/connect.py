@@ -14,7 +14,7 @@ from activities.library import LibraryActivities
 from activities.playbook_activities import Listener, PlaybookActivities
 from activities.segments import SegmentActivities
 
-from .settings import Settings
+from .settings import Settings, reveal
 
 SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "AccountId": "Keyword"}
 
@@ -38,7 +38,7 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
         )
     kwargs: dict[str, Any] = {"namespace": settings.temporal_namespace, "tls": tls}
     if settings.temporal_api_key:
-        kwargs["api_key"] = settings.temporal_api_key
+        kwargs["api_key"] = reveal(settings.temporal_api_key)
     if runtime is not None:
         kwargs["runtime"] = runtime
     return await Client.connect(settings.temporal_address, **kwargs)
@@ -48,7 +48,7 @@ def email_provider(settings: Settings) -> EmailProvider:
     if settings.email_provider == "sendgrid":
         from activities.sendgrid_email import SendGridProvider
 
-        return SendGridProvider(settings.sendgrid_api_key or "", host=settings.sendgrid_host, default_sender=settings.default_sender)
+        return SendGridProvider(reveal(settings.sendgrid_api_key), host=settings.sendgrid_host, default_sender=settings.default_sender)
     return OutboxProvider()
 
 
@@ -57,7 +57,7 @@ def crm_provider(settings: Settings) -> CrmProvider:
         from activities.hubspot_crm import HubSpotCrm
 
         # HubSpot owners have no languages, roles or capacity: those come from the engine's csms table.
-        return HubSpotCrm(settings.hubspot_token or "", base_url=settings.hubspot_base_url, db_url=settings.db_url)
+        return HubSpotCrm(reveal(settings.hubspot_token), base_url=settings.hubspot_base_url, db_url=settings.db_url)
     return BuiltinCrm(settings.db_url)
 
 

@@ -1,29 +1,101 @@
 """Settings from the environment (PLAYBOOK_*), optionally from a TOML file named by PLAYBOOK_SETTINGS_FILE.
 
-One class for the worker, the CLI and the API. Outside dev it refuses to start with placeholder
-secrets or an embedded SQLite database that several workers could not share.
+One class (pydantic-settings) for the worker, the CLI and the API. It fails closed: the environment is
+production unless PLAYBOOK_ENVIRONMENT=dev is set (`playbook dev` sets it for itself), and outside dev
+check() refuses placeholder secrets, an embedded SQLite database that several workers could not share,
+and the embedded outbox email provider and built-in CRM unless they are opted into. Secrets are
+SecretStr: '**********' in reprs, logs and messages; the code that hands one to its service calls reveal().
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr, ValidationError, field_serializer
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from engine.storage.db import default_url
 
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev", "placeholder"}
+PREFIX = "PLAYBOOK_"
+SETTINGS_FILE = "PLAYBOOK_SETTINGS_FILE"
 
 
 class SettingsError(Exception):
-    pass
+    """Settings that cannot be used; the message is one line and never contains a secret."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    environment: str = "dev"  # dev | production
+def reveal(secret: SecretStr | None) -> str:
+    """A secret setting's value, "" when unset: for the one place that hands it to its service."""
+    return "" if secret is None else secret.get_secret_value()
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: show nothing of it
+        return "***"
+
+
+# load_settings(environ=...) reads PLAYBOOK_* from this mapping instead of os.environ
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("playbook_environ", default=None)
+
+
+class _MappingEnvironment(PydanticBaseSettingsSource):
+    """PLAYBOOK_* variables of a given mapping (names case-insensitive, as pydantic-settings reads os.environ)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = {name.upper(): value for name, value in environ.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.environ.get(PREFIX + field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: self.environ[PREFIX + name.upper()]
+            for name in self.settings_cls.model_fields
+            if PREFIX + name.upper() in self.environ
+        }
+
+
+def _settings_file(settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> PydanticBaseSettingsSource | None:
+    name = next((v for k, v in environ.items() if k.upper() == SETTINGS_FILE), None)
+    if not name:
+        return None
+    if not Path(name).is_file():
+        raise SettingsError(f"{SETTINGS_FILE} names {name}, which is not a file")
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=Path(name))
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{SETTINGS_FILE}: {name} is not valid TOML ({err})") from None
+
+
+def _describe(err: ValidationError) -> str:
+    problems = []
+    for e in err.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in e["loc"])
+        if e["type"] == "extra_forbidden":
+            problems.append(f"unknown setting {name!r}")
+        else:
+            problems.append(f"{PREFIX}{name.upper()}: {e['msg']}")
+    return "; ".join(problems)
+
+
+class Settings(BaseSettings):
+    """Settings(...) reads like load_settings(): arguments, then PLAYBOOK_* variables, then the settings file."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    environment: str = "production"  # dev | production (anything but dev gets the production checks)
     home: str = ".playbook"  # local state: SQLite files, logs
     library: str = "playbooks"
 
@@ -33,27 +105,61 @@ class Settings:
     temporal_tls_cert: str | None = None  # mTLS client certificate (PEM file)
     temporal_tls_key: str | None = None
     temporal_tls_ca: str | None = None  # server CA, when not a public one
-    temporal_api_key: str | None = None  # Temporal Cloud API key (implies TLS)
+    temporal_api_key: SecretStr | None = None  # Temporal Cloud API key (implies TLS)
     task_queue: str = "playbooks"
     temporal_ui_port: int = 8233
 
     database_url: str | None = None  # default: SQLite under home
 
     email_provider: str = "outbox"  # outbox | sendgrid
-    sendgrid_api_key: str | None = None
+    allow_outbox: bool = False  # outside dev, the outbox (which delivers nothing) only with this opt-in
+    sendgrid_api_key: SecretStr | None = None
     sendgrid_host: str = "https://api.sendgrid.com"
     default_sender: str = "success@example.com"
 
     crm_provider: str = "builtin"  # builtin | hubspot
-    hubspot_token: str | None = None
+    allow_builtin_crm: bool = False  # outside dev, the built-in CRM only with this opt-in
+    hubspot_token: SecretStr | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
 
-    event_signing_secret: str | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
-    inbox_secret: str | None = None  # signs CSM inbox sessions; the same on every API process (else a key in home)
+    event_signing_secret: SecretStr | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
+    inbox_secret: SecretStr | None = None  # signs CSM inbox sessions; the same on every API process (else a key in home)
     api_port: int = 8000
 
     log_format: str | None = None  # console | json; default: console in dev, json elsewhere
     max_concurrent_activities: int = 50
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:  # its text would quote the inputs, and a traceback is not a message
+            raise SettingsError(_describe(err)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        sources = [init_settings, env_settings if environ is None else _MappingEnvironment(settings_cls, environ)]
+        file = _settings_file(settings_cls, os.environ if environ is None else environ)
+        return (*sources, file) if file is not None else tuple(sources)
+
+    def __repr_args__(self) -> Any:  # the database URL's password, like the secrets, is not shown
+        for name, value in super().__repr_args__():
+            yield name, (_hide_password(value) if name == "database_url" and value else value)
+
+    @field_serializer("database_url")
+    def _database_url_shown(self, url: str | None) -> str | None:
+        return _hide_password(url) if url else url
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some settings changed (validated; the environment is not read again)."""
+        return type(self).model_validate({**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
     @property
     def db_url(self) -> str:
@@ -73,42 +179,43 @@ class Settings:
             problems.append(f"PLAYBOOK_EMAIL_PROVIDER must be outbox or sendgrid, not {self.email_provider!r}")
         if self.crm_provider not in ("builtin", "hubspot"):
             problems.append(f"PLAYBOOK_CRM_PROVIDER must be builtin or hubspot, not {self.crm_provider!r}")
-        if self.email_provider == "sendgrid" and (self.sendgrid_api_key or "").lower() in PLACEHOLDERS:
+        if self.email_provider == "sendgrid" and reveal(self.sendgrid_api_key).lower() in PLACEHOLDERS:
             problems.append("PLAYBOOK_SENDGRID_API_KEY is missing or a placeholder")
-        if self.crm_provider == "hubspot" and (self.hubspot_token or "").lower() in PLACEHOLDERS:
+        if self.crm_provider == "hubspot" and reveal(self.hubspot_token).lower() in PLACEHOLDERS:
             problems.append("PLAYBOOK_HUBSPOT_TOKEN is missing or a placeholder")
         if not self.is_dev:
             if self.db_url.startswith("sqlite"):
-                problems.append("outside dev, set PLAYBOOK_DATABASE_URL to a shared database (PostgreSQL)")
-            if self.inbox_secret is not None and self.inbox_secret.lower() in PLACEHOLDERS:
-                problems.append("PLAYBOOK_INBOX_SECRET is a placeholder")
-            if self.event_signing_secret is not None and self.event_signing_secret.lower() in PLACEHOLDERS:
-                problems.append("PLAYBOOK_EVENT_SIGNING_SECRET is a placeholder")
-            if self.temporal_api_key is not None and self.temporal_api_key.lower() in PLACEHOLDERS:
-                problems.append("PLAYBOOK_TEMPORAL_API_KEY is a placeholder")
+                problems.append("set PLAYBOOK_DATABASE_URL to a shared database (PostgreSQL), not SQLite")
+            if self.email_provider == "outbox" and not self.allow_outbox:
+                problems.append(
+                    "the outbox email provider delivers nothing: set PLAYBOOK_EMAIL_PROVIDER=sendgrid "
+                    "(and PLAYBOOK_SENDGRID_API_KEY), or PLAYBOOK_ALLOW_OUTBOX=true to keep emails in the outbox table"
+                )
+            if self.crm_provider == "builtin" and not self.allow_builtin_crm:
+                problems.append(
+                    "the built-in CRM keeps accounts, notes and tags in the engine's tables, not in your CRM: set "
+                    "PLAYBOOK_CRM_PROVIDER=hubspot (and PLAYBOOK_HUBSPOT_TOKEN), or PLAYBOOK_ALLOW_BUILTIN_CRM=true"
+                )
+            for name in ("inbox_secret", "event_signing_secret", "temporal_api_key"):
+                value = getattr(self, name)
+                if value is not None and reveal(value).lower() in PLACEHOLDERS:
+                    problems.append(f"{PREFIX}{name.upper()} is a placeholder")
         if problems:
+            if not self.is_dev:
+                which = (
+                    f"PLAYBOOK_ENVIRONMENT={self.environment}" if "environment" in self.model_fields_set
+                    else "PLAYBOOK_ENVIRONMENT is not set, so production"
+                )
+                raise SettingsError("; ".join(problems) + f" ({which}; on a laptop use `playbook dev` or PLAYBOOK_ENVIRONMENT=dev)")
             raise SettingsError("; ".join(problems))
         return self
 
 
-def _coerce(value: str, annotation: Any) -> Any:
-    text = str(annotation)
-    if "bool" in text:
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    if "int" in text:
-        return int(value)
-    return value
-
-
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    file = env.get("PLAYBOOK_SETTINGS_FILE")
-    if file:
-        data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        values.update({k: v for k, v in data.items() if k in {f.name for f in fields(Settings)}})
-    for f in fields(Settings):
-        raw = env.get(f"PLAYBOOK_{f.name.upper()}")
-        if raw is not None:
-            values[f.name] = _coerce(raw, f.type)
-    return Settings(**values)
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from overrides, then PLAYBOOK_* variables (of environ, default os.environ), then the file named by
+    PLAYBOOK_SETTINGS_FILE (keys without the prefix, lower case), then the defaults. Raises SettingsError."""
+    token = _ENVIRON.set(environ)
+    try:
+        return Settings(**overrides)
+    finally:
+        _ENVIRON.reset(token)
