@@ -5,13 +5,21 @@ Temporal re-runs a workflow's code against its history whenever a worker picks u
 history (another activity, a timer fewer, a step moved), every live run of that shape is stuck on a
 nondeterminism error. Replaying real histories here catches such a change before it ships; a deliberate one
 needs `workflow.patched` and a fresh recording (`.venv/bin/python tests/histories/record.py`).
+
+Histories are kept per release (tests/histories/<version>/, each with its index.json), and every release's
+folder is replayed: today's code must still replay what earlier releases recorded. With Worker Versioning a
+run stays on the workers of the version it started on, so this matters where a run does change code: runs
+moved to a newer version by hand, runs started before versioning was on, and deploys with versioning off
+(docs/operations.md, "Deploying new engine code"). A release's folder may go once no run of it is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +33,31 @@ from engine.runtime.workers import sandbox_runner
 from tests.paths import ROOT
 
 HISTORIES = ROOT / "tests" / "histories"
-INDEX: dict[str, dict[str, str]] = json.loads((HISTORIES / "index.json").read_text(encoding="utf-8"))["histories"]
 
 
-def history(file: str) -> WorkflowHistory:
-    return WorkflowHistory.from_json(INDEX[file]["workflow_id"], (HISTORIES / file).read_text(encoding="utf-8"))
+def _release_key(folder: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", folder.name))
 
 
-def workflow_type(file: str) -> str:
-    return json.loads((HISTORIES / file).read_text(encoding="utf-8"))["events"][0][
+# One folder per release (tests/histories/<version>/), oldest first
+RELEASES: list[Path] = sorted((d for d in HISTORIES.iterdir() if (d / "index.json").is_file()), key=_release_key)
+
+
+def index(release: Path) -> dict[str, dict[str, str]]:
+    return json.loads((release / "index.json").read_text(encoding="utf-8"))["histories"]
+
+
+INDEX: dict[str, dict[str, dict[str, str]]] = {release.name: index(release) for release in RELEASES}
+CASES = [(release, file) for release in INDEX for file in sorted(INDEX[release])]
+
+
+def history(release: str, file: str) -> WorkflowHistory:
+    text = (HISTORIES / release / file).read_text(encoding="utf-8")
+    return WorkflowHistory.from_json(INDEX[release][file]["workflow_id"], text)
+
+
+def workflow_type(release: str, file: str) -> str:
+    return json.loads((HISTORIES / release / file).read_text(encoding="utf-8"))["events"][0][
         "workflowExecutionStartedEventAttributes"
     ]["workflowType"]["name"]
 
@@ -43,15 +67,21 @@ def replayer(*workflows: type) -> Replayer:
     return Replayer(workflows=list(workflows), workflow_runner=sandbox_runner())
 
 
-def test_every_recorded_history_is_indexed_and_both_workflows_are_covered():
-    files = {p.name for p in HISTORIES.glob("*.json")} - {"index.json"}
-    assert files == set(INDEX), "tests/histories/ and its index.json disagree: run tests/histories/record.py"
-    assert {workflow_type(f) for f in files} == {WORKFLOW_NAME, FOR_EACH_WORKFLOW_NAME}
+def test_histories_are_kept_per_release():
+    assert RELEASES, "no tests/histories/<release>/index.json: run tests/histories/record.py"
+    assert not list(HISTORIES.glob("*.json")), "histories belong in their release's folder, tests/histories/<version>/"
 
 
-@pytest.mark.parametrize("file", sorted(INDEX), ids=lambda f: f.removesuffix(".json"))
-def test_recorded_history_replays(file):
-    result = asyncio.run(replayer(PlaybookRun, PlaybookForEachChunk).replay_workflow(history(file)))
+@pytest.mark.parametrize("release", sorted(INDEX))
+def test_every_recorded_history_is_indexed_and_both_workflows_are_covered(release):
+    files = {p.name for p in (HISTORIES / release).glob("*.json")} - {"index.json"}
+    assert files == set(INDEX[release]), f"tests/histories/{release}/ and its index.json disagree"
+    assert {workflow_type(release, f) for f in files} == {WORKFLOW_NAME, FOR_EACH_WORKFLOW_NAME}
+
+
+@pytest.mark.parametrize(("release", "file"), CASES, ids=[f"{r}/{f.removesuffix('.json')}" for r, f in CASES])
+def test_recorded_history_replays(release, file):
+    result = asyncio.run(replayer(PlaybookRun, PlaybookForEachChunk).replay_workflow(history(release, file)))
     assert result.replay_failure is None
 
 
@@ -71,6 +101,7 @@ class ReorderedPlaybookRun:
 
 def test_a_reordered_interpreter_fails_to_replay():
     file = "renewal-healthy-upsell.json"  # starts load_account, then assign_owner
+    release = next(r for r in reversed(INDEX) if file in INDEX[r])  # the newest release that recorded it
     with pytest.raises(workflow.NondeterminismError) as failure:
-        asyncio.run(replayer(ReorderedPlaybookRun).replay_workflow(history(file)))
+        asyncio.run(replayer(ReorderedPlaybookRun).replay_workflow(history(release, file)))
     assert "load_account" in str(failure.value), str(failure.value)  # the activity the history expected

@@ -7,7 +7,9 @@ workflow id in ``index.json``. The bundled scenarios come from playbooks/tests/;
 because no bundled scenario has more than 100 items (the point where the items move to PlaybookForEachChunk
 children).
 
-Record again only when a history *should* change (a deliberate, versioned change of the interpreter):
+Histories are kept per release: this writes ``tests/histories/<version>/``, the version in pyproject.toml,
+and leaves the folders of earlier releases alone (the replay test replays every folder). Each release records
+its own once, when it is cut (docs/operations.md, "Recorded histories"):
 
     .venv/bin/python tests/histories/record.py
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,8 @@ from engine.testing.scenarios import run_scenario, test_server_path  # noqa: E40
 
 PLAYBOOKS = ROOT / "playbooks"
 MAX_BYTES = 200_000
+RELEASE = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+OUT = HERE / RELEASE  # this release's folder; the others are earlier releases' recordings
 
 # One scenario per bundled playbook; between them every activity, timers, signals (events, exit_when) and updates
 # (approvals, call outcomes).
@@ -153,22 +158,23 @@ async def record_one(name: str, path: Path, library: Path, index: dict[str, dict
                 print(f"{file_stem}: {len(history.events)} events, {size // 1000} KB: too large to keep, skipped")
                 continue
             file = f"{file_stem}.json"
-            (HERE / file).write_text(text, encoding="utf-8")
+            (OUT / file).write_text(text, encoding="utf-8")
             index[file] = {"workflow_id": workflow_id, "scenario": name}
             print(f"{file}: {len(history.events)} events, {size // 1000} KB, run outcome {report.outcome}")
 
 
 async def record() -> None:
     index: dict[str, dict[str, str]] = {}
-    for old in HERE.glob("*.json"):  # all at once, so the folder and its index always agree
+    OUT.mkdir(exist_ok=True)
+    for old in OUT.glob("*.json"):  # all at once, so the folder and its index always agree
         old.unlink()
     for name in SCENARIOS:
         await record_one(name, PLAYBOOKS / "tests" / f"{name}.scenario.yaml", PLAYBOOKS, index)
     with tempfile.TemporaryDirectory() as tmp:
         library = Path(tmp)
         await record_one("for-each-chunks", for_each_scenario(library), library, index)
-    document = {"temporalio": temporalio.__version__, "histories": index}
-    (HERE / "index.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    document = {"release": RELEASE, "temporalio": temporalio.__version__, "histories": index}
+    (OUT / "index.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
