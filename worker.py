@@ -4,6 +4,11 @@
 
 Start as many as you like against the same Temporal namespace, task queue and database: Temporal
 spreads the work, and every effect is keyed, so no two workers do the same one.
+
+Each worker is one version of the engine's Worker Deployment (PLAYBOOK_DEPLOYMENT_NAME, PLAYBOOK_BUILD_ID,
+by default a hash of the code) and the runs it starts stay pinned to that version; `playbook deploy` makes
+a new version current (docs/operations.md, "Deploying new engine code"). PLAYBOOK_WORKER_VERSIONING=false
+turns that off.
 """
 
 from __future__ import annotations
@@ -12,27 +17,84 @@ import asyncio
 import signal
 
 import structlog
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from engine.runtime import connect as rt
 from engine.runtime.logs import configure
 from engine.runtime.settings import Settings, load_settings
-from engine.runtime.workers import build_worker
+from engine.runtime.workers import (
+    DeployError,
+    Versioning,
+    build_worker,
+    make_current,
+    runs_on_other_versions,
+    versioning,
+)
 from engine.storage.db import migrate
 
 log = structlog.get_logger("worker")
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool = False) -> None:
+    """Runs a worker until `stop`. With `current` (`playbook dev`) its version becomes the current one; without,
+    only if the deployment has no current version yet (the first versioned worker ever)."""
     if settings.is_dev:
         migrate(settings.db_url)  # in production, `playbook migrate` runs once per deploy (docs/operations.md)
     client = await rt.connect(settings)
+    version = versioning(settings)
     worker = build_worker(
-        client, settings.task_queue, rt.activities(settings, client), max_concurrent_activities=settings.max_concurrent_activities
+        client,
+        settings.task_queue,
+        rt.activities(settings, client),
+        max_concurrent_activities=settings.max_concurrent_activities,
+        versioning=version,
     )
-    log.info("worker started", address=settings.temporal_address, namespace=settings.temporal_namespace, task_queue=settings.task_queue)
     async with worker:
+        where = {
+            "address": settings.temporal_address,
+            "namespace": settings.temporal_namespace,
+            "task_queue": settings.task_queue,
+        }
+        if version is None:
+            log.info("worker started", **where, versioning="off")
+        else:
+            current_build = await _take_current(client, settings.task_queue, version, force=current)
+            log.info(
+                "worker started", **where, deployment=version.deployment_name, build_id=version.build_id,
+                current_build_id=current_build,
+            )
         await stop.wait()
     log.info("worker stopped")
+
+
+async def _take_current(client: Client, task_queue: str, version: Versioning, *, force: bool) -> str | None:
+    """Makes the worker's version current (force) or only if none is; returns the current build id."""
+    try:
+        promotion = await make_current(client, version, task_queue, timeout=60, only_if_none=not force)
+    except DeployError as e:
+        if force:
+            raise
+        log.warning("this worker's version could not be made current", reason=str(e))
+        return None
+    except RPCError as e:
+        if e.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+        log.error("this Temporal server has no Worker Deployments (1.28+ has): set PLAYBOOK_WORKER_VERSIONING=false")
+        return None
+    if promotion.changed:
+        log.info("this worker's version is now current: new runs start on it", previous_build_id=promotion.previous)
+    elif promotion.current != version.build_id:
+        log.info(
+            "this worker's version is not current: it runs only the runs pinned to it until `playbook deploy`",
+            current_build_id=promotion.current,
+        )
+    if force and (others := await runs_on_other_versions(client, version)):
+        log.warning(
+            f"{others} runs are pinned to other versions of the engine: they go on only on workers of their version "
+            "(docs/operations.md, 'Deploying new engine code', says how to move them)"
+        )
+    return promotion.current
 
 
 def main() -> None:

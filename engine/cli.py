@@ -208,10 +208,16 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         console.print(f"Temporal:  {server.address} (namespace {settings.temporal_namespace})", markup=False)
         console.print(f"Web UI:    {server.ui_url}", markup=False)
         console.print(f"Database:  {settings.db_url}", markup=False)
+        from .runtime.workers import versioning
+
+        version = versioning(settings)
+        # The worker makes its version current, as `playbook deploy` does in production (docs/operations.md).
+        label = version.label if version else "unversioned (PLAYBOOK_WORKER_VERSIONING=false)"
+        console.print(f"Version:   {label}", markup=False)
         console.print(f"API:       http://127.0.0.1:{settings.api_port}/docs   (tokens: playbook token create)", markup=False)
         console.print(f"Inbox:     http://127.0.0.1:{settings.api_port}/inbox  (CSMs sign in with their token)", markup=False)
         console.print("Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False)
-        await asyncio.gather(run_worker(settings, stop), _serve_api(settings, stop))
+        await asyncio.gather(run_worker(settings, stop, current=True), _serve_api(settings, stop))
     finally:
         server.stop()
 
@@ -406,12 +412,21 @@ def migrate() -> None:
 @app.command()
 def deploy(
     library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
+    build_id: Annotated[
+        str | None,
+        typer.Option("--build-id", help="The version to make current (default: this code's, PLAYBOOK_BUILD_ID)."),
+    ] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for a worker of the version to poll.")] = 120,
 ) -> None:
-    """Check the library and make the cluster's schedules match its scheduled playbooks."""
+    """Check the library, make the cluster's schedules match its scheduled playbooks, and make this version of the
+    engine current: new runs start on its workers, runs in flight stay on the version they started on."""
+    import dataclasses
+
     from .language.library import Library
     from .runtime.connect import connect
     from .runtime.schedules import sync_schedules
     from .runtime.settings import load_settings
+    from .runtime.workers import DeployError, make_current, versioning
 
     results, n_problems = _load_library_table(library)
     if n_problems:
@@ -419,16 +434,34 @@ def deploy(
         raise typer.Exit(1)
     settings = load_settings()
 
-    async def go():  # type: ignore[no-untyped-def]
-        client = await connect(settings)
-        return await sync_schedules(client, Library.load(library).playbooks, settings.task_queue)
+    version = versioning(settings)
+    if version is not None and build_id:
+        version = dataclasses.replace(version, build_id=build_id)
 
-    report = asyncio.run(go())
-    Console().print(
-        f"schedules created: {', '.join(report.created) or '-'}; updated: {', '.join(report.updated) or '-'}; "
-        f"removed: {', '.join(report.removed) or '-'}",
-        markup=False,
-    )
+    async def go() -> None:
+        client = await connect(settings)
+        report = await sync_schedules(client, Library.load(library).playbooks, settings.task_queue)
+        Console().print(
+            f"schedules created: {', '.join(report.created) or '-'}; updated: {', '.join(report.updated) or '-'}; "
+            f"removed: {', '.join(report.removed) or '-'}",
+            markup=False,
+        )
+        if version is None:
+            Console().print("worker versioning is off (PLAYBOOK_WORKER_VERSIONING=false)", markup=False)
+            return
+        Console().print(f"making {version.label} current (waiting up to {wait:g} s for its workers) ...", markup=False)
+        promotion = await make_current(client, version, settings.task_queue, timeout=wait)
+        was = "it already was" if not promotion.changed else f"was {promotion.previous or 'none'}"
+        Console().print(
+            f"version {version.label} is current ({was}); new runs start on it, runs in flight stay on their version",
+            markup=False,
+        )
+
+    try:
+        asyncio.run(go())
+    except DeployError as err:
+        Console(stderr=True).print(f"not made current: {err}", markup=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()

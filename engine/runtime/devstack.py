@@ -18,6 +18,15 @@ from temporalio.client import Client
 from .connect import SEARCH_ATTRIBUTES, quiet_runtime
 
 
+# Worker Versioning on the dev server: whether an old version still has runs pinned to it ("draining") or none
+# ("drained", its workers may stop) is checked every 3 minutes by default, after a 3-minute grace period for
+# visibility; the dev server checks within seconds, so `playbook dev` and the tests see a version drain.
+DYNAMIC_CONFIG = {
+    "matching.wv.VersionDrainageStatusVisibilityGracePeriod": '"2s"',
+    "matching.wv.VersionDrainageStatusRefreshInterval": '"2s"',
+}
+
+
 def temporal_binary() -> str:
     found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     if not Path(found).exists():
@@ -53,6 +62,8 @@ class DevServer:
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             cmd += ["--search-attribute", f"{name}={kind}"]
+        for key, value in DYNAMIC_CONFIG.items():
+            cmd += ["--dynamic-config-value", f"{key}={value}"]
         return cmd
 
     async def start(self, timeout: float = 60) -> Client:

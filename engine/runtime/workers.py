@@ -1,12 +1,35 @@
-"""Building Temporal workers for the interpreter: the same setup in production, `playbook dev` and tests."""
+"""Building Temporal workers for the interpreter: the same setup in production, `playbook dev` and tests.
+
+Worker Versioning (docs/operations.md, "Deploying new engine code"): a worker built with a `Versioning`
+registers as one version (deployment name + build id) of the engine's Worker Deployment, and every run it
+starts is pinned to that version: the run's workflow tasks and activities go only to workers of the same
+version, so new interpreter code never replays a run that older code started. `make_current` (called by
+`playbook deploy` and `playbook dev`) makes a version the current one, on which new runs start.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import import_module, metadata
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeTaskQueueRequest,
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
@@ -32,7 +55,10 @@ def build_worker(
     *,
     extra_workflows: Sequence[type] = (),
     max_concurrent_activities: int = 50,
+    versioning: Versioning | None = None,
 ) -> Worker:
+    """A worker; with `versioning`, one version of the Worker Deployment whose runs are pinned to it (without,
+    an unversioned worker: what `playbook test` and the time-skipping test server use)."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -42,4 +68,187 @@ def build_worker(
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=sandbox_runner(),
+        deployment_config=versioning.config() if versioning else None,
     )
+
+
+# ------------------------------------------------------------------------------------------ Worker Versioning
+
+DEFAULT_DEPLOYMENT_NAME = "playbook-engine"
+CODE_PACKAGES = ("engine", "activities")  # the code a worker runs: its build id changes whenever they do
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    """A versioning setting: the Settings field once it has one, until then its PLAYBOOK_* variable."""
+    if hasattr(settings, name):
+        value = getattr(settings, name)
+    else:
+        value = os.environ.get(f"PLAYBOOK_{name.upper()}") or None
+        if value is not None and isinstance(default, bool):
+            value = value.strip().lower() in ("1", "true", "yes", "on")
+    return default if value is None else value
+
+
+def engine_version() -> str:
+    try:
+        return metadata.version("playbook-engine")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "0"
+
+
+def code_build_id() -> str:
+    """The default build id: the engine's version and a hash of its Python sources (engine/, activities/).
+
+    The same code gives the same id on every machine (paths and file contents only, no timestamps); any
+    change to the code gives another one. In production set PLAYBOOK_BUILD_ID (the Git commit) instead.
+    """
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        root = Path(str(import_module(package).__file__)).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{engine_version()}-{digest.hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class Versioning:
+    """One version of the engine's Worker Deployment: what a worker registers as, what `deploy` makes current."""
+
+    deployment_name: str
+    build_id: str
+
+    @property
+    def version(self) -> WorkerDeploymentVersion:
+        return WorkerDeploymentVersion(self.deployment_name, self.build_id)
+
+    @property
+    def label(self) -> str:
+        """How Temporal's search attributes spell it: TemporalWorkerDeploymentVersion="<deployment>:<build id>"."""
+        return f"{self.deployment_name}:{self.build_id}"
+
+    def proto(self) -> VersionProto:
+        return VersionProto(deployment_name=self.deployment_name, build_id=self.build_id)
+
+    def config(self) -> WorkerDeploymentConfig:
+        # PINNED for every workflow the worker runs (PlaybookRun, its for_each chunks and run_playbook
+        # children, schedule ticks): a run stays on the version it started on until it ends.
+        return WorkerDeploymentConfig(
+            version=self.version, use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED
+        )
+
+
+def versioning(settings: Any) -> Versioning | None:
+    """The worker's version from the settings (worker_versioning, deployment_name, build_id), or None when off."""
+    if not _setting(settings, "worker_versioning", True):
+        return None
+    name = str(_setting(settings, "deployment_name", DEFAULT_DEPLOYMENT_NAME))
+    if not name or "." in name:  # Temporal writes a version as <deployment>.<build id>
+        raise ValueError(f"PLAYBOOK_DEPLOYMENT_NAME must be a non-empty name without dots, not {name!r}")
+    build_id = str(_setting(settings, "build_id", None) or code_build_id())
+    return Versioning(name, build_id)
+
+
+class DeployError(Exception):
+    """A version could not be made current (no worker of it polls, or the server refused); the text says why."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    previous: str | None  # the build id that was current before (None: none was)
+    current: str | None  # the build id current now
+    changed: bool
+    seconds: float  # how long it took, waiting for the version's workers included
+
+
+async def current_build_id(client: Client, deployment_name: str) -> str | None:
+    """The deployment's current build id; None when it has none (or does not exist yet)."""
+    info = await _describe(client, deployment_name)
+    return _current(info)
+
+
+async def runs_on_other_versions(client: Client, versioning: Versioning) -> int:
+    """How many runs still open are pinned to another version of the deployment than this one."""
+    query = (
+        f'ExecutionStatus="Running" AND TemporalWorkerDeployment="{versioning.deployment_name}" '
+        f'AND TemporalWorkerDeploymentVersion!="{versioning.label}"'
+    )
+    return (await client.count_workflows(query)).count
+
+
+async def _describe(client: Client, deployment_name: str) -> Any:
+    try:
+        request = DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=deployment_name)
+        return await client.workflow_service.describe_worker_deployment(request)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:  # no worker of any version has polled yet
+            return None
+        raise
+
+
+def _current(described: Any) -> str | None:
+    if described is None:
+        return None
+    return described.worker_deployment_info.routing_config.current_deployment_version.build_id or None
+
+
+async def is_polling(client: Client, versioning: Versioning, task_queue: str) -> bool:
+    """Whether a worker of this version polls (or polled in the last minutes) the task queue for workflow tasks."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    pollers = (await client.workflow_service.describe_task_queue(request)).pollers
+    return any(
+        p.deployment_options.deployment_name == versioning.deployment_name
+        and p.deployment_options.build_id == versioning.build_id
+        for p in pollers
+    )
+
+
+async def make_current(
+    client: Client, versioning: Versioning, task_queue: str, *, timeout: float = 60, only_if_none: bool = False
+) -> Promotion:
+    """Makes the version current, once a worker of it polls the task queue (waiting up to `timeout` seconds).
+
+    With `only_if_none` (what every worker does at start) only when the deployment has no current version yet,
+    the first versioned worker ever: without a current version no versioned worker would get a new run.
+    Raises DeployError when no worker of the version polls in time, or the server refuses.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last_refusal = ""
+    while True:
+        described = await _describe(client, versioning.deployment_name)
+        current = _current(described)
+        if current == versioning.build_id or (only_if_none and current):
+            return Promotion(current, current, False, loop.time() - started)
+        if described is not None and await is_polling(client, versioning, task_queue):
+            request = SetWorkerDeploymentCurrentVersionRequest(
+                namespace=client.namespace,
+                deployment_name=versioning.deployment_name,
+                build_id=versioning.build_id,
+                identity=client.identity,
+                # only_if_none: refused if another version became current since the describe above
+                conflict_token=described.conflict_token if only_if_none else b"",
+            )
+            try:
+                response = await client.workflow_service.set_worker_deployment_current_version(request)
+            except RPCError as e:
+                # NOT_FOUND: the server has the poller but not yet the version; the others: a race with
+                # another deploy or worker (the next round sees who won)
+                if e.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.ABORTED):
+                    raise DeployError(f"the server refused to make {versioning.label} current: {e.message}") from e
+                last_refusal = e.message
+            else:
+                previous = response.previous_deployment_version.build_id or None
+                return Promotion(previous, versioning.build_id, True, loop.time() - started)
+        if loop.time() - started > timeout:
+            why = f" (the server said: {last_refusal})" if last_refusal else ""
+            raise DeployError(
+                f"no worker of version {versioning.build_id} (deployment {versioning.deployment_name}) polls "
+                f"task queue {task_queue!r} after {timeout:g} s{why}: start the new workers first, with the same "
+                f"code or PLAYBOOK_BUILD_ID={versioning.build_id}, then deploy again; runs keep starting on version "
+                f"{current or '(none)'} meanwhile"
+            )
+        await asyncio.sleep(0.5)
