@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+from datetime import date
+
 import pytest
 
+from engine.language import expressions as ex
 from engine.language.expressions import ExpressionError, evaluate, render
 
 CONTEXT = {
@@ -64,12 +68,12 @@ def test_globals_are_limited_to_pure_helpers():
 
 
 def test_repetition_and_output_are_capped():
-    with pytest.raises(ExpressionError, match="exceed"):
+    with pytest.raises(ExpressionError, match="'\\*' would build more than 100,000 characters or items"):
         render("{{ 'x' * 100000000 }}", CONTEXT)
-    with pytest.raises(ExpressionError):
+    with pytest.raises(ExpressionError, match="exponent 100000 is larger than 100"):
         evaluate("2 ** 100000", CONTEXT)
-    with pytest.raises(ExpressionError, match="output exceeds"):
-        render("{% for i in range(20000) %}0123456789{% endfor %}", CONTEXT)
+    with pytest.raises(ExpressionError, match="the template's output is over 100,000 characters"):
+        render("{% for i in range(10000) %}0123456789X{% endfor %}", CONTEXT)
 
 
 def test_date_filters_use_the_run_clock():
@@ -81,3 +85,272 @@ def test_date_filters_use_the_run_clock():
 def test_date_filters_reject_non_dates():
     with pytest.raises(ExpressionError, match="not a date"):
         evaluate("'soon' | days_until", CONTEXT)
+
+
+# ---------------------------------------------------------------- deterministic and bounded
+#
+# Templates run inside a Temporal workflow: a replay must give the same result, and a render must not hold the
+# workflow task for long. The bounds are counted (never timed), so the tests assert that a bound is hit, not how
+# fast.
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ [1, 2, 3] | random }}",
+        "{{ [1, 2, 3] | shuffle }}",
+        "{{ [1, 2] | map('random') | list }}",
+        "{{ lipsum() }}",
+        "{{ now() }}",
+        "{{ cycler('a', 'b').next() }}",
+    ],
+)
+def test_nothing_random_and_no_clock(source):
+    with pytest.raises(ExpressionError):
+        render(source, CONTEXT)
+
+
+def test_only_the_allow_listed_filters_tests_and_globals():
+    from jinja2.filters import FILTERS
+
+    env = ex.environment()
+    assert set(env.filters) == ex.ALLOWED_FILTERS | set(ex.EXTRA_FILTERS)
+    assert "random" not in env.filters and set(ex.REFUSED_FILTERS).isdisjoint(env.filters)
+    assert set(env.tests) == ex.ALLOWED_TESTS
+    assert set(env.globals) == set(ex.ALLOWED_GLOBALS)
+    # every Jinja filter is either allowed or refused with a reason: an upgrade of Jinja adds none unseen
+    assert set(FILTERS) <= ex.ALLOWED_FILTERS | set(ex.REFUSED_FILTERS)
+
+
+def test_dates_do_not_reach_the_clock():
+    context = {**CONTEXT, "moment": date(2026, 6, 1)}
+    for source in ("{{ moment.today() }}", "{{ moment.now() }}", "{{ moment.fromtimestamp(0) }}"):
+        with pytest.raises(ExpressionError):
+            render(source, context)
+    with pytest.raises(ExpressionError, match="'%s' is not allowed"):
+        render("{{ account.renewal_date | format_date('%s') }}", CONTEXT)
+    assert render("{{ account.renewal_date | format_date('%%s %d') }}", CONTEXT) == "%s 30"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ account.items }}",
+        "{{ contacts | map(attribute='email') }}",
+        "{{ [account.items] }}",
+        "{{ 'x' ~ account.get }}",
+    ],
+)
+def test_values_whose_text_would_differ_on_replay_are_refused(source):
+    # their text holds a memory address ("<built-in method items of dict object at 0x7f...>")
+    context = {**CONTEXT, "contacts": [{"email": "a@example.com"}]}
+    with pytest.raises(ExpressionError, match="cannot be turned into text"):
+        render(source, context)
+
+
+def test_same_input_gives_the_same_output():
+    source = (
+        "{% for c in contacts | sort(attribute='name') %}{{ loop.index }}. {{ c.name | title }} "
+        "{{ c.tags | unique | join(',') }} {{ c | dictsort }} {{ c | tojson }} {{ c | pprint }}\n{% endfor %}"
+        "{{ contacts | groupby('plan') | list }} {{ (contacts | map(attribute='name') | list) }}"
+    )
+    context = {
+        "contacts": [
+            {"name": "zoe", "plan": "pro", "tags": ["b", "a", "b"]},
+            {"name": "adam", "plan": "free", "tags": []},
+            {"name": "mia", "plan": "pro", "tags": ["c"]},
+        ]
+    }
+    first = render(source, context)
+    assert render(source, context) == first
+    assert render(source, copy.deepcopy(context)) == first
+    assert first.startswith("1. Adam")
+
+
+def test_nested_loops_stop_at_the_iteration_bound():
+    with pytest.raises(ExpressionError, match="more than 100,000 numbers|would give 100,000 numbers"):
+        render("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", CONTEXT)
+    with pytest.raises(ExpressionError, match="the template makes more than 10,000 loop iterations"):
+        render("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", CONTEXT)
+    # over data too (no range at all), and with a loop filter that lets nothing through
+    context = {**CONTEXT, "letters": "x" * 5000}
+    with pytest.raises(ExpressionError, match="the template makes more than 10,000 loop iterations"):
+        render("{% for a in letters %}{% for b in letters %}{% endfor %}{% endfor %}", context)
+    with pytest.raises(ExpressionError, match="the template makes more than 10,000 loop iterations"):
+        render("{% for a in letters if false %}{% endfor %}" * 3, context)
+    assert render("{% for i in range(10000) %}{% endfor %}done", CONTEXT) == "done"
+
+
+def test_the_iteration_bound_counts_recursive_loops():
+    # 5 ** 7 items in all, each level through loop(…), which is not a {% for %} of its own
+    source = "{% for x in range(5) recursive %}{% if loop.depth < 7 %}{{ loop(range(5)) }}{% endif %}{% endfor %}"
+    with pytest.raises(ExpressionError, match="the template makes more than 10,000 loop iterations"):
+        render(source, CONTEXT)
+    tree = (
+        "{% for x in [[1, [2]], 3] recursive %}{% if x is sequence %}{{ loop(x) }}{% else %}{{ x }}{% endif %}"
+        "{% endfor %}"
+    )
+    assert render(tree, CONTEXT) == "123"
+
+
+def test_range_gives_at_most_the_iteration_bound():
+    assert list(evaluate("range(10000)", CONTEXT)) == list(range(10000))
+    with pytest.raises(ExpressionError, match=r"range\(\) would give 10,001 numbers; a template makes at most 10,000"):
+        evaluate("range(10001)", CONTEXT)
+    with pytest.raises(ExpressionError, match="would give"):
+        evaluate("range(10 ** 30)", CONTEXT)
+
+
+def test_evaluation_work_is_bounded_without_loops_tags():
+    # no loop iterations at all: a macro calling itself twice makes 2**20 calls
+    source = "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(20) }}"
+    with pytest.raises(ExpressionError, match="the template takes more than 250,000 steps to evaluate"):
+        render(source, CONTEXT)
+    # a long body inside an allowed number of iterations
+    body = "{% if account.plan == 'free' and account.id == 'x' %}{% endif %}" * 50
+    with pytest.raises(ExpressionError, match="more than 250,000 steps"):
+        render("{% for i in range(9000) %}" + body + "{% endfor %}", CONTEXT)
+
+
+def test_output_is_capped_while_it_streams():
+    # each piece is small, and the cap is checked as they come: the loop stops at the cap, long before its end
+    with pytest.raises(ExpressionError, match="the template's output is over 100,000 characters"):
+        render("{% for i in range(10000) %}{{ 'y' * 11 }}{% endfor %}", CONTEXT)
+    budget_seen = []
+    original = ex._Budget.iteration
+
+    def spy(self):
+        budget_seen.append(self.iterations)
+        original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex._Budget, "iteration", spy)
+        with pytest.raises(ExpressionError, match="output is over"):
+            render("{% for i in range(10000) %}" + "z" * 20 + "{% endfor %}", CONTEXT)
+    assert len(budget_seen) < 10000  # stopped at about 100,000 / 20 iterations, not after rendering all
+    assert len(render("{% for i in range(10000) %}0123456789{% endfor %}", CONTEXT)) == 100_000
+
+
+def test_a_single_value_too_big_to_print_is_refused_before_it_is_made_text():
+    # one list of 100,000 references to one 100,000-character string: its text would be 10**10 characters
+    with pytest.raises(ExpressionError, match="output is over 100,000 characters"):
+        render("{{ ['x' * 100000] * 100000 }}", CONTEXT)
+    with pytest.raises(ExpressionError, match="would build more than 100,000"):
+        render("{% set a = ['x' * 100000] * 100000 %}{{ a | join }}", CONTEXT)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ('x' * 100000) | replace('x', 'xx') }}",
+        "{{ ('x' * 100000).replace('x', 'xx') }}",
+        "{{ 'x'.center(1000000000) }}",
+        "{{ 'x' | center(1000000000) }}",
+        "{{ 'x' | indent(1000000000) }}",
+        "{{ '%1000000000s' | format('x') }}",
+        "{{ '%1000000000s' % 'x' }}",
+        "{{ '{:>1000000000}'.format('x') }}",
+        "{{ ('{0}' * 30000).format('x' * 1000) }}",
+        "{{ ('x' * 1000).join(['y'] * 1000) }}",
+        "{{ [1] | batch(1000000000, 0) | list }}",
+        "{{ [1] | slice(1000000000) | list }}",
+        "{{ ([[1] * 100000] * 10) | sum(start=[]) }}",
+        "{% set a = 'x' * 100000 %}{{ a ~ a }}",
+        "{% set a = 'x' * 100000 %}{{ a + a }}",
+        "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('x', 40) }}",
+        "{{ ((2 ** 100) ** 100) ** 100 }}",
+    ],
+)
+def test_values_a_template_builds_are_bounded_before_they_are_built(source):
+    with pytest.raises(ExpressionError, match="would build more than 100,000|would make a number of more than"):
+        render(source, CONTEXT)
+
+
+# ---------------------------------------------------------------- what the validator refuses before a run
+
+
+def _note_problems(note: str, when: str | None = None) -> list[str]:
+    from engine.language.validator import validate_playbook_text
+
+    step = f"  - when: {when}\n    crm: {{ note: x }}\n" if when else f"  - crm:\n      note: {note}\n"
+    result = validate_playbook_text(f"id: bounded\nsteps:\n{step}", "bounded.yaml")
+    return [f"{p.line}:{p.column}: {p.message}" for p in result.problems]
+
+
+@pytest.mark.parametrize(
+    ("note", "when", "expected"),
+    [
+        (None, '"[true, false] | random"', "3:11: filter 'random' is not allowed: " + ex.REPLAYED),
+        (None, "contacts | shuffle | first", "3:11: filter 'shuffle' is not allowed: " + ex.REPLAYED),
+        (None, "(contacts | map('random') | list) != []", "3:11: filter 'random' is not allowed: " + ex.REPLAYED),
+        ('"{{ lipsum(1) }}"', None, "4:13: 'lipsum' is not allowed: it makes random text, and " + ex.REPLAYED),
+        ('"{{ now() }}"', None, "4:13: 'now' is not allowed: templates cannot read the clock"),
+        ('"{{ cycler(1, 2) }}"', None, "4:13: 'cycler' is not allowed: use loop.cycle(…) inside a {% for %} instead"),
+        ('"{{ namespace(n=1) }}"', None, "4:13: 'namespace' is not allowed: a template cannot keep state"),
+        ('"{{ contacts | select(\'sorted\') | list }}"', None, "4:13: unknown test 'sorted'"),
+        (
+            '"{{ range(100000) | length }}"',
+            None,
+            "4:13: range(100000) would give 100,000 numbers; a template makes at most 10,000 loop iterations",
+        ),
+        (None, "(range(0, 50000, 2) | list) != []", "3:11: range(0, 50000, 2) would give 25,000 numbers"),
+        (
+            '"{% for i in range(1000) %}{% for j in range(100) %}.{% endfor %}{% endfor %}"',
+            None,
+            "4:13: the template's loops make 101,000 iterations (range(100) inside range(1000)); "
+            "a template makes at most 10,000 loop iterations",
+        ),
+        (
+            '"{% for i in range(6000) %}{% endfor %}{% for i in range(6000) %}{% endfor %}"',
+            None,
+            "4:13: the template's loops make 12,000 iterations; a template makes at most 10,000 loop iterations",
+        ),
+        (
+            '"{% for i in range(6000) %}<p>Thank you!</p>{% endfor %}"',
+            None,
+            "4:13: the template's output is over 100,000 characters (at least 102,000)",
+        ),
+        (
+            "\"{{ 'x' * 200000 }}\"",
+            None,
+            "4:13: '*' would build 200,000 characters or items; a template builds values of at most 100,000",
+        ),
+        (None, "2 ** 1000 > 1", "3:11: exponent 1000 is larger than 100, the largest a template may use"),
+    ],
+)
+def test_the_validator_refuses_what_the_sandbox_would(note, when, expected):
+    problems = _note_problems(note, when)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        # bounded by data, or behind a filter or a macro: the validator cannot know, the bounds at run time can
+        '"{% for c in contacts %}{% for d in contacts %}{{ c.email }}{% endfor %}{% endfor %}"',
+        '"{% for i in range(10000) if i is odd %}{% for j in range(10000) %}{% endfor %}{% endfor %}"',
+        '"{% macro m() %}{% for i in range(9000) %}{% for j in range(9000) %}{% endfor %}{% endfor %}{% endmacro %}"',
+        '"{% for i in range(10000) %}{{ i }}{% endfor %}"',
+        '"{{ contacts | map(\'upper\') | join(\', \') }} {{ [1, 2] is sequence }} {{ dict(a=1) | dictsort }}"',
+    ],
+)
+def test_what_literals_do_not_decide_is_left_to_the_run(note):
+    assert _note_problems(note) == []
+
+
+def test_the_budget_counts_the_same_on_a_cold_and_a_warm_cache(monkeypatch):
+    # Jinja folds constants while compiling ('abc' | upper), which happens only on a cold cache: compiling is
+    # outside the budget, so a replay on a fresh worker counts exactly what the first run counted
+    budgets = []
+    real = ex._Budget
+
+    def spy(what):
+        budgets.append(real(what))
+        return budgets[-1]
+
+    monkeypatch.setattr(ex, "_Budget", spy)
+    source = "{{ 'abc' | upper }}{% for i in range(3) %}{{ ('x' ~ i) | upper }}{% endfor %}"
+    ex._compiled_template.cache_clear()
+    assert render(source, CONTEXT) == render(source, CONTEXT) == "ABCX0X1X2"
+    assert budgets[0].steps == budgets[1].steps > 0
+    assert budgets[0].iterations == budgets[1].iterations == 3

@@ -2,7 +2,8 @@
 
 Step shape (exactly one kind), unique step ids, ``steps.X`` referring to a step that can have run
 before, names in scope, ``vars.X`` declared, templates and expressions that parse and touch no
-internals, filters that exist, durations, cron, timezones, assignee forms, switch and wait shapes.
+internals, filters that exist and are allowed (deterministic), the template bounds that literals decide,
+durations, cron, timezones, assignee forms, switch and wait shapes.
 """
 
 from __future__ import annotations
@@ -433,15 +434,27 @@ class Checker:
             return
         allowed = set(names) | set(JINJA_GLOBALS)
         for name in sorted(analysis.names - allowed):
+            if name in ex.REFUSED_GLOBALS:
+                self.at_value(path, f"'{name}' is not allowed: {ex.REFUSED_GLOBALS[name]}", "expression")
+                continue
             close = suggest(name, names)
             hint = f"did you mean '{close}'? " if close else ""
             self.at_value(path, f"unknown name '{name}'; {hint}names in scope here: {', '.join(names)}", "expression")
         for name in sorted(analysis.unknown_filters):
+            if name in ex.REFUSED_FILTERS:
+                self.at_value(path, f"filter '{name}' is not allowed: {ex.REFUSED_FILTERS[name]}", "expression")
+                continue
             close = suggest(name, ex.environment().filters)
             hint = f"; did you mean '{close}'?" if close else ""
             self.at_value(path, f"unknown filter '{name}'{hint}", "expression")
         for name in sorted(analysis.unknown_tests):
+            if name in ex.REFUSED_TESTS:
+                self.at_value(path, f"test '{name}' is not allowed: {ex.REFUSED_TESTS[name]}", "expression")
+                continue
             self.at_value(path, f"unknown test '{name}'", "expression")
+        for line, message in dict.fromkeys(analysis.limits):  # range(100000) twice on a line is one problem
+            line, col = self.template_error_at(path, line)  # inside a block scalar, on the line it is about
+            self.problems.append(Problem(self.file, line, col, message, "expression"))
         for ref in analysis.references:
             if ref.root not in allowed or ref.root in analysis.names - set(names):
                 continue
