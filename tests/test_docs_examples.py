@@ -390,6 +390,35 @@ TABLE_SNIPPETS: dict[str, tuple[str, str]] = {
         "playbook",
         _playbook('  - crm: { note: "{{ account.renewal_date | days_till }}" }\n'),
     ),
+    "filter 'random' is not allowed: templates must give the same result when a run is replayed": (
+        "playbook",
+        _playbook('  - when: "[true, false] | random"\n    crm: { note: x }\n'),
+    ),
+    "'now' is not allowed: templates cannot read the clock (…); days_until and days_since use the run's clock": (
+        "playbook",
+        _playbook('  - crm: { note: "Sent on {{ now() }}" }\n'),
+    ),
+    "range(100000) would give 100,000 numbers; a template makes at most 10,000 loop iterations": (
+        "playbook",
+        _playbook('  - crm: { note: "{% for i in range(100000) %}.{% endfor %}" }\n'),
+    ),
+    "the template's loops make 15,500 iterations (range(30) inside range(500)); a template makes at most 10,000 "
+    "loop iterations": (
+        "playbook",
+        _playbook(
+            "  - crm:\n      note: |\n"
+            "        {% for week in range(500) %}\n        {% for day in range(30) %}[ ]{% endfor %}\n"
+            "        {% endfor %}\n"
+        ),
+    ),
+    "the template's output is over 100,000 characters (at least …)": (
+        "playbook",
+        _playbook('  - crm: { note: "{% for i in range(6000) %}Thank you, again!{% endfor %}" }\n'),
+    ),
+    "'*' would build 200,000 characters or items; a template builds values of at most 100,000": (
+        "playbook",
+        _playbook("  - crm: { note: \"{{ '=' * 200000 }}\" }\n"),
+    ),
     "access to '__class__' is not allowed: templates cannot reach Python internals": (
         "playbook",
         _playbook('  - crm: { note: "{{ account.__class__ }}" }\n'),
