@@ -82,9 +82,12 @@ class BuiltinCrm:
 
     def team(self) -> list[Candidate]:
         with session(self.db_url) as s:
-            loads = dict(
-                s.execute(select(t.Account.owner_id, func.count()).where(t.Account.owner_id.is_not(None)).group_by(t.Account.owner_id)).all()
+            owned = (
+                select(t.Account.owner_id, func.count())
+                .where(t.Account.owner_id.is_not(None))
+                .group_by(t.Account.owner_id)
             )
+            loads = dict(s.execute(owned).all())
             return [
                 Candidate(c.id, tuple(c.languages or ()), c.role, c.capacity, loads.get(c.id, 0))
                 for c in s.scalars(select(t.Csm).where(t.Csm.active.is_(True)).order_by(t.Csm.id))
@@ -170,7 +173,7 @@ def write_account(s: Session, account: dict[str, Any], contacts: list[dict[str, 
         s.execute(_INSERT_ACCOUNT, values)
     else:
         name = account.get("name", row.name or "")
-        owner_id = account["owner"] if "owner" in account else row.owner_id
+        owner_id = account.get("owner", row.owner_id)
         merged = {**(row.fields or {}), **fields}
         if (name, owner_id, merged) != (row.name, row.owner_id, row.fields):
             s.execute(_UPDATE_ACCOUNT, {"account_id": account_id, "name": name, "owner_id": owner_id, "fields": merged})

@@ -9,7 +9,7 @@ embedded provider, writing the row is the delivery (a developer reads the outbox
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class OutgoingEmail:
     bcc: list[str] = field(default_factory=list)
     reply_to: str | None = None
     template_id: str | None = None
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 class EmailProvider(Protocol):

@@ -42,10 +42,11 @@ import html
 import json
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -127,7 +128,7 @@ class HubSpotCrm:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "HubSpotCrm":
+    def __enter__(self) -> HubSpotCrm:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -292,7 +293,7 @@ class HubSpotCrm:
             cached = self._owners.get(owner_id)
         if cached is not None and now - cached[0] < self.owner_cache_seconds:
             return cached[1]
-        owner = self._request("GET", f"/crm/v3/owners/{_segment(owner_id)}", missing_ok=True)
+        owner: dict[str, Any] | None = self._request("GET", f"/crm/v3/owners/{_segment(owner_id)}", missing_ok=True)
         with self._lock:
             self._owners[owner_id] = (now, owner)
         return owner
@@ -474,10 +475,10 @@ def _to_hubspot(name: str, value: Any) -> str:
 
 def _hubspot_time(at: datetime | None) -> str:
     # An activity always passes the workflow's time; now is only for a caller that passes none.
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _search_eq(prop: str, value: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select
@@ -62,9 +63,13 @@ def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _when(at: str | None) -> datetime | None:
+def _moment(at: str) -> datetime:
     # Stored in UTC: SQLite keeps no offset, so a local time would read as UTC and be hours off.
-    return datetime.fromisoformat(at).astimezone(timezone.utc) if at else None
+    return datetime.fromisoformat(at).astimezone(UTC)
+
+
+def _when(at: str | None) -> datetime | None:
+    return _moment(at) if at else None
 
 
 def _public_id(prefix: str, key: str) -> str:
@@ -117,7 +122,7 @@ class PlaybookActivities:
     @activity.defn(name="assign_owner")
     @logged
     def assign_owner(self, req: AssignRequest) -> AssignResult:
-        at = _when(req.at)
+        at = _moment(req.at)
         try:
             with session(self.db_url) as s:
                 done = s.scalar(select(t.Assignment).where(t.Assignment.key == req.key))
@@ -146,7 +151,7 @@ class PlaybookActivities:
     @activity.defn(name="update_crm")
     @logged
     def update_crm(self, req: CrmRequest) -> AccountSnapshot:
-        at = _when(req.at)
+        at = _moment(req.at)
         account_id = req.ref.account_id
         try:
             if req.action == "update":
@@ -259,11 +264,12 @@ class PlaybookActivities:
             if not members:
                 return spec  # nobody has the role yet: the task waits in the role's queue
             with session(self.db_url) as s:
-                open_tasks = dict(
-                    s.execute(
-                        select(t.CallTask.assignee, func.count()).where(t.CallTask.status == "open").group_by(t.CallTask.assignee)
-                    ).all()
+                per_assignee = (
+                    select(t.CallTask.assignee, func.count())
+                    .where(t.CallTask.status == "open")
+                    .group_by(t.CallTask.assignee)
                 )
+                open_tasks = dict(s.execute(per_assignee).all())
             return min(members, key=lambda c: (open_tasks.get(c.id, 0), c.load, c.id)).id
         return spec
 

@@ -29,9 +29,10 @@ import http.client
 import json
 import logging
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import parseaddr
-from typing import Iterator
+from typing import Any
 from urllib.error import URLError
 
 import sendgrid
@@ -111,9 +112,10 @@ class SendGridProvider:
         # SendGrid answers 202 with the id its events carry as ``sg_message_id`` (prefixed by it).
         return response.headers.get("X-Message-Id") or email.message_id
 
-    def _body(self, email: OutgoingEmail) -> dict:
+    def _body(self, email: OutgoingEmail) -> dict[str, Any]:
         try:
-            return self._message(email).get()
+            body: dict[str, Any] = self._message(email).get()  # the JSON of the v3 mail/send request
+            return body
         except (SendGridException, TypeError, ValueError) as err:
             # the helpers refuse a message: a SendGrid key in the body, a malformed address list
             raise RejectedError(f"SendGrid's client refused the message: {type(err).__name__}: {err}",

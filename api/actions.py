@@ -8,9 +8,8 @@ into a problem-details body and the inbox into a message.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
-
-from datetime import datetime, timezone
 
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -88,7 +87,8 @@ async def decide(db_url: str, client: Client, caller: Caller, approval_id: str, 
     if row is None:
         raise Problem(404, "Not Found", f"no approval {approval_id}")
     if not caller.is_ops and caller.csm_id not in row.approvers:
-        raise Problem(403, "Forbidden", f"approval {approval_id} is for {', '.join(row.approvers) or 'ops'}, not {caller.csm_id}")
+        deciders = ", ".join(row.approvers) or "ops"
+        raise Problem(403, "Forbidden", f"approval {approval_id} is for {deciders}, not {caller.csm_id}")
     if row.status != "pending":
         raise Problem(409, "Conflict", f"approval {approval_id} is {row.status} already")
     if body.edits and not row.draft:
@@ -97,7 +97,7 @@ async def decide(db_url: str, client: Client, caller: Caller, approval_id: str, 
         raise Problem(422, "Invalid request", "edits may change subject and body only")
     decision = Decision(
         decision=body.decision, by=who(caller), approval_id=approval_id, comment=body.comment,
-        edits=body.edits, admin=caller.is_ops,
+        edits=dict(body.edits.items()) if body.edits else None, admin=caller.is_ops,
     )
     return await _answer(client, row.workflow_id, DECIDE_UPDATE, decision, DecisionResult)
 
@@ -124,7 +124,7 @@ async def record_outcome(db_url: str, client: Client, caller: Caller, task_id: s
         if fresh is None:
             raise Problem(409, "Conflict", f"task {task_id} was answered meanwhile")
         fresh.status, fresh.outcome = "done", outcome
-        fresh.completed_by, fresh.completed_at = who(caller), datetime.now(timezone.utc)
+        fresh.completed_by, fresh.completed_at = who(caller), datetime.now(UTC)
         return fresh
 
 

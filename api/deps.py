@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -50,10 +51,11 @@ def current_caller(state: StateDep, authorization: Annotated[str | None, Header(
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def require(*roles: str):  # type: ignore[no-untyped-def]
+def require(*roles: str) -> Callable[[Caller], Caller]:
     def check(caller: CallerDep) -> Caller:
         if caller.role not in roles:
-            raise Problem(403, "Forbidden", f"this needs a token with role {' or '.join(roles)}; yours is {caller.role}")
+            needed = " or ".join(roles)
+            raise Problem(403, "Forbidden", f"this needs a token with role {needed}; yours is {caller.role}")
         return caller
 
     return check

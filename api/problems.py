@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -112,7 +113,9 @@ def install(app: FastAPI) -> None:
     async def _database(request: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database error", path=request.url.path, error=str(exc.orig))
         return problem_response(
-            503, "Service Unavailable", "the engine's database is unavailable or busy. Send the request again in a moment.",
+            503,
+            "Service Unavailable",
+            "the engine's database is unavailable or busy. Send the request again in a moment.",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 

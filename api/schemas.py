@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/-]+$")
 
 # The database keeps UTC without an offset (SQLite has none); an answer says it is UTC, as RFC 3339 wants.
-UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
+UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 
 
 def _rfc3339_string(value: Any) -> Any:
@@ -56,7 +56,9 @@ class ContactIn(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=200, description="Unique per event: a repeat is answered the same.")
-    type: str = Field(min_length=3, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="e.g. account.signed_up")
+    type: str = Field(
+        min_length=3, max_length=200, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", description="e.g. account.signed_up"
+    )
     account_id: str = ID
     occurred_at: Timestamp | None = None
     data: dict[str, Any] = Field(default_factory=dict)

@@ -7,7 +7,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -43,7 +43,7 @@ def create_token(db_url: str, name: str, role: str, csm_id: str | None = None) -
     token = f"pb_{role}_{secrets.token_urlsafe(32)}"
     with session(db_url) as s:
         s.add(t.ApiToken(name=name, token_hash=hash_token(token), role=role, csm_id=csm_id,
-                         created_at=datetime.now(timezone.utc)))
+                         created_at=datetime.now(UTC)))
     return token
 
 

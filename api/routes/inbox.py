@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -58,8 +59,8 @@ def _when(value: datetime | None) -> str:
     if value is None:
         return ""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%d %b %Y, %H:%M UTC")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
 
 
 def _label(outcome: str) -> str:
@@ -137,7 +138,7 @@ def _invalid(err: ValidationError) -> str:
     )
 
 
-async def _wait_until(check, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+async def _wait_until(check: Callable[[], bool], seconds: float) -> bool:
     """Polls check() until it is true or seconds have passed: the run closes what was answered a moment later."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -258,7 +259,7 @@ async def decide(approval_id: str, request: Request) -> Response:
     decision = form.get("decision")
     comment = str(form.get("comment") or "").strip() or None
     row = actions.approval(db, approval_id)
-    edits: dict[str, str] = {}
+    edits: dict[Literal["subject", "body"], str] = {}
     if decision == "approve" and row is not None and row.draft:
         # Browsers send a textarea's line breaks as CRLF; only what the CSM changed is an edit.
         subject = " ".join(str(form.get("subject", row.draft.get("subject", ""))).split())

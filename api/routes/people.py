@@ -43,7 +43,9 @@ def _task_out(x: t.CallTask) -> TaskOut:
     )
 
 
-@router.get("/approvals", response_model=list[ApprovalOut], summary="Pending approvals the caller may decide", responses=ERRORS)
+@router.get(
+    "/approvals", response_model=list[ApprovalOut], summary="Pending approvals the caller may decide", responses=ERRORS
+)
 def list_approvals(state: StateDep, caller: PeopleDep) -> list[ApprovalOut]:
     return [_approval_out(a) for a in actions.pending_approvals(state.settings.db_url, caller)]
 
@@ -59,6 +61,8 @@ def list_tasks(state: StateDep, caller: PeopleDep) -> list[TaskOut]:
     return [_task_out(x) for x in actions.open_tasks(state.settings.db_url, caller)]
 
 
-@router.post("/tasks/{task_id}/outcome", response_model=TaskOut, summary="Record a call task's outcome", responses=WITH_BODY)
+@router.post(
+    "/tasks/{task_id}/outcome", response_model=TaskOut, summary="Record a call task's outcome", responses=WITH_BODY
+)
 async def record_outcome(task_id: str, body: OutcomeIn, state: StateDep, caller: PeopleDep) -> TaskOut:
     return _task_out(await actions.record_outcome(state.settings.db_url, state.client, caller, task_id, body.outcome))

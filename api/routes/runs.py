@@ -36,7 +36,9 @@ async def list_runs(
                    started_at=r.started_at, current=r.current) for r in runs]
 
 
-@router.get("/runs/{run_id:path}", response_model=RunDetailOut, summary="A run: version, status and timeline", responses=ERRORS)
+@router.get(
+    "/runs/{run_id:path}", response_model=RunDetailOut, summary="A run: version, status and timeline", responses=ERRORS
+)
 async def get_run(run_id: str, state: StateDep, _caller: OpsDep) -> RunDetailOut:
     try:
         handle = state.client.get_workflow_handle(run_id)
@@ -85,16 +87,21 @@ async def cancel_run(run_id: str, state: StateDep, _caller: OpsDep) -> dict[str,
 def list_playbooks(state: StateDep, _caller: OpsDep) -> list[PlaybookOut]:
     out = []
     for p in state.library.values():
-        trigger = p.trigger.event if p.trigger.type == "event" else (p.trigger.cron if p.trigger.type == "schedule" else "manual")
+        trigger = {"event": p.trigger.event, "schedule": p.trigger.cron}.get(p.trigger.type, "manual")
         out.append(PlaybookOut(id=p.id, title=p.title, version=p.version, trigger=f"{p.trigger.type}: {trigger}",
                                steps=sum(1 for _ in p.walk())))
     return out
 
 
-@router.post("/playbooks/validate", response_model=ValidationOut, summary="Validate a playbook's text", responses=WITH_BODY)
+@router.post(
+    "/playbooks/validate", response_model=ValidationOut, summary="Validate a playbook's text", responses=WITH_BODY
+)
 def validate(body: ValidateIn, _caller: OpsDep) -> ValidationOut:
     result = validate_playbook_text(body.text, body.file)
     return ValidationOut(
         valid=not result.problems,
-        problems=[ProblemOut(file=p.file, line=p.line, column=p.column, message=p.message, rule=p.rule) for p in result.problems],
+        problems=[
+            ProblemOut(file=p.file, line=p.line, column=p.column, message=p.message, rule=p.rule)
+            for p in result.problems
+        ],
     )

@@ -34,6 +34,8 @@ def _steps(steps: list[dict[str, Any]], path: tuple[Any, ...]) -> tuple[m.Step, 
 
 def _step(step: dict[str, Any], path: tuple[Any, ...]) -> m.Step:
     kind = kind_of(step)
+    if kind is None:  # validation refuses such a step before anything is built
+        raise ValueError(f"the step at {path_text(path)} has no single kind")
     spec = step[kind]
     common: dict[str, Any] = {
         "path": path_text(path),

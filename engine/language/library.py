@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Union
 
 from .model import Playbook, RunPlaybookStep
 from .problems import Problem
@@ -22,7 +22,7 @@ from .yaml_source import Document
 SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
 
-FileResult = Union[PlaybookResult, ScenarioResult]
+FileResult = PlaybookResult | ScenarioResult
 
 
 def is_scenario(path: Path) -> bool:
@@ -58,7 +58,7 @@ class Library:
     results: list[PlaybookResult] = field(default_factory=list)
 
     @classmethod
-    def load(cls, root: Path | str) -> "Library":
+    def load(cls, root: Path | str) -> Library:
         root = Path(root)
         lib = cls(root)
         for path in discover([root]):
@@ -107,7 +107,9 @@ class Resolver:
         library = self.library_for(scenario)
         if reference in library.playbooks:
             return library.playbooks[reference]
-        broken = [r for r in library.results if r.doc and isinstance(r.doc.data, dict) and r.doc.data.get("id") == reference]
+        broken = [
+            r for r in library.results if r.doc and isinstance(r.doc.data, dict) and r.doc.data.get("id") == reference
+        ]
         if broken:
             return f"playbook '{reference}' ({broken[0].file}) has problems; fix them first"
         close = suggest(reference, library.playbooks)

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-Expression = Union[str, bool]  # a bare Jinja expression, or a literal true/false
+Expression = str | bool  # a bare Jinja expression, or a literal true/false
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,20 +116,20 @@ class ApprovalStep(StepBase):
 @dataclass(frozen=True, kw_only=True)
 class Case:
     when: Expression
-    steps: tuple["Step", ...]
+    steps: tuple[Step, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
 class SwitchStep(StepBase):
     kind: Literal["switch"] = "switch"
     cases: tuple[Case, ...]
-    otherwise: tuple["Step", ...] | None = None  # the `else` item
+    otherwise: tuple[Step, ...] | None = None  # the `else` item
 
 
 @dataclass(frozen=True, kw_only=True)
 class Branch:
     name: str | None = None
-    steps: tuple["Step", ...]
+    steps: tuple[Step, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +144,7 @@ class ForEachStep(StepBase):
     items: Expression
     item_name: str = "item"  # `as` in YAML
     concurrency: int = 10
-    steps: tuple["Step", ...]
+    steps: tuple[Step, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,21 +168,21 @@ class StopStep(StepBase):
     reason: str | None = None
 
 
-Step = Union[
-    EmailStep,
-    CallTaskStep,
-    CrmStep,
-    AssignStep,
-    WaitStep,
-    WaitForStep,
-    ApprovalStep,
-    SwitchStep,
-    ParallelStep,
-    ForEachStep,
-    SetStep,
-    RunPlaybookStep,
-    StopStep,
-]
+Step = (
+    EmailStep
+    | CallTaskStep
+    | CrmStep
+    | AssignStep
+    | WaitStep
+    | WaitForStep
+    | ApprovalStep
+    | SwitchStep
+    | ParallelStep
+    | ForEachStep
+    | SetStep
+    | RunPlaybookStep
+    | StopStep
+)
 STEP_CLASSES: dict[str, type] = {cls.__dataclass_fields__["kind"].default: cls for cls in typing.get_args(Step)}
 
 
@@ -280,13 +280,16 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+_UNIONS = (Union, types.UnionType)  # Optional[X] from typing.get_type_hints, X | Y
+
+
 def _from(tp: Any, value: Any) -> Any:
     if tp is Any or value is None:
         return value
-    if tp is Step or (typing.get_origin(tp) is Union and STEP_CLASSES["email"] in typing.get_args(tp)):
+    if tp is Step or (typing.get_origin(tp) in _UNIONS and STEP_CLASSES["email"] in typing.get_args(tp)):
         return _from(STEP_CLASSES[value["kind"]], value)
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
+    if origin in _UNIONS:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         for arg in args:
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
@@ -297,7 +300,7 @@ def _from(tp: Any, value: Any) -> Any:
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(tp)
         return tuple(_from(item_type, v) for v in value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         return tp(**{k: _from(hints[k], v) for k, v in value.items() if k in hints})
     return value
@@ -305,4 +308,7 @@ def _from(tp: Any, value: Any) -> Any:
 
 def from_data(data: dict[str, Any]) -> Playbook:
     """The inverse of ``to_data`` for a Playbook."""
-    return _from(Playbook, data)
+    playbook = _from(Playbook, data)
+    if not isinstance(playbook, Playbook):
+        raise TypeError(f"not the data of a playbook: {type(data).__name__}")
+    return playbook

@@ -8,8 +8,8 @@ github: ``::error file=...,line=...,col=...`` workflow commands, so CI marks the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True, slots=True, order=True)

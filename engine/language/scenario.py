@@ -6,10 +6,11 @@ Script and expectations must name steps of that playbook, of the right kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path as FsPath
-from typing import Any, Callable
+from typing import Any
 
 from .durations import DurationError, parse_duration
 from .model import ApprovalStep, CallTaskStep, EmailStep, Playbook
@@ -133,11 +134,11 @@ def _check_times(doc: Any, file: str, data: dict[str, Any]) -> list[Problem]:
         try:
             parsed = datetime.fromisoformat(start["at"].replace("Z", "+00:00"))
             if parsed.tzinfo is None:
-                problems.append(_problem(doc, file, ("start", "at"), "start.at needs a timezone, e.g. 2026-03-02T09:00:00Z"))
+                message = "start.at needs a timezone, e.g. 2026-03-02T09:00:00Z"
+                problems.append(_problem(doc, file, ("start", "at"), message))
         except ValueError:
-            problems.append(
-                _problem(doc, file, ("start", "at"), f"start.at '{start['at']}' is not an ISO 8601 datetime like 2026-03-02T09:00:00Z")
-            )
+            message = f"start.at '{start['at']}' is not an ISO 8601 datetime like 2026-03-02T09:00:00Z"
+            problems.append(_problem(doc, file, ("start", "at"), message))
     for section in ("script", "expect"):
         for i, item in enumerate(data.get(section) or []):
             if not isinstance(item, dict):

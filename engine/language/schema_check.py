@@ -11,12 +11,14 @@ import copy
 import difflib
 import functools
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import fastjsonschema
 import jsonschema
 import jsonschema.validators
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 
 from .problems import Problem
 from .schema_source import STEP_KINDS, playbook_schema, scenario_schema
@@ -46,18 +48,21 @@ def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: dict[st
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _strict_pattern})
+# types-jsonschema leaves validators.extend unannotated
+_Validator: type[Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft7Validator, {"pattern": _strict_pattern}
+)
 
 
 @functools.cache
-def playbook_validator() -> Any:
+def playbook_validator() -> Validator:
     schema = playbook_schema()
     jsonschema.Draft7Validator.check_schema(schema)
     return _Validator(schema)
 
 
 @functools.cache
-def scenario_validator() -> Any:
+def scenario_validator() -> Validator:
     schema = scenario_schema()
     jsonschema.Draft7Validator.check_schema(schema)
     return _Validator(schema)
@@ -84,7 +89,8 @@ def fast_schema_check(document: str) -> Callable[[Any], None]:
     for branch in step["allOf"]:
         kinds = branch["if"].get("required")
         if kinds:
-            per_kind[kinds[0]] = fastjsonschema.compile({"definitions": definitions, "type": "object", **branch["then"]})
+            kind_schema = {"definitions": definitions, "type": "object", **branch["then"]}
+            per_kind[kinds[0]] = fastjsonschema.compile(kind_schema)
 
     def check(data: Any) -> None:
         top(data)
@@ -144,6 +150,17 @@ def where(data: Any, path: Path, document: str) -> str:
     return f"'{path[-1]}'"
 
 
+def _schema(error: ValidationError) -> Mapping[str, Any]:
+    """The schema holding the keyword that failed (jsonschema sets it on every error; a true/false one has no keys)."""
+    return error.schema if isinstance(error.schema, Mapping) else {}
+
+
+def _listed(error: ValidationError) -> list[Any]:
+    """The failing keyword's value as a list: `required`, `enum`, `anyOf` are lists, `type` one name or a list."""
+    value = error.validator_value
+    return value if isinstance(value, list) else [value]
+
+
 def subject(path: Path) -> str:
     """How to name the value at path in a message: its key, or 'item N of key'."""
     if not path:
@@ -179,7 +196,7 @@ class Translator:
 
     def _additionalProperties(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
-        allowed = list((error.schema.get("properties") or {}).keys())
+        allowed = list((_schema(error).get("properties") or {}).keys())
         extras = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
         place = where(self.doc.data, path, self.document)
         kind = place[: -len(" step")] if place.endswith(" step") else None
@@ -190,7 +207,8 @@ class Translator:
             if key in kind_keys:
                 message = f"'{key}' belongs to '{kind}': indent it under '{kind}:'"
             elif not allowed:
-                message = f"unknown key '{key}' in {place}; {path[-1] if path else 'it'} takes no keys: write {path[-1]}: {{}}"
+                owner = path[-1] if path else "it"
+                message = f"unknown key '{key}' in {place}; {owner} takes no keys: write {path[-1]}: {{}}"
             elif close:
                 message = f"unknown key '{key}' in {place}; did you mean '{close}'?"
             else:
@@ -207,13 +225,13 @@ class Translator:
     def _required(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
         present = error.instance if isinstance(error.instance, dict) else {}
-        markers = [k for k in error.validator_value if " | " in k]
+        markers = [k for k in _listed(error) if " | " in k]
         if markers:
             # The "no kind" marker: for steps the step-shape check reports it; here it is a scenario item.
             options = markers[0].split(" | ")
             place = where(self.doc.data, path, self.document)
             return [self._at_value(path, f"{place} needs one of: {', '.join(options)}")]
-        missing = [k for k in error.validator_value if k not in present]
+        missing = [k for k in _listed(error) if k not in present]
         place = where(self.doc.data, path, self.document)
         hint = ""
         if place == "email step" and ("subject" in missing or "body" in missing):
@@ -224,7 +242,7 @@ class Translator:
 
     def _type(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
-        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        expected = _listed(error)
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
         got = describe_value(error.instance)
         if isinstance(path[-1:][0] if path else None, int) and len(path) >= 2 and path[-2] in ("steps", "else"):
@@ -233,14 +251,17 @@ class Translator:
         if not path and self.document == "playbook":
             return [self._at_value(path, f"a playbook must be a mapping (id, title, trigger, steps...); got {got}")]
         if not path:
-            return [self._at_value(path, f"a scenario must be a mapping (playbook, account, script, expect...); got {got}")]
-        if error.schema.get("pattern") and error.schema.get("errorMessage", "").startswith("a duration"):
-            return [self._at_value(path, f"{subject(path)} must be a duration like 30s, 15m, 2h, 14d, 2w, 3bd or P14D; got {got}")]
+            return [
+                self._at_value(path, f"a scenario must be a mapping (playbook, account, script, expect...); got {got}")
+            ]
+        if _schema(error).get("pattern") and _schema(error).get("errorMessage", "").startswith("a duration"):
+            durations = "a duration like 30s, 15m, 2h, 14d, 2w, 3bd or P14D"
+            return [self._at_value(path, f"{subject(path)} must be {durations}; got {got}")]
         return [self._at_value(path, f"{subject(path)} must be {words}; got {got}")]
 
     def _enum(self, error: ValidationError) -> list[Problem]:
         path = tuple(error.absolute_path)
-        options = [str(o) for o in error.validator_value]
+        options = [str(o) for o in _listed(error)]
         close = suggest(str(error.instance), options)
         hint = f"; did you mean '{close}'?" if close else ""
         return [
@@ -257,9 +278,10 @@ class Translator:
         path = tuple(error.absolute_path)
         if "propertyNames" in error.schema_path:
             # jsonschema yields the inner error of propertyNames: its instance is the offending name
-            explanation = error.schema.get("errorMessage") or "invalid name"
-            return [self._at_key(path + (error.instance,), f"invalid name '{error.instance}' in {subject(path)}: {explanation}")]
-        explanation = error.schema.get("errorMessage") or f"expected text matching {error.validator_value}"
+            explanation = _schema(error).get("errorMessage") or "invalid name"
+            name = str(error.instance)
+            return [self._at_key(path + (name,), f"invalid name '{name}' in {subject(path)}: {explanation}")]
+        explanation = _schema(error).get("errorMessage") or f"expected text matching {error.validator_value}"
         return [self._at_value(path, f"invalid {subject(path)} {describe_value(error.instance)}: {explanation}")]
 
     def _propertyNames(self, error: ValidationError) -> list[Problem]:
@@ -267,11 +289,12 @@ class Translator:
         # jsonschema reports the offending name as the instance of the inner error
         problems = []
         for inner in error.context or []:
-            name = inner.instance
-            explanation = inner.schema.get("errorMessage") or "invalid name"
+            name = str(inner.instance)
+            explanation = _schema(inner).get("errorMessage") or "invalid name"
             problems.append(self._at_key(path + (name,), f"invalid name '{name}' in {subject(path)}: {explanation}"))
         if not problems and isinstance(error.instance, str):
-            problems.append(self._at_key(path, f"invalid name '{error.instance}': {error.schema.get('errorMessage', '')}"))
+            explanation = _schema(error).get("errorMessage", "")
+            problems.append(self._at_key(path, f"invalid name '{error.instance}': {explanation}"))
         return problems
 
     def _minItems(self, error: ValidationError) -> list[Problem]:
@@ -310,7 +333,7 @@ class Translator:
     def _anyOf(self, error: ValidationError) -> list[Problem]:
         """Pick the branch whose type fits the value and report its errors; else say which types fit."""
         path = tuple(error.absolute_path)
-        by_branch: dict[int, list[ValidationError]] = {}
+        by_branch: dict[str | int, list[ValidationError]] = {}
         for inner in error.context or []:
             by_branch.setdefault(inner.schema_path[0], []).append(inner)
         fitting = [
@@ -322,11 +345,12 @@ class Translator:
             best = min(fitting, key=len)
             return [p for e in best for p in self.translate(e)]
         types: list[str] = []
-        for branch in error.validator_value:
+        for branch in _listed(error):
             t = branch.get("type") or ("string" if "$ref" in branch else None)
             if t and _TYPE_WORDS.get(t, t) not in types:
                 types.append(_TYPE_WORDS.get(t, t))
-        return [self._at_value(path, f"{subject(path)} must be {' or '.join(types)}; got {describe_value(error.instance)}")]
+        expected = " or ".join(types)
+        return [self._at_value(path, f"{subject(path)} must be {expected}; got {describe_value(error.instance)}")]
 
     _oneOf = _anyOf
 
@@ -353,7 +377,7 @@ def schema_problems(doc: Document, file: str, document: str, skip: Iterable[Path
             continue
         errors.append(error)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = list((error.schema.get("properties") or {}).keys())
+            allowed = list((_schema(error).get("properties") or {}).keys())
             for key in error.instance:
                 close = suggest(str(key), allowed) if key not in allowed else None
                 if close:
@@ -361,7 +385,8 @@ def schema_problems(doc: Document, file: str, document: str, skip: Iterable[Path
     for error in errors:
         if error.validator == "required":
             path = tuple(error.absolute_path)
-            missing = [k for k in error.validator_value if k not in (error.instance or {})]
+            present = error.instance if isinstance(error.instance, dict) else {}
+            missing = [k for k in _listed(error) if k not in present]
             if missing and all((path, k) in suggested for k in missing):
                 continue  # the typo is reported as an unknown key with this very suggestion
         problems.extend(translator.translate(error))

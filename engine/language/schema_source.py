@@ -65,7 +65,9 @@ def _expression(description: str) -> dict[str, Any]:
     return _ref("expression", description)
 
 
-def _obj(description: str, properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def _obj(
+    description: str, properties: dict[str, Any], required: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
         "description": description,
@@ -95,7 +97,9 @@ def _approvers(description: str) -> dict[str, Any]:
 def _kind_specs() -> dict[str, dict[str, Any]]:
     """The schema of the value under each kind key."""
     approval_settings = {
-        "approvers": _approvers("Who may decide: owner (the account's CSM), role:<name> or user:<id>; a list means any of them."),
+        "approvers": _approvers(
+            "Who may decide: owner (the account's CSM), role:<name> or user:<id>; a list means any of them."
+        ),
         "message": _s("What the approver is asked; a template."),
         "timeout": _duration("How long to wait for the decision."),
         "on_timeout": _ref("on_timeout", "What a timeout means: reject (default), approve, or escalate:<approver>."),
@@ -119,7 +123,8 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                 "template_id": _s("A template stored at the email provider, used instead of subject and body."),
                 "data": {"type": "object", "description": "Values passed to the provider template; templates."},
                 "approval": _obj(
-                    "Save the email as a draft that an approver may edit (subject, body) and must approve before it goes out.",
+                    "Save the email as a draft that an approver may edit (subject, body) and must approve before it "
+                    "goes out.",
                     approval_settings,
                     ["approvers"],
                 ),
@@ -134,7 +139,8 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
             "Creates a task for a person (a call, a meeting). Result: task_id, outcome.",
             {
                 "assignee": _s(
-                    "owner, role:<name> (its least-loaded member), user:<id>, or a template giving a CSM id. Default: owner."
+                    "owner, role:<name> (its least-loaded member), user:<id>, or a template giving a CSM id. "
+                    "Default: owner."
                 ),
                 "title": _s("What to do; a template."),
                 "notes": _s("Details for the assignee; a template."),
@@ -144,18 +150,30 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                     "description": "The outcomes the assignee picks from, e.g. [done, no_answer, declined].",
                     "minItems": 1,
                     "uniqueItems": True,
-                    "items": {"type": "string", "pattern": STEP_ID_PATTERN, "errorMessage": "an outcome is snake_case, like no_answer"},
+                    "items": {
+                        "type": "string",
+                        "pattern": STEP_ID_PATTERN,
+                        "errorMessage": "an outcome is snake_case, like no_answer",
+                    },
                 },
-                "wait": {"type": "boolean", "default": False, "description": "Wait for the assignee to record an outcome."},
+                "wait": {
+                    "type": "boolean", "default": False, "description": "Wait for the assignee to record an outcome."
+                },
                 "timeout": _duration("With wait: how long to wait for the outcome; then the outcome is timed_out."),
             },
             ["title"],
         ),
         "crm": {
             "type": "object",
-            "description": "Changes or reads the account in the CRM: exactly one of update, note, tag, lookup. Result: account.",
+            "description": (
+                "Changes or reads the account in the CRM: exactly one of update, note, tag, lookup. Result: account."
+            ),
             "properties": {
-                "update": {"type": "object", "minProperties": 1, "description": "Fields to set on the account; values may be templates."},
+                "update": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "description": "Fields to set on the account; values may be templates.",
+                },
                 "note": _s("A note to add to the account's timeline; a template."),
                 "tag": _s("A tag to add to the account; a template."),
                 "lookup": _obj("Refresh `account` from the CRM.", {}),
@@ -170,8 +188,8 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                 "by": {
                     "type": "string",
                     "enum": ["language", "round_robin", "least_loaded", "owner"],
-                    "description": "language: a CSM who speaks the account's language (least loaded first); round_robin; "
-                    "least_loaded; owner: keep the current owner, assign only when there is none.",
+                    "description": "language: a CSM who speaks the account's language (least loaded first); "
+                    "round_robin; least_loaded; owner: keep the current owner, assign only when there is none.",
                 },
                 "team": _s("Only CSMs of this team (role)."),
                 "fallback": _s("The CSM id to use when nobody matches."),
@@ -205,7 +223,9 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
         "wait_for": _obj(
             "Waits for an event for this account. Result: event (or null), timed_out.",
             {
-                "event": _s("The event type, e.g. survey.answered.", pattern=EVENT_TYPE_PATTERN, errorMessage=EVENT_TYPE_MESSAGE),
+                "event": _s(
+                    "The event type, e.g. survey.answered.", pattern=EVENT_TYPE_PATTERN, errorMessage=EVENT_TYPE_MESSAGE
+                ),
                 "match": _expression("An expression over `event`; only matching events count."),
                 "timeout": _duration("How long to wait; then timed_out is true."),
             },
@@ -218,7 +238,9 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
         ),
         "switch": {
             "type": "array",
-            "description": "Cases tried in order; the first whose `when` is true runs. An `else` item may end it. Result: case.",
+            "description": (
+                "Cases tried in order; the first whose `when` is true runs. An `else` item may end it. Result: case."
+            ),
             "minItems": 1,
             "items": {
                 "type": "object",
@@ -230,7 +252,11 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                 },
                 "if": {"required": ["else"]},
                 "then": {"properties": {"else": True}, "additionalProperties": False},
-                "else": {"required": ["when", "steps"], "properties": {"when": True, "steps": True}, "additionalProperties": False},
+                "else": {
+                    "required": ["when", "steps"],
+                    "properties": {"when": True, "steps": True},
+                    "additionalProperties": False,
+                },
             },
         },
         "parallel": {
@@ -247,8 +273,15 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
             "Runs steps once per item. Result: count, failed.",
             {
                 "items": _expression("An expression giving a list, e.g. contacts."),
-                "as": _s("The name of the item inside the steps (default: item).", pattern=NAME_PATTERN, errorMessage=NAME_MESSAGE, default="item"),
-                "concurrency": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10, "description": "Items run at once."},
+                "as": _s(
+                    "The name of the item inside the steps (default: item).",
+                    pattern=NAME_PATTERN,
+                    errorMessage=NAME_MESSAGE,
+                    default="item",
+                ),
+                "concurrency": {
+                    "type": "integer", "minimum": 1, "maximum": 100, "default": 10, "description": "Items run at once."
+                },
                 "steps": _steps("The steps run for each item."),
             },
             ["items", "steps"],
@@ -262,7 +295,9 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
         "run_playbook": _obj(
             "Starts another playbook for the same account. Result: run_id, outcome.",
             {
-                "id": _s("The id of the playbook to start.", pattern=PLAYBOOK_ID_PATTERN, errorMessage=PLAYBOOK_ID_MESSAGE),
+                "id": _s(
+                    "The id of the playbook to start.", pattern=PLAYBOOK_ID_PATTERN, errorMessage=PLAYBOOK_ID_MESSAGE
+                ),
                 "input": {"type": "object", "description": "Values given to the child run as its vars; templates."},
                 "wait": {"type": "boolean", "default": False, "description": "Wait for the child run to end."},
             },
@@ -271,7 +306,12 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
         "stop": _obj(
             "Ends the run.",
             {
-                "outcome": {"type": "string", "enum": ["completed", "exited"], "default": "completed", "description": "How the run ends."},
+                "outcome": {
+                    "type": "string",
+                    "enum": ["completed", "exited"],
+                    "default": "completed",
+                    "description": "How the run ends.",
+                },
                 "reason": _s("Why; shown in the timeline. A template."),
             },
         ),
@@ -290,14 +330,26 @@ def _common_step_properties() -> dict[str, Any]:
         "retry": _obj(
             "Retry policy of the step's activity.",
             {
-                "max_attempts": {"type": "integer", "minimum": 1, "default": 5, "description": "Attempts in all, the first included."},
+                "max_attempts": {
+                    "type": "integer", "minimum": 1, "default": 5, "description": "Attempts in all, the first included."
+                },
                 "initial_interval": _duration("Wait before the first retry."),
-                "backoff": {"type": "number", "minimum": 1, "default": 2.0, "description": "Multiplier of the interval after each retry."},
+                "backoff": {
+                    "type": "number",
+                    "minimum": 1,
+                    "default": 2.0,
+                    "description": "Multiplier of the interval after each retry.",
+                },
                 "maximum_interval": _duration("The longest wait between retries."),
             },
         ),
         "timeout": _duration("The longest the step may take (for waiting steps: how long to wait)."),
-        "on_error": {"type": "string", "enum": ["fail", "continue"], "default": "fail", "description": "On failure: fail the run, or continue with the next step."},
+        "on_error": {
+            "type": "string",
+            "enum": ["fail", "continue"],
+            "default": "fail",
+            "description": "On failure: fail the run, or continue with the next step.",
+        },
     }
 
 
@@ -371,15 +423,24 @@ def playbook_schema() -> dict[str, Any]:
             "title": _s("A human title for lists and the UI."),
             "description": _s("What the play is for."),
             "trigger": _obj(
-                "What starts a run: exactly one of event, schedule or manual. Every playbook can also be started by hand.",
+                "What starts a run: exactly one of event, schedule or manual. "
+                "Every playbook can also be started by hand.",
                 {
-                    "event": _s("An event type, e.g. account.signed_up.", pattern=EVENT_TYPE_PATTERN, errorMessage=EVENT_TYPE_MESSAGE),
-                    "when": _expression("With event: an expression over `event` and `account`; no run starts when false."),
+                    "event": _s(
+                        "An event type, e.g. account.signed_up.",
+                        pattern=EVENT_TYPE_PATTERN,
+                        errorMessage=EVENT_TYPE_MESSAGE,
+                    ),
+                    "when": _expression(
+                        "With event: an expression over `event` and `account`; no run starts when false."
+                    ),
                     "schedule": _obj(
                         "Start one run per matching account at each tick.",
                         {
                             "cron": _s("A five-field cron expression, e.g. \"0 9 1 1,4,7,10 *\"."),
-                            "accounts": _expression("An expression over `account` choosing the segment; default: every account."),
+                            "accounts": _expression(
+                                "An expression over `account` choosing the segment; default: every account."
+                            ),
                             "timezone": _s("The timezone of the cron expression; default UTC."),
                         },
                         ["cron"],
@@ -396,7 +457,8 @@ def playbook_schema() -> dict[str, Any]:
                         "type": "string",
                         "enum": ["never", "after_exit", "always"],
                         "default": "never",
-                        "description": "never: one run per key ever; after_exit: again once the previous run ended; always: every trigger.",
+                        "description": "never: one run per key ever; after_exit: again once the previous run ended; "
+                        "always: every trigger.",
                     },
                 },
             ),
@@ -408,7 +470,11 @@ def playbook_schema() -> dict[str, Any]:
                     {
                         "event": _s("The event type.", pattern=EVENT_TYPE_PATTERN, errorMessage=EVENT_TYPE_MESSAGE),
                         "match": _expression("Only events for which this expression is true."),
-                        "goal": {"type": "boolean", "default": False, "description": "The run counts as converted (outcome goal)."},
+                        "goal": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "The run counts as converted (outcome goal).",
+                        },
                     },
                     ["event"],
                 ),
@@ -416,7 +482,9 @@ def playbook_schema() -> dict[str, Any]:
             "settings": _obj(
                 "Run settings.",
                 {
-                    "timezone": _s("IANA timezone used by waits, business days and quiet hours; a template. Default UTC."),
+                    "timezone": _s(
+                        "IANA timezone used by waits, business days and quiet hours; a template. Default UTC."
+                    ),
                     "quiet_hours": _s(
                         "HH:MM-HH:MM; emails due in this window go out when it ends.",
                         pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
@@ -439,13 +507,18 @@ def _script_item() -> dict[str, Any]:
     after = _ref("duration", "How long after the step asks (default: at once).")
     return {
         "type": "object",
-        "description": "How people and the product react: {at, event}, {call_task, outcome, after} or {approval, decide, edit, by, after}.",
+        "description": "How people and the product react: {at, event}, {call_task, outcome, after} or "
+        "{approval, decide, edit, by, after}.",
         "properties": {
             "at": _ref("duration", "Offset from the start, e.g. 20d."),
             "event": {"$ref": "#/definitions/event"},
             "call_task": _s("The call_task step to answer.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
             "outcome": _s("The outcome recorded."),
-            "approval": _s("The approval (or email with approval) step to decide.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
+            "approval": _s(
+                "The approval (or email with approval) step to decide.",
+                pattern=STEP_ID_PATTERN,
+                errorMessage=STEP_ID_MESSAGE,
+            ),
             "decide": {"type": "string", "enum": ["approve", "reject"], "description": "The decision."},
             "edit": _obj("Edits of the draft email.", {"subject": _s("New subject."), "body": _s("New body.")}),
             "by": _s("Who decides (a team member id); default the first allowed approver."),
@@ -474,7 +547,9 @@ def _script_item() -> dict[str, Any]:
                 },
             },
             {
-                "if": {"not": {"anyOf": [{"required": ["event"]}, {"required": ["call_task"]}, {"required": ["approval"]}]}},
+                "if": {
+                    "not": {"anyOf": [{"required": ["event"]}, {"required": ["call_task"]}, {"required": ["approval"]}]}
+                },
                 "then": {"required": ["event | call_task | approval"]},
             },
         ],
@@ -482,27 +557,37 @@ def _script_item() -> dict[str, Any]:
 
 
 def _expect_item() -> dict[str, Any]:
-    offset = lambda d: _ref("duration", d)  # noqa: E731 - a local shorthand
+    def offset(description: str) -> dict[str, Any]:
+        return _ref("duration", description)
+
     forms: dict[str, dict[str, Any]] = {
         "step": {
             "step": _s("A step id.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
-            "status": {"type": "string", "enum": ["done", "skipped", "not_run", "failed"], "description": "The step's status."},
+            "status": {
+                "type": "string", "enum": ["done", "skipped", "not_run", "failed"], "description": "The step's status."
+            },
             "result": {"type": "object", "description": "Fields the step's result must have (a subset)."},
         },
         "email": {
-            "email": _s("An email step id: it sent exactly one email.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
+            "email": _s(
+                "An email step id: it sent exactly one email.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE
+            ),
             "to": _s("The recipient."),
             "subject_contains": _s("Text the subject contains."),
             "after": offset("Sent at or after this offset from the start."),
             "within": offset("Sent at or before this offset from the start."),
         },
         "call_task": {
-            "call_task": _s("A call_task step id: it created a task.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
+            "call_task": _s(
+                "A call_task step id: it created a task.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE
+            ),
             "assignee": _s("The CSM id the task went to."),
             "after": offset("Created at or after this offset from the start."),
             "within": offset("Created at or before this offset from the start."),
         },
-        "no_email": {"no_email": _s("An email step id that sent nothing.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE)},
+        "no_email": {
+            "no_email": _s("An email step id that sent nothing.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE)
+        },
         "account": {"account": {"type": "object", "description": "Fields the account has in the CRM at the end."}},
         "outcome": {
             "outcome": {
@@ -514,14 +599,17 @@ def _expect_item() -> dict[str, Any]:
     }
     all_of = []
     for key, props in forms.items():
-        all_of.append({"if": {"required": [key]}, "then": {"properties": {k: True for k in props}, "additionalProperties": False}})
-    all_of.append({"if": {"not": {"anyOf": [{"required": [k]} for k in forms]}}, "then": {"required": [" | ".join(forms)]}})
+        then = {"properties": {k: True for k in props}, "additionalProperties": False}
+        all_of.append({"if": {"required": [key]}, "then": then})
+    none_of_them = {"not": {"anyOf": [{"required": [k]} for k in forms]}}
+    all_of.append({"if": none_of_them, "then": {"required": [" | ".join(forms)]}})
     merged: dict[str, Any] = {}
     for props in forms.values():
         merged.update(props)
     return {
         "type": "object",
-        "description": "An expectation: {step, status, result}, {email, ...}, {call_task, ...}, {no_email}, {account}, or {outcome}.",
+        "description": "An expectation: {step, status, result}, {email, ...}, {call_task, ...}, {no_email}, {account}, "
+        "or {outcome}.",
         "properties": merged,
         "allOf": all_of,
     }
@@ -532,7 +620,9 @@ def scenario_schema() -> dict[str, Any]:
         "$schema": DRAFT,
         "$id": "https://playbooks.example/schemas/scenario.schema.json",
         "title": "Playbook scenario",
-        "description": "Plays the world around one run of a playbook on a simulated clock. See docs/playbook-language.md.",
+        "description": (
+            "Plays the world around one run of a playbook on a simulated clock. See docs/playbook-language.md."
+        ),
         "type": "object",
         "additionalProperties": False,
         "required": ["playbook", "account"],
@@ -567,9 +657,13 @@ def scenario_schema() -> dict[str, Any]:
                         "id": _s("The CSM id."),
                         "name": _s("The CSM's name."),
                         "email": _s("The CSM's email address."),
-                        "languages": {"type": "array", "items": {"type": "string"}, "description": "Languages spoken (ISO 639-1)."},
+                        "languages": {
+                            "type": "array", "items": {"type": "string"}, "description": "Languages spoken (ISO 639-1)."
+                        },
                         "role": _s("A role, e.g. lead."),
-                        "capacity": {"type": "integer", "minimum": 0, "description": "How many accounts the CSM can own."},
+                        "capacity": {
+                            "type": "integer", "minimum": 0, "description": "How many accounts the CSM can own."
+                        },
                     },
                     ["id"],
                 ),

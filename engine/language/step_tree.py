@@ -7,8 +7,9 @@ the shape: steps under ``steps``, ``switch[i].steps``, ``switch[i].else``, ``par
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .schema_source import STEP_KINDS
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
-
 from .build import build_playbook
 from .meaning import check_meaning
 from .model import Playbook
@@ -77,12 +76,14 @@ def validate_playbook_text(text: str, file: str = "<playbook>") -> PlaybookResul
         return result
     doc = loaded.doc
     if doc.data is None:
-        result.problems.append(Problem(file, 1, 1, "file is empty; a playbook needs at least 'id' and 'steps'", "schema"))
+        empty = Problem(file, 1, 1, "file is empty; a playbook needs at least 'id' and 'steps'", "schema")
+        result.problems.append(empty)
         return result
     meaning, bad_steps = check_meaning(doc, file) if isinstance(doc.data, dict) else ([], set())
     # Where the meaning checks said something precise about a value, the schema's general word on it is noise.
     precise = {(p.line, p.column) for p in meaning}
-    result.problems.extend(p for p in schema_problems(doc, file, "playbook", skip=bad_steps) if (p.line, p.column) not in precise)
+    schema = schema_problems(doc, file, "playbook", skip=bad_steps)
+    result.problems.extend(p for p in schema if (p.line, p.column) not in precise)
     result.problems.extend(meaning)
     result.problems = sorted(set(result.problems), key=lambda p: (p.line, p.column, p.message))
     if not result.problems:

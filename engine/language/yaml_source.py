@@ -101,15 +101,21 @@ def _syntax_error(err: yaml.MarkedYAMLError, text: str) -> SourceError:
     if "quoted scalar" in context:
         quote = text.splitlines()[ctx_line - 1][ctx_col - 1 : ctx_col] if ctx_line <= len(lines) else '"'
         return SourceError(
-            f"YAML syntax error: the quoted text starting here is not closed; add the closing '{quote}'", ctx_line, ctx_col
+            f"YAML syntax error: the quoted text starting here is not closed; add the closing '{quote}'",
+            ctx_line,
+            ctx_col,
         )
     if "flow sequence" in context:
         return SourceError(
-            "YAML syntax error: the list opened with '[' here is not closed; add ']' after its last item", ctx_line, ctx_col
+            "YAML syntax error: the list opened with '[' here is not closed; add ']' after its last item",
+            ctx_line,
+            ctx_col,
         )
     if "flow mapping" in context:
         return SourceError(
-            "YAML syntax error: the mapping opened with '{' here is not closed; add '}' after its last entry", ctx_line, ctx_col
+            "YAML syntax error: the mapping opened with '{' here is not closed; add '}' after its last entry",
+            ctx_line,
+            ctx_col,
         )
     if "single document" in context:
         return SourceError(
@@ -138,7 +144,8 @@ def load(text: str) -> Document:
     """Parses one YAML document. Raises SourceError with a position on any problem; an empty text gives data None."""
     if len(text) > MAX_BYTES:
         raise SourceError(
-            f"file is {len(text) / 1_000_000:.1f} MB; a playbook or scenario may be at most {MAX_BYTES // 1_000_000} MB",
+            f"file is {len(text) / 1_000_000:.1f} MB; "
+            f"a playbook or scenario may be at most {MAX_BYTES // 1_000_000} MB",
             rule="syntax",
         )
     try:
@@ -148,7 +155,8 @@ def load(text: str) -> Document:
     except yaml.reader.ReaderError as err:
         line, col = _line_col(text, err.position)
         char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
-        raise SourceError(f"YAML syntax error: control character {char} is not allowed in YAML; remove it", line, col) from None
+        message = f"YAML syntax error: control character {char} is not allowed in YAML; remove it"
+        raise SourceError(message, line, col) from None
     except yaml.YAMLError as err:
         raise SourceError(f"YAML error: {' '.join(str(err).split())}") from None
     except UnicodeEncodeError as err:  # a lone surrogate: no UTF-8 file holds one, but a Python str can
@@ -190,7 +198,9 @@ def _convert(
         )
     if isinstance(node, yaml.ScalarNode):
         if node.tag not in _KNOWN_SCALAR_TAGS:
-            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+            raise SourceError(
+                f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1
+            )
         if node.tag == _TIMESTAMP_TAG or node.tag == _STR_TAG:
             return node.value  # most scalars are text: skip the constructor's dispatch
         if node.tag == _BOOL_TAG and not node.style and node.value.lower() not in ("true", "false"):
@@ -212,7 +222,9 @@ def _convert(
     active = active | {id(node)}
     if isinstance(node, yaml.SequenceNode):
         if node.tag != "tag:yaml.org,2002:seq":
-            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+            raise SourceError(
+                f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1
+            )
         items = []
         for index, child in enumerate(node.value):
             child_path = path + (index,)
@@ -224,11 +236,15 @@ def _convert(
         return items
     if isinstance(node, yaml.MappingNode):
         if node.tag != "tag:yaml.org,2002:map":
-            raise SourceError(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1)
+            raise SourceError(
+                f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, node.start_mark.column + 1
+            )
         try:
             _SCALAR_CONSTRUCTOR.flatten_mapping(node)  # resolves `<<` merge keys
         except yaml.YAMLError as err:
-            raise SourceError(f"invalid merge key: {err}", node.start_mark.line + 1, node.start_mark.column + 1) from None
+            raise SourceError(
+                f"invalid merge key: {err}", node.start_mark.line + 1, node.start_mark.column + 1
+            ) from None
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             km = key_node.start_mark
@@ -240,9 +256,8 @@ def _convert(
                 key = key_node.value
             if key in result:
                 first = positions[path + (key,)]
-                duplicates.append(
-                    SourceError(f"duplicate key '{key}' (first defined at line {first.key_line})", km.line + 1, km.column + 1)
-                )
+                message = f"duplicate key '{key}' (first defined at line {first.key_line})"
+                duplicates.append(SourceError(message, km.line + 1, km.column + 1))
                 continue
             vm = value_node.start_mark
             child_path = path + (key,)

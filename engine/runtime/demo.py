@@ -16,14 +16,18 @@ TEAM = [
 ]
 ACCOUNTS = [
     (
-        {"id": "acc-kraus", "name": "Kraus GmbH", "language": "de", "timezone": "Europe/Berlin", "seller_type": "private_label",
-         "sku_count": 40, "plan": "trial", "status": "active", "health_score": 72, "mrr": 290},
+        {"id": "acc-kraus", "name": "Kraus GmbH", "language": "de", "timezone": "Europe/Berlin",
+         "seller_type": "private_label", "sku_count": 40, "plan": "trial", "status": "active", "health_score": 72,
+         "mrr": 290},
         [{"email": "anna@kraus.example", "first_name": "Anna"}],
     ),
     (
         {"id": "acc-brightside", "name": "Brightside Brands", "language": "en", "timezone": "America/New_York",
          "seller_type": "brand", "sku_count": 1200, "plan": "pro", "status": "active", "health_score": 45, "mrr": 2400},
-        [{"email": "dana@brightside.example", "first_name": "Dana"}, {"email": "lee@brightside.example", "first_name": "Lee"}],
+        [
+            {"email": "dana@brightside.example", "first_name": "Dana"},
+            {"email": "lee@brightside.example", "first_name": "Lee"},
+        ],
     ),
 ]
 

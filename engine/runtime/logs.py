@@ -11,9 +11,12 @@ import re
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-])[A-Za-z0-9.-]*?(\.[A-Za-z]{2,})\b")
-PERSONAL_KEYS = {"email", "to", "cc", "bcc", "reply_to", "sender", "name", "first_name", "last_name", "contact", "contacts"}
+PERSONAL_KEYS = {
+    "email", "to", "cc", "bcc", "reply_to", "sender", "name", "first_name", "last_name", "contact", "contacts"
+}
 
 
 def mask_email(text: str) -> str:
@@ -30,7 +33,7 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     for key, value in list(event_dict.items()):
         if key in ("name", "first_name", "last_name") and isinstance(value, str) and value:
             event_dict[key] = "***"
@@ -40,7 +43,7 @@ def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, 
 
 
 def configure(json_output: bool, level: int = logging.INFO) -> None:
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -48,9 +51,12 @@ def configure(json_output: bool, level: int = logging.INFO) -> None:
     ]
     # default=repr: a value JSON cannot hold is shown, not rendered through structlog's fallback, whose lazy
     # import fails inside Temporal's workflow sandbox and would swallow the very warning being logged.
-    renderer = (
-        structlog.processors.JSONRenderer(default=repr) if json_output else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
-    )  # a plain traceback: the rich one renders locals for seconds on the loop the API and worker share
+    # A plain traceback: the rich one renders locals for seconds on the loop the API and worker share.
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(default=repr)
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -59,7 +65,9 @@ def configure(json_output: bool, level: int = logging.INFO) -> None:
     )
     handler = logging.StreamHandler()
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

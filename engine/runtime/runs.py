@@ -55,7 +55,9 @@ async def start_run(
         task_queue=task_queue,
         id_reuse_policy=id_reuse_policy,
         id_conflict_policy=id_conflict_policy,
-        memo={"playbook_id": playbook.id, "version": playbook.version, "account_id": account_id, "title": playbook.title},
+        memo={
+            "playbook_id": playbook.id, "version": playbook.version, "account_id": account_id, "title": playbook.title
+        },
         search_attributes=search_attributes(playbook, account_id),
     )
 
@@ -76,7 +78,12 @@ def _status(status: WorkflowExecutionStatus | None) -> str:
 
 
 async def list_runs(
-    client: Client, *, playbook: str | None = None, account: str | None = None, status: str | None = None, limit: int = 100
+    client: Client,
+    *,
+    playbook: str | None = None,
+    account: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
 ) -> list[RunSummary]:
     query = [f"WorkflowType = '{WORKFLOW_NAME}'"]
     if playbook:
@@ -103,7 +110,8 @@ async def list_runs(
         if run.status != "running":
             return
         try:
-            state = await asyncio.wait_for(client.get_workflow_handle(run.id).query(STATE_QUERY, result_type=RunState), 5)
+            query = client.get_workflow_handle(run.id).query(STATE_QUERY, result_type=RunState)
+            state = await asyncio.wait_for(query, 5)
             run.current = state.current
         except Exception:  # noqa: BLE001 - a run without a worker to answer still lists
             run.current = ["?"]

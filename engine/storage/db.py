@@ -7,9 +7,9 @@ database to the newest revision and is run by ``playbook dev``, the worker and `
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +34,8 @@ def engine_for(url: str) -> Engine:
             # WAL lets the API read while the worker writes; foreign keys are off by default in SQLite.
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent always; a process crash loses nothing, a power cut at most the last commits
+            # with WAL: consistent always; a process crash loses nothing, a power cut at most the last commits
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

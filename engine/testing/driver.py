@@ -82,8 +82,8 @@ class ScenarioDriver:
     async def answer(self, asked: Asked, item: dict[str, Any]) -> None:
         await workflow.sleep(_delay(item.get("after")))
         if asked.kind == "call_task":
-            payload = {"task_id": asked.id, "outcome": item["outcome"], "by": asked.deciders[0] if asked.deciders else "ops"}
-            payload["admin"] = not asked.deciders
+            by = asked.deciders[0] if asked.deciders else "ops"
+            payload = {"task_id": asked.id, "outcome": item["outcome"], "by": by, "admin": not asked.deciders}
             await self.send(Answer(asked.workflow_id, "outcome", payload))
         else:
             by = item.get("by") or (asked.deciders[0] if asked.deciders else "ops")

@@ -8,13 +8,15 @@ plays the people and the product. A scenario that waits a year takes seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowFailureError
@@ -24,8 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.crm import BuiltinCrm, seed
 from activities.email import OutboxProvider
 from activities.library import LibraryActivities
-from activities.segments import segment_refusal
 from activities.playbook_activities import PlaybookActivities
+from activities.segments import segment_refusal
 from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResult, TimelineEntry
 from engine.language.durations import parse_duration
 from engine.language.library import Library, Resolver, find_library_root
@@ -39,7 +41,7 @@ from engine.storage.db import migrate, session
 
 from .driver import ASKED_SIGNAL, DRIVER_NAME, Asked, DriverActivities, DriverInput, ScenarioDriver
 
-DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC
+DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
 RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
 
 
@@ -75,7 +77,7 @@ def offset_text(delta: timedelta) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if n]
     return sign + ("".join(parts) or "0s")
 
 
@@ -127,7 +129,12 @@ async def run_scenario(
 
 
 async def _run(
-    path: Path, data: dict[str, Any], playbook: Playbook, env: WorkflowEnvironment, db_url: str, library_root: Path | None
+    path: Path,
+    data: dict[str, Any],
+    playbook: Playbook,
+    env: WorkflowEnvironment,
+    db_url: str,
+    library_root: Path | None,
 ) -> ScenarioReport:
     migrate(db_url)
     account = dict(data["account"])
@@ -163,8 +170,11 @@ async def _run(
     def on_ask(kind: str, record: dict[str, Any]) -> None:
         # Runs in the activity's thread, before the activity returns: the driver hears of the ask before
         # the run can move on, so time cannot skip past the answer.
-        asked = Asked(kind, record.get("task_id") or record.get("approval_id"), record["workflow_id"], record["step_id"],
-                      [record["assignee"]] if kind == "call_task" else list(record["approvers"]))
+        run, step = record["workflow_id"], record["step_id"]
+        if kind == "call_task":
+            asked = Asked(kind, record["task_id"], run, step, [record["assignee"]])
+        else:
+            asked = Asked(kind, record["approval_id"], run, step, list(record["approvers"]))
         future = asyncio.run_coroutine_threadsafe(
             client.get_workflow_handle(driver_id).signal(ASKED_SIGNAL, asked), loop
         )
@@ -203,10 +213,8 @@ async def _run(
             result = await handle.result()
         except WorkflowFailureError as err:
             result = failed_result(err)
-        try:
+        with contextlib.suppress(RPCError):  # it may have ended by itself after the run did
             await driver.terminate("scenario finished")
-        except RPCError:
-            pass  # it may have ended by itself after the run did
         driver_errors = list(driver_activities.refused)
     report.outcome = result.outcome
     for entry in result.timeline:
@@ -236,7 +244,7 @@ def failed_result(err: WorkflowFailureError) -> RunResult:
 
 
 async def _server_now(env: WorkflowEnvironment) -> datetime:
-    return await env.get_current_time() if hasattr(env, "get_current_time") else datetime.now(timezone.utc)
+    return await env.get_current_time() if hasattr(env, "get_current_time") else datetime.now(UTC)
 
 
 def _does_not_start(
@@ -261,12 +269,12 @@ def _offset(row_time: datetime | None, start_at: datetime) -> timedelta | None:
     if row_time is None:
         return None
     if row_time.tzinfo is None:
-        row_time = row_time.replace(tzinfo=timezone.utc)
+        row_time = row_time.replace(tzinfo=UTC)
     return row_time - start_at
 
 
 def _timing(item: dict[str, Any], delta: timedelta | None, what: str) -> list[str]:
-    problems = []
+    problems: list[str] = []
     if delta is None:
         return problems
     if "after" in item and delta < timedelta(seconds=parse_duration(item["after"]).seconds):
@@ -279,7 +287,7 @@ def _timing(item: dict[str, Any], delta: timedelta | None, what: str) -> list[st
 def _subset(expected: Any, actual: Any) -> bool:
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(k in actual and _subset(v, actual[k]) for k, v in expected.items())
-    return expected == actual
+    return bool(expected == actual)
 
 
 def _check(
@@ -295,7 +303,12 @@ def _check(
 
 
 def _expectation(
-    item: dict[str, Any], emails: list[Any], tasks: list[Any], db_url: str, data: dict[str, Any], start_at: datetime,
+    item: dict[str, Any],
+    emails: Sequence[t.OutboxEmail],
+    tasks: Sequence[t.CallTask],
+    db_url: str,
+    data: dict[str, Any],
+    start_at: datetime,
     result: RunResult,
 ) -> list[str]:
     if "outcome" in item:
