@@ -30,6 +30,28 @@ def event_context(e: Event) -> dict[str, Any]:
 
 
 @dataclass
+class Carried:
+    """What a run hands to its next run in the chain when its history gets long (continue-as-new): where it
+    is (the top-level step to run, started again if it was waiting), and what later steps can still use."""
+
+    next_step: int
+    since: int  # the event sequence number from which that step's wait_for counts
+    account: dict[str, Any]
+    contacts: list[dict[str, Any]]
+    event: dict[str, Any] | None
+    timezone: str
+    vars: dict[str, Any]
+    steps: dict[str, dict[str, Any]]  # results as `steps.<id>` sees them
+    statuses: dict[str, dict[str, Any]]
+    timeline: list["TimelineEntry"]
+    timeline_dropped: int
+    deadlines: dict[str, str]  # pinned moments of the step being started again
+    seq: int
+    events: list[tuple[int, Event]]  # events a wait_for can still count, with their sequence numbers
+    continued: int = 1  # how many runs the chain has had before this one
+
+
+@dataclass
 class RunInput:
     playbook: Playbook
     account_id: str
@@ -38,6 +60,7 @@ class RunInput:
     # Seconds added to the server's clock: 0 in production. `playbook test` sets it so a scenario can start
     # at any date (the time-skipping server only moves forward from today); timers are relative, so it cancels out.
     clock_offset: float = 0.0
+    carried: Carried | None = None  # set when a run continues as new
 
 
 @dataclass

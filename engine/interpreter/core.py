@@ -1,0 +1,391 @@
+"""The interpreter's core: what every step kind stands on.
+
+A run's state (account, vars, step results, timeline, the events it may still use), how playbook text
+becomes values (templates, expressions, durations), how a step is run and recorded, and how effects
+are called as activities. The step kinds live in three families beside this module (``effects``,
+``waiting``, ``flow``); ``workflow`` puts them together behind a typed dispatch table.
+
+Everything here is deterministic: time is ``workflow.now()``, ids come from the run and the step's
+position, and nothing reads the clock, the network or randomness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import types as act
+    from engine.interpreter import calendar
+    from engine.interpreter.messages import EVENT_SIGNAL, Event, Pending, TimelineEntry
+    from engine.language import expressions as ex
+    from engine.language import model as m
+    from engine.language.durations import DurationError, parse_duration
+
+# Providers time out after 10 s; a worker that dies mid-activity is noticed after this long, then retried.
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+DEFAULT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10), maximum_attempts=10
+)
+# Events a run keeps for `wait_for` steps that have not started yet (the newest are kept).
+EVENT_BUFFER = 200
+# Timeline entries a run keeps (the oldest are dropped first, with a note saying how many).
+TIMELINE_LIMIT = 2000
+
+
+def cancelled(err: BaseException) -> bool:
+    """An activity or child that ended because this run is being cancelled (an exit event, a cancel)."""
+    return isinstance(getattr(err, "cause", None), TemporalCancelledError)
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StopRun(Exception):
+    def __init__(self, outcome: str, reason: str | None) -> None:
+        super().__init__(reason or outcome)
+        self.outcome = outcome
+        self.reason = reason
+
+
+class Rollover(Exception):
+    """The run's history is long: the top-level step waiting now starts again in a new run (continue-as-new)."""
+
+
+@dataclass
+class Scope:
+    """What one path of execution sees: results so far, vars, and for_each item names.
+
+    ``since`` is the sequence number from which a ``wait_for`` on this path counts events: the moment the
+    step before it started (or the enclosing step, or the run). Copies share ``steps`` and ``vars``.
+    """
+
+    steps: dict[str, dict[str, Any]]
+    vars: dict[str, Any]
+    locals: dict[str, Any] = field(default_factory=dict)
+    key_suffix: str = ""  # "[3]" inside the 4th for_each item
+    since: int = 0
+
+    def child(self, name: str, item: Any, index: int) -> Scope:
+        return Scope(dict(self.steps), dict(self.vars), {**self.locals, name: item}, f"{self.key_suffix}[{index}]", self.since)
+
+
+@dataclass
+class PendingAsk:
+    info: Pending
+    answer: Any = None  # Decision or Outcome once given
+
+
+@dataclass
+class SeenEvent:
+    seq: int
+    event: Event
+
+
+Runner = Callable[[Any, Any, Scope], Awaitable[dict[str, Any]]]
+
+
+class InterpreterCore:
+    """State, values and the step loop, shared by the run workflow and the for_each chunk workflow."""
+
+    # step model class -> its runner; filled by engine.interpreter.workflow from the three families
+    runners: ClassVar[Mapping[type, Runner]] = {}
+    # whether a waiting top-level step may continue as new (the run workflow, not a for_each chunk)
+    can_roll_over: ClassVar[bool] = False
+
+    def init_interpreter(self, playbook: m.Playbook, account_id: str, clock_offset: float = 0.0) -> None:
+        self.playbook = playbook
+        self.clock_offset = timedelta(seconds=clock_offset)
+        self.account_id = account_id
+        self.account: dict[str, Any] = {"id": account_id, "owner": None}
+        self.contacts: list[dict[str, Any]] = []
+        self.event: dict[str, Any] | None = None
+        self.tz = calendar.zone("UTC")
+        self.timeline: list[TimelineEntry] = []
+        self.timeline_dropped = 0
+        self.current: list[str] = []
+        self.statuses: dict[str, dict[str, Any]] = {}  # step id -> {status, result}
+        self.pending: dict[str, PendingAsk] = {}
+        self.open_asks: dict[str, str] = {}  # task/approval id -> kind, until answered, timed out or closed
+        # Events: every one gets a sequence number; only those of a type some wait_for listens to are kept.
+        self.seq = 0
+        self.events: list[SeenEvent] = []
+        self.listened = frozenset(s.event for s in playbook.walk() if isinstance(s, m.WaitForStep))
+        self.children: list[Any] = []  # running child workflows (for_each chunks, awaited run_playbook runs)
+        self.deadlines: dict[str, str] = {}  # pinned moments (ISO), so a step started again waits for the same
+        self.top_step: m.Step | None = None  # the top-level step running now
+
+    # ----------------------------------------------------------------- context and values
+
+    def now(self) -> datetime:
+        return workflow.now() + self.clock_offset
+
+    def key(self, step: m.Step, scope: Scope, suffix: str = "") -> str:
+        info = workflow.info()
+        return f"{info.workflow_id}/{info.first_execution_run_id}/{step.path}{scope.key_suffix}{suffix}"
+
+    def ref(self, step: m.Step) -> act.RunRef:
+        return act.RunRef(workflow.info().workflow_id, self.playbook.id, self.account_id, step.id, self.playbook.version)
+
+    def run_info(self) -> dict[str, Any]:
+        info = workflow.info()
+        return {
+            "id": info.workflow_id,
+            "playbook": self.playbook.id,
+            "version": self.playbook.version,
+            "started_at": (info.start_time + self.clock_offset).isoformat() if info.start_time else None,
+        }
+
+    def context(self, scope: Scope, **extra: Any) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "contact": self.contacts[0] if self.contacts else {},
+            "contacts": self.contacts,
+            "event": self.event,
+            "vars": scope.vars,
+            "steps": scope.steps,
+            "run": self.run_info(),
+            "today": self.now().astimezone(self.tz).date().isoformat(),
+            **scope.locals,
+            **extra,
+        }
+
+    def render(self, value: Any, scope: Scope, **extra: Any) -> Any:
+        """Renders playbook text; values from data are never rendered again."""
+        if isinstance(value, str):
+            return ex.render(value, self.context(scope, **extra)) if ex.is_template(value) else value
+        if isinstance(value, dict):
+            return {k: self.render(v, scope, **extra) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.render(v, scope, **extra) for v in value]
+        return value
+
+    def evaluate(self, expression: Any, scope: Scope, **extra: Any) -> Any:
+        return ex.evaluate(expression, self.context(scope, **extra))
+
+    def pinned(self, step: m.Step, scope: Scope, purpose: str, compute: Callable[[], datetime]) -> datetime:
+        """A moment the step waits for, computed once: the step started again after continue-as-new gets the same."""
+        key = f"{step.path}{scope.key_suffix}/{purpose}"
+        if key not in self.deadlines:
+            self.deadlines[key] = compute().isoformat()
+        return datetime.fromisoformat(self.deadlines[key])
+
+    def moment_after(self, step: m.Step, text: str, scope: Scope, purpose: str, *, pin: bool = True) -> datetime:
+        """The moment a duration of the playbook (any form the language allows: 2h, 3bd, P1DT2H, a template
+        giving one) ends, counted from now; pinned unless told otherwise. Content the duration cannot be made
+        of fails the step with the reason."""
+
+        def compute() -> datetime:
+            rendered = str(self.render(text, scope)).strip()
+            try:
+                return calendar.after(self.now(), parse_duration(rendered), self.tz)
+            except DurationError as err:
+                raise StepFailed(f"{purpose}: '{rendered}' is not a duration: {err}") from None
+
+        return self.pinned(step, scope, purpose, compute) if pin else compute()
+
+    def span(self, step: m.Step, text: str, scope: Scope, purpose: str) -> timedelta:
+        """A duration of the playbook as a length of time from now (business days counted on the calendar)."""
+        return max(self.moment_after(step, text, scope, purpose, pin=False) - self.now(), timedelta(seconds=1))
+
+    def unpin(self, step: m.Step, scope: Scope) -> None:
+        """The step is over: its pinned moments go (a later run of the same step, in a loop, counts anew)."""
+        prefix = f"{step.path}{scope.key_suffix}/"
+        for pin in [p for p in self.deadlines if p.startswith(prefix)]:
+            del self.deadlines[pin]
+
+    # ----------------------------------------------------------------- the record
+
+    def note(self, step: m.Step, status: str, detail: str = "") -> None:
+        self.add_entry(TimelineEntry(self.now().isoformat(), step.path, step.id, step.kind, status, detail[:500]))
+
+    def add_entry(self, entry: TimelineEntry) -> None:
+        self.timeline.append(entry)
+        if len(self.timeline) > TIMELINE_LIMIT:
+            drop = len(self.timeline) - TIMELINE_LIMIT
+            del self.timeline[:drop]
+            self.timeline_dropped += drop
+
+    def record(self, step: m.Step, scope: Scope, status: str, result: dict[str, Any] | None = None) -> None:
+        result = result or {}
+        if step.id:
+            scope.steps[step.id] = {**result, "status": result.get("status", status)}
+            if not scope.key_suffix:  # per-item results stay inside their item
+                self.statuses[step.id] = {"status": status, "result": result}
+
+    # ----------------------------------------------------------------- effects
+
+    def options(self, step: m.Step, scope: Scope) -> dict[str, Any]:
+        retry = DEFAULT_RETRY
+        if step.retry:
+            retry = RetryPolicy(
+                initial_interval=self.span(step, step.retry.initial_interval, scope, "retry.initial_interval"),
+                backoff_coefficient=step.retry.backoff,
+                maximum_attempts=step.retry.max_attempts,
+                maximum_interval=(
+                    self.span(step, step.retry.maximum_interval, scope, "retry.maximum_interval")
+                    if step.retry.maximum_interval else None
+                ),
+            )
+        opts: dict[str, Any] = {"start_to_close_timeout": ACTIVITY_TIMEOUT, "retry_policy": retry}
+        if step.timeout and step.kind not in ("wait", "wait_for", "approval", "call_task"):
+            opts["schedule_to_close_timeout"] = self.span(step, step.timeout, scope, "timeout")
+        return opts
+
+    async def call(self, step: m.Step, scope: Scope, name: str, arg: Any, result_type: type) -> Any:
+        try:
+            return await workflow.execute_activity(name, arg, result_type=result_type, **self.options(step, scope))
+        except ActivityError as err:
+            if cancelled(err):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            raise StepFailed(f"{name} failed: {message}") from None
+
+    def set_snapshot(self, snapshot: act.AccountSnapshot | None) -> None:
+        if snapshot is not None:
+            self.account = snapshot.account
+            self.contacts = list(snapshot.contacts)
+
+    # ----------------------------------------------------------------- waiting
+
+    def may_roll_over(self, step: m.Step) -> bool:
+        """Whether this waiting step may be started again in a new run: only a top-level one, in the run itself."""
+        return self.can_roll_over and step is self.top_step
+
+    @staticmethod
+    def history_is_long() -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_BUDGET
+
+    async def wait_until(
+        self, step: m.Step, done: Callable[[], bool], moment: datetime | None, *, may_roll: bool = True
+    ) -> bool:
+        """Waits until ``done()`` or the moment (None: no end). True when done. A top-level step whose history
+        grows long meanwhile raises Rollover (it starts again in a new run), unless it is done: an answer
+        accepted is never dropped. ``may_roll`` is false where starting the step again would redo what a
+        person decided in it."""
+        roll = may_roll and self.may_roll_over(step)
+
+        def ready() -> bool:
+            return done() or (roll and self.history_is_long())
+
+        timeout = None if moment is None else max((moment - self.now()).total_seconds(), 0.0)
+        try:
+            await workflow.wait_condition(ready, timeout=timeout)
+        except asyncio.TimeoutError:
+            return done()  # an answer taken in the same activation as the timeout still counts
+        if done():
+            return True
+        raise Rollover()
+
+    async def sleep_until(self, step: m.Step, moment: datetime, *, may_roll: bool = True) -> None:
+        if moment > self.now():
+            await self.wait_until(step, lambda: False, moment, may_roll=may_roll)
+
+    # ----------------------------------------------------------------- events
+
+    def take_event(self, event: Event) -> None:
+        """Keeps an event for wait_for steps (only types some wait_for listens to; the newest EVENT_BUFFER)."""
+        self.seq += 1
+        if event.type in self.listened:
+            self.events.append(SeenEvent(self.seq, event))
+            if len(self.events) > EVENT_BUFFER:
+                del self.events[: len(self.events) - EVENT_BUFFER]
+
+    def forget_events_before(self, seq: int) -> None:
+        """No step can use events older than this any more."""
+        self.events = [e for e in self.events if e.seq >= seq]
+
+    async def forward(self, event: Event) -> None:
+        """Passes an event on to the child workflows running now (their steps may wait for it)."""
+        for child in list(self.children):
+            try:
+                await child.signal(EVENT_SIGNAL, event)
+            except Exception:  # noqa: BLE001 - the child ended meanwhile: nothing waits there any more
+                continue
+
+    # ----------------------------------------------------------------- the step loop
+
+    async def run_steps(self, steps: tuple[m.Step, ...], scope: Scope) -> None:
+        since = scope.since
+        for step in steps:
+            started = self.seq
+            await self.run_step(step, replace(scope, since=since))
+            since = started
+
+    async def run_step(self, step: m.Step, scope: Scope) -> None:
+        try:
+            if step.when is not None and not self.evaluate(step.when, scope):
+                self.record(step, scope, "skipped")
+                self.note(step, "skipped", f"when: {step.when}")
+                return
+        except Exception as err:  # noqa: BLE001 - content errors fail the step, never the workflow task
+            self.fail(step, scope, f"when: {_reason(err)}")
+            return
+        label = step.id or step.path
+        self.current.append(label)
+        self.note(step, "started")
+        try:
+            runner = self.runners[type(step)]
+            if step.timeout and step.kind in ("switch", "parallel", "for_each", "run_playbook"):
+                limit = self.span(step, step.timeout, scope, "timeout")
+                result = await asyncio.wait_for(runner(self, step, scope), limit.total_seconds())
+            else:
+                result = await runner(self, step, scope)
+        except asyncio.TimeoutError:
+            self.fail(step, scope, f"timed out after {step.timeout}")
+            return
+        except (StopRun, Rollover, workflow.NondeterminismError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a content error found at run time fails its step with the reason
+            self.fail(step, scope, _reason(err))
+            return
+        finally:
+            if label in self.current:
+                self.current.remove(label)
+        self.unpin(step, scope)
+        self.record(step, scope, "done", result)
+        self.note(step, "done", _summary(result))
+
+    def fail(self, step: m.Step, scope: Scope, message: str) -> None:
+        self.unpin(step, scope)
+        self.record(step, scope, "failed", {"error": message})
+        self.note(step, "failed", message)
+        if step.on_error != "continue":
+            raise StepFailed(f"step {step.id or step.path} failed: {message}")
+
+    def mark_not_run(self, steps: tuple[m.Step, ...] | None, scope: Scope) -> None:
+        for s in m.iter_steps(steps or ()):
+            if s.id and s.id not in scope.steps:
+                self.record(s, scope, "not_run")
+
+
+# Continue as new past this many history events even if the server has not suggested it yet.
+HISTORY_BUDGET = 10_000
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, StepFailed):
+        return err.message
+    if isinstance(err, (ex.ExpressionError, DurationError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _summary(result: dict[str, Any] | None) -> str:
+    if not result:
+        return ""
+    parts = [f"{k}={v}" for k, v in result.items() if k not in ("account", "body", "event")]
+    return ", ".join(parts)[:300]

@@ -1,0 +1,122 @@
+"""Steps with effects on the world: `email`, `call_task`, `crm`, `assign`, and `set` (the run's own vars).
+
+Each effect is one activity whose key (run + step position + item) makes it happen once, however often
+the activity is retried or the step started again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities import types as act
+    from engine.interpreter import calendar
+    from engine.interpreter.messages import Pending
+    from engine.language import model as m
+
+from engine.interpreter.core import PendingAsk, Scope, StepFailed
+from engine.interpreter.waiting import WaitingSteps
+
+
+class EffectSteps(WaitingSteps):
+    async def step_email(self, step: m.EmailStep, scope: Scope) -> dict[str, Any]:
+        to = [str(a) for a in self.render(list(step.to), scope)]
+        subject = str(self.render(step.subject or "", scope))
+        body = str(self.render(step.body or "", scope))
+        result: dict[str, Any] = {}
+        if step.approval is not None:
+            draft = {"to": to, "subject": subject, "body": body}
+            decision = await self.ask_approval(step, step.approval, scope, draft)
+            result = {"decision": decision["decision"], "by": decision["by"], "comment": decision["comment"]}
+            if decision["decision"] != "approved":
+                return {**result, "message_id": None, "status": "not_sent"}
+            edits = decision.get("edits") or {}
+            subject = str(edits.get("subject", subject))
+            body = str(edits.get("body", body))
+        resume = calendar.quiet_until(self.now(), self.playbook.settings.quiet_hours, self.tz)
+        if resume is not None:
+            self.note(step, "waiting", f"quiet hours until {resume.isoformat()}")
+            # after an approval, the step is not started again in a new run: the decision is in this one
+            await self.sleep_until(step, self.pinned(step, scope, "quiet_hours", lambda: resume), may_roll=step.approval is None)
+        request = act.EmailRequest(
+            key=self.key(step, scope),
+            ref=self.ref(step),
+            to=to,
+            at=self.now().isoformat(),
+            subject=subject,
+            body=body,
+            cc=[str(a) for a in self.render(list(step.cc), scope)],
+            bcc=[str(a) for a in self.render(list(step.bcc), scope)],
+            sender=self.render(step.sender, scope) if step.sender else (self.account.get("owner") or {}).get("email"),
+            reply_to=self.render(step.reply_to, scope) if step.reply_to else None,
+            template_id=step.template_id,
+            data=self.render(dict(step.data), scope),
+        )
+        sent: act.EmailResult = await self.call(step, scope, "send_email", request, act.EmailResult)
+        return {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject, "body": body}
+
+    async def step_call_task(self, step: m.CallTaskStep, scope: Scope) -> dict[str, Any]:
+        due_at = self.moment_after(step, step.due, scope, "due").isoformat() if step.due else None
+        request = act.CallTaskRequest(
+            key=self.key(step, scope),
+            ref=self.ref(step),
+            assignee=str(self.render(step.assignee, scope)),
+            title=str(self.render(step.title, scope)),
+            at=self.now().isoformat(),
+            notes=str(self.render(step.notes or "", scope)),
+            due_at=due_at,
+            outcomes=list(step.outcomes),
+            wait=step.wait,
+        )
+        created: act.CallTaskResult = await self.call(step, scope, "create_call_task", request, act.CallTaskResult)
+        result: dict[str, Any] = {"task_id": created.task_id, "assignee": created.assignee, "outcome": None}
+        if not step.wait:
+            return result
+        ask = PendingAsk(Pending("call_task", created.task_id, step.id, [created.assignee], list(step.outcomes)))
+        timeout = step.wait_timeout or step.timeout
+        due = self.moment_after(step, timeout, scope, "wait.timeout") if timeout else None
+        self.note(step, "waiting", f"for the outcome of task {created.task_id}")
+        answer = await self.await_answer(step, ask, due)
+        outcome, by, status = (answer.outcome, answer.by, "done") if answer else ("timed_out", None, "timed_out")
+        await self.call(
+            step, scope, "close_call_task", act.CloseTaskRequest(created.task_id, status, self.now().isoformat(), outcome, by), act.Done
+        )
+        self.open_asks.pop(created.task_id, None)
+        return {**result, "outcome": outcome}
+
+    async def step_crm(self, step: m.CrmStep, scope: Scope) -> dict[str, Any]:
+        snapshot: act.AccountSnapshot
+        if step.action == "lookup":
+            snapshot = await self.call(step, scope, "load_account", act.AccountRequest(self.account_id), act.AccountSnapshot)
+        else:
+            fields = self.render(step.value, scope) if step.action == "update" else {}
+            text = str(self.render(step.value, scope)) if step.action in ("note", "tag") else None
+            request = act.CrmRequest(
+                key=self.key(step, scope), ref=self.ref(step), action=step.action, at=self.now().isoformat(),
+                fields=fields or {}, text=text,
+            )
+            snapshot = await self.call(step, scope, "update_crm", request, act.AccountSnapshot)
+        self.set_snapshot(snapshot)
+        return {"account": self.account}
+
+    async def step_assign(self, step: m.AssignStep, scope: Scope) -> dict[str, Any]:
+        request = act.AssignRequest(
+            key=self.key(step, scope),
+            ref=self.ref(step),
+            by=step.by,
+            at=self.now().isoformat(),
+            team=self.render(step.team, scope) if step.team else None,
+            fallback=self.render(step.fallback, scope) if step.fallback else None,
+        )
+        result: act.AssignResult = await self.call(step, scope, "assign_owner", request, act.AssignResult)
+        self.set_snapshot(result.account)
+        if result.owner is None:
+            raise StepFailed(f"no CSM fits (by {step.by}) and no fallback is set")
+        return {"owner": result.owner}
+
+    async def step_set(self, step: m.SetStep, scope: Scope) -> dict[str, Any]:
+        for name, value in step.values.items():
+            scope.vars[name] = self.render(value, scope)
+        return {}
