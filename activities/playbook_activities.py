@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import func, select
 from temporalio import activity
 
+from engine.storage import enrolled
 from engine.storage import models as t
 from engine.storage.db import session
 
@@ -112,6 +113,10 @@ class PlaybookActivities:
     @activity.defn(name="load_account")
     @logged
     def load_account(self, req: AccountRequest) -> AccountSnapshot:
+        if req.ref is not None:
+            with session(self.db_url) as s:
+                enrolled.register(s, [(req.ref.workflow_id, req.ref.account_id, req.ref.playbook_id)],
+                                  _moment(req.at) if req.at else datetime.now(UTC))
         try:
             return self.crm.get_account(req.account_id)
         except NotFoundError:

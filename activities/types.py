@@ -26,6 +26,9 @@ class RunRef:
 @dataclass(frozen=True)
 class AccountRequest:
     account_id: str
+    # set by a run's first activity: the run is recorded under its workflow id, so events reach it by id
+    ref: RunRef | None = None
+    at: str | None = None
 
 
 @dataclass(frozen=True)

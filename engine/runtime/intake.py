@@ -9,7 +9,6 @@ nothing new.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -19,17 +18,18 @@ from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.crm import csm_exists, read_account, write_account
 from activities.types import AccountSnapshot
-from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Event, event_context
+from engine.interpreter.messages import EVENT_SIGNAL, Event, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
+from engine.storage import enrolled
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .runs import ACCOUNT_ID, start_run
+from .runs import start_run
 
 
 @dataclass
@@ -107,95 +107,21 @@ async def start_enrolled(
     return StartedRun(playbook.id, workflow_id, "started")
 
 
-LiveRun = tuple[str, str]  # workflow id, run id
+async def signal_runs(client: Client, workflow_ids: list[str], event: Event) -> tuple[list[str], list[str]]:
+    """Signals the event to runs by workflow id (the live run of each id: after continue-as-new or a re-enrollment
+    that is the newest); they decide: wait_for, exit_when, or ignore. The ids reached, and those that have ended."""
 
-
-class _LiveRunLookup:
-    """The live runs of accounts, from Temporal's visibility store, for the events being taken at the moment.
-
-    One list query per event cost the Temporal server half as much again as the start itself. Here an event that
-    finds a query under way waits for the next one, which asks for every account waiting by then (AccountId IN
-    (...)): alone, an event gets its own query at once; under load, one query serves many. The wait hides behind
-    the starts, which take longer than a query. Each answer is what a query of its own, made after the event
-    arrived, would have said.
-    """
-
-    MAX_IN_FLIGHT = 1
-    MAX_ACCOUNTS = 100  # per query
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.waiting: dict[str, list[asyncio.Future[list[LiveRun]]]] = {}
-        self.in_flight = 0
-        self.tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
-
-    async def of(self, account_id: str) -> list[LiveRun]:
-        future: asyncio.Future[list[LiveRun]] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(account_id, []).append(future)
-        if self.in_flight < self.MAX_IN_FLIGHT:
-            self.in_flight += 1
-            task = asyncio.create_task(self._serve())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        return await future
-
-    async def _serve(self) -> None:
+    async def signal(workflow_id: str) -> tuple[str, bool]:
         try:
-            while self.waiting:
-                batch = {k: self.waiting.pop(k) for k in list(self.waiting)[: self.MAX_ACCOUNTS]}
-                try:
-                    found = await self._query(list(batch))
-                except Exception as err:  # noqa: BLE001 - each waiting event gets the error, as its own query would
-                    for futures in batch.values():
-                        for f in futures:
-                            if not f.done():
-                                f.set_exception(err)
-                    continue
-                for account_id, futures in batch.items():
-                    for f in futures:
-                        if not f.done():
-                            f.set_result(list(found.get(account_id, [])))
-        finally:
-            self.in_flight -= 1
+            await client.get_workflow_handle(workflow_id).signal(EVENT_SIGNAL, event)
+            return workflow_id, True
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return workflow_id, False  # it has ended
+            raise
 
-    async def _query(self, account_ids: list[str]) -> dict[str, list[LiveRun]]:
-        accounts = ", ".join(f"'{_quote(a)}'" for a in account_ids)
-        query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND AccountId IN ({accounts})"
-        found: dict[str, list[LiveRun]] = {}
-        async for wf in self.client.list_workflows(query):
-            account_id = wf.typed_search_attributes.get(ACCOUNT_ID)
-            if account_id is not None:
-                found.setdefault(account_id, []).append((wf.id, wf.run_id))
-        return found
-
-
-_lookups: weakref.WeakKeyDictionary[Client, _LiveRunLookup] = weakref.WeakKeyDictionary()
-
-
-async def live_runs(client: Client, account_id: str) -> list[LiveRun]:
-    """The account's live runs (workflow id, run id)."""
-    lookup = _lookups.get(client)
-    if lookup is None:
-        lookup = _lookups[client] = _LiveRunLookup(client)
-    return await lookup.of(account_id)
-
-
-async def signal_runs(client: Client, runs: list[LiveRun], event: Event) -> list[str]:
-    """Signals the event to the runs (they decide: wait_for, exit_when, or ignore); the ids of those reached."""
-
-    async def signal(workflow_id: str, run_id: str) -> str | None:
-        try:
-            await client.get_workflow_handle(workflow_id, run_id=run_id).signal(EVENT_SIGNAL, event)
-            return workflow_id
-        except RPCError:
-            return None  # it ended meanwhile
-
-    reached = await asyncio.gather(*(signal(w, r) for w, r in runs))
-    return [w for w in reached if w is not None]
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+    outcomes = await asyncio.gather(*(signal(w) for w in workflow_ids))
+    return [w for w, ok in outcomes if ok], [w for w, ok in outcomes if not ok]
 
 
 class UnknownOwner(ValueError):
@@ -207,25 +133,37 @@ _ANSWER_OF = select(_RECEIVED.c.answer).where(_RECEIVED.c.id == bindparam("event
 _REMEMBER = insert(_RECEIVED)
 
 
+@dataclass
+class Before:
+    """What the database says before an event starts anything: the account as triggers see it, and the ids of the
+    account's runs of the playbooks that listen for the event's type."""
+
+    snapshot: AccountSnapshot
+    listening_runs: list[str]
+
+
 def before_starts(
-    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
-) -> EventAnswer | AccountSnapshot:
+    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
+    contacts: list[dict[str, Any]] | None, listening: frozenset[str] = frozenset(),
+) -> EventAnswer | Before:
     """The database work before an event starts anything, in one transaction: the answer it got the first time, if
-    its id was seen before; else what it says about the account written (fields merged, contacts replaced) and the
-    account read back as triggers see it. An account the engine does not know gets a snapshot with its id only.
+    its id was seen before; else what it says about the account written (fields merged, contacts replaced), the
+    account read back as triggers see it, and the account's runs of the ``listening`` playbooks. An account the
+    engine does not know gets a snapshot with its id only.
 
     Two events creating the same account at once both find no row and both insert it: the one that loses (the
     unique id refuses it) runs again and finds the account there.
     """
     try:
-        return _before_starts(db_url, event_id, account_id, account, contacts)
+        return _before_starts(db_url, event_id, account_id, account, contacts, listening)
     except IntegrityError:
-        return _before_starts(db_url, event_id, account_id, account, contacts)
+        return _before_starts(db_url, event_id, account_id, account, contacts, listening)
 
 
 def _before_starts(
-    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None, contacts: list[dict[str, Any]] | None
-) -> EventAnswer | AccountSnapshot:
+    db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
+    contacts: list[dict[str, Any]] | None, listening: frozenset[str],
+) -> EventAnswer | Before:
     with session(db_url) as s:
         if event_id:
             answer = s.scalar(_ANSWER_OF, {"event_id": event_id})
@@ -241,15 +179,23 @@ def _before_starts(
         if account or contacts:
             write_account(s, {**(account or {}), "id": account_id}, contacts)
         snapshot = read_account(s, account_id)
-    return snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
+        runs = enrolled.run_ids(s, account_id, listening)
+    snapshot = snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
+    return Before(snapshot, runs)
 
 
-def remember(db_url: str, event: Event, answer: EventAnswer) -> None:
-    """Keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
-    row = {
-        "id": event.id, "type": event.type, "account_id": event.account_id or "",
-        "received_at": datetime.now(timezone.utc), "answer": answer.as_json(),
-    }
+def remember(db_url: str, event: Event, answer: EventAnswer, ended: list[str] = []) -> None:  # noqa: B006 - read only
+    """Records the runs the event started (so the next event reaches them by id), forgets those it found ended, and
+    keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
+    now = datetime.now(timezone.utc)
+    started = [(r.run_id, event.account_id or "", r.playbook) for r in answer.runs if r.status == "started"]
+    with session(db_url) as s:
+        enrolled.register(s, started, now)
+        enrolled.forget(s, ended)
+    if not event.id:
+        return
+    row = {"id": event.id, "type": event.type, "account_id": event.account_id or "", "received_at": now,
+           "answer": answer.as_json()}
     try:
         with session(db_url) as s:
             s.execute(_REMEMBER, row)
@@ -273,10 +219,11 @@ async def take_event(
     starts a run is its trigger, not something it waits for, so it is delivered to every live run but those.
     """
     account_id = event.account_id or ""
-    before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts)
+    listening = listeners(library).get(event.type, frozenset())
+    before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts, listening)
     if isinstance(before, EventAnswer):
         return before
-    account_data, contact_data = before.account, before.contacts
+    account_data, contact_data = before.snapshot.account, before.snapshot.contacts
     answer = EventAnswer(event_id=event.id or "")
     starts: list[Any] = []  # a StartedRun already (invalid key), or the start to await
     for playbook in library.values():
@@ -292,30 +239,28 @@ async def take_event(
     async def started(item: Any) -> StartedRun:
         return item if isinstance(item, StartedRun) else await item
 
-    async def no_runs() -> list[LiveRun]:
-        return []
-
-    # Only runs that wait for (wait_for) or exit on (exit_when) this type of event need it: for any other type
-    # the visibility query is skipped, which is most of what an event costs the Temporal server.
-    lookup = live_runs(client, account_id) if event.type in listened_types(library) else no_runs()
-    live, runs = await asyncio.gather(lookup, asyncio.gather(*(started(x) for x in starts)))
-    answer.runs = list(runs)
+    answer.runs = list(await asyncio.gather(*(started(x) for x in starts)))
+    # The event reaches the account's runs of the playbooks that wait for (wait_for) or exit on (exit_when) its
+    # type, by workflow id; not the run it has just started, whose trigger it is.
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
-    answer.delivered_to = await signal_runs(client, [r for r in live if r[0] not in triggered], event)
-    if event.id:
-        await asyncio.to_thread(remember, db_url, event, answer)
+    answer.delivered_to, ended = await signal_runs(client, [w for w in before.listening_runs if w not in triggered], event)
+    if event.id or triggered or ended:
+        await asyncio.to_thread(remember, db_url, event, answer, ended)
     return answer
 
 
-def listened_types(library: dict[str, Playbook]) -> frozenset[str]:
-    """The event types some playbook of the library waits for or exits on."""
+def listeners(library: dict[str, Playbook]) -> dict[str, frozenset[str]]:
+    """Event type -> the ids of the playbooks that wait for (wait_for) or exit on (exit_when) it."""
     key = tuple(sorted((p.id, p.version) for p in library.values()))
-    cached = _listened.get(key)
+    cached = _listeners.get(key)
     if cached is None:
-        types = {rule.event for p in library.values() for rule in p.exit_when}
-        types |= {s.event for p in library.values() for s in p.walk() if isinstance(s, WaitForStep)}
-        cached = _listened[key] = frozenset(types)
+        found: dict[str, set[str]] = {}
+        for p in library.values():
+            types = {rule.event for rule in p.exit_when} | {s.event for s in p.walk() if isinstance(s, WaitForStep)}
+            for type_ in types:
+                found.setdefault(type_, set()).add(p.id)
+        cached = _listeners[key] = {k: frozenset(v) for k, v in found.items()}
     return cached
 
 
-_listened: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
+_listeners: dict[tuple[tuple[str, str], ...], dict[str, frozenset[str]]] = {}

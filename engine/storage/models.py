@@ -162,6 +162,19 @@ class Approval(Base):
     decided_at: Mapped[datetime | None]
 
 
+class EnrolledRun(Base):
+    """A run by its workflow id, so an event reaches the account's runs at once, by id (Temporal's visibility
+    store lags behind a start). Written by the intake when it starts a run and by every run's first activity;
+    a row whose workflow has ended is removed when an event finds it gone. With continue-as-new and
+    `reenroll: after_exit` the id stays the same: a signal to it reaches the run of the chain that is live."""
+
+    __tablename__ = "enrolled_runs"
+    workflow_id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    playbook_id: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime]
+
+
 class ApiToken(Base):
     """An API token: only its SHA-256 is stored. Roles: ops (everything), csm (their own work), system (events)."""
 
