@@ -267,7 +267,11 @@ class InterpreterCore:
     @staticmethod
     def history_is_long() -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_BUDGET
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > HISTORY_EVENTS_BUDGET
+            or info.get_current_history_size() > HISTORY_BYTES_BUDGET
+        )
 
     async def wait_until(
         self, step: m.Step, done: Callable[[], bool], moment: datetime | None, *, may_roll: bool = True
@@ -372,8 +376,10 @@ class InterpreterCore:
                 self.record(s, scope, "not_run")
 
 
-# Continue as new past this many history events even if the server has not suggested it yet.
-HISTORY_BUDGET = 10_000
+# Continue as new past these even where the server does not suggest it (the time-skipping test server never
+# does): Temporal's own defaults for the suggestion (limit.historyCount/historySize.suggestContinueAsNew).
+HISTORY_EVENTS_BUDGET = 4 * 1024
+HISTORY_BYTES_BUDGET = 4 * 1024 * 1024
 
 
 def _reason(err: BaseException) -> str:
