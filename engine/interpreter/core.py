@@ -33,7 +33,10 @@ with workflow.unsafe.imports_passed_through():
 # Providers time out after 10 s; a worker that dies mid-activity is noticed after this long, then retried.
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 DEFAULT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10), maximum_attempts=10
+    initial_interval=timedelta(seconds=10),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=10,
 )
 # Events a run keeps for `wait_for` steps that have not started yet (the newest are kept).
 EVENT_BUFFER = 200
@@ -78,7 +81,9 @@ class Scope:
     since: int = 0
 
     def child(self, name: str, item: Any, index: int) -> Scope:
-        return Scope(dict(self.steps), dict(self.vars), {**self.locals, name: item}, f"{self.key_suffix}[{index}]", self.since)
+        return Scope(
+            dict(self.steps), dict(self.vars), {**self.locals, name: item}, f"{self.key_suffix}[{index}]", self.since
+        )
 
 
 @dataclass
@@ -136,7 +141,9 @@ class InterpreterCore:
         return f"{info.workflow_id}/{info.first_execution_run_id}/{step.path}{scope.key_suffix}{suffix}"
 
     def ref(self, step: m.Step) -> act.RunRef:
-        return act.RunRef(workflow.info().workflow_id, self.playbook.id, self.account_id, step.id, self.playbook.version)
+        return act.RunRef(
+            workflow.info().workflow_id, self.playbook.id, self.account_id, step.id, self.playbook.version
+        )
 
     def run_info(self) -> dict[str, Any]:
         info = workflow.info()
@@ -235,7 +242,8 @@ class InterpreterCore:
                 maximum_attempts=step.retry.max_attempts,
                 maximum_interval=(
                     self.span(step, step.retry.maximum_interval, scope, "retry.maximum_interval")
-                    if step.retry.maximum_interval else None
+                    if step.retry.maximum_interval
+                    else None
                 ),
             )
         opts: dict[str, Any] = {"start_to_close_timeout": ACTIVITY_TIMEOUT, "retry_policy": retry}
@@ -288,7 +296,7 @@ class InterpreterCore:
         timeout = None if moment is None else max((moment - self.now()).total_seconds(), 0.0)
         try:
             await workflow.wait_condition(ready, timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return done()  # an answer taken in the same activation as the timeout still counts
         if done():
             return True
@@ -348,7 +356,7 @@ class InterpreterCore:
                 result = await asyncio.wait_for(runner(self, step, scope), limit.total_seconds())
             else:
                 result = await runner(self, step, scope)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.fail(step, scope, f"timed out after {step.timeout}")
             return
         except (StopRun, Rollover, workflow.NondeterminismError):

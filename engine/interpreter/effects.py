@@ -39,7 +39,9 @@ class EffectSteps(WaitingSteps):
         if resume is not None:
             self.note(step, "waiting", f"quiet hours until {resume.isoformat()}")
             # after an approval, the step is not started again in a new run: the decision is in this one
-            await self.sleep_until(step, self.pinned(step, scope, "quiet_hours", lambda: resume), may_roll=step.approval is None)
+            await self.sleep_until(
+                step, self.pinned(step, scope, "quiet_hours", lambda: resume), may_roll=step.approval is None
+            )
         request = act.EmailRequest(
             key=self.key(step, scope),
             ref=self.ref(step),
@@ -81,7 +83,11 @@ class EffectSteps(WaitingSteps):
         answer = await self.await_answer(step, ask, due)
         outcome, by, status = (answer.outcome, answer.by, "done") if answer else ("timed_out", None, "timed_out")
         await self.call(
-            step, scope, "close_call_task", act.CloseTaskRequest(created.task_id, status, self.now().isoformat(), outcome, by), act.Done
+            step,
+            scope,
+            "close_call_task",
+            act.CloseTaskRequest(created.task_id, status, self.now().isoformat(), outcome, by),
+            act.Done,
         )
         self.open_asks.pop(created.task_id, None)
         return {**result, "outcome": outcome}
@@ -89,13 +95,19 @@ class EffectSteps(WaitingSteps):
     async def step_crm(self, step: m.CrmStep, scope: Scope) -> dict[str, Any]:
         snapshot: act.AccountSnapshot
         if step.action == "lookup":
-            snapshot = await self.call(step, scope, "load_account", act.AccountRequest(self.account_id), act.AccountSnapshot)
+            snapshot = await self.call(
+                step, scope, "load_account", act.AccountRequest(self.account_id), act.AccountSnapshot
+            )
         else:
             fields = self.render(step.value, scope) if step.action == "update" else {}
             text = str(self.render(step.value, scope)) if step.action in ("note", "tag") else None
             request = act.CrmRequest(
-                key=self.key(step, scope), ref=self.ref(step), action=step.action, at=self.now().isoformat(),
-                fields=fields or {}, text=text,
+                key=self.key(step, scope),
+                ref=self.ref(step),
+                action=step.action,
+                at=self.now().isoformat(),
+                fields=fields or {},
+                text=text,
             )
             snapshot = await self.call(step, scope, "update_crm", request, act.AccountSnapshot)
         self.set_snapshot(snapshot)

@@ -49,7 +49,9 @@ class FlowSteps(InterpreterCore):
 
     async def step_parallel(self, step: m.ParallelStep, scope: Scope) -> dict[str, Any]:
         # "The step ends when all do": a failing branch does not cut the others short.
-        outcomes = await asyncio.gather(*(self.run_steps(b.steps, scope) for b in step.branches), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(self.run_steps(b.steps, scope) for b in step.branches), return_exceptions=True
+        )
         for outcome in outcomes:
             if isinstance(outcome, (StopRun, asyncio.CancelledError)):
                 raise outcome
@@ -130,7 +132,9 @@ class FlowSteps(InterpreterCore):
         return {"count": len(items), "failed": failed}
 
     async def step_run_playbook(self, step: m.RunPlaybookStep, scope: Scope) -> dict[str, Any]:
-        target: m.Playbook = await self.call(step, scope, "load_playbook", act.PlaybookRequest(step.playbook_id), m.Playbook)
+        target: m.Playbook = await self.call(
+            step, scope, "load_playbook", act.PlaybookRequest(step.playbook_id), m.Playbook
+        )
         info = workflow.info()
         child_id = f"{step.playbook_id}/{self.account_id}/from/{info.workflow_id}/{step.path}{scope.key_suffix}"
         child_input = RunInput(
@@ -157,7 +161,9 @@ class FlowSteps(InterpreterCore):
             return {"run_id": enrolled_id, "outcome": None}
         # The child records itself under its id in its first activity, so events reach it by id as they reach this run.
         try:
-            result: RunResult = await workflow.execute_child_workflow(WORKFLOW_NAME, child_input, id=child_id, result_type=RunResult)
+            result: RunResult = await workflow.execute_child_workflow(
+                WORKFLOW_NAME, child_input, id=child_id, result_type=RunResult
+            )
             return {"run_id": child_id, "outcome": result.outcome}
         except ChildWorkflowError as err:
             if cancelled(err):

@@ -43,7 +43,7 @@ class Carried:
     vars: dict[str, Any]
     steps: dict[str, dict[str, Any]]  # results as `steps.<id>` sees them
     statuses: dict[str, dict[str, Any]]
-    timeline: list["TimelineEntry"]
+    timeline: list[TimelineEntry]
     timeline_dropped: int
     deadlines: dict[str, str]  # pinned moments of the step being started again
     seq: int
@@ -68,7 +68,7 @@ class RunResult:
     outcome: str  # completed | exited | goal | failed
     reason: str | None = None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timeline: list["TimelineEntry"] = field(default_factory=list)
+    timeline: list[TimelineEntry] = field(default_factory=list)
 
 
 @dataclass

@@ -100,7 +100,11 @@ class WaitingSteps(InterpreterCore):
         round_ = 0
         while True:
             suffix = f"/approval{round_ or ''}"
-            due = self.moment_after(step, settings.timeout, scope, f"approval{round_ or ''}.timeout") if settings.timeout else None
+            due = (
+                self.moment_after(step, settings.timeout, scope, f"approval{round_ or ''}.timeout")
+                if settings.timeout
+                else None
+            )
             request = act.ApprovalRequest(
                 key=self.key(step, scope, suffix),
                 ref=self.ref(step),
@@ -173,7 +177,9 @@ class WaitingSteps(InterpreterCore):
         if ask.answer is not None:
             raise ValueError(f"approval {ask.info.id} is decided already")
         if not d.admin and d.by not in ask.info.deciders:
-            raise ValueError(f"{d.by!r} may not decide approval {ask.info.id}; it is for {', '.join(ask.info.deciders) or 'ops'}")
+            raise ValueError(
+                f"{d.by!r} may not decide approval {ask.info.id}; it is for {', '.join(ask.info.deciders) or 'ops'}"
+            )
         if d.edits:
             unknown = set(d.edits) - {"subject", "body"}
             if unknown:
@@ -196,5 +202,7 @@ class WaitingSteps(InterpreterCore):
         if o.outcome not in ask.info.outcomes:
             raise ValueError(f"outcome must be one of {', '.join(ask.info.outcomes)}, not {o.outcome!r}")
         if not o.admin and o.by not in ask.info.deciders:
-            raise ValueError(f"{o.by!r} may not record the outcome of task {ask.info.id}; it is {ask.info.deciders[0]}'s")
+            raise ValueError(
+                f"{o.by!r} may not record the outcome of task {ask.info.id}; it is {ask.info.deciders[0]}'s"
+            )
         return ask

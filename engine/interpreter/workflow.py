@@ -48,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
 from engine.interpreter.core import (
     ACTIVITY_TIMEOUT,
     DEFAULT_RETRY,
-    InterpreterCore,
     Rollover,
     Runner,
     Scope,
@@ -157,10 +156,16 @@ class PlaybookRun(Interpreter):
             if self.exit is not None:
                 return self.finish(*self.exit_outcome())
             await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(RunInput(
-                playbook=run.playbook, account_id=run.account_id, event=run.event, input=run.input,
-                clock_offset=run.clock_offset, carried=self.carry(at, scope),
-            ))
+            workflow.continue_as_new(
+                RunInput(
+                    playbook=run.playbook,
+                    account_id=run.account_id,
+                    event=run.event,
+                    input=run.input,
+                    clock_offset=run.clock_offset,
+                    carried=self.carry(at, scope),
+                )
+            )
         if self.exit is not None:  # an exit event came in during the last step
             return self.finish(*self.exit_outcome())
         return self.finish("completed", None)
@@ -172,17 +177,29 @@ class PlaybookRun(Interpreter):
         try:
             snapshot: act.AccountSnapshot = await workflow.execute_activity(
                 "load_account",
-                act.AccountRequest(run.account_id, act.RunRef(workflow.info().workflow_id, playbook.id, run.account_id,
-                                                              None, playbook.version), self.now().isoformat()),
+                act.AccountRequest(
+                    run.account_id,
+                    act.RunRef(workflow.info().workflow_id, playbook.id, run.account_id, None, playbook.version),
+                    self.now().isoformat(),
+                ),
                 result_type=act.AccountSnapshot,
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=DEFAULT_RETRY,
             )
             self.set_snapshot(snapshot)
             tz_name = str(self.render(playbook.settings.timezone, scope) if playbook.settings.timezone else "UTC")
             self.tz = calendar.zone(tz_name)
             if str(self.tz) != tz_name:
-                self.add_entry(TimelineEntry(self.now().isoformat(), "settings.timezone", None, "run", "info",
-                                             f"unknown timezone {tz_name!r}: using UTC"))
+                self.add_entry(
+                    TimelineEntry(
+                        self.now().isoformat(),
+                        "settings.timezone",
+                        None,
+                        "run",
+                        "info",
+                        f"unknown timezone {tz_name!r}: using UTC",
+                    )
+                )
             for name, value in playbook.vars.items():
                 scope.vars[name] = self.render(value, scope)
             scope.vars.update(run.input)
@@ -213,10 +230,20 @@ class PlaybookRun(Interpreter):
 
     def carry(self, at: ContinueAt, scope: Scope) -> Carried:
         return Carried(
-            next_step=at.index, since=at.since, account=self.account, contacts=self.contacts, event=self.event,
-            timezone=str(self.tz), vars=scope.vars, steps=scope.steps, statuses=self.statuses,
-            timeline=self.timeline, timeline_dropped=self.timeline_dropped, deadlines=self.deadlines,
-            seq=self.seq, events=[(e.seq, e.event) for e in self.events if e.seq > at.since],
+            next_step=at.index,
+            since=at.since,
+            account=self.account,
+            contacts=self.contacts,
+            event=self.event,
+            timezone=str(self.tz),
+            vars=scope.vars,
+            steps=scope.steps,
+            statuses=self.statuses,
+            timeline=self.timeline,
+            timeline_dropped=self.timeline_dropped,
+            deadlines=self.deadlines,
+            seq=self.seq,
+            events=[(e.seq, e.event) for e in self.events if e.seq > at.since],
             continued=self.continued + 1,
         )
 
@@ -250,8 +277,9 @@ class PlaybookRun(Interpreter):
                 name, request = "close_call_task", act.CloseTaskRequest(ask_id, "cancelled", self.now().isoformat())
             else:
                 name, request = "close_approval", act.CloseApprovalRequest(ask_id, "cancelled", self.now().isoformat())
-            await workflow.execute_activity(name, request, result_type=act.Done,
-                                            start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY)
+            await workflow.execute_activity(
+                name, request, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY
+            )
         self.open_asks.clear()
 
     def finish(self, outcome: str, reason: str | None) -> RunResult:
@@ -275,7 +303,9 @@ class PlaybookRun(Interpreter):
             if rule.event != event.type:
                 continue
             try:
-                if rule.match is not None and not self.evaluate(rule.match, Scope({}, self.vars), event=event_context(event)):
+                if rule.match is not None and not self.evaluate(
+                    rule.match, Scope({}, self.vars), event=event_context(event)
+                ):
                     continue
             except Exception:  # noqa: BLE001 - a rule that cannot judge this event does not match it
                 continue

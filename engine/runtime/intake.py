@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -187,7 +187,7 @@ def _before_starts(
 def remember(db_url: str, event: Event, answer: EventAnswer, ended: list[str] = []) -> None:  # noqa: B006 - read only
     """Records the runs the event started (so the next event reaches them by id), forgets those it found ended, and
     keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     started = [(r.run_id, event.account_id or "", r.playbook) for r in answer.runs if r.status == "started"]
     with session(db_url) as s:
         enrolled.register(s, started, now)
@@ -243,7 +243,8 @@ async def take_event(
     # The event reaches the account's runs of the playbooks that wait for (wait_for) or exit on (exit_when) its
     # type, by workflow id; not the run it has just started, whose trigger it is.
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
-    answer.delivered_to, ended = await signal_runs(client, [w for w in before.listening_runs if w not in triggered], event)
+    reach = [w for w in before.listening_runs if w not in triggered]
+    answer.delivered_to, ended = await signal_runs(client, reach, event)
     if event.id or triggered or ended:
         await asyncio.to_thread(remember, db_url, event, answer, ended)
     return answer

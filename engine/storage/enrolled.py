@@ -31,7 +31,9 @@ def register(s: Session, runs: Iterable[tuple[str, str, str]], at: datetime) -> 
     elif dialect == "sqlite":
         s.execute(sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["workflow_id"]), rows)
     else:  # another database: look first (a race between two first activities of one run cannot happen)
-        known = set(s.scalars(select(_TABLE.c.workflow_id).where(_TABLE.c.workflow_id.in_([r["workflow_id"] for r in rows]))))
+        known = set(
+            s.scalars(select(_TABLE.c.workflow_id).where(_TABLE.c.workflow_id.in_([r["workflow_id"] for r in rows])))
+        )
         fresh = [r for r in rows if r["workflow_id"] not in known]
         if fresh:
             s.execute(_TABLE.insert(), fresh)
