@@ -19,7 +19,10 @@ with workflow.unsafe.imports_passed_through():
 NAME = "HandWrittenTenSteps"
 TIMEOUT = timedelta(seconds=60)
 RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10), maximum_attempts=10
+    initial_interval=timedelta(seconds=10),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=10,
 )
 
 
@@ -51,14 +54,16 @@ class HandWrittenTenSteps:
                     sender=(account.get("owner") or {}).get("email"),
                 )
                 await workflow.execute_activity(
-                    "send_email", request, result_type=act.EmailResult, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+                    "send_email", request, result_type=act.EmailResult, start_to_close_timeout=TIMEOUT,
+                    retry_policy=RETRY,
                 )
             else:
                 request = act.CrmRequest(
                     key=key, ref=ref, action="update", at=workflow.now().isoformat(), fields={"bench_step": f"{i + 1}"}
                 )
                 snapshot = await workflow.execute_activity(
-                    "update_crm", request, result_type=act.AccountSnapshot, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+                    "update_crm", request, result_type=act.AccountSnapshot, start_to_close_timeout=TIMEOUT,
+                    retry_policy=RETRY,
                 )
                 account = snapshot.account
         return {"outcome": "completed"}

@@ -11,9 +11,9 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -28,7 +28,9 @@ from engine.runtime.devstack import DevServer  # noqa: E402
 from engine.runtime.logs import configure  # noqa: E402
 from engine.storage.db import migrate  # noqa: E402
 
-ACCOUNT = {"id": "acc-bench", "name": "Bench GmbH", "language": "en", "timezone": "UTC", "plan": "pro", "owner": "csm-1"}
+ACCOUNT = {
+    "id": "acc-bench", "name": "Bench GmbH", "language": "en", "timezone": "UTC", "plan": "pro", "owner": "csm-1"
+}
 CONTACTS = [{"email": "ada@bench.example", "first_name": "Ada"}]
 TEAM = [{"id": "csm-1", "name": "Mia", "email": "mia@success.example", "languages": ["en"]}]
 

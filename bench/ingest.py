@@ -169,7 +169,7 @@ class Api:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> "Api":
+    async def __aenter__(self) -> Api:
         import httpx
 
         args = [sys.executable, __file__, "--serve-api", str(self.port)]
@@ -202,7 +202,7 @@ class Worker:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def __aenter__(self) -> "Worker":
+    async def __aenter__(self) -> Worker:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "worker.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -263,7 +263,8 @@ class Cpu:
         print("   CPU per event while the events were timed, ms:")
         for name in self.pids:
             print(f"      {name:20s} (a) {a[name] / events * 1000:6.2f}   (b) {b[name] / events * 1000:6.2f}")
-        print(f"      {'total':20s} (a) {sum(a.values()) / events * 1000:6.2f}   (b) {sum(b.values()) / events * 1000:6.2f}")
+        total_a, total_b = sum(a.values()) / events * 1000, sum(b.values()) / events * 1000
+        print(f"      {'total':20s} (a) {total_a:6.2f}   (b) {total_b:6.2f}")
 
 
 def outbox_count(db_url: str, prefix: str) -> int:
@@ -539,8 +540,10 @@ async def bench(events: int, concurrency: int, load: float, profile: bool) -> in
                             cpu.stop(f"{tag}-drain", before)
                         return results
 
-                    print(f"Temporal dev server {server.address}; the API, the worker and this client in processes of their")
-                    print(f"own, on {os.cpu_count()} cores; the worker is paused while events are timed and drains after\n")
+                    print(f"Temporal dev server {server.address}; the API, the worker and this client in processes "
+                          f"of their")
+                    print(f"own, on {os.cpu_count()} cores; the worker is paused while events are timed and drains "
+                          f"after\n")
                     if events < 400:
                         print(f"({events} events each way is a smoke run: phases of a few rounds of {concurrency} "
                               "measure their first and last round more than a rate; the figures are noise)\n")
@@ -573,8 +576,8 @@ async def bench(events: int, concurrency: int, load: float, profile: bool) -> in
                     spent = cpu.spent["tp-drain"], cpu.spent["load-drain"], cpu.spent["alone-drain"]
                     worker_ms = sum(s["worker"] for s in spent) / drained * 1000
                     server_ms = sum(s["Temporal server"] for s in spent) / drained * 1000
-                    print(f"\nthe runs themselves (the worker draining, untimed): worker {worker_ms:.1f} ms CPU per run, "
-                          f"Temporal server {server_ms:.1f} ms")
+                    print(f"\nthe runs themselves (the worker draining, untimed): worker {worker_ms:.1f} ms CPU "
+                          f"per run, Temporal server {server_ms:.1f} ms")
 
                     if profile:
                         await profile_cpu(http, api, worker, db_url, half, concurrency, folder)
@@ -629,7 +632,9 @@ async def breakdown(http: Any) -> None:
             )
 
 
-async def profile_cpu(http: Any, api: Api, worker: Worker, db_url: str, events: int, concurrency: int, folder: Path) -> None:
+async def profile_cpu(
+    http: Any, api: Api, worker: Worker, db_url: str, events: int, concurrency: int, folder: Path
+) -> None:
     """One more API phase under py-spy (--gil: only the thread holding the GIL, Python running): where the API
     process spends its CPU."""
     raw = folder / "api-profile.txt"

@@ -102,7 +102,7 @@ class Worker:
     def task_queue(self) -> str:
         return self.args[1]
 
-    async def __aenter__(self) -> "Worker":
+    async def __aenter__(self) -> Worker:
         with open(self.log, "wb") as log:  # the child keeps its own descriptor
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--worker", *self.args, stdout=asyncio.subprocess.PIPE, stderr=log
@@ -117,7 +117,7 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
 
@@ -248,12 +248,15 @@ async def bench(runs: int, check_passthrough: bool) -> None:
             result = await measure(client, server.address, runs, PASSTHROUGH, folder / "main")
             table([(f"as deployed, {runs:,} runs", result)])
             if check_passthrough:
-                print(f"\none run on a fresh worker, by sandbox passthrough list (as deployed: {', '.join(PASSTHROUGH)}):")
-                variants = [("empty", ())] + [(f"without {m}", tuple(p for p in PASSTHROUGH if p != m)) for m in PASSTHROUGH]
+                deployed = ", ".join(PASSTHROUGH)
+                print(f"\none run on a fresh worker, by sandbox passthrough list (as deployed: {deployed}):")
+                variants = [("empty", ())]
+                variants += [(f"without {m}", tuple(p for p in PASSTHROUGH if p != m)) for m in PASSTHROUGH]
                 for i, (name, modules) in enumerate(variants):
                     print(f"  {name:<40} {await one_run(client, server.address, modules, folder / f'variant-{i}')}")
     after = result["after"]
-    print(f"\ngoal: < {GOAL_MB} MB with {runs:,} runs waiting -> {'met' if after < GOAL_MB else 'NOT met'} ({after:.0f} MB)")
+    verdict = "met" if after < GOAL_MB else "NOT met"
+    print(f"\ngoal: < {GOAL_MB} MB with {runs:,} runs waiting -> {verdict} ({after:.0f} MB)")
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ def signup(account_id: str, tz: str) -> dict:
         "type": "account.signed_up",
         "account_id": account_id,
         "data": {"product": "repricer", "plan": "pro"},
-        "account": {"name": "Nordlicht GmbH", "language": "de", "timezone": tz, "seller_type": "private_label", "sku_count": 30},
+        "account": {
+            "name": "Nordlicht GmbH", "language": "de", "timezone": tz, "seller_type": "private_label", "sku_count": 30
+        },
         "contacts": [{"email": "eva@nordlicht.example", "first_name": "Eva"}],
     }
 
@@ -42,7 +44,8 @@ def test_signed_signup_starts_the_playbook_once(stack):
     assert started["repricer-onboarding"]["status"] == "started"
     assert started["repricer-onboarding"]["run_id"] == "repricer-onboarding/acc-e2e-1"
     # the run really runs: the welcome email is in the outbox, to the contact the event carried
-    rows = stack.wait_for(lambda: stack.db("select \"to\", subject from outbox where account_id = ? and step_id = 'welcome'", "acc-e2e-1"))
+    welcome = "select \"to\", subject from outbox where account_id = ? and step_id = 'welcome'"
+    rows = stack.wait_for(lambda: stack.db(welcome, "acc-e2e-1"))
     assert json.loads(rows[0][0]) == ["eva@nordlicht.example"]
 
     again = stack.post_event(event)
@@ -61,7 +64,8 @@ def test_bad_or_missing_signature_is_refused(stack):
     assert wrong.status_code == 401
     assert wrong.headers["content-type"].startswith("application/problem+json")
     assert wrong.json()["detail"] == "the signature does not match the body"
-    stale = stack.post_event(event, signature=sign(SECRET, json.dumps(event).encode(), timestamp=int(time.time()) - 3600))
+    an_hour_ago = int(time.time()) - 3600
+    stale = stack.post_event(event, signature=sign(SECRET, json.dumps(event).encode(), timestamp=an_hour_ago))
     assert stale.status_code == 401 and "replayed" in stale.json()["detail"]
     unsigned = stack.http.post("/events", json=event)
     assert unsigned.status_code == 401
@@ -84,7 +88,9 @@ def test_csm_records_the_call_and_approves_an_edited_email(stack):
     assert stack.post_event(event).status_code == 200
 
     as_jonas = {"Authorization": f"Bearer {jonas}"}
-    tasks = stack.wait_for(lambda: [x for x in stack.http.get("/tasks", headers=as_jonas).json() if x["account_id"] == "acc-e2e-3"])
+    tasks = stack.wait_for(
+        lambda: [x for x in stack.http.get("/tasks", headers=as_jonas).json() if x["account_id"] == "acc-e2e-3"]
+    )
     task = tasks[0]
     assert task["step"] == "intro_call" and task["assignee"] == "csm-de"
     # Mia sees none of it, and may not answer it
@@ -104,17 +110,22 @@ def test_csm_records_the_call_and_approves_an_edited_email(stack):
     )
     approval = approvals[0]
     assert approval["draft"]["subject"] == "Your Repricer account at Fjord AS: a quick hello"
-    assert stack.http.post(f"/approvals/{approval['id']}", json={"decision": "approve"}, headers=as_mia).status_code == 403
+    by_mia = stack.http.post(f"/approvals/{approval['id']}", json={"decision": "approve"}, headers=as_mia)
+    assert by_mia.status_code == 403
     edited = {"subject": "Lars, your Repricer account at Fjord AS", "body": "Hi Lars, as discussed on the phone: ..."}
     ok = stack.http.post(
-        f"/approvals/{approval['id']}", json={"decision": "approve", "comment": "after our call", "edits": edited}, headers=as_jonas
+        f"/approvals/{approval['id']}",
+        json={"decision": "approve", "comment": "after our call", "edits": edited},
+        headers=as_jonas,
     )
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"id": approval["id"], "decision": "approve"}
-    again = stack.http.post(f"/approvals/{approval['id']}", json={"decision": "reject"}, headers={"Authorization": f"Bearer {ops}"})
+    as_ops = {"Authorization": f"Bearer {ops}"}
+    again = stack.http.post(f"/approvals/{approval['id']}", json={"decision": "reject"}, headers=as_ops)
     assert again.status_code == 409
 
-    sent = stack.wait_for(lambda: stack.db("select subject, body, status from outbox where account_id = 'acc-e2e-3' and step_id = 'outreach'"))
+    outreach = "select subject, body, status from outbox where account_id = 'acc-e2e-3' and step_id = 'outreach'"
+    sent = stack.wait_for(lambda: stack.db(outreach))
     assert sent == [(edited["subject"], edited["body"], "sent")]
 
 
@@ -123,10 +134,14 @@ def test_cancelled_event_ends_the_live_run(stack):
     event = signup("acc-e2e-4", daytime_zone())
     run_id = {r["playbook"]: r for r in stack.post_event(event).json()["runs"]}["repricer-onboarding"]["run_id"]
     stack.wait_for(lambda: stack.http.get(f"/runs/{run_id}", headers=ops).json().get("current") == ["onboarding_call"])
-    cancelled = {"id": f"evt-{uuid.uuid4().hex[:10]}", "type": "account.cancelled", "account_id": "acc-e2e-4", "data": {}}
+    cancelled = {
+        "id": f"evt-{uuid.uuid4().hex[:10]}", "type": "account.cancelled", "account_id": "acc-e2e-4", "data": {}
+    }
     answer = stack.post_event(cancelled).json()
     assert run_id in answer["delivered_to"]
-    detail = stack.wait_for(lambda: (d := stack.http.get(f"/runs/{run_id}", headers=ops).json())["status"] == "completed" and d)
+    detail = stack.wait_for(
+        lambda: (d := stack.http.get(f"/runs/{run_id}", headers=ops).json())["status"] == "completed" and d
+    )
     assert detail["timeline"][-1]["status"] == "exited"
     assert detail["timeline"][-1]["detail"] == "exit on event account.cancelled"
 

@@ -74,7 +74,7 @@ def test_broken_playbook_reports_exactly_the_expected_problems(name: str):
     expected = [_parse(entry) for entry in EXPECTED[name]]
     actual = _problems_of(CORPUS / name)
     # compared as text so that a failure shows the two lists line by line
-    assert [f"{l}:{c}: {m}" for l, c, m in actual] == [f"{l}:{c}: {m}" for l, c, m in expected]
+    assert [f"{ln}:{c}: {m}" for ln, c, m in actual] == [f"{ln}:{c}: {m}" for ln, c, m in expected]
 
 
 def test_alias_bomb_is_refused_fast():

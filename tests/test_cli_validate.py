@@ -80,7 +80,8 @@ def test_github_format_annotates_the_line(tmp_path):
     result = run("validate", "--format", "github", str(path))
     assert result.returncode == 1
     assert (
-        f"::error file={path},line=6,col=7,title=playbook schema::unknown key 'subjet' in email step; did you mean 'subject'?"
+        f"::error file={path},line=6,col=7,title=playbook schema::"
+        "unknown key 'subjet' in email step; did you mean 'subject'?"
         in result.stdout.splitlines()
     )
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
@@ -410,11 +411,11 @@ async def _server_restart(stack: Stack) -> None:
     stack.server.stop()
     stop_took = time.monotonic() - stopped_at
     # Down until every timer is half a second overdue: they come due while the server is down.
-    await asyncio.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds() + 0.5))
-    assert datetime.now(timezone.utc) > due
+    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.5))
+    assert datetime.now(UTC) > due
     assert _sent_steps(stack.db_url, "follow_up") == 0  # nothing moves without the server
     restarted_at = time.monotonic()
-    overdue_at_restart = (datetime.now(timezone.utc) - due).total_seconds()
+    overdue_at_restart = (datetime.now(UTC) - due).total_seconds()
     client = await stack.server.start()
     start_took = time.monotonic() - restarted_at
     assert worker.alive, "the worker must survive the server's restart"

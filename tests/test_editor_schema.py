@@ -25,16 +25,16 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 
 from engine.language.schema_source import STEP_KINDS
 from engine.language.yaml_source import load as load_yaml
-
 from tests.paths import ROOT, bundled_playbooks, bundled_scenarios
 
 YAML_LANGUAGE_SERVER_VERSION = "2.0.0"  # the newest on npm; 1.15.0 and 1.25.0 give the same results here
@@ -249,7 +249,7 @@ class LspClient:
             with self._cond:
                 self.configuration_requests += 1
             sections = {"yaml": self.settings.get("yaml"), "http": {"proxy": "", "proxyStrictSSL": False}}
-            return [sections.get(item.get("section"), None) for item in params["items"]]
+            return [sections.get(item.get("section")) for item in params["items"]]
         # client/registerCapability, window/workDoneProgress/create, workspace/workspaceFolders...
         return None
 

@@ -64,7 +64,7 @@ def test_sandbox_refuses_internals_and_mutation(source):
 def test_globals_are_limited_to_pure_helpers():
     for name in ("cycler", "joiner", "lipsum", "namespace"):
         with pytest.raises(ExpressionError):
-            render("{{ %s }}" % name, CONTEXT)
+            render(f"{{{{ {name} }}}}", CONTEXT)
 
 
 def test_repetition_and_output_are_capped():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -23,10 +23,10 @@ from activities.playbook_activities import PlaybookActivities
 from activities.types import AccountRequest, CrmRequest, RunRef
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.fakes import FakeHubSpot, closed_port_url, fake_hubspot  # noqa: F401 - fake_hubspot is a fixture
+from tests.fakes import FakeHubSpot, closed_port_url, fake_hubspot_fixture  # noqa: F401 - the fake_hubspot fixture
 from tests.fakes.fake_hubspot import TOKEN
 
-AT = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+AT = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -366,25 +366,31 @@ def test_a_transient_failure_is_not_cached_and_the_retry_works(crm, hub):
 
 def test_a_wrong_token_is_a_configuration_error_without_the_token(hub):
     wrong = "pat-na1-wrong-secret"
-    with HubSpotCrm(wrong, base_url=hub.url) as crm:
-        with pytest.raises(ConfigurationError, match="Authentication credentials not found") as caught:
-            crm.get_account("5001")
+    with (
+        HubSpotCrm(wrong, base_url=hub.url) as crm,
+        pytest.raises(ConfigurationError, match="Authentication credentials not found") as caught,
+    ):
+        crm.get_account("5001")
     assert wrong not in str(caught.value) and wrong not in repr(crm)
     assert hub.requests[0].headers["authorization"] == f"Bearer {wrong}"
 
 
 def test_connection_refused_is_transient():
-    with HubSpotCrm(TOKEN, base_url=closed_port_url()) as crm:
-        with pytest.raises(TransientError, match="could not reach HubSpot") as caught:
-            crm.get_account("5001")
+    with (
+        HubSpotCrm(TOKEN, base_url=closed_port_url()) as crm,
+        pytest.raises(TransientError, match="could not reach HubSpot") as caught,
+    ):
+        crm.get_account("5001")
     assert caught.value.retryable
 
 
 def test_a_timeout_is_transient(hub):
     hub.delay_next(1.0)
-    with HubSpotCrm(TOKEN, base_url=hub.url, timeout=0.2) as crm:
-        with pytest.raises(TransientError, match="did not answer in time"):
-            crm.csm("101")
+    with (
+        HubSpotCrm(TOKEN, base_url=hub.url, timeout=0.2) as crm,
+        pytest.raises(TransientError, match="did not answer in time"),
+    ):
+        crm.csm("101")
 
 
 def test_a_dropped_connection_is_transient(crm, hub):

@@ -21,9 +21,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -196,7 +196,9 @@ def test_csm_records_the_call_and_approves_the_edited_draft_in_the_browser(stack
         expect(page.get_by_label("API token")).to_be_visible()
 
     sent = stack.wait_for(
-        lambda: stack.db("select subject, body, status from outbox where account_id = 'acc-inbox-1' and step_id = 'outreach'"),
+        lambda: stack.db(
+            "select subject, body, status from outbox where account_id = 'acc-inbox-1' and step_id = 'outreach'"
+        ),
     )
     assert sent == [(edited, _draft(stack)["body"], "sent")]
     [(status, by, comment, edits)] = stack.db(

@@ -11,7 +11,6 @@ from temporalio.converter import DataConverter
 from engine.language.library import Library, validate_paths
 from engine.language.model import Playbook, from_data, to_data
 from engine.language.validator import validate_playbook_file
-
 from tests.paths import PLAYBOOKS, bundled_playbooks, bundled_scenarios
 
 

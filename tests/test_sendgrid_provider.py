@@ -22,7 +22,7 @@ from activities.sendgrid_email import SendGridProvider
 from activities.types import EmailRequest, RunRef
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.fakes import FakeSendGrid, closed_port_url, fake_sendgrid  # noqa: F401 - fake_sendgrid is a fixture
+from tests.fakes import FakeSendGrid, closed_port_url, fake_sendgrid_fixture  # noqa: F401 - the fake_sendgrid fixture
 from tests.fakes.fake_sendgrid import API_KEY
 
 

@@ -288,7 +288,9 @@ YAML_TOKENS = st.sampled_from(
         "2026-03-02T09:00:00Z", ":", " ", "\t", "é",
     ]
 )
-YAMLISH_LINE = st.tuples(st.integers(0, 8), st.lists(YAML_TOKENS, max_size=5)).map(lambda t: " " * t[0] + " ".join(t[1]))
+YAMLISH_LINE = st.tuples(st.integers(0, 8), st.lists(YAML_TOKENS, max_size=5)).map(
+    lambda t: " " * t[0] + " ".join(t[1])
+)
 YAMLISH_TEXT = st.one_of(
     st.lists(YAMLISH_LINE, max_size=12).map("\n".join),
     st.text(alphabet=st.one_of(YAML_CHARS, st.characters(codec="utf-8")), max_size=60),

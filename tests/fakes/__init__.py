@@ -1,13 +1,14 @@
 """Fake provider servers for tests: real HTTP on 127.0.0.1, never the internet.
 
-Test modules take the fixtures by importing them (``from tests.fakes import fake_sendgrid``), so
-nothing outside this package has to change to use them.
+Test modules take the fixtures by importing them (``from tests.fakes import fake_sendgrid_fixture``), so
+nothing outside this package has to change to use them. A fixture's function has a name of its own
+(``fake_sendgrid_fixture`` for the ``fake_sendgrid`` fixture): a test's parameter then does not shadow the import.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,19 +23,19 @@ __all__ = [
     "Recorded",
     "Reply",
     "closed_port_url",
-    "fake_hubspot",
-    "fake_sendgrid",
+    "fake_hubspot_fixture",
+    "fake_sendgrid_fixture",
 ]
 
 
-@pytest.fixture
-def fake_sendgrid() -> Iterator[FakeSendGrid]:
+@pytest.fixture(name="fake_sendgrid")
+def fake_sendgrid_fixture() -> Iterator[FakeSendGrid]:
     with FakeSendGrid() as server:
         yield server
 
 
-@pytest.fixture
-def fake_hubspot() -> Iterator[FakeHubSpot]:
+@pytest.fixture(name="fake_hubspot")
+def fake_hubspot_fixture() -> Iterator[FakeHubSpot]:
     with FakeHubSpot() as server:
         yield server
 
