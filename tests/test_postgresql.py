@@ -95,14 +95,21 @@ def test_an_event_is_taken_once_and_upserts_its_account(postgres):  # type: igno
     first = before_starts(url, "evt-1", "acc-1", {"name": "New", "plan": "pro", "owner": "csm-eva"},
                           [{"email": "b@x.example", "first_name": "Bo"}])
     assert not isinstance(first, EventAnswer)
-    assert first.account["plan"] == "pro" and first.account["sku_count"] == 30 and first.account["name"] == "New"
-    assert first.account["owner"]["id"] == "csm-eva"
-    assert first.contacts == [{"email": "b@x.example", "first_name": "Bo"}]
+    account = first.snapshot.account
+    assert account["plan"] == "pro" and account["sku_count"] == 30 and account["name"] == "New"
+    assert account["owner"]["id"] == "csm-eva"
+    assert first.snapshot.contacts == [{"email": "b@x.example", "first_name": "Bo"}]
 
     event = Event(type="account.signed_up", data={}, id="evt-1", account_id="acc-1")
     answer = EventAnswer("evt-1", runs=[StartedRun("onboarding", "onboarding/acc-1", "started")])
     remember(url, event, answer)
     remember(url, event, EventAnswer("evt-1"))  # a racing second post: the first answer stays
+    # the run it started is recorded by id: the next event for a playbook that listens finds it
+    listening = before_starts(url, "evt-9", "acc-1", None, None, frozenset({"onboarding"}))
+    assert not isinstance(listening, EventAnswer) and listening.listening_runs == ["onboarding/acc-1"]
+    remember(url, Event(type="x", id=None, account_id="acc-1"), EventAnswer(""), ended=["onboarding/acc-1"])
+    gone = before_starts(url, "evt-10", "acc-1", None, None, frozenset({"onboarding"}))
+    assert not isinstance(gone, EventAnswer) and gone.listening_runs == []
     again = before_starts(url, "evt-1", "acc-1", {"plan": "enterprise"}, None)
     assert isinstance(again, EventAnswer) and again.duplicate and again.runs == answer.runs
     assert BuiltinCrm(url).get_account("acc-1").account["plan"] == "pro"  # a duplicate writes nothing
@@ -111,7 +118,7 @@ def test_an_event_is_taken_once_and_upserts_its_account(postgres):  # type: igno
         before_starts(url, "evt-2", "acc-1", {"plan": "enterprise", "owner": "csm-nobody"}, None)
     assert BuiltinCrm(url).get_account("acc-1").account["plan"] == "pro"
     unknown = before_starts(url, "evt-3", "acc-unknown", None, None)
-    assert not isinstance(unknown, EventAnswer) and unknown.account == {"id": "acc-unknown", "owner": None}
+    assert not isinstance(unknown, EventAnswer) and unknown.snapshot.account == {"id": "acc-unknown", "owner": None}
 
 
 def test_events_creating_the_same_account_at_once_all_succeed(postgres):  # type: ignore[no-untyped-def]
