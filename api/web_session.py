@@ -14,6 +14,7 @@ Cookies are HMAC-SHA256 signed, one key per purpose derived from one secret:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -109,10 +110,8 @@ def _key_file(path: Path) -> bytes:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_hex(32).encode())
-            try:
-                os.link(tmp, path)  # fails if another process linked its key first: theirs wins
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # another process linked its key first: theirs wins
+                os.link(tmp, path)
         finally:
             os.unlink(tmp)
     key = path.read_bytes().strip()
