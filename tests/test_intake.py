@@ -1,9 +1,10 @@
 """The intake (engine/runtime/intake.py) on a real Temporal dev server: who an event starts and who it reaches.
 
 Events reach the live runs that wait for (wait_for) or exit on (exit_when) their type; the two playbooks here
-listen for each other's trigger. No worker: a started run stays running with its first task pending, which is all delivery needs (a signal to a
-live run is recorded by the server). The live runs of the accounts are looked up while the triggered playbooks
-start, and concurrent events share one visibility query; neither may change who an event reaches.
+listen for each other's trigger. No worker: a started run stays running with its first task pending, which is all
+delivery needs (a signal to a live run is recorded by the server). The live runs of the accounts are looked up
+while the triggered playbooks start, and concurrent events share one visibility query; neither may change who an
+event reaches.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def test_concurrent_events_each_reach_their_own_accounts_runs(world):  # type: i
         await asyncio.gather(
             *(take_event(client, queue, db_url, library, _event("account.signed_up", a)) for a in accounts)
         )
-        # many at once, right after the starts (no visibility store in the way): each event reaches only its account's run
+        # many at once, right after the starts (no visibility store in the way): each event reaches only its
+        # account's run
         answers = await asyncio.gather(
             *(
                 take_event(client, queue, db_url, library, _event("account.admin_changed", a))
@@ -165,8 +167,9 @@ def test_an_event_upserts_its_account_and_triggers_see_the_merged_account(world)
     account = f"acc-{uuid.uuid4().hex[:6]}"
     seed(db_url, {"id": account, "name": "Old name", "plan": "basic", "sku_count": 30}, [{"email": "a@x.example"}],
          [{"id": "csm-eva", "name": "Eva"}])
+    when = "  when: account.plan == 'pro' and account.sku_count == 30\n"
     merged_when = _playbook(ONBOARDING.replace("id: onboarding", "id: merged-only").replace(
-        "  event: account.signed_up\n", "  event: account.signed_up\n  when: account.plan == 'pro' and account.sku_count == 30\n"))
+        "  event: account.signed_up\n", "  event: account.signed_up\n" + when))
     crm = BuiltinCrm(db_url)
 
     async def scenario() -> None:

@@ -23,6 +23,7 @@ SECRETS = {
     "PLAYBOOK_INBOX_SECRET": "inbox-secret-4714-0123456789abcdef0123",
     "PLAYBOOK_TEMPORAL_API_KEY": "temporal-secret-4715",
 }
+NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an integer"  # pydantic's words
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +87,9 @@ def test_production_with_real_providers_needs_no_opt_in() -> None:
     assert settings.check() is settings
 
 
-@pytest.mark.parametrize("name", ["PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY"])
+@pytest.mark.parametrize(
+    "name", ["PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY"]
+)
 def test_production_refuses_placeholder_secrets(name: str) -> None:
     environ = {"PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "1", "PLAYBOOK_ALLOW_BUILTIN_CRM": "yes"}
     assert f"{name} is a placeholder" in refusal(load_settings({**environ, name: "changeme"}))
@@ -139,7 +142,12 @@ def test_the_long_running_commands_start_when_dev_is_set(monkeypatch: pytest.Mon
 
 def all_secrets() -> Settings:
     return load_settings(
-        {"PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_EMAIL_PROVIDER": "sendgrid", "PLAYBOOK_CRM_PROVIDER": "hubspot", **SECRETS}
+        {
+            "PLAYBOOK_DATABASE_URL": POSTGRES,
+            "PLAYBOOK_EMAIL_PROVIDER": "sendgrid",
+            "PLAYBOOK_CRM_PROVIDER": "hubspot",
+            **SECRETS,
+        }
     )
 
 
@@ -160,7 +168,7 @@ def test_secrets_are_not_in_error_messages(tmp_path: Path) -> None:
     bad = {**SECRETS, "PLAYBOOK_API_PORT": "not-a-port", "PLAYBOOK_ENVIRONMENT": "production"}
     with pytest.raises(SettingsError) as caught:
         load_settings(bad)
-    assert str(caught.value) == "PLAYBOOK_API_PORT: Input should be a valid integer, unable to parse string as an integer"
+    assert str(caught.value) == f"PLAYBOOK_API_PORT: {NOT_AN_INTEGER}"
     file = tmp_path / "settings.toml"
     file.write_text('sendgrid_api_key = 4716999\n')  # not a string: pydantic would quote the input
     with pytest.raises(SettingsError) as caught:
@@ -247,6 +255,7 @@ def test_a_refusal_shows_no_secret(tmp_path: Path) -> None:
 
 
 def test_unusable_settings_are_one_line_for_any_command(tmp_path: Path) -> None:
-    done = playbook(["migrate"], tmp_path, PLAYBOOK_API_PORT="eighty", PLAYBOOK_SENDGRID_API_KEY=SECRETS["PLAYBOOK_SENDGRID_API_KEY"])
+    sendgrid_key = SECRETS["PLAYBOOK_SENDGRID_API_KEY"]
+    done = playbook(["migrate"], tmp_path, PLAYBOOK_API_PORT="eighty", PLAYBOOK_SENDGRID_API_KEY=sendgrid_key)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == "playbook: PLAYBOOK_API_PORT: Input should be a valid integer, unable to parse string as an integer"
+    assert done.stderr.strip() == f"playbook: PLAYBOOK_API_PORT: {NOT_AN_INTEGER}"
