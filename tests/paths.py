@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOKS = ROOT / "playbooks"
-CONTRACT = ROOT.parent / "shared" / "design" / "playbook-language.md"
+# the language contract's examples, copied into the repository (the contract itself is kept elsewhere)
+CONTRACT_EXAMPLES = ROOT / "docs" / "language-contract-examples.md"
 
 
 def bundled_playbooks() -> list[Path]:

@@ -1,5 +1,8 @@
 """Every YAML example in the author's guide and in the language contract is what it claims to be.
 
+The contract's examples are the ones copied into docs/language-contract-examples.md: the repository reads
+nothing outside itself.
+
 Each ```yaml block is one of:
 - a complete playbook (top-level `id` and `steps`): validated as it stands;
 - a scenario (top-level `playbook`): validated against the library in playbooks/;
@@ -30,10 +33,11 @@ from engine.language.library import Resolver, validate_paths
 from engine.language.scenario import validate_scenario_text
 from engine.language.schema_source import STEP_KINDS
 from engine.language.validator import validate_playbook_text
+from tests.paths import CONTRACT_EXAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "playbook-language.md"
-CONTRACT = Path(__file__).resolve().parents[2] / "shared/design/playbook-language.md"
+CONTRACT = CONTRACT_EXAMPLES
 # Where scenario examples pretend to live, so `playbook: <id>` resolves in the real library.
 SCENARIO_HOME = REPO / "playbooks" / "tests" / "docs-example.scenario.yaml"
 
@@ -140,13 +144,14 @@ def problems_of(block: Block) -> tuple[list[str], str]:
     return [p.header() for p in result.problems], text
 
 
-def test_the_contract_is_beside_the_repository():
-    # CI checks out shared/ beside the repository: a missing contract is a broken checkout, not a skip.
-    assert CONTRACT.is_file(), f"the language contract is missing: {CONTRACT}"
+def test_the_contract_examples_are_in_the_repository():
+    assert CONTRACT.resolve().is_relative_to(REPO) and GUIDE.resolve().is_relative_to(REPO)
+    kinds = [next(iter(yaml.safe_load(b.text))) for b in CONTRACT_BLOCKS]
+    assert kinds == ["id", "playbook"], "the contract's examples: its whole playbook, then its scenario"
 
 
 GUIDE_BLOCKS = extract(GUIDE)
-CONTRACT_BLOCKS = extract(CONTRACT) if CONTRACT.is_file() else []
+CONTRACT_BLOCKS = extract(CONTRACT)
 ALL_BLOCKS = GUIDE_BLOCKS + CONTRACT_BLOCKS
 
 

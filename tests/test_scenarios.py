@@ -1,5 +1,6 @@
-"""Every scenario (the bundled library's, the contract's, and the engine's own edge cases) passes on the
-time-skipping Temporal test server, through the real interpreter and the real activities."""
+"""Every scenario (the bundled library's, the language contract's, and the engine's own edge cases) passes on the
+time-skipping Temporal test server, through the real interpreter and the real activities. The contract's scenario
+is the one copied into docs/language-contract-examples.md."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from engine.testing.scenarios import ScenarioReport, run_scenarios
-from tests.paths import CONTRACT, PLAYBOOKS, ROOT
+from tests.paths import CONTRACT_EXAMPLES, PLAYBOOKS, ROOT
 
 EDGE_CASES = ROOT / "tests" / "scenarios"
 
 
 def contract_scenario(tmp: Path) -> Path:
-    """The scenario printed in the language contract, as a file (its playbook id resolves in the library)."""
-    blocks = re.findall(r"```yaml\n(.*?)```", CONTRACT.read_text(encoding="utf-8"), re.S)
+    """The scenario of the language contract, as a file (its playbook id resolves in the library)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", CONTRACT_EXAMPLES.read_text(encoding="utf-8"), re.S)
     scenario = next(b for b in blocks if b.lstrip().startswith("playbook:"))
     path = tmp / "contract.scenario.yaml"
     path.write_text(scenario, encoding="utf-8")
