@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import select
 from temporalio import activity
-from temporalio.client import Client
 
 from engine.language import expressions as ex
 from engine.storage import models as t
@@ -21,18 +20,9 @@ from .types import SegmentPage, SegmentResult
 
 
 class SegmentActivities:
-    def __init__(
-        self, db_url: str, crm: CrmProvider, client: Client | None = None, library_root: str | None = None
-    ) -> None:
+    def __init__(self, db_url: str, crm: CrmProvider) -> None:
         self.db_url = db_url
         self.crm = crm
-        if library_root is not None:
-            # TEMPORARY (issue 9): engine/runtime/connect.py still registers `start_scheduled_runs` from here. Once it
-            # registers ScheduleActivities(crm, client, settings.library).start_scheduled_runs itself, this goes,
-            # with the `client` and `library_root` parameters (tests/test_architecture.py lists it as pending).
-            from engine.runtime.schedules import ScheduleActivities
-
-            self.start_scheduled_runs = ScheduleActivities(crm, client, library_root).start_scheduled_runs
 
     @activity.defn(name="segment_page")
     def segment_page(self, req: SegmentPage) -> SegmentResult:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -14,6 +15,7 @@ from activities.library import LibraryActivities
 from activities.playbook_activities import Listener, PlaybookActivities
 from activities.segments import SegmentActivities
 
+from .schedules import ScheduleActivities
 from .settings import Settings, reveal
 
 SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "AccountId": "Keyword"}
@@ -21,7 +23,11 @@ SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "Acc
 
 def quiet_runtime() -> Runtime:
     """A Temporal runtime whose core logs only errors (its warnings about the test server's version are noise)."""
-    return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))))
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
 
 
 def _read(path: str | None) -> bytes | None:
@@ -48,7 +54,9 @@ def email_provider(settings: Settings) -> EmailProvider:
     if settings.email_provider == "sendgrid":
         from activities.sendgrid_email import SendGridProvider
 
-        return SendGridProvider(reveal(settings.sendgrid_api_key), host=settings.sendgrid_host, default_sender=settings.default_sender)
+        return SendGridProvider(
+            reveal(settings.sendgrid_api_key), host=settings.sendgrid_host, default_sender=settings.default_sender
+        )
     return OutboxProvider()
 
 
@@ -66,5 +74,11 @@ def activities(
 ) -> list[Callable[..., Any]]:
     crm = crm_provider(settings)
     acts = PlaybookActivities(settings.db_url, crm, email_provider(settings), settings.default_sender, listeners)
-    segments = SegmentActivities(settings.db_url, crm, client, settings.library)
-    return [*acts.all(), LibraryActivities(settings.library).load_playbook, segments.segment_page, segments.start_scheduled_runs]
+    segments = SegmentActivities(settings.db_url, crm)
+    ticks = ScheduleActivities(crm, client, settings.library)
+    return [
+        *acts.all(),
+        LibraryActivities(settings.library).load_playbook,
+        segments.segment_page,
+        ticks.start_scheduled_runs,
+    ]
