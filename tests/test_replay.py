@@ -96,7 +96,9 @@ class ReorderedPlaybookRun:
     async def run(self, run: dict[str, Any]) -> None:
         timeout = timedelta(seconds=60)
         await workflow.execute_activity("assign_owner", {}, start_to_close_timeout=timeout)
-        await workflow.execute_activity("load_account", {"account_id": run["account_id"]}, start_to_close_timeout=timeout)
+        await workflow.execute_activity(
+            "load_account", {"account_id": run["account_id"]}, start_to_close_timeout=timeout
+        )
 
 
 def test_a_reordered_interpreter_fails_to_replay():

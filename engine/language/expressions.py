@@ -875,15 +875,19 @@ def _analyse(tree: nodes.Template, template: bool = False) -> Analysis:
             ):
                 result.unsafe.extend(_format_string_attributes(target.node.value))
         elif isinstance(node, (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
-            tag = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "from", nodes.Extends: "extends"}[type(node)]
+            tag = {
+                nodes.Include: "include",
+                nodes.Import: "import",
+                nodes.FromImport: "from",
+                nodes.Extends: "extends",
+            }[type(node)]
             result.forbidden.append(tag)
         elif isinstance(node, (nodes.Mul, nodes.Pow)):
             refused = _literal_operator_limit(node)
             if refused:
                 result.limits.append((node.lineno, refused))
-        elif isinstance(node, nodes.Test):
-            if node.name not in env.tests:
-                result.unknown_tests.add(node.name)
+        elif isinstance(node, nodes.Test) and node.name not in env.tests:
+            result.unknown_tests.add(node.name)
         stack.extend(node.iter_child_nodes())
     # Names bound by {% for %}/{% set %}/macros are not free. (Jinja's own meta module gets scoping exactly
     # right but runs its code generator, which costs as much as compiling.)
@@ -1056,4 +1060,3 @@ def _merge(analyses: list[Analysis]) -> Analysis:
 def analyse_expression(source: str) -> Analysis:
     """Parses a bare expression and reports what it uses. Raises AnalysisError on a syntax error."""
     return _analyse(_parse_expression(source))
-

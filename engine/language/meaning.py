@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from croniter import croniter
 
@@ -130,10 +131,14 @@ class Checker:
                 close = next((suggest(str(k), STEP_KINDS) for k in unknown if suggest(str(k), STEP_KINDS)), None)
                 if unknown and close:
                     key = next(k for k in unknown if suggest(str(k), STEP_KINDS) == close)
-                    self.at_key(path + (key,), f"unknown step kind '{key}'; did you mean '{close}'? A step has one of: {all_kinds}")
+                    self.at_key(
+                        path + (key,),
+                        f"unknown step kind '{key}'; did you mean '{close}'? A step has one of: {all_kinds}",
+                    )
                 elif unknown:
                     self.at_key(
-                        path + (unknown[0],), f"unknown step kind '{unknown[0]}'; a step has exactly one of: {all_kinds}"
+                        path + (unknown[0],),
+                        f"unknown step kind '{unknown[0]}'; a step has exactly one of: {all_kinds}",
                     )
                 else:
                     self.at_value(path, f"step has no kind; a step has exactly one of: {all_kinds}")
@@ -160,7 +165,8 @@ class Checker:
                         first = self.doc.pos(self.steps_by_id[step_id].path + ("id",))
                         self.at_value(
                             step_path + ("id",),
-                            f"duplicate step id '{step_id}' (first used at line {first.value_line}); step ids are unique in a playbook",
+                            f"duplicate step id '{step_id}' (first used at line {first.value_line}); "
+                            "step ids are unique in a playbook",
                         )
                     else:
                         self.steps_by_id[step_id] = StepInfo(step_path, kind, for_each)
@@ -175,9 +181,15 @@ class Checker:
             return
         modes = [m for m in ("event", "schedule", "manual") if m in trigger]
         if len(modes) > 1:
-            self.at_key(("trigger", modes[1]), f"trigger has both '{modes[0]}' and '{modes[1]}'; give exactly one of event, schedule, manual")
+            self.at_key(
+                ("trigger", modes[1]),
+                f"trigger has both '{modes[0]}' and '{modes[1]}'; give exactly one of event, schedule, manual",
+            )
         if "when" in trigger and "event" not in trigger:
-            self.at_key(("trigger", "when"), "trigger 'when' filters events; it needs 'event' (for schedules use schedule.accounts)")
+            self.at_key(
+                ("trigger", "when"),
+                "trigger 'when' filters events; it needs 'event' (for schedules use schedule.accounts)",
+            )
         self.check_expression(("trigger", "when"), trigger.get("when"), TRIGGER_NAMES, None)
         schedule = trigger.get("schedule")
         if isinstance(schedule, dict):
@@ -193,7 +205,9 @@ class Checker:
         settings = data.get("settings")
         if isinstance(settings, dict):
             self.check_timezone(("settings", "timezone"), settings.get("timezone"))
-            self.check_strings(("settings", "timezone"), settings.get("timezone"), ("account", "contact", "event"), None)
+            self.check_strings(
+                ("settings", "timezone"), settings.get("timezone"), ("account", "contact", "event"), None
+            )
         enrollment = data.get("enrollment")
         if isinstance(enrollment, dict):
             self.check_strings(("enrollment", "key"), enrollment.get("key"), ("account", "contact", "event"), None)
@@ -235,7 +249,9 @@ class Checker:
                             step_path + ("for_each", "as"),
                             f"'as: {name}' would hide the playbook's own '{name}'; pick another name",
                         )
-                    inner = Scope(dict(scope.visible), scope.locals + (name,), scope.in_for_each + (path_text(step_path),))
+                    inner = Scope(
+                        dict(scope.visible), scope.locals + (name,), scope.in_for_each + (path_text(step_path),)
+                    )
                 else:
                     # cases and branches see what ran before the container, not each other
                     inner = Scope(dict(scope.visible), scope.locals, scope.in_for_each)
@@ -309,7 +325,9 @@ class Checker:
             if not isinstance(case, dict):
                 continue
             if "else" in case and j != len(spec) - 1:
-                self.at_key(path + (j, "else"), "'else' must be the last item of a switch; the cases after it never run")
+                self.at_key(
+                    path + (j, "else"), "'else' must be the last item of a switch; the cases after it never run"
+                )
 
     def check_wait(self, spec: Any, path: Path) -> None:
         if isinstance(spec, str):
@@ -332,10 +350,10 @@ class Checker:
         if not isinstance(spec, dict):
             return
         assignee = spec.get("assignee")
-        if isinstance(assignee, str) and not ex.is_template(assignee):
-            if not (assignee == "owner" or assignee.startswith(("role:", "user:"))) or assignee.endswith(":"):
-                hint = f"; did you mean 'user:{assignee}'?" if ":" not in assignee else ""
-                self.at_value(path + ("assignee",), f"assignee must be {ASSIGNEE_FORMS}; got '{assignee}'{hint}")
+        valid = assignee == "owner" or (isinstance(assignee, str) and assignee.startswith(("role:", "user:")))
+        if isinstance(assignee, str) and not ex.is_template(assignee) and (not valid or assignee.endswith(":")):
+            hint = f"; did you mean 'user:{assignee}'?" if ":" not in assignee else ""
+            self.at_value(path + ("assignee",), f"assignee must be {ASSIGNEE_FORMS}; got '{assignee}'{hint}")
         if "timeout" in spec and spec.get("wait") is not True:
             self.at_key(path + ("timeout",), "call_task 'timeout' only applies with 'wait: true'")
 
@@ -361,7 +379,9 @@ class Checker:
             for j, v in enumerate(value):
                 self.check_strings(path + (j,), v, names, scope)
 
-    def check_template(self, path: Path, value: str, names: tuple[str, ...], scope: Scope | None, self_id: str | None = None) -> None:
+    def check_template(
+        self, path: Path, value: str, names: tuple[str, ...], scope: Scope | None, self_id: str | None = None
+    ) -> None:
         if not ex.is_template(value):
             return
         try:
@@ -392,9 +412,12 @@ class Checker:
             i = block[template_line - 1]
         else:
             # a folded (>) block joins lines: find the first line that does not parse on its own
-            i = next((j for j in block if ("{{" in lines[j] or "{%" in lines[j]) and _fails(lines[j].strip())), None)
-            if i is None:
+            found = next(
+                (j for j in block if ("{{" in lines[j] or "{%" in lines[j]) and _fails(lines[j].strip())), None
+            )
+            if found is None:
                 return pos.value_line, pos.value_col
+            i = found
         return i + 1, len(lines[i]) - len(lines[i].lstrip()) + 1
 
     def check_expression(
@@ -427,9 +450,13 @@ class Checker:
         self, path: Path, analysis: ex.Analysis, names: tuple[str, ...], scope: Scope | None, self_id: str | None
     ) -> None:
         for tag in sorted(set(analysis.forbidden)):
-            self.at_value(path, f"'{{% {tag} %}}' is not allowed: a template cannot load other templates or files", "expression")
+            self.at_value(
+                path, f"'{{% {tag} %}}' is not allowed: a template cannot load other templates or files", "expression"
+            )
         for attr in sorted(set(analysis.unsafe)):
-            self.at_value(path, f"access to '{attr}' is not allowed: templates cannot reach Python internals", "expression")
+            self.at_value(
+                path, f"access to '{attr}' is not allowed: templates cannot reach Python internals", "expression"
+            )
         if analysis.unsafe or analysis.forbidden:
             return
         allowed = set(names) | set(JINJA_GLOBALS)
@@ -475,10 +502,16 @@ class Checker:
                 self.at_value(path, f"'run' has no field '{ref.attrs[0]}'; it has {', '.join(RUN_FIELDS)}", "reference")
             elif ref.root == "event" and ref.attrs and ref.attrs[0] not in EVENT_FIELDS and "event" in names:
                 close = suggest(ref.attrs[0], EVENT_FIELDS)
-                hint = f"did you mean 'event.{close}'? " if close else f"event data is under event.data.{ref.attrs[0]}; "
-                self.at_value(path, f"'event' has no field '{ref.attrs[0]}'; {hint}fields: {', '.join(EVENT_FIELDS)}", "reference")
+                hint = (
+                    f"did you mean 'event.{close}'? " if close else f"event data is under event.data.{ref.attrs[0]}; "
+                )
+                self.at_value(
+                    path, f"'event' has no field '{ref.attrs[0]}'; {hint}fields: {', '.join(EVENT_FIELDS)}", "reference"
+                )
 
-    def check_step_reference(self, path: Path, attrs: tuple[str, ...], scope: Scope | None, self_id: str | None) -> None:
+    def check_step_reference(
+        self, path: Path, attrs: tuple[str, ...], scope: Scope | None, self_id: str | None
+    ) -> None:
         if not attrs:
             return
         target = attrs[0]
@@ -497,8 +530,8 @@ class Checker:
         if info.for_each and info.for_each not in scope.in_for_each:
             self.at_value(
                 path,
-                f"steps.{target} runs once per item inside a for_each (line {line}); outside it use the for_each step's "
-                "count and failed",
+                f"steps.{target} runs once per item inside a for_each (line {line}); "
+                "outside it use the for_each step's count and failed",
                 "reference",
             )
             return
@@ -517,7 +550,8 @@ class Checker:
                 hint = f"did you mean '{close}'? " if close else ""
                 self.at_value(
                     path,
-                    f"{_article(info.kind)} {info.kind} step's result has no '{attrs[1]}'; {hint}it has {', '.join(fields)}",
+                    f"{_article(info.kind)} {info.kind} step's result has no '{attrs[1]}'; "
+                    f"{hint}it has {', '.join(fields)}",
                     "reference",
                 )
 
@@ -534,7 +568,13 @@ def _fails(template: str) -> bool:
     return False
 
 
-CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"), ("month", "1-12"), ("day-of-week", "0-7"))
+CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12"),
+    ("day-of-week", "0-7"),
+)
 
 
 def cron_problem(cron: str) -> str | None:

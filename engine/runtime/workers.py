@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
 from temporalio.api.enums.v1 import TaskQueueType
@@ -38,7 +39,14 @@ from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 # Modules the workflow sandbox takes from the worker instead of re-importing them for every run: pure,
 # deterministic code only. Most are needed, not just cheaper: the sandbox's own copies of jinja2 (locks),
 # the model's dataclasses and zoneinfo objects do not work inside it (bench/memory.py tries each without).
-PASSTHROUGH = ("jinja2", "markupsafe", "engine.language", "engine.interpreter.calendar", "engine.interpreter.messages", "activities.types")
+PASSTHROUGH = (
+    "jinja2",
+    "markupsafe",
+    "engine.language",
+    "engine.interpreter.calendar",
+    "engine.interpreter.messages",
+    "activities.types",
+)
 
 
 def sandbox_runner() -> SandboxedWorkflowRunner:
