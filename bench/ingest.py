@@ -90,8 +90,6 @@ def percentile(values: list[float], q: float) -> float:
 # the intake's parts that are timed in the API process, where they exist (module-level functions of intake.py)
 TIMED = (
     "before_starts",
-    "live_runs",
-    "visibility_query",
     "signal_runs",
     "start_enrolled",
     "remember",
@@ -142,10 +140,8 @@ def serve_api(port: int) -> None:
 
     app = create_app(settings)
     for name in TIMED:
-        if name not in ("take_event", "visibility_query") and hasattr(intake, name):
+        if name != "take_event" and hasattr(intake, name):
             setattr(intake, name, timed(name, getattr(intake, name)))
-    if hasattr(intake, "_LiveRunLookup"):  # how many visibility queries the live-run lookups cost
-        intake._LiveRunLookup._query = timed("visibility_query", intake._LiveRunLookup._query)
     events_route.take_event = timed("take_event", intake.take_event)
 
     @app.get("/_bench/timings", include_in_schema=False)
@@ -422,12 +418,10 @@ def cpu_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] 
 
 # the parts of the API process's work, by a function on the stack (the first that matches, in this order)
 PARTS = (
-    ("SQLite: before_starts (dedupe, account upsert and read)", "before_starts (engine/runtime/intake.py"),
+    ("SQLite: before_starts (dedupe, account, listening runs)", "before_starts (engine/runtime/intake.py"),
     ("SQLite: remember (write)", "remember (engine/runtime/intake.py"),
     ("SQLite: token lookup", "caller_for (api/security.py"),
     ("Temporal: start_workflow (payload encoding, RPC)", "start_enrolled (engine/runtime/intake.py"),
-    ("Temporal: live-run lookup", "live_runs (engine/runtime/intake.py"),
-    ("Temporal: live-run lookup", "_serve (engine/runtime/intake.py"),
     ("Temporal: signals", "signal_runs (engine/runtime/intake.py"),
     ("intake: triggers, enrollment keys", "take_event (engine/runtime/intake.py"),
     ("route: signature, body parsing, answer", "post_event (api/routes/events.py"),
