@@ -26,7 +26,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,6 +40,7 @@ from temporalio.worker import Worker
 from engine.runtime.connect import quiet_runtime
 from engine.runtime.devstack import DevServer
 from engine.runtime.runs import start_run
+from engine.runtime.settings import SettingsError, load_settings
 from engine.runtime.workers import (
     DEFAULT_DEPLOYMENT_NAME,
     Versioning,
@@ -227,22 +227,15 @@ async def _deploy_while_runs_wait(tmp: Path) -> None:
 # ------------------------------------------------------------------------------------- without a server
 
 
-def test_versioning_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PLAYBOOK_WORKER_VERSIONING", "PLAYBOOK_DEPLOYMENT_NAME", "PLAYBOOK_BUILD_ID"):
-        monkeypatch.delenv(name, raising=False)
-    none = SimpleNamespace()  # Settings without the versioning fields: their PLAYBOOK_* variables count
-    assert versioning(none) == Versioning(DEFAULT_DEPLOYMENT_NAME, code_build_id())
-    monkeypatch.setenv("PLAYBOOK_BUILD_ID", "4f1c2e9")
-    monkeypatch.setenv("PLAYBOOK_DEPLOYMENT_NAME", "cs-engine")
-    assert versioning(none) == Versioning("cs-engine", "4f1c2e9")
-    assert versioning(none).label == "cs-engine:4f1c2e9"
-    monkeypatch.setenv("PLAYBOOK_WORKER_VERSIONING", "false")
-    assert versioning(none) is None
-    # Settings fields, once they exist, win over the environment
-    fields = SimpleNamespace(worker_versioning=True, deployment_name="playbook-engine", build_id=None)
-    assert versioning(fields) == Versioning("playbook-engine", code_build_id())
-    with pytest.raises(ValueError, match="without dots"):
-        versioning(SimpleNamespace(worker_versioning=True, deployment_name="cs.engine", build_id="x"))
+def test_versioning_settings() -> None:
+    env = {"PLAYBOOK_ENVIRONMENT": "dev"}
+    assert versioning(load_settings(env)) == Versioning(DEFAULT_DEPLOYMENT_NAME, code_build_id())
+    named = load_settings({**env, "PLAYBOOK_BUILD_ID": "4f1c2e9", "PLAYBOOK_DEPLOYMENT_NAME": "cs-engine"})
+    assert versioning(named) == Versioning("cs-engine", "4f1c2e9")
+    assert versioning(named).label == "cs-engine:4f1c2e9"  # type: ignore[union-attr]
+    assert versioning(load_settings({**env, "PLAYBOOK_WORKER_VERSIONING": "false"})) is None
+    with pytest.raises(SettingsError, match="without dots"):
+        load_settings({**env, "PLAYBOOK_DEPLOYMENT_NAME": "cs.engine"}).check()
 
 
 def test_the_default_build_id_is_the_version_and_a_hash_of_the_code() -> None:

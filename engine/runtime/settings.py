@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     temporal_api_key: SecretStr | None = None  # Temporal Cloud API key (implies TLS)
     task_queue: str = "playbooks"
     temporal_ui_port: int = 8233
+    # Worker Versioning (docs/operations.md, "Deploying new engine code"): runs are pinned to the version that
+    # started them; build_id defaults to the package version and a hash of the engine's code
+    worker_versioning: bool = True
+    deployment_name: str = "playbook-engine"
+    build_id: str | None = None
 
     database_url: str | None = None  # default: SQLite under home
 
@@ -123,7 +128,9 @@ class Settings(BaseSettings):
     hubspot_base_url: str = "https://api.hubapi.com"
 
     event_signing_secret: SecretStr | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
-    inbox_secret: SecretStr | None = None  # signs CSM inbox sessions; the same on every API process (else a key in home)
+    inbox_secret: SecretStr | None = (
+        None  # signs CSM inbox sessions; the same on every API process (else a key in home)
+    )
     api_port: int = 8000
 
     log_format: str | None = None  # console | json; default: console in dev, json elsewhere
@@ -157,7 +164,7 @@ class Settings(BaseSettings):
     def _database_url_shown(self, url: str | None) -> str | None:
         return _hide_password(url) if url else url
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated; the environment is not read again)."""
         return type(self).model_validate({**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
@@ -173,7 +180,7 @@ class Settings(BaseSettings):
     def logs_as_json(self) -> bool:
         return (self.log_format or ("console" if self.is_dev else "json")) == "json"
 
-    def check(self) -> "Settings":
+    def check(self) -> Settings:
         problems = []
         if self.email_provider not in ("outbox", "sendgrid"):
             problems.append(f"PLAYBOOK_EMAIL_PROVIDER must be outbox or sendgrid, not {self.email_provider!r}")
@@ -183,6 +190,11 @@ class Settings(BaseSettings):
             problems.append("PLAYBOOK_SENDGRID_API_KEY is missing or a placeholder")
         if self.crm_provider == "hubspot" and reveal(self.hubspot_token).lower() in PLACEHOLDERS:
             problems.append("PLAYBOOK_HUBSPOT_TOKEN is missing or a placeholder")
+        if self.worker_versioning and (not self.deployment_name or "." in self.deployment_name):
+            # Temporal writes a version as <deployment>.<build id>
+            problems.append(
+                f"PLAYBOOK_DEPLOYMENT_NAME must be a non-empty name without dots, not {self.deployment_name!r}"
+            )
         if not self.is_dev:
             if self.db_url.startswith("sqlite"):
                 problems.append("set PLAYBOOK_DATABASE_URL to a shared database (PostgreSQL), not SQLite")
@@ -203,10 +215,13 @@ class Settings(BaseSettings):
         if problems:
             if not self.is_dev:
                 which = (
-                    f"PLAYBOOK_ENVIRONMENT={self.environment}" if "environment" in self.model_fields_set
+                    f"PLAYBOOK_ENVIRONMENT={self.environment}"
+                    if "environment" in self.model_fields_set
                     else "PLAYBOOK_ENVIRONMENT is not set, so production"
                 )
-                raise SettingsError("; ".join(problems) + f" ({which}; on a laptop use `playbook dev` or PLAYBOOK_ENVIRONMENT=dev)")
+                raise SettingsError(
+                    "; ".join(problems) + f" ({which}; on a laptop use `playbook dev` or PLAYBOOK_ENVIRONMENT=dev)"
+                )
             raise SettingsError("; ".join(problems))
         return self
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
+
+from .settings import Settings
 
 # Modules the workflow sandbox takes from the worker instead of re-importing them for every run: pure,
 # deterministic code only. Most are needed, not just cheaper: the sandbox's own copies of jinja2 (locks),
@@ -86,17 +87,6 @@ DEFAULT_DEPLOYMENT_NAME = "playbook-engine"
 CODE_PACKAGES = ("engine", "activities")  # the code a worker runs: its build id changes whenever they do
 
 
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    """A versioning setting: the Settings field once it has one, until then its PLAYBOOK_* variable."""
-    if hasattr(settings, name):
-        value = getattr(settings, name)
-    else:
-        value = os.environ.get(f"PLAYBOOK_{name.upper()}") or None
-        if value is not None and isinstance(default, bool):
-            value = value.strip().lower() in ("1", "true", "yes", "on")
-    return default if value is None else value
-
-
 def engine_version() -> str:
     try:
         return metadata.version("playbook-engine")
@@ -145,15 +135,14 @@ class Versioning:
         )
 
 
-def versioning(settings: Any) -> Versioning | None:
+def versioning(settings: Settings) -> Versioning | None:
     """The worker's version from the settings (worker_versioning, deployment_name, build_id), or None when off."""
-    if not _setting(settings, "worker_versioning", True):
+    if not settings.worker_versioning:
         return None
-    name = str(_setting(settings, "deployment_name", DEFAULT_DEPLOYMENT_NAME))
+    name = settings.deployment_name
     if not name or "." in name:  # Temporal writes a version as <deployment>.<build id>
         raise ValueError(f"PLAYBOOK_DEPLOYMENT_NAME must be a non-empty name without dots, not {name!r}")
-    build_id = str(_setting(settings, "build_id", None) or code_build_id())
-    return Versioning(name, build_id)
+    return Versioning(name, settings.build_id or code_build_id())
 
 
 class DeployError(Exception):
