@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,7 +17,7 @@ from rich.table import Table
 
 from .language.library import FileResult, discover, is_scenario, validate_paths
 from .language.model import Playbook
-from .language.problems import format_github, format_json, format_text
+from .language.problems import Problem, format_github, format_json, format_text
 from .language.scenario import ScenarioResult
 
 app = typer.Typer(
@@ -29,7 +31,7 @@ app = typer.Typer(
 DEFAULT_LIBRARY = Path("playbooks")
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     text = "text"
     json = "json"
     github = "github"
@@ -40,7 +42,7 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=140)
 
 
-def _problems(results: list[FileResult]) -> list:
+def _problems(results: list[FileResult]) -> list[Problem]:
     return [p for r in results for p in r.problems]
 
 
@@ -52,13 +54,19 @@ def _print_problems(results: list[FileResult], fmt: Format, err: Console) -> Non
         if problems:
             print(format_github(problems))
     elif problems:
-        err.print(format_text(problems, {r.file: r.text for r in results}), markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            format_text(problems, {r.file: r.text for r in results}), markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @app.command()
 def validate(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Playbook or scenario files, or folders (default: playbooks/).")] = None,
-    format: Annotated[Format, typer.Option("--format", "-f", help="text, json, or github (annotations for CI).")] = Format.text,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Playbook or scenario files, or folders (default: playbooks/).")
+    ] = None,
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="text, json, or github (annotations for CI).")
+    ] = Format.text,
 ) -> None:
     """Check playbooks and scenarios: YAML, schema and meaning. Exits 1 on any problem."""
     targets = paths or [DEFAULT_LIBRARY]
@@ -136,7 +144,9 @@ def dev(
     library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
     port: Annotated[int, typer.Option(help="Temporal's gRPC port.")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
-    check_only: Annotated[bool, typer.Option("--check-only", help="Check and show the library, start nothing.")] = False,
+    check_only: Annotated[
+        bool, typer.Option("--check-only", help="Check and show the library, start nothing.")
+    ] = False,
 ) -> None:
     """Start everything locally: the Temporal dev server (with Web UI), the worker, the bundled playbooks."""
     import asyncio
@@ -145,10 +155,8 @@ def dev(
     if check_only:
         raise typer.Exit(1 if n_problems else 0)
     settings = dev_settings(library, port)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_dev_stack(settings, port, ui_port))
-    except KeyboardInterrupt:
-        pass
     Console().print("stopped.", markup=False)
 
 
@@ -198,7 +206,10 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         if synced.created or synced.updated:
             console.print(f"schedules: {', '.join(synced.created + synced.updated)}", markup=False)
         if seed_demo(settings.db_url):
-            console.print("seeded a demo team (csm-de, csm-en, csm-fr, lead-1) and accounts acc-kraus, acc-brightside", markup=False)
+            console.print(
+                "seeded a demo team (csm-de, csm-en, csm-fr, lead-1) and accounts acc-kraus, acc-brightside",
+                markup=False,
+            )
         from worker import run_worker
 
         stop = asyncio.Event()
@@ -214,9 +225,15 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         # The worker makes its version current, as `playbook deploy` does in production (docs/operations.md).
         label = version.label if version else "unversioned (PLAYBOOK_WORKER_VERSIONING=false)"
         console.print(f"Version:   {label}", markup=False)
-        console.print(f"API:       http://127.0.0.1:{settings.api_port}/docs   (tokens: playbook token create)", markup=False)
-        console.print(f"Inbox:     http://127.0.0.1:{settings.api_port}/inbox  (CSMs sign in with their token)", markup=False)
-        console.print("Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False)
+        console.print(
+            f"API:       http://127.0.0.1:{settings.api_port}/docs   (tokens: playbook token create)", markup=False
+        )
+        console.print(
+            f"Inbox:     http://127.0.0.1:{settings.api_port}/inbox  (CSMs sign in with their token)", markup=False
+        )
+        console.print(
+            "Try:       playbook run repricer-onboarding --account acc-kraus   (Ctrl-C stops everything)", markup=False
+        )
         await asyncio.gather(run_worker(settings, stop, current=True), _serve_api(settings, stop))
     finally:
         server.stop()
@@ -227,8 +244,13 @@ async def _serve_api(settings, stop) -> None:  # type: ignore[no-untyped-def]
 
     from api.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port, log_config=None))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # Ctrl-C is handled by `dev`
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # Ctrl-C is handled by `dev`, which stops the API with the rest of the stack
+
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port, log_config=None)
+    server = Server(config)
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True
@@ -244,6 +266,7 @@ def api(
     import uvicorn
 
     from api.app import create_app
+
     from .runtime.logs import configure
 
     settings = _settings_to_start("api")
@@ -259,10 +282,11 @@ app.add_typer(token_app, name="token")
 def token_create(
     name: Annotated[str, typer.Option(help="Who or what uses it.")],
     role: Annotated[str, typer.Option(help="ops, csm or system.")],
-    csm: Annotated[Optional[str], typer.Option(help="For role csm: the CSM's id.")] = None,
+    csm: Annotated[str | None, typer.Option(help="For role csm: the CSM's id.")] = None,
 ) -> None:
     """Create an API token and print it (only its hash is stored)."""
     from api.security import create_token
+
     from .runtime.settings import load_settings
     from .storage.db import migrate as upgrade
 
@@ -280,7 +304,9 @@ def token_create(
 def run(
     playbook: Annotated[str, typer.Argument(help="A playbook id in the library, or a path to a playbook file.")],
     account: Annotated[str, typer.Option("--account", help="The account to run it for.")],
-    event: Annotated[Optional[Path], typer.Option("--event", help="A JSON or YAML file with the trigger event {type, data}.")] = None,
+    event: Annotated[
+        Path | None, typer.Option("--event", help="A JSON or YAML file with the trigger event {type, data}.")
+    ] = None,
     library: Annotated[Path, typer.Option("--library", help="The library folder.")] = DEFAULT_LIBRARY,
 ) -> None:
     """Start a run of a playbook for an account by hand."""
@@ -314,7 +340,9 @@ def run(
         if not isinstance(data, dict) or "type" not in data:
             err.print(f"{event}: an event is a mapping with at least 'type'", markup=False)
             raise typer.Exit(2)
-        trigger_event = Event(type=str(data["type"]), data=dict(data.get("data") or {}), id=data.get("id"), account_id=account)
+        trigger_event = Event(
+            type=str(data["type"]), data=dict(data.get("data") or {}), id=data.get("id"), account_id=account
+        )
     settings = load_settings()
 
     async def go() -> str:
@@ -337,9 +365,9 @@ app.add_typer(runs_app, name="runs")
 @runs_app.callback()
 def runs_list(
     ctx: typer.Context,
-    playbook: Annotated[Optional[str], typer.Option(help="Only this playbook.")] = None,
-    account: Annotated[Optional[str], typer.Option(help="Only this account.")] = None,
-    status: Annotated[Optional[str], typer.Option(help="running, completed, failed, terminated, ...")] = None,
+    playbook: Annotated[str | None, typer.Option(help="Only this playbook.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    status: Annotated[str | None, typer.Option(help="running, completed, failed, terminated, ...")] = None,
 ) -> None:
     """List runs: playbook, version, account, status and current step."""
     if ctx.invoked_subcommand is not None:
@@ -347,10 +375,10 @@ def runs_list(
     import asyncio
 
     from .runtime.connect import connect
-    from .runtime.runs import list_runs
+    from .runtime.runs import RunSummary, list_runs
     from .runtime.settings import load_settings
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> list[RunSummary]:
         client = await connect(load_settings())
         return await list_runs(client, playbook=playbook, account=account, status=status)
 
@@ -363,8 +391,15 @@ def runs_list(
     for column in ("run", "playbook", "version", "account", "status", "current step", "started"):
         table.add_column(column)
     for r in runs:
-        table.add_row(r.id, r.playbook, r.version, r.account, r.status, ", ".join(r.current),
-                      r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "")
+        table.add_row(
+            r.id,
+            r.playbook,
+            r.version,
+            r.account,
+            r.status,
+            ", ".join(r.current),
+            r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "",
+        )
     _console().print(table)
 
 
@@ -373,11 +408,12 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="The run (workflow) id.
     """Show a run's version, status and timeline."""
     import asyncio
 
+    from .interpreter.messages import RunState
     from .runtime.connect import connect
     from .runtime.runs import run_state
     from .runtime.settings import load_settings
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> tuple[RunState, str]:
         client = await connect(load_settings())
         return await run_state(client, run_id)
 
@@ -387,7 +423,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="The run (workflow) id.
         Console(stderr=True).print(f"could not read run {run_id}: {exc}", markup=False)
         raise typer.Exit(1) from None
     console = _console()
-    console.print(f"{run_id}: {state.playbook_id} version {state.version[:8]}, account {state.account_id}, {status}", markup=False)
+    console.print(
+        f"{run_id}: {state.playbook_id} version {state.version[:8]}, account {state.account_id}, {status}", markup=False
+    )
     table = Table(box=None)
     for column in ("at", "step", "kind", "status", "detail"):
         table.add_column(column, overflow="fold")
@@ -475,7 +513,7 @@ def worker() -> None:
 
 @app.command()
 def test(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Scenario files or folders (default: playbooks/).")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Scenario files or folders (default: playbooks/).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Run scenarios on Temporal's time-skipping test server and check their expectations."""
