@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import structlog
 from temporalio.client import Client
@@ -22,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from engine.runtime import connect as rt
 from engine.runtime.logs import configure
-from engine.runtime.settings import Settings, load_settings
+from engine.runtime.settings import Settings, SettingsError, load_settings
 from engine.runtime.workers import (
     DeployError,
     Versioning,
@@ -98,7 +99,10 @@ async def _take_current(client: Client, task_queue: str, version: Versioning, *,
 
 
 def main() -> None:
-    settings = load_settings().check()
+    try:
+        settings = load_settings().check()
+    except SettingsError as err:  # one line, as `playbook worker` says it; never a traceback or a secret
+        sys.exit(f"worker.py: refusing to start: {err}")
     configure(settings.logs_as_json)
     stop = asyncio.Event()
 
