@@ -170,7 +170,7 @@ def test_secrets_are_not_in_error_messages(tmp_path: Path) -> None:
         load_settings(bad)
     assert str(caught.value) == f"PLAYBOOK_API_PORT: {NOT_AN_INTEGER}"
     file = tmp_path / "settings.toml"
-    file.write_text('sendgrid_api_key = 4716999\n')  # not a string: pydantic would quote the input
+    file.write_text("sendgrid_api_key = 4716999\n")  # not a string: pydantic would quote the input
     with pytest.raises(SettingsError) as caught:
         load_settings({"PLAYBOOK_SETTINGS_FILE": str(file)})
     assert "4716999" not in str(caught.value) and "PLAYBOOK_SENDGRID_API_KEY" in str(caught.value)
@@ -245,6 +245,15 @@ def test_worker_and_api_refuse_to_start_with_an_empty_environment(command: str, 
     [line] = done.stderr.splitlines()
     assert line.startswith(f"playbook {command}: refusing to start: ")
     assert "PLAYBOOK_DATABASE_URL" in line and "PLAYBOOK_ALLOW_OUTBOX=true" in line and "PLAYBOOK_ENVIRONMENT" in line
+
+
+def test_worker_py_refuses_in_one_line_too(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **SECRETS}
+    done = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("worker.py: refusing to start: ") and "PLAYBOOK_ENVIRONMENT" in line
+    assert_no_secret(done.stderr + done.stdout)
 
 
 def test_a_refusal_shows_no_secret(tmp_path: Path) -> None:
