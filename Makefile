@@ -47,6 +47,7 @@ bench: $(STAMP) bytecode
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/longrun.py
 
 clean:
 	rm -rf $(VENV) .playbook build .pytest_cache .hypothesis

@@ -17,7 +17,6 @@ from temporalio.client import Client
 
 from .connect import SEARCH_ATTRIBUTES, quiet_runtime
 
-
 # Worker Versioning on the dev server: whether an old version still has runs pinned to it ("draining") or none
 # ("drained", its workers may stop) is checked every 3 minutes by default, after a 3-minute grace period for
 # visibility; the dev server checks within seconds, so `playbook dev` and the tests see a version drain.
@@ -35,8 +34,17 @@ def temporal_binary() -> str:
 
 
 class DevServer:
-    def __init__(self, home: Path, port: int = 7233, ui_port: int = 8233, namespace: str = "default") -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int = 7233,
+        ui_port: int = 8233,
+        namespace: str = "default",
+        dynamic_config: dict[str, str] | None = None,
+    ) -> None:
+        """``dynamic_config``: more --dynamic-config-value settings (values as JSON text), over DYNAMIC_CONFIG."""
         self.home = home
+        self.dynamic_config = {**DYNAMIC_CONFIG, **(dynamic_config or {})}
         self.port = port
         self.ui_port = ui_port
         self.namespace = namespace
@@ -52,17 +60,25 @@ class DevServer:
 
     def command(self) -> list[str]:
         cmd = [
-            temporal_binary(), "server", "start-dev",
-            "--db-filename", str(self.home / "temporal.db"),
-            "--ip", "127.0.0.1",
-            "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
-            "--namespace", self.namespace,
-            "--log-level", "error",
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.home / "temporal.db"),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--namespace",
+            self.namespace,
+            "--log-level",
+            "error",
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             cmd += ["--search-attribute", f"{name}={kind}"]
-        for key, value in DYNAMIC_CONFIG.items():
+        for key, value in self.dynamic_config.items():
             cmd += ["--dynamic-config-value", f"{key}={value}"]
         return cmd
 
@@ -73,7 +89,9 @@ class DevServer:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"temporal dev server exited ({self.process.returncode}); see {self.home / 'temporal.log'}")
+                raise RuntimeError(
+                    f"temporal dev server exited ({self.process.returncode}); see {self.home / 'temporal.log'}"
+                )
             try:
                 return await Client.connect(self.address, namespace=self.namespace, runtime=quiet_runtime())
             except Exception:  # noqa: BLE001 - not up yet
