@@ -234,8 +234,12 @@ def run_started(subject: str) -> str:
     return subject.split(" (run started ")[1].rstrip(")")
 
 
+CONTINUED = "continues as a new run"
+
+
 def timeline_shape(timeline: list[TimelineEntry]) -> list[tuple[str, str]]:
-    return [(e.step_id or e.path, e.status) for e in timeline]
+    """The timeline as ops read it, less the notes that say the run went on as a new run."""
+    return [(e.step_id or e.path, e.status) for e in timeline if not e.detail.startswith(CONTINUED)]
 
 
 # ------------------------------------------------------------------------------------------ a wait
@@ -346,6 +350,9 @@ def test_timeline_of_a_continued_run_reads_as_one_run(server: DevServer, tmp_pat
             await L.feed_until_continued(busy, times=2)
             quiet_result, busy_result = await asyncio.gather(L.result(quiet), L.result(busy))
             assert await L.runs(busy) >= 3 and await L.runs(quiet) == 1
+            # one note per continuation, and otherwise the same timeline as the run that never continued
+            notes = [e for e in busy_result.timeline if e.kind == "run" and e.detail.startswith(CONTINUED)]
+            assert len(notes) == await L.runs(busy) - 1
             assert timeline_shape(busy_result.timeline) == timeline_shape(quiet_result.timeline), (
                 "\n".join(f"{e.step_id or e.path:>8} {e.status:<8} {e.detail}" for e in busy_result.timeline)
             )

@@ -130,6 +130,8 @@ class InterpreterCore:
         self.children: list[Any] = []  # running child workflows (for_each chunks, awaited run_playbook runs)
         self.deadlines: dict[str, str] = {}  # pinned moments (ISO), so a step started again waits for the same
         self.top_step: m.Step | None = None  # the top-level step running now
+        self.resuming: m.Step | None = None  # a top-level step started again after continue-as-new
+        self.started_at: str | None = None  # when the run started (its chain's first run), if not this run
 
     # ----------------------------------------------------------------- context and values
 
@@ -151,7 +153,8 @@ class InterpreterCore:
             "id": info.workflow_id,
             "playbook": self.playbook.id,
             "version": self.playbook.version,
-            "started_at": (info.start_time + self.clock_offset).isoformat() if info.start_time else None,
+            "started_at": self.started_at
+            or ((info.start_time + self.clock_offset).isoformat() if info.start_time else None),
         }
 
     def context(self, scope: Scope, **extra: Any) -> dict[str, Any]:
@@ -215,6 +218,8 @@ class InterpreterCore:
     # ----------------------------------------------------------------- the record
 
     def note(self, step: m.Step, status: str, detail: str = "") -> None:
+        if step is self.resuming and status in ("started", "waiting"):
+            return  # said once, in the run that first started the step
         self.add_entry(TimelineEntry(self.now().isoformat(), step.path, step.id, step.kind, status, detail[:500]))
 
     def add_entry(self, entry: TimelineEntry) -> None:
@@ -384,10 +389,12 @@ class InterpreterCore:
                 self.record(s, scope, "not_run")
 
 
-# Continue as new past these even where the server does not suggest it (the time-skipping test server never
-# does): Temporal's own defaults for the suggestion (limit.historyCount/historySize.suggestContinueAsNew).
-HISTORY_EVENTS_BUDGET = 4 * 1024
-HISTORY_BYTES_BUDGET = 4 * 1024 * 1024
+# Continue as new past these, or when the server suggests it (at 4,096 events or 4 MB by default; the
+# time-skipping test server never does). Half the default, with room to spare: events that arrive while the
+# closing workflow task runs add to the history, and a worker that has to replay a history (after a restart or
+# an eviction) must do so within the 10 s workflow task timeout (bench/longrun.py: ~2 ms per event here).
+HISTORY_EVENTS_BUDGET = 2000
+HISTORY_BYTES_BUDGET = 2 * 1024 * 1024
 
 
 def _reason(err: BaseException) -> str:

@@ -49,6 +49,9 @@ class Carried:
     seq: int
     events: list[tuple[int, Event]]  # events a wait_for can still count, with their sequence numbers
     continued: int = 1  # how many runs the chain has had before this one
+    # when the step is started again (it was waiting): the sequence number at which it first started
+    step_started: int | None = None
+    started_at: str | None = None  # when the chain's first run started (`run.started_at`)
 
 
 @dataclass

@@ -45,14 +45,19 @@ class PlaybookScheduleTick:
         retry = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5))
         for _ in range(PAGES_PER_RUN):
             page: SegmentResult = await workflow.execute_activity(
-                "segment_page", SegmentPage(tick.accounts, tick.after), result_type=SegmentResult,
-                start_to_close_timeout=timedelta(minutes=2), retry_policy=retry,
+                "segment_page",
+                SegmentPage(tick.accounts, tick.after),
+                result_type=SegmentResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=retry,
             )
             if page.account_ids:
                 done: StartRunsResult = await workflow.execute_activity(
                     "start_scheduled_runs",
                     StartRunsRequest(tick.playbook_id, page.account_ids, tick.tick, tick.task_queue),
-                    result_type=StartRunsResult, start_to_close_timeout=timedelta(minutes=5), retry_policy=retry,
+                    result_type=StartRunsResult,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=retry,
                 )
                 tick.started += done.started
                 tick.skipped += done.skipped

@@ -105,10 +105,11 @@ class Interpreter(EffectSteps, FlowSteps):
 class ContinueAt(Exception):
     """The run goes on in a new run of its chain from this top-level step."""
 
-    def __init__(self, index: int, since: int) -> None:
+    def __init__(self, index: int, since: int, step_started: int | None = None) -> None:
         super().__init__(index)
         self.index = index
         self.since = since
+        self.step_started = step_started  # set when the step is started again: when it first started
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -123,21 +124,24 @@ class PlaybookRun(Interpreter):
         self.vars: dict[str, Any] = {}
         self.main: asyncio.Task[None] | None = None
         self.continued = 0
+        self.scope = Scope(steps={}, vars={})
+        self.vars = self.scope.vars  # exit_when rules see the run's vars
+        if run.carried is not None:
+            # here, not in run(): an event in this run's first workflow task is judged with the carried state
+            self.restore(run.carried, self.scope)
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
-        scope = Scope(steps={}, vars={})
-        self.vars = scope.vars  # exit_when rules see the run's vars
-        start, since = 0, 0
-        if run.carried is not None:
-            start, since = self.restore(run.carried, scope)
-        else:
+        scope = self.scope
+        carried = run.carried
+        if carried is None:
             failure = await self.prepare(run, scope)
             if failure is not None:
                 return self.finish("failed", failure)
         if self.exit is not None:  # an exit event came before the first step: nothing is done
             return self.finish(*self.exit_outcome())
-        self.main = asyncio.create_task(self.run_top(scope, start, since))
+        start, since, resumed = (carried.next_step, carried.since, carried.step_started) if carried else (0, 0, None)
+        self.main = asyncio.create_task(self.run_top(scope, start, since, resumed))
         try:
             await self.main
         except asyncio.CancelledError:
@@ -156,6 +160,9 @@ class PlaybookRun(Interpreter):
             if self.exit is not None:
                 return self.finish(*self.exit_outcome())
             await workflow.wait_condition(workflow.all_handlers_finished)
+            info = workflow.info()
+            detail = f"continues as a new run: history of {info.get_current_history_length()} events"
+            self.add_entry(TimelineEntry(self.now().isoformat(), "", None, "run", "info", detail))
             workflow.continue_as_new(
                 RunInput(
                     playbook=run.playbook,
@@ -211,9 +218,10 @@ class PlaybookRun(Interpreter):
             return f"could not start: {err}"
         return None
 
-    async def run_top(self, scope: Scope, start: int, since: int) -> None:
+    async def run_top(self, scope: Scope, start: int, since: int, resumed: int | None) -> None:
         """The top-level steps from ``start``; between two of them, or while one waits, a long history
-        continues the run as new."""
+        continues the run as new. ``resumed``: the step at ``start`` is started again; it first started when
+        the event sequence stood there (the next step's wait_for counts events from then)."""
         steps = self.playbook.steps
         for index in range(start, len(steps)):
             if index > start and self.history_is_long():
@@ -221,11 +229,15 @@ class PlaybookRun(Interpreter):
             self.forget_events_before(since)
             step = steps[index]
             self.top_step = step
-            started = self.seq
+            again = index == start and resumed is not None
+            started = resumed if again and resumed is not None else self.seq
+            self.resuming = step if again else None
             try:
                 await self.run_step(step, Scope(scope.steps, scope.vars, since=since))
             except Rollover:
-                raise ContinueAt(index, since) from None
+                raise ContinueAt(index, since, started) from None
+            finally:
+                self.resuming = None
             since = started
 
     def carry(self, at: ContinueAt, scope: Scope) -> Carried:
@@ -245,9 +257,12 @@ class PlaybookRun(Interpreter):
             seq=self.seq,
             events=[(e.seq, e.event) for e in self.events if e.seq > at.since],
             continued=self.continued + 1,
+            step_started=at.step_started,
+            started_at=self.run_info()["started_at"],
         )
 
-    def restore(self, c: Carried, scope: Scope) -> tuple[int, int]:
+    def restore(self, c: Carried, scope: Scope) -> None:
+        """The state the previous run of the chain carried over (called before any event reaches this run)."""
         self.account, self.contacts, self.event = c.account, c.contacts, c.event
         self.tz = calendar.zone(c.timezone)
         scope.vars.update(c.vars)
@@ -255,14 +270,10 @@ class PlaybookRun(Interpreter):
         self.statuses = dict(c.statuses)
         self.timeline, self.timeline_dropped = list(c.timeline), c.timeline_dropped
         self.deadlines = dict(c.deadlines)
-        # Events that came to this run before it got here have sequence numbers after the carried ones.
-        early = self.events
         self.events = [SeenEvent(seq, e) for seq, e in c.events]
-        for seen in early:
-            self.events.append(SeenEvent(c.seq + seen.seq, seen.event))
-        self.seq += c.seq
+        self.seq = c.seq
         self.continued = c.continued
-        return c.next_step, c.since
+        self.started_at = c.started_at
 
     def exit_outcome(self) -> tuple[str, str]:
         assert self.exit is not None
