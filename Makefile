@@ -25,9 +25,10 @@ dev: $(STAMP) bytecode
 validate: $(STAMP)
 	$(BIN)/playbook validate playbooks
 
+# The tests start with the linters (ruff, mypy strict on engine/): a lint failure fails `make test` before pytest.
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 # scripts/ensure-chromium installs Debian's chromium for the browser test when it is missing (as root).
-test: $(STAMP) bytecode
+test: $(STAMP) bytecode lint
 	@bash scripts/ensure-chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc

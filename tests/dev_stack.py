@@ -34,7 +34,15 @@ def free_port() -> int:
 
 def daytime_zone() -> str:
     """A timezone where it is working hours now, so quiet hours (20:00-08:00) do not hold emails back."""
-    for name in ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "America/Los_Angeles", "Asia/Kolkata", "Australia/Sydney", "UTC"):
+    for name in (
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Tokyo",
+        "America/Los_Angeles",
+        "Asia/Kolkata",
+        "Australia/Sydney",
+        "UTC",
+    ):
         if 9 <= datetime.now(ZoneInfo(name)).hour < 18:
             return name
     return "Pacific/Honolulu"
@@ -60,9 +68,23 @@ class Stack:
     def start(self) -> None:
         log = open(self.home / "dev.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "dev", "--library", str(PLAYBOOKS), "--port", str(self.temporal_port),
-             "--ui-port", str(free_port())],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "dev",
+                "--library",
+                str(PLAYBOOKS),
+                "--port",
+                str(self.temporal_port),
+                "--ui-port",
+                str(free_port()),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -76,7 +98,7 @@ class Stack:
             time.sleep(0.3)
         raise TimeoutError((self.home / "dev.log").read_text())
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         """`with Stack(home) as stack:` starts it, and stops it whatever happens (a module fixture's body)."""
         try:
             self.start()
@@ -110,7 +132,8 @@ class Stack:
     def post_event(self, event: dict, secret: str = SECRET, signature: str | None = None) -> httpx.Response:
         body = json.dumps(event).encode()
         return self.http.post(
-            "/events", content=body,
+            "/events",
+            content=body,
             headers={"Content-Type": "application/json", "X-Playbook-Signature": signature or sign(secret, body)},
         )
 

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType, TimeoutType
@@ -113,7 +114,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(
@@ -216,7 +217,10 @@ async def history_facts(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
             attrs = event.activity_task_started_event_attributes
             if attrs.attempt > 1:
                 failure = attrs.last_failure
-                why = TimeoutType.Name(failure.timeout_failure_info.timeout_type) if failure.HasField(
-                    "timeout_failure_info") else failure.message
+                why = (
+                    TimeoutType.Name(failure.timeout_failure_info.timeout_type)
+                    if failure.HasField("timeout_failure_info")
+                    else failure.message
+                )
                 retried.append((attrs.attempt, why))
     return {"workflow_task_timeouts": dict(wft_timeouts), "activity_retries": retried}
