@@ -39,7 +39,14 @@ class HandWrittenTenSteps:
     async def run(self, inp: TenStepsInput) -> dict[str, Any]:
         info = workflow.info()
         snapshot: act.AccountSnapshot = await workflow.execute_activity(
-            "load_account", act.AccountRequest(inp.account_id), result_type=act.AccountSnapshot,
+            "load_account",
+            # as a PlaybookRun asks: the run is recorded under its workflow id for events (engine/storage/enrolled.py)
+            act.AccountRequest(
+                inp.account_id,
+                act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
+                workflow.now().isoformat(),
+            ),
+            result_type=act.AccountSnapshot,
             start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
         )
         account, contact = snapshot.account, snapshot.contacts[0]

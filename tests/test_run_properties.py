@@ -620,10 +620,17 @@ def _activity_options(case: Case, report: RunReport) -> list[str]:
                 f"{name}: 'timeout: {timeout.text}' was scheduled as schedule_to_close {act.schedule_to_close:g} s"
             )
         initial, maximum = meta.retry_initial, meta.retry_maximum
-        if initial is not None and initial.lower() > 0 and differs(initial, act.initial_interval):
-            found.append(f"{name}: 'initial_interval: {initial.text}' was scheduled as {act.initial_interval:g} s")
-        # a maximum below the initial interval (10 s by default) has no one meaning: only its running is checked
+        # docs/playbook-language.md: a maximum_interval below initial_interval wins (attempts are at most that far
+        # apart, the first retry included); a zero duration is one second
         in_order = maximum is not None and maximum.lower() >= max(initial.lower() if initial else 10, 1)
+        if initial is not None and initial.lower() > 0 and (maximum is None or in_order):
+            if differs(initial, act.initial_interval):
+                found.append(f"{name}: 'initial_interval: {initial.text}' was scheduled as {act.initial_interval:g} s")
+        elif maximum is not None and not in_order and act.initial_interval > max(maximum.upper, 1) + 1:
+            found.append(
+                f"{name}: 'maximum_interval: {maximum.text}' is below the initial interval, yet the first retry "
+                f"was scheduled {act.initial_interval:g} s after"
+            )
         if in_order and maximum is not None and differs(maximum, act.maximum_interval):
             found.append(f"{name}: 'maximum_interval: {maximum.text}' was scheduled as {act.maximum_interval:g} s")
         if meta.retry_attempts is not None and act.maximum_attempts != meta.retry_attempts:

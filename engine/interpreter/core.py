@@ -241,15 +241,20 @@ class InterpreterCore:
     def options(self, step: m.Step, scope: Scope) -> dict[str, Any]:
         retry = DEFAULT_RETRY
         if step.retry:
+            initial = self.span(step, step.retry.initial_interval, scope, "retry.initial_interval")
+            maximum = (
+                self.span(step, step.retry.maximum_interval, scope, "retry.maximum_interval")
+                if step.retry.maximum_interval
+                else None
+            )
+            # Attempts are at most `maximum_interval` apart, even the first retry. Temporal refuses a policy whose
+            # maximum is below its initial interval, and it refuses it after the activity's command is written,
+            # which leaves the workflow task unable to complete: the policy must be valid before it is used.
             retry = RetryPolicy(
-                initial_interval=self.span(step, step.retry.initial_interval, scope, "retry.initial_interval"),
-                backoff_coefficient=step.retry.backoff,
+                initial_interval=min(initial, maximum) if maximum is not None else initial,
+                backoff_coefficient=step.retry.backoff,  # the schema keeps it >= 1, max_attempts >= 1
                 maximum_attempts=step.retry.max_attempts,
-                maximum_interval=(
-                    self.span(step, step.retry.maximum_interval, scope, "retry.maximum_interval")
-                    if step.retry.maximum_interval
-                    else None
-                ),
+                maximum_interval=maximum,
             )
         opts: dict[str, Any] = {"start_to_close_timeout": ACTIVITY_TIMEOUT, "retry_policy": retry}
         if step.timeout and step.kind not in ("wait", "wait_for", "approval", "call_task"):
