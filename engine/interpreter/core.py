@@ -263,13 +263,28 @@ class InterpreterCore:
 
     async def call(self, step: m.Step, scope: Scope, name: str, arg: Any, result_type: type) -> Any:
         try:
-            return await workflow.execute_activity(name, arg, result_type=result_type, **self.options(step, scope))
+            result = await workflow.execute_activity(name, arg, result_type=result_type, **self.options(step, scope))
         except ActivityError as err:
             if cancelled(err):
                 raise asyncio.CancelledError() from None
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             raise StepFailed(f"{name} failed: {message}") from None
+        self.stop_if_exiting()
+        return result
+
+    # ----------------------------------------------------------------- exits
+
+    def stopping(self) -> bool:
+        """Whether the run is ending (an exit event came); the run workflow says, a for_each chunk never does
+        (its parent cancels it)."""
+        return False
+
+    def stop_if_exiting(self) -> None:
+        """An exit that came in the same workflow task as an activity's result, a timer or an answer: the cancel
+        it asked for found nothing left to cancel, so every step checks before going on. Nothing starts after it."""
+        if self.stopping():
+            raise asyncio.CancelledError()
 
     def set_snapshot(self, snapshot: act.AccountSnapshot | None) -> None:
         if snapshot is not None:
@@ -301,13 +316,15 @@ class InterpreterCore:
         roll = may_roll and self.may_roll_over(step)
 
         def ready() -> bool:
-            return done() or (roll and self.history_is_long())
+            return done() or self.stopping() or (roll and self.history_is_long())
 
         timeout = None if moment is None else max((moment - self.now()).total_seconds(), 0.0)
         try:
             await workflow.wait_condition(ready, timeout=timeout)
         except TimeoutError:
+            self.stop_if_exiting()
             return done()  # an answer taken in the same activation as the timeout still counts
+        self.stop_if_exiting()
         if done():
             return True
         raise Rollover()
@@ -348,6 +365,7 @@ class InterpreterCore:
             since = started
 
     async def run_step(self, step: m.Step, scope: Scope) -> None:
+        self.stop_if_exiting()
         try:
             if step.when is not None and not self.evaluate(step.when, scope):
                 self.record(step, scope, "skipped")

@@ -275,6 +275,9 @@ class PlaybookRun(Interpreter):
         self.continued = c.continued
         self.started_at = c.started_at
 
+    def stopping(self) -> bool:
+        return self.exit is not None
+
     def exit_outcome(self) -> tuple[str, str]:
         assert self.exit is not None
         outcome, event = self.exit
