@@ -366,7 +366,8 @@ async def _waiting(stack: Stack) -> None:
     # The delay after the crash: workflow tasks queued for the dead worker wait out the sticky queue's
     # schedule-to-start timeout (10 s, the SDK default) before another worker may take them.
     facts = [await history_facts(h) for h in handles]
-    assert all(f["activity_retries"] == [] for f in facts), facts
+    retried = {h.id: f["activity_retries"] for h, f in zip(handles, facts, strict=True) if f["activity_retries"]}
+    assert retried == {}, retried  # (attempt, why the attempt before it ended), per run
     sticky = Counter(f["workflow_task_timeouts"].get("TIMEOUT_TYPE_SCHEDULE_TO_START", 0) for f in facts)
 
     OBSERVED["waiting"] = {
