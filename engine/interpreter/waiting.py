@@ -159,21 +159,33 @@ class WaitingSteps(InterpreterCore):
 
     # ----------------------------------------------------------------- people answering
 
+    def find_ask(
+        self, kind: str, ask_id: str | None, step_id: str | None, *, unknown: str, none: str, several: str
+    ) -> PendingAsk:
+        """The pending ask an answer names: by its id, or else as the only one of its kind waiting in the step."""
+        if ask_id:
+            found = self.pending.get(ask_id)
+            if found is None or found.info.kind != kind:
+                raise ValueError(unknown)
+            return found
+        matching = [a for a in self.pending.values() if a.info.kind == kind and a.info.step_id == step_id]
+        if not matching:
+            raise ValueError(none)
+        if len(matching) > 1:
+            raise ValueError(f"{len(matching)} {several}")
+        return matching[0]
+
     def check_decision(self, d: Decision) -> PendingAsk:
         if d.decision not in ("approve", "reject"):
             raise ValueError(f"decision must be approve or reject, not {d.decision!r}")
-        if d.approval_id:
-            found = self.pending.get(d.approval_id)
-            if found is None or found.info.kind != "approval":
-                raise ValueError(f"approval {d.approval_id} is not pending in this run (decided already, or unknown)")
-            ask = found
-        else:
-            matching = [a for a in self.pending.values() if a.info.kind == "approval" and a.info.step_id == d.step_id]
-            if not matching:
-                raise ValueError(f"no approval is pending for step {d.step_id!r}")
-            if len(matching) > 1:
-                raise ValueError(f"{len(matching)} approvals are pending for step {d.step_id!r}: name the approval_id")
-            ask = matching[0]
+        ask = self.find_ask(
+            "approval",
+            d.approval_id,
+            d.step_id,
+            unknown=f"approval {d.approval_id} is not pending in this run (decided already, or unknown)",
+            none=f"no approval is pending for step {d.step_id!r}",
+            several=f"approvals are pending for step {d.step_id!r}: name the approval_id",
+        )
         if ask.answer is not None:
             raise ValueError(f"approval {ask.info.id} is decided already")
         if not d.admin and d.by not in ask.info.deciders:
@@ -187,16 +199,14 @@ class WaitingSteps(InterpreterCore):
         return ask
 
     def check_outcome(self, o: Outcome) -> PendingAsk:
-        if o.task_id:
-            found = self.pending.get(o.task_id)
-            if found is None or found.info.kind != "call_task":
-                raise ValueError(f"task {o.task_id} is not waiting for an outcome in this run")
-            ask = found
-        else:
-            matching = [a for a in self.pending.values() if a.info.kind == "call_task" and a.info.step_id == o.step_id]
-            if len(matching) != 1:
-                raise ValueError(f"{len(matching) or 'no'} tasks are waiting for step {o.step_id!r}")
-            ask = matching[0]
+        ask = self.find_ask(
+            "call_task",
+            o.task_id,
+            o.step_id,
+            unknown=f"task {o.task_id} is not waiting for an outcome in this run",
+            none=f"no tasks are waiting for step {o.step_id!r}",
+            several=f"tasks are waiting for step {o.step_id!r}",
+        )
         if ask.answer is not None:
             raise ValueError(f"task {ask.info.id} has an outcome already")
         if o.outcome not in ask.info.outcomes:
