@@ -1,8 +1,8 @@
 """The account's runs by workflow id (table ``enrolled_runs``): how an event reaches live runs at once.
 
 Temporal's visibility store lags behind a start by up to a second or two, so an exit posted right after
-the trigger found no run. Here the intake records each run it starts in the same transaction as the
-event's answer, and every run records itself in its first activity (manual starts, schedule ticks,
+the trigger found no run. Here the intake records each run it starts before it answers the event that
+started it, and every run records itself in its first activity (manual starts, schedule ticks,
 `run_playbook`), so the ids are there before anyone can post an event that concerns them.
 """
 
