@@ -18,7 +18,7 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities import types as act
@@ -210,11 +210,9 @@ class PlaybookRun(Interpreter):
             for name, value in playbook.vars.items():
                 scope.vars[name] = self.render(value, scope)
             scope.vars.update(run.input)
-        except ActivityError as err:
-            return f"could not start: {err}"
-        except (workflow.NondeterminismError, asyncio.CancelledError):
+        except workflow.NondeterminismError:
             raise
-        except Exception as err:  # noqa: BLE001 - content errors (a template in vars) end the run with the reason
+        except Exception as err:  # noqa: BLE001 - the account cannot be loaded, or a template in vars fails
             return f"could not start: {err}"
         return None
 

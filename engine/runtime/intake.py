@@ -9,6 +9,7 @@ nothing new.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -184,14 +185,15 @@ def _before_starts(
     return Before(snapshot, runs)
 
 
-def remember(db_url: str, event: Event, answer: EventAnswer, ended: list[str] = []) -> None:  # noqa: B006 - read only
+def remember(db_url: str, event: Event, answer: EventAnswer, ended: Sequence[str] = ()) -> None:
     """Records the runs the event started (so the next event reaches them by id), forgets those it found ended, and
     keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
     now = datetime.now(UTC)
     started = [(r.run_id, event.account_id or "", r.playbook) for r in answer.runs if r.status == "started"]
-    with session(db_url) as s:
-        enrolled.register(s, started, now)
-        enrolled.forget(s, ended)
+    if started or ended:  # most events start nothing and find nothing ended: no transaction for them
+        with session(db_url) as s:
+            enrolled.register(s, started, now)
+            enrolled.forget(s, ended)
     if not event.id:
         return
     row = {"id": event.id, "type": event.type, "account_id": event.account_id or "", "received_at": now,
