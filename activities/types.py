@@ -89,6 +89,23 @@ class EmailResult:
     detail: str | None = None
 
 
+# The most emails one send_emails activity takes: SendGrid's limit of personalizations in one mail send.
+EMAIL_BATCH_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class EmailBatchRequest:
+    """Emails that many for_each items reached together: sent as one batch, each still keyed by its own ``key``
+    (its own outbox row, suppression check and result), so a retried batch sends nobody twice."""
+
+    emails: list[EmailRequest]
+
+
+@dataclass(frozen=True)
+class EmailBatchResult:
+    results: list[EmailResult]  # one per request, in the request's order
+
+
 @dataclass(frozen=True)
 class CallTaskRequest:
     key: str
