@@ -12,7 +12,9 @@ position, and nothing reads the clock, the network or randomness.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -42,6 +44,10 @@ DEFAULT_RETRY = RetryPolicy(
 EVENT_BUFFER = 200
 # Timeline entries a run keeps (the oldest are dropped first, with a note saying how many).
 TIMELINE_LIMIT = 2000
+# Runs started before this patch keep the old for_each (an item holds its concurrency slot for its whole life,
+# one activity and one timer per item, every event forwarded to children); runs started since get slots per
+# effect, batched email sends, shared timers, and large for_each slices run side by side (docs/playbook-language.md).
+FANOUT_PATCH = "for-each-slots-batches"
 
 
 def cancelled(err: BaseException) -> bool:
@@ -79,11 +85,58 @@ class Scope:
     locals: dict[str, Any] = field(default_factory=dict)
     key_suffix: str = ""  # "[3]" inside the 4th for_each item
     since: int = 0
+    # the concurrency slots of the enclosing for_each steps (outermost first): an effect holds one of each
+    gates: tuple[asyncio.Semaphore, ...] = ()
 
-    def child(self, name: str, item: Any, index: int) -> Scope:
+    def child(self, name: str, item: Any, index: int, gate: asyncio.Semaphore | None = None) -> Scope:
         return Scope(
-            dict(self.steps), dict(self.vars), {**self.locals, name: item}, f"{self.key_suffix}[{index}]", self.since
+            dict(self.steps),
+            dict(self.vars),
+            {**self.locals, name: item},
+            f"{self.key_suffix}[{index}]",
+            self.since,
+            self.gates + (gate,) if gate is not None else self.gates,
         )
+
+
+@dataclass
+class ItemMark:
+    """A for_each item's progress: ``started`` once it has begun its first effect, begun to wait, or ended.
+
+    A slice of a large for_each tells its parent when all its items have started, so the next slice can start
+    (engine/interpreter/flow.py). An item inside another's marks the outer one too.
+    """
+
+    on_start: Callable[[], None] | None = None
+    outer: ItemMark | None = None
+    started: bool = False
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            if self.on_start is not None:
+                self.on_start()
+        if self.outer is not None:
+            self.outer.start()
+
+
+# The for_each item the running task belongs to (asyncio tasks copy it into the tasks they start).
+CURRENT_ITEM: ContextVar[ItemMark | None] = ContextVar("CURRENT_ITEM", default=None)
+
+
+def mark_item_started() -> None:
+    item = CURRENT_ITEM.get()
+    if item is not None:
+        item.start()
+
+
+@dataclass
+class Alarm:
+    """One timer that every step waiting for the same moment shares (a for_each's items wait together)."""
+
+    rung: bool = False
+    waiters: int = 0
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -132,6 +185,15 @@ class InterpreterCore:
         self.top_step: m.Step | None = None  # the top-level step running now
         self.resuming: m.Step | None = None  # a top-level step started again after continue-as-new
         self.started_at: str | None = None  # when the run started (its chain's first run), if not this run
+        self.fanout = False  # FANOUT_PATCH: set by the workflow when it starts (see use_fanout)
+        self.alarms: dict[str, Alarm] = {}  # moment (ISO) -> the timer shared by the steps waiting for it
+        self.parent_run: dict[str, Any] | None = None  # a for_each slice: `run` as its parent sees it
+        self.starting_slices: set[str] = set()  # for_each slices (child ids) still starting their items
+        self.email_batches: dict[str, Any] = {}  # email step path -> the batch its items are joining now
+
+    def use_fanout(self) -> None:
+        """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
+        self.fanout = workflow.patched(FANOUT_PATCH)
 
     # ----------------------------------------------------------------- context and values
 
@@ -148,6 +210,8 @@ class InterpreterCore:
         )
 
     def run_info(self) -> dict[str, Any]:
+        if self.parent_run is not None:
+            return self.parent_run
         info = workflow.info()
         return {
             "id": info.workflow_id,
@@ -261,15 +325,29 @@ class InterpreterCore:
             opts["schedule_to_close_timeout"] = self.span(step, step.timeout, scope, "timeout")
         return opts
 
+    @asynccontextmanager
+    async def slot(self, scope: Scope) -> AsyncIterator[None]:
+        """An effect's turn: one slot of each enclosing for_each's ``concurrency``, taken outermost first (so two
+        items never hold each other's), held while the effect runs, never while a step waits."""
+        taken: list[asyncio.Semaphore] = []
+        try:
+            for gate in scope.gates:
+                await gate.acquire()
+                taken.append(gate)
+            mark_item_started()
+            yield
+        finally:
+            for gate in reversed(taken):
+                gate.release()
+
     async def call(self, step: m.Step, scope: Scope, name: str, arg: Any, result_type: type) -> Any:
         try:
-            result = await workflow.execute_activity(name, arg, result_type=result_type, **self.options(step, scope))
+            async with self.slot(scope):
+                result = await workflow.execute_activity(
+                    name, arg, result_type=result_type, **self.options(step, scope)
+                )
         except ActivityError as err:
-            if cancelled(err):
-                raise asyncio.CancelledError() from None
-            cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-            raise StepFailed(f"{name} failed: {message}") from None
+            raise activity_failure(name, err) from None
         self.stop_if_exiting()
         return result
 
@@ -314,20 +392,54 @@ class InterpreterCore:
         accepted is never dropped. ``may_roll`` is false where starting the step again would redo what a
         person decided in it."""
         roll = may_roll and self.may_roll_over(step)
+        mark_item_started()
 
         def ready() -> bool:
             return done() or self.stopping() or (roll and self.history_is_long())
 
         timeout = None if moment is None else max((moment - self.now()).total_seconds(), 0.0)
-        try:
-            await workflow.wait_condition(ready, timeout=timeout)
-        except TimeoutError:
-            self.stop_if_exiting()
-            return done()  # an answer taken in the same activation as the timeout still counts
+        if self.fanout and moment is not None and timeout:
+            if not await self.wait_with_alarm(ready, moment, timeout):
+                self.stop_if_exiting()
+                return done()  # as below: an answer taken in the same activation as the alarm still counts
+        else:
+            try:
+                await workflow.wait_condition(ready, timeout=timeout)
+            except TimeoutError:
+                self.stop_if_exiting()
+                return done()  # an answer taken in the same activation as the timeout still counts
         self.stop_if_exiting()
         if done():
             return True
         raise Rollover()
+
+    async def wait_with_alarm(self, ready: Callable[[], bool], moment: datetime, seconds: float) -> bool:
+        """Waits until ``ready()`` (True) or the moment (False), on the timer every step waiting for the same
+        moment shares: a thousand items waiting for the webinar's eve are one timer in history, not a thousand.
+        The timer is cancelled when nobody waits for it any more."""
+        key = moment.isoformat()
+        alarm = self.alarms.get(key)
+        if alarm is None:
+            alarm = self.alarms[key] = Alarm()
+            alarm.task = asyncio.create_task(self._ring(key, alarm, seconds))
+        alarm.waiters += 1
+        try:
+            await workflow.wait_condition(lambda: ready() or alarm.rung)
+        finally:
+            alarm.waiters -= 1
+            if alarm.waiters == 0 and not alarm.rung and alarm.task is not None:
+                alarm.task.cancel()
+                self.alarms.pop(key, None)
+        return ready()
+
+    async def _ring(self, key: str, alarm: Alarm, seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            return
+        alarm.rung = True
+        if self.alarms.get(key) is alarm:
+            del self.alarms[key]
 
     async def sleep_until(self, step: m.Step, moment: datetime, *, may_roll: bool = True) -> None:
         if moment > self.now():
@@ -348,7 +460,11 @@ class InterpreterCore:
         self.events = [e for e in self.events if e.seq >= seq]
 
     async def forward(self, event: Event) -> None:
-        """Passes an event on to the child workflows running now (their steps may wait for it)."""
+        """Passes an event on to the child workflows running now (their steps may wait for it). Since
+        FANOUT_PATCH, only events some wait_for of the playbook listens to (a for_each's slices have thousands
+        of items: an event nobody waits for is not sent to each)."""
+        if self.fanout and event.type not in self.listened:
+            return
         for child in list(self.children):
             try:
                 await child.signal(EVENT_SIGNAL, event)
@@ -418,6 +534,15 @@ class InterpreterCore:
 # an eviction) must do so within the 10 s workflow task timeout (bench/longrun.py: ~2 ms per event here).
 HISTORY_EVENTS_BUDGET = 2000
 HISTORY_BYTES_BUDGET = 2 * 1024 * 1024
+
+
+def activity_failure(name: str, err: ActivityError) -> BaseException:
+    """What an activity that failed (after its retries) means for the step that called it."""
+    if cancelled(err):
+        return asyncio.CancelledError()
+    cause = err.cause
+    message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+    return StepFailed(f"{name} failed: {message}")
 
 
 def _reason(err: BaseException) -> str:

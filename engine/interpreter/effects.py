@@ -6,9 +6,12 @@ the activity is retried or the step started again.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities import types as act
@@ -16,8 +19,19 @@ with workflow.unsafe.imports_passed_through():
     from engine.interpreter.messages import Pending
     from engine.language import model as m
 
-from engine.interpreter.core import PendingAsk, Scope, StepFailed
+from engine.interpreter.core import PendingAsk, Scope, StepFailed, activity_failure
 from engine.interpreter.waiting import WaitingSteps
+
+
+@dataclass
+class EmailBatch:
+    """The emails of one step that for_each items reached in the same workflow activation: one send_emails."""
+
+    step: m.EmailStep
+    scope: Scope  # the first item's: the activity's options (retry, timeout) come from the step
+    members: list[tuple[act.EmailRequest, asyncio.Future[act.EmailResult]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    gone: int = 0  # members cancelled (their run is exiting)
 
 
 class EffectSteps(WaitingSteps):
@@ -56,8 +70,63 @@ class EffectSteps(WaitingSteps):
             template_id=step.template_id,
             data=self.render(dict(step.data), scope),
         )
-        sent: act.EmailResult = await self.call(step, scope, "send_email", request, act.EmailResult)
+        sent: act.EmailResult
+        if self.fanout and scope.gates:
+            sent = await self.send_in_batch(step, scope, request)
+        else:
+            sent = await self.call(step, scope, "send_email", request, act.EmailResult)
         return {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject, "body": body}
+
+    async def send_in_batch(self, step: m.EmailStep, scope: Scope, request: act.EmailRequest) -> act.EmailResult:
+        """A for_each item's email, sent with the others that reach this step in the same activation: one
+        send_emails activity (up to EMAIL_BATCH_LIMIT), each email still keyed, recorded and answered on its own.
+        The item holds its concurrency slot until its answer comes."""
+        async with self.slot(scope):
+            batch = self.email_batches.get(step.path)
+            if batch is None or len(batch.members) >= act.EMAIL_BATCH_LIMIT:
+                batch = self.email_batches[step.path] = EmailBatch(step, scope)
+                batch.task = asyncio.create_task(self.send_batch(batch))
+            answer: asyncio.Future[act.EmailResult] = asyncio.get_running_loop().create_future()
+            batch.members.append((request, answer))
+            try:
+                result = await answer
+            except asyncio.CancelledError:
+                batch.gone += 1
+                if batch.gone == len(batch.members) and batch.task is not None:
+                    batch.task.cancel()  # every item of the batch is leaving: so does its activity
+                raise
+        self.stop_if_exiting()
+        return result
+
+    async def send_batch(self, batch: EmailBatch) -> None:
+        # A condition is checked only once nothing else can run: by then every item that reaches this step in
+        # this activation has joined the batch.
+        await workflow.wait_condition(lambda: True)
+        if self.email_batches.get(batch.step.path) is batch:
+            del self.email_batches[batch.step.path]
+        members = [(r, f) for r, f in batch.members if not f.done()]
+        if not members:
+            return
+        try:
+            sent: act.EmailBatchResult = await workflow.execute_activity(
+                "send_emails",
+                act.EmailBatchRequest([request for request, _ in members]),
+                result_type=act.EmailBatchResult,
+                **self.options(batch.step, batch.scope),
+            )
+        except ActivityError as err:
+            for _, answer in members:
+                if not answer.done():
+                    answer.set_exception(activity_failure("send_emails", err))
+            return
+        except Exception as err:  # noqa: BLE001 - e.g. a request too large for Temporal: each item's step fails
+            for _, answer in members:
+                if not answer.done():
+                    answer.set_exception(StepFailed(f"send_emails failed: {type(err).__name__}: {err}"))
+            return
+        for (_, answer), result in zip(members, sent.results, strict=True):
+            if not answer.done():
+                answer.set_result(result)
 
     async def step_call_task(self, step: m.CallTaskStep, scope: Scope) -> dict[str, Any]:
         due_at = self.moment_after(step, step.due, scope, "due").isoformat() if step.due else None

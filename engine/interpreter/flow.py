@@ -20,11 +20,17 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
     )
     from engine.language import model as m
+    from engine.language.uses import uses_of
 
-from engine.interpreter.core import InterpreterCore, Scope, StepFailed, StopRun, cancelled
+from engine.interpreter.core import CURRENT_ITEM, InterpreterCore, ItemMark, Scope, StepFailed, StopRun, cancelled
 
-INLINE_FOR_EACH_LIMIT = 100  # more items than this run in child workflows, CHUNK items each
-FOR_EACH_CHUNK = 100
+INLINE_FOR_EACH_LIMIT = 100  # more items than this run in child workflows ("slices")
+FOR_EACH_CHUNK = 100  # items per slice in runs started before FANOUT_PATCH
+SLICE_ITEMS = 1000  # items per slice since FANOUT_PATCH: one slice's emails of a step fit one send_emails batch
+# Slices starting their items at once. A slice counts until every one of its items has started (begun an effect or
+# a wait, or ended), then the next starts: waiting items never hold a later slice back, and a worker holds at most
+# this many slices' worth of items that are still getting going.
+SLICES_STARTING = 4
 
 
 class FlowSteps(InterpreterCore):
@@ -72,7 +78,49 @@ class FlowSteps(InterpreterCore):
         failed = await self.for_each_inline(step, scope, items, 0)
         return {"count": len(items), "failed": failed}
 
-    async def for_each_inline(self, step: m.ForEachStep, scope: Scope, items: list[Any], start: int) -> int:
+    async def for_each_inline(
+        self,
+        step: m.ForEachStep,
+        scope: Scope,
+        items: list[Any],
+        start: int,
+        concurrency: int | None = None,
+        all_started: Any = None,
+    ) -> int:
+        """Runs the items here. Since FANOUT_PATCH every item starts at once, in order, and ``concurrency``
+        bounds the items running an effect (their slot is taken per effect, see InterpreterCore.slot), not the
+        items waiting. ``all_started`` is called once every item has started (a slice tells its parent)."""
+        if not self.fanout:
+            return await self.for_each_holding_slots(step, scope, items, start)
+        gate = asyncio.Semaphore(concurrency or step.concurrency)
+        failures = 0
+        outer = CURRENT_ITEM.get()
+        unstarted = len(items)
+
+        def started() -> None:
+            nonlocal unstarted
+            unstarted -= 1
+            if unstarted == 0 and all_started is not None:
+                all_started()
+
+        async def one(index: int, item: Any) -> None:
+            nonlocal failures
+            mark = ItemMark(started, outer)
+            CURRENT_ITEM.set(mark)  # this item's task only
+            try:
+                await self.run_steps(step.steps, scope.child(step.item_name, item, index, gate))
+            except StepFailed:
+                failures += 1
+            finally:
+                mark.start()
+
+        if not items and all_started is not None:
+            all_started()
+        await asyncio.gather(*(one(start + i, item) for i, item in enumerate(items)))
+        return failures
+
+    async def for_each_holding_slots(self, step: m.ForEachStep, scope: Scope, items: list[Any], start: int) -> int:
+        """Runs started before FANOUT_PATCH: an item holds its slot from its start to its end, waits included."""
         gate = asyncio.Semaphore(step.concurrency)
         failures = 0
 
@@ -88,6 +136,8 @@ class FlowSteps(InterpreterCore):
         return failures
 
     async def for_each_in_children(self, step: m.ForEachStep, scope: Scope, items: list[Any]) -> dict[str, Any]:
+        if self.fanout:
+            return await self.for_each_in_slices(step, scope, items)
         failed = 0
         info = workflow.info()
         for start in range(0, len(items), FOR_EACH_CHUNK):
@@ -130,6 +180,115 @@ class FlowSteps(InterpreterCore):
             if result.stopped:
                 raise StopRun(result.stopped, result.reason)
         return {"count": len(items), "failed": failed}
+
+    async def for_each_in_slices(self, step: m.ForEachStep, scope: Scope, items: list[Any]) -> dict[str, Any]:
+        """Items in child workflows of SLICE_ITEMS, side by side. A slice starts once fewer than SLICES_STARTING
+        slices are still starting their items, so no item's first effect waits for another item's wait. The
+        step's concurrency is shared among the slices starting at once (at least 1 each). A stop in any item, or
+        a failed slice, cancels the others; an exit cancels them all (their open asks are closed)."""
+        info = workflow.info()
+        total = len(items)
+        slices = [(start, items[start : start + SLICE_ITEMS]) for start in range(0, total, SLICE_ITEMS)]
+        at_once = max(1, min(SLICES_STARTING, len(slices), step.concurrency))
+        share = max(1, step.concurrency // at_once)
+        context = self.slice_context(step, scope)
+        base_id = f"{info.workflow_id}/{step.path}{scope.key_suffix}"
+        mine: list[str] = []  # this step's slices; those in self.starting_slices are still starting their items
+        failed = 0
+        stop: StopRun | None = None
+        problem: str | None = None
+
+        async def run_slice(child_id: str, start: int, part: list[Any]) -> None:
+            nonlocal failed, stop, problem
+            chunk = ForEachChunkInput(
+                playbook=self.playbook,
+                account_id=self.account_id,
+                step_path=step.path,
+                start_index=start,
+                items=part,
+                context=context,
+                timezone=str(self.tz),
+                parent_workflow_id=info.workflow_id,
+                key_prefix=f"{info.workflow_id}/{info.first_execution_run_id}",
+                clock_offset=self.clock_offset.total_seconds(),
+                concurrency=share,
+                report_started=True,
+            )
+            try:
+                handle = await workflow.start_child_workflow(
+                    FOR_EACH_WORKFLOW_NAME, chunk, id=child_id, result_type=ForEachChunkResult
+                )
+                self.children.append(handle)  # events reach the items waiting in it
+                try:
+                    result: ForEachChunkResult = await handle
+                finally:
+                    self.children.remove(handle)
+            except ChildWorkflowError as err:
+                if not cancelled(err) and problem is None:
+                    problem = f"items {start}..{start + len(part) - 1} failed: {err.cause or err}"
+                return
+            finally:
+                self.starting_slices.discard(child_id)
+            failed += result.failed
+            if result.stopped and stop is None:
+                stop = StopRun(result.stopped, result.reason)
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for start, part in slices:
+                await workflow.wait_condition(
+                    lambda: stop is not None
+                    or problem is not None
+                    or sum(c in self.starting_slices for c in mine) < at_once
+                )
+                if stop is not None or problem is not None:
+                    break
+                child_id = f"{base_id}/{start}"
+                mine.append(child_id)
+                self.starting_slices.add(child_id)
+                tasks.append(asyncio.create_task(run_slice(child_id, start, part)))
+            await workflow.wait_condition(
+                lambda: stop is not None or problem is not None or all(t.done() for t in tasks)
+            )
+        finally:
+            # An exit (this step cancelled), a stop or a failed slice: the slices still running are cancelled
+            # and waited for, so their open approvals and call tasks are closed before the run ends.
+            unfinished = [t for t in tasks if not t.done()]
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.gather(*unfinished, return_exceptions=True)
+        if stop is not None:
+            raise stop
+        if problem is not None:
+            raise StepFailed(problem)
+        return {"count": total, "failed": failed}
+
+    def slice_context(self, step: m.ForEachStep, scope: Scope) -> dict[str, Any]:
+        """What a slice's items can refer to, cut down to what the for_each's steps do refer to: a slice of a
+        10,000-contact account does not carry every contact unless its steps use ``contacts``."""
+        uses = uses_of(step.steps)
+
+        def entries(name: str, values: dict[str, Any]) -> dict[str, Any]:
+            used = uses.entries_of(name)
+            return dict(values) if used is None else {k: v for k, v in values.items() if k in used}
+
+        if "contacts" in uses.names:
+            contacts = self.contacts
+        elif "contact" in uses.names:
+            contacts = self.contacts[:1]
+        else:
+            contacts = []
+        return {
+            "account": self.account,
+            "contacts": contacts,
+            "event": self.event if "event" in uses.names else None,
+            "vars": entries("vars", scope.vars),
+            "steps": entries("steps", scope.steps),
+            "locals": {k: v for k, v in scope.locals.items() if k in uses.names},
+            "key_suffix": scope.key_suffix,
+            "run": self.run_info(),
+        }
 
     async def step_run_playbook(self, step: m.RunPlaybookStep, scope: Scope) -> dict[str, Any]:
         target: m.Playbook = await self.call(

@@ -10,6 +10,7 @@ from engine.language.model import Playbook
 WORKFLOW_NAME = "PlaybookRun"
 FOR_EACH_WORKFLOW_NAME = "PlaybookForEachChunk"
 EVENT_SIGNAL = "event"
+SLICE_STARTED_SIGNAL = "slice_started"  # a for_each slice to its parent: every item of mine has started
 DECIDE_UPDATE = "decide"
 OUTCOME_UPDATE = "record_outcome"
 STATE_QUERY = "state"
@@ -140,11 +141,13 @@ class ForEachChunkInput:
     step_path: str
     start_index: int
     items: list[Any]
-    context: dict[str, Any]  # account, contacts, event, vars, steps, run: a snapshot
+    context: dict[str, Any]  # account, contacts, event, vars, steps, locals, run: what the steps refer to
     timezone: str
     parent_workflow_id: str
     key_prefix: str
     clock_offset: float = 0.0
+    concurrency: int | None = None  # this slice's share of the step's concurrency (None: the step's own)
+    report_started: bool = False  # signal SLICE_STARTED_SIGNAL to the parent once every item has started
 
 
 @dataclass

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         EVENT_SIGNAL,
         FOR_EACH_WORKFLOW_NAME,
         OUTCOME_UPDATE,
+        SLICE_STARTED_SIGNAL,
         STATE_QUERY,
         WORKFLOW_NAME,
         Carried,
@@ -101,6 +102,24 @@ class Interpreter(EffectSteps, FlowSteps):
     def validate_record_outcome(self, outcome: Outcome) -> None:
         self.check_outcome(outcome)
 
+    @workflow.signal(name=SLICE_STARTED_SIGNAL)
+    def slice_started(self, child_id: str) -> None:
+        """A for_each slice has started every one of its items: the next may start."""
+        self.starting_slices.discard(child_id)
+
+    async def close_open_asks(self) -> None:
+        """Tasks and approvals the run no longer waits for leave the inbox as cancelled."""
+        for ask_id, kind in list(self.open_asks.items()):
+            request: Any
+            if kind == "call_task":
+                name, request = "close_call_task", act.CloseTaskRequest(ask_id, "cancelled", self.now().isoformat())
+            else:
+                name, request = "close_approval", act.CloseApprovalRequest(ask_id, "cancelled", self.now().isoformat())
+            await workflow.execute_activity(
+                name, request, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY
+            )
+        self.open_asks.clear()
+
 
 class ContinueAt(Exception):
     """The run goes on in a new run of its chain from this top-level step."""
@@ -132,6 +151,7 @@ class PlaybookRun(Interpreter):
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
+        self.use_fanout()
         scope = self.scope
         carried = run.carried
         if carried is None:
@@ -281,19 +301,6 @@ class PlaybookRun(Interpreter):
         outcome, event = self.exit
         return outcome, f"exit on event {event.type}"
 
-    async def close_open_asks(self) -> None:
-        """Tasks and approvals the run no longer waits for leave the inbox as cancelled."""
-        for ask_id, kind in list(self.open_asks.items()):
-            request: Any
-            if kind == "call_task":
-                name, request = "close_call_task", act.CloseTaskRequest(ask_id, "cancelled", self.now().isoformat())
-            else:
-                name, request = "close_approval", act.CloseApprovalRequest(ask_id, "cancelled", self.now().isoformat())
-            await workflow.execute_activity(
-                name, request, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY
-            )
-        self.open_asks.clear()
-
     def finish(self, outcome: str, reason: str | None) -> RunResult:
         self.status = outcome
         self.add_entry(TimelineEntry(self.now().isoformat(), "", None, "run", outcome, reason or ""))
@@ -352,21 +359,38 @@ class PlaybookForEachChunk(Interpreter):
 
     @workflow.run
     async def run(self, chunk: ForEachChunkInput) -> ForEachChunkResult:
+        self.use_fanout()
         ctx = chunk.context
         self.account = ctx["account"]
         self.contacts = ctx["contacts"]
         self.event = ctx["event"]
+        self.parent_run = ctx.get("run")
         self.tz = calendar.zone(chunk.timezone)
         step = next((s for s in self.playbook.walk() if s.path == chunk.step_path), None)
         if not isinstance(step, m.ForEachStep):
             raise ApplicationError(f"no for_each step at {chunk.step_path}", non_retryable=True)
         scope = Scope(dict(ctx["steps"]), dict(ctx["vars"]), dict(ctx["locals"]), ctx["key_suffix"])
+        tell_parent = self.tell_parent(chunk) if chunk.report_started else None
         try:
-            failed = await self.for_each_inline(step, scope, chunk.items, chunk.start_index)
+            failed = await self.for_each_inline(
+                step, scope, chunk.items, chunk.start_index, chunk.concurrency, tell_parent
+            )
         except StopRun as stop:
-            # A stop inside an item ends the whole run: the parent raises it on.
+            # A stop inside an item ends the whole run: the parent raises it on (and cancels the other slices).
+            await self.close_open_asks()
             return ForEachChunkResult(count=len(chunk.items), failed=0, stopped=stop.outcome, reason=stop.reason)
+        except asyncio.CancelledError:
+            # The run is exiting, or another slice stopped it: this slice's approvals and tasks leave the inbox.
+            await self.close_open_asks()
+            raise
         return ForEachChunkResult(count=len(chunk.items), failed=failed)
+
+    def tell_parent(self, chunk: ForEachChunkInput) -> Any:
+        def all_started() -> None:
+            parent = workflow.get_external_workflow_handle(chunk.parent_workflow_id)
+            self.telling = asyncio.create_task(parent.signal(SLICE_STARTED_SIGNAL, workflow.info().workflow_id))
+
+        return all_started
 
     @workflow.signal(name=EVENT_SIGNAL)
     async def on_event(self, event: Event) -> None:

@@ -745,6 +745,7 @@ class Reference:
 @dataclass(slots=True)
 class Analysis:
     names: set[str] = field(default_factory=set)  # free names used
+    whole: set[str] = field(default_factory=set)  # free names used other than as the root of a `root.attr` chain
     references: list[Reference] = field(default_factory=list)
     unknown_filters: set[str] = field(default_factory=set)
     unknown_tests: set[str] = field(default_factory=set)
@@ -821,11 +822,15 @@ def _analyse(tree: nodes.Template, template: bool = False) -> Analysis:
     loads: set[str] = set()
     stores: set[str] = set()
     inner_chain_nodes: set[int] = set()
+    chain_roots: set[int] = set()
+    whole_loads: set[str] = set()
     stack: list[nodes.Node] = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, nodes.Name):
             (loads if node.ctx == "load" else stores).add(node.name)
+            if node.ctx == "load" and id(node) not in chain_roots:
+                whole_loads.add(node.name)
             if node.name.startswith("_"):
                 result.unsafe.append(node.name)
         elif isinstance(node, (nodes.Getattr, nodes.Getitem)):
@@ -839,6 +844,7 @@ def _analyse(tree: nodes.Template, template: bool = False) -> Analysis:
                     while isinstance(inner, (nodes.Getattr, nodes.Getitem)):
                         inner_chain_nodes.add(id(inner))
                         inner = inner.node
+                    chain_roots.add(id(inner))
                     result.references.append(Reference(*chain))
         elif isinstance(node, nodes.Filter):
             if node.name not in env.filters:
@@ -892,6 +898,7 @@ def _analyse(tree: nodes.Template, template: bool = False) -> Analysis:
     # Names bound by {% for %}/{% set %}/macros are not free. (Jinja's own meta module gets scoping exactly
     # right but runs its code generator, which costs as much as compiling.)
     result.names = loads - stores
+    result.whole = whole_loads - stores
     if template and not result.limits:  # a range(…) over the limit says it already
         result.limits.extend(_static_limits(tree))
     return result
@@ -1047,6 +1054,7 @@ def _merge(analyses: list[Analysis]) -> Analysis:
     merged = Analysis()
     for a in analyses:
         merged.names |= a.names
+        merged.whole |= a.whole
         merged.references.extend(a.references)
         merged.unknown_filters |= a.unknown_filters
         merged.unknown_tests |= a.unknown_tests
