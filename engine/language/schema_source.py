@@ -280,7 +280,12 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                     default="item",
                 ),
                 "concurrency": {
-                    "type": "integer", "minimum": 1, "maximum": 100, "default": 10, "description": "Items run at once."
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "default": 10,
+                    "description": "How many items may be doing an effect (an email, a task, a CRM change) at once; "
+                    "items that wait take no slot.",
                 },
                 "steps": _steps("The steps run for each item."),
             },
