@@ -4,12 +4,26 @@ The outbox table is the record of every email, whatever the provider: a row is w
 provider is called, keyed by run and step, so a retried activity never sends twice. With the
 embedded provider, writing the row is the delivery (a developer reads the outbox); SendGrid is in
 ``activities/sendgrid_email.py``.
+
+Batches (the ``send_emails`` activity): a provider may also have
+
+    send_batch(emails: list[OutgoingEmail]) -> list[str | ProviderError]
+
+which delivers many emails at once and answers one entry per email, in order: the provider's
+message id, or the ProviderError of that one email. A RejectedError there refuses that email only.
+Any other kind (TransientError, ConfigurationError) means the email was not sent and the activity
+fails after recording the others, so Temporal's retry sends only what is still unsent. A
+``send_batch`` raises only when it knows that nothing of the batch was sent. ``send_batch`` is
+optional: ``send_all`` uses it when the provider has one, else ``send`` per email (``send_each``),
+so a provider written against ``send`` alone keeps working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from .errors import ProviderError, RejectedError
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,36 @@ class EmailProvider(Protocol):
         ...
 
 
+class BatchEmailProvider(EmailProvider, Protocol):
+    def send_batch(self, emails: list[OutgoingEmail]) -> list[str | ProviderError]:
+        """Delivers the emails; per email, in order, the provider's message id or that email's error."""
+        ...
+
+
+def send_each(provider: EmailProvider, emails: list[OutgoingEmail]) -> list[str | ProviderError]:
+    """One ``send`` per email, in order. A rejection is that email's answer; after any other error
+    (the provider is down, the key is wrong) the rest are not attempted and get that error too."""
+    results: list[str | ProviderError] = []
+    for n, email in enumerate(emails):
+        try:
+            results.append(provider.send(email))
+        except RejectedError as err:
+            results.append(err)
+        except ProviderError as err:
+            results.extend([err] * (len(emails) - n))
+            break
+    return results
+
+
+def send_all(provider: EmailProvider, emails: list[OutgoingEmail]) -> list[str | ProviderError]:
+    """The provider's ``send_batch`` when it has one, else ``send_each``; checks one answer per email."""
+    batch = getattr(provider, "send_batch", None)
+    results: list[str | ProviderError] = batch(emails) if callable(batch) else send_each(provider, emails)
+    if len(results) != len(emails):
+        raise RuntimeError(f"email provider {provider.name!r} answered {len(results)} results for {len(emails)} emails")
+    return results
+
+
 class OutboxProvider:
     """The embedded default: the outbox row is the delivery. Nothing leaves the machine."""
 
@@ -41,3 +85,7 @@ class OutboxProvider:
 
     def send(self, email: OutgoingEmail) -> str:
         return email.message_id
+
+    def send_batch(self, emails: list[OutgoingEmail]) -> list[str | ProviderError]:
+        # through send, so a subclass that overrides send (tests count and hold sends) sees every email
+        return send_each(self, emails)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
 from temporalio import activity
 
 from engine.storage import enrolled
@@ -22,7 +24,7 @@ from engine.storage.db import session
 
 from . import assignment
 from .crm import CrmProvider
-from .email import EmailProvider, OutgoingEmail
+from .email import EmailProvider, OutgoingEmail, send_all
 from .errors import NotFoundError, ProviderError, RejectedError, to_application_error
 from .types import (
     AccountRequest,
@@ -37,6 +39,8 @@ from .types import (
     CloseTaskRequest,
     CrmRequest,
     Done,
+    EmailBatchRequest,
+    EmailBatchResult,
     EmailRequest,
     EmailResult,
 )
@@ -52,7 +56,7 @@ def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(self: Any, req: Any) -> Any:
-        ref = getattr(req, "ref", None)
+        ref = getattr(req, "ref", None) or _batch_ref(req)
         context = {"activity": fn.__name__, "attempt": activity.info().attempt if activity.in_activity() else None}
         if ref is not None:
             context.update(run_id=ref.workflow_id, playbook=ref.playbook_id, version=ref.version[:8], step=ref.step_id)
@@ -62,6 +66,12 @@ def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
             return result
 
     return wrapper
+
+
+def _batch_ref(req: Any) -> Any:
+    """A batch's run and step, when all its items share them (one step's for_each items); else None."""
+    refs = {(e.ref.workflow_id, e.ref.step_id): e.ref for e in getattr(req, "emails", None) or []}
+    return next(iter(refs.values())) if len(refs) == 1 else None
 
 
 def _moment(at: str) -> datetime:
@@ -75,6 +85,38 @@ def _when(at: str | None) -> datetime | None:
 
 def _public_id(prefix: str, key: str) -> str:
     return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """IN lists of at most ``size``: SQLite allows 32,766 bound parameters per statement, older builds 999."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _recipients(req: EmailRequest) -> list[str]:
+    return [a.strip().lower() for a in req.to if a and a.strip()]
+
+
+def _stored(row: t.OutboxEmail | None) -> EmailResult | None:
+    """An email whose row is past "sending" has its result: a retry or replay returns it and sends nothing."""
+    if row is not None and row.status != "sending":
+        return EmailResult(message_id=row.message_id, status=row.status)
+    return None
+
+
+def _suppressed(s: Session, addresses: list[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(addresses))):
+        found.update(s.scalars(select(t.Suppression.email).where(t.Suppression.email.in_(chunk))).all())
+    return found
+
+
+# send_emails' second transaction: one executemany for every row the provider answered
+_SET_EMAIL_STATUS = (
+    update(t.OutboxEmail.__table__)
+    .where(t.OutboxEmail.__table__.c.key == bindparam("k"))
+    .values(status=bindparam("new_status"), provider_message_id=bindparam("provider_id"))
+)
 
 
 class PlaybookActivities:
@@ -98,6 +140,7 @@ class PlaybookActivities:
             self.assign_owner,
             self.update_crm,
             self.send_email,
+            self.send_emails,
             self.create_call_task,
             self.close_call_task,
             self.create_approval,
@@ -175,25 +218,110 @@ class PlaybookActivities:
     @logged
     def send_email(self, req: EmailRequest) -> EmailResult:
         message_id = _public_id("msg", req.key)
-        at = _when(req.at)
         with session(self.db_url) as s:
             row = s.scalar(select(t.OutboxEmail).where(t.OutboxEmail.key == req.key))
-            if row is not None and row.status != "sending":
-                return EmailResult(message_id=row.message_id, status=row.status)
-            recipients = [a.strip().lower() for a in req.to if a and a.strip()]
-            suppressed = set(
-                s.scalars(select(t.Suppression.email).where(t.Suppression.email.in_(recipients))).all()
-            )
-            status = "sending"
-            detail = None
-            if not recipients or any("@" not in a for a in recipients):
-                status, detail = "rejected", f"invalid recipient(s): {', '.join(req.to) or 'none'}"
-            elif suppressed and set(recipients) <= suppressed:
-                status, detail = "suppressed", "every recipient is on the suppression list"
-            if row is not None and status != "sending":
-                row.status = status  # a retry found the address suppressed or invalid meanwhile: record that
-            if row is None:
-                row = t.OutboxEmail(
+            stored = _stored(row)
+            if stored is not None:
+                return stored
+            refused = self._admit(s, req, row, message_id, _suppressed(s, _recipients(req)))
+        if refused is not None:
+            return refused
+        # The row is committed as "sending" before the provider is called: a crash after the provider
+        # accepted but before the row says "sent" is the one window where a real provider could be
+        # asked twice; the embedded outbox has no such window.
+        try:
+            provider_id = self.email.send(self._outgoing(req, message_id))
+        except RejectedError as err:
+            self._set_email_status(req.key, "rejected", None)
+            return EmailResult(message_id=message_id, status="rejected", detail=err.message)
+        except ProviderError as err:
+            raise to_application_error(err) from err
+        self._set_email_status(req.key, "sent", provider_id)
+        log.info("email sent", to=req.to, message_id=message_id, provider=self.email.name)
+        return EmailResult(message_id=message_id, status="sent")
+
+    @activity.defn(name="send_emails")
+    @logged
+    def send_emails(self, req: EmailBatchRequest) -> EmailBatchResult:
+        """Many emails as one batch, each by send_email's rules: its own key, row, suppression check and result.
+
+        One transaction reads every row by key and every recipient's suppression and writes the new rows
+        ("sending"); one provider call sends what is left (``send_all``: SendGrid packs up to 1,000 emails
+        into one mail send); one transaction records "sent" / "rejected". A row already past "sending" is
+        returned as stored without the provider, so a retried batch sends nobody twice. When the provider
+        could not send some emails (down, rate limited), the others are recorded first and the activity
+        then fails retryably: the retry sends only the rows still "sending". The same window as
+        send_email's remains, batch-wide: a crash between the provider accepting and the second
+        transaction leaves those rows "sending", and a retry sends them again.
+        """
+        first: dict[str, EmailRequest] = {}
+        for email in req.emails:
+            first.setdefault(email.key, email)  # a key twice in one batch is one email, answered twice
+        results: dict[str, EmailResult] = {}
+        to_send: list[tuple[EmailRequest, str]] = []
+        with session(self.db_url) as s:
+            rows: dict[str, t.OutboxEmail] = {}
+            for keys in _chunks(list(first)):
+                found = s.scalars(select(t.OutboxEmail).where(t.OutboxEmail.key.in_(keys)))
+                rows.update((row.key, row) for row in found)
+            open_ = []
+            for key, email in first.items():
+                stored = _stored(rows.get(key))
+                if stored is not None:
+                    results[key] = stored
+                else:
+                    open_.append(email)
+            suppressed = _suppressed(s, [address for email in open_ for address in _recipients(email)])
+            for email in open_:
+                message_id = _public_id("msg", email.key)
+                refused = self._admit(s, email, rows.get(email.key), message_id, suppressed)
+                if refused is not None:
+                    results[email.key] = refused
+                else:
+                    to_send.append((email, message_id))
+        failure: ProviderError | None = None
+        if to_send:
+            try:
+                outcomes = send_all(self.email, [self._outgoing(email, message_id) for email, message_id in to_send])
+            except ProviderError as err:  # nothing was sent: every row stays "sending" for the retry
+                raise to_application_error(err) from err
+            updates: list[dict[str, Any]] = []
+            for (email, message_id), outcome in zip(to_send, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    results[email.key] = EmailResult(message_id=message_id, status="sent")
+                    updates.append({"k": email.key, "new_status": "sent", "provider_id": outcome})
+                elif isinstance(outcome, RejectedError):
+                    results[email.key] = EmailResult(message_id=message_id, status="rejected", detail=outcome.message)
+                    updates.append({"k": email.key, "new_status": "rejected", "provider_id": None})
+                else:
+                    failure = failure or outcome  # not sent: the row stays "sending"
+            if updates:
+                with session(self.db_url) as s:
+                    s.execute(_SET_EMAIL_STATUS, updates)
+        counts = Counter(result.status for result in results.values())
+        log.info("emails sent", emails=len(first), sent=counts["sent"], suppressed=counts["suppressed"],
+                 rejected=counts["rejected"], unsent=len(first) - len(results), provider=self.email.name)
+        if failure is not None:
+            raise to_application_error(failure) from failure
+        return EmailBatchResult(results=[results[email.key] for email in req.emails])
+
+    def _admit(
+        self, s: Session, req: EmailRequest, row: t.OutboxEmail | None, message_id: str, suppressed: set[str]
+    ) -> EmailResult | None:
+        """Checks the recipients against the rules and the suppression list and writes or updates the row:
+        the email's result when it is not to be sent (rejected, suppressed), None when the provider is next."""
+        recipients = _recipients(req)
+        status = "sending"
+        detail = None
+        if not recipients or any("@" not in a for a in recipients):
+            status, detail = "rejected", f"invalid recipient(s): {', '.join(req.to) or 'none'}"
+        elif suppressed and set(recipients) <= suppressed:
+            status, detail = "suppressed", "every recipient is on the suppression list"
+        if row is not None and status != "sending":
+            row.status = status  # a retry found the address suppressed or invalid meanwhile: record that
+        if row is None:
+            s.add(
+                t.OutboxEmail(
                     key=req.key,
                     message_id=message_id,
                     workflow_id=req.ref.workflow_id,
@@ -211,15 +339,13 @@ class PlaybookActivities:
                     data=dict(req.data),
                     status=status,
                     provider=self.email.name,
-                    created_at=at,
+                    created_at=_when(req.at),
                 )
-                s.add(row)
-        if status != "sending":
-            return EmailResult(message_id=message_id, status=status, detail=detail)
-        # The row is committed as "sending" before the provider is called: a crash after the provider
-        # accepted but before the row says "sent" is the one window where a real provider could be
-        # asked twice; the embedded outbox has no such window.
-        outgoing = OutgoingEmail(
+            )
+        return None if status == "sending" else EmailResult(message_id=message_id, status=status, detail=detail)
+
+    def _outgoing(self, req: EmailRequest, message_id: str) -> OutgoingEmail:
+        return OutgoingEmail(
             message_id=message_id,
             to=list(req.to),
             subject=req.subject,
@@ -231,16 +357,6 @@ class PlaybookActivities:
             template_id=req.template_id,
             data=dict(req.data),
         )
-        try:
-            provider_id = self.email.send(outgoing)
-        except RejectedError as err:
-            self._set_email_status(req.key, "rejected", None)
-            return EmailResult(message_id=message_id, status="rejected", detail=err.message)
-        except ProviderError as err:
-            raise to_application_error(err) from err
-        self._set_email_status(req.key, "sent", provider_id)
-        log.info("email sent", to=req.to, message_id=message_id, provider=self.email.name)
-        return EmailResult(message_id=message_id, status="sent")
 
     def _set_email_status(self, key: str, status: str, provider_id: str | None) -> None:
         with session(self.db_url) as s:

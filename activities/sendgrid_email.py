@@ -21,6 +21,46 @@ The helpers refusing to build the message (a SendGrid key in the body) is a Reje
 
 The API key is never logged or put in a message: python_http_client logs request headers at
 DEBUG, so a filter on its logger blanks the Authorization value.
+
+Batches (``send_batch``, for the ``send_emails`` activity): many emails in one ``/mail/send``, one
+personalization per email, each with its own to/cc/bcc, subject, custom arg and header with our
+message id, and ``dynamic_template_data`` when a template is used. What SendGrid documents, and what
+we rely on:
+
+* at most 1,000 personalizations per request, and at most 1,000 recipients (to + cc + bcc) over all
+  of them; "Each unique email address in the personalizations array should only be included once"
+  (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors). We read that as: an address
+  may not appear in two personalizations of one request, so an email sharing an address with the
+  request being packed (a CSM in cc of every email) goes into another request. A cc or bcc that
+  every email carries therefore makes every request hold one email: no worse than ``send``.
+* substitutions apply to the content, subject and reply-to, and "the total collective size of your
+  substitutions may not exceed 10,000 bytes per personalization object" (mail send reference,
+  ``personalizations[].substitutions``); the substitution tags page now says 50,000, we keep 10,000.
+  The bodies differ per email, so the shared content is the tag ``-playbook-body-`` and each
+  personalization substitutes its own body for it.
+* custom args: at most 10,000 bytes per personalization after merging (ours is ~30).
+* the total size of the email must be under 30 MB
+  (https://docs.sendgrid.com/api-reference/mail-send/limitations); we keep each request's JSON
+  under 20 MB.
+* a personalization's ``subject`` and ``headers`` override the message's; sender, reply-to, template
+  id and content are the message's, so only emails that share those can share a request.
+
+An email that cannot share a request is sent alone through ``send``, the same request as a single
+send: an empty subject or body, a body over the substitution limit or containing the tag, a subject
+containing the tag, a body with a SendGrid key in it, template data that is not JSON.
+
+SendGrid answers one ``X-Message-Id`` per request; every email of the request stores it as its
+provider id (SendGrid's events carry ``sg_message_id`` = that id plus a per-recipient suffix, and our
+``playbook_message_id`` tells the emails apart).
+
+Errors in a batch: a 400 (or 413, or any rejection) refuses the whole request, so its emails are sent
+again one by one and only the bad one is rejected. A TransientError (429, 5xx, the network) or a
+ConfigurationError stops the batch: that request's emails and every later one answer the error, the
+activity records the earlier requests as sent and fails retryably, and the retry sends only the
+rows still "sending". About duplicates, honestly: an answer lost after SendGrid accepted (a timeout,
+a reset connection, a crash of the worker before the second transaction) leaves up to 1,000 rows
+"sending" that SendGrid did send, and the retry sends them again. That is send_email's window,
+multiplied by the request size; SendGrid's mail send has no idempotency key to close it.
 """
 
 from __future__ import annotations
@@ -31,6 +71,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any
 from urllib.error import URLError
@@ -48,16 +89,58 @@ from sendgrid.helpers.mail import (
     Personalization,
     ReplyTo,
     Subject,
+    Substitution,
     TemplateId,
     To,
+    ValidateApiKey,
 )
 from sendgrid.helpers.mail.exceptions import SendGridException
 
-from .email import OutgoingEmail
+from .email import OutgoingEmail, send_each
 from .errors import ConfigurationError, ProviderError, RejectedError, TransientError, from_http_status
 
 MESSAGE_ID_ARG = "playbook_message_id"
 MESSAGE_ID_HEADER = "X-Playbook-Message-Id"
+
+# SendGrid's limits for one mail send (see the module docstring), and our margin under its 30 MB
+BATCH_PERSONALIZATIONS = 1000
+BATCH_RECIPIENTS = 1000
+SUBSTITUTION_BYTES = 10_000
+REQUEST_BYTES = 20_000_000
+BODY_TAG = "-playbook-body-"  # the shared content of a batch; each personalization substitutes its body
+
+
+@dataclass
+class _Part:
+    """One email as a personalization of a batched request."""
+
+    personalization: Personalization
+    addresses: set[str]  # lower-cased, for SendGrid's once-per-request rule and the recipient count
+    size: int  # bytes of its JSON
+
+
+@dataclass
+class _Request:
+    """The emails packed into one mail send: the same sender, reply-to and template, within the limits."""
+
+    indices: list[int] = field(default_factory=list)
+    addresses: set[str] = field(default_factory=set)
+    recipients: int = 0
+    size: int = 0
+
+    def fits(self, part: _Part) -> bool:
+        return (
+            len(self.indices) < BATCH_PERSONALIZATIONS
+            and self.recipients + len(part.addresses) <= BATCH_RECIPIENTS
+            and self.size + part.size <= REQUEST_BYTES
+            and self.addresses.isdisjoint(part.addresses)
+        )
+
+    def add(self, index: int, part: _Part) -> None:
+        self.indices.append(index)
+        self.addresses |= part.addresses
+        self.recipients += len(part.addresses)
+        self.size += part.size
 
 
 class _RedactAuthorization(logging.Filter):
@@ -112,6 +195,92 @@ class SendGridProvider:
         # SendGrid answers 202 with the id its events carry as ``sg_message_id`` (prefixed by it).
         return response.headers.get("X-Message-Id") or email.message_id
 
+    def send_batch(self, emails: list[OutgoingEmail]) -> list[str | ProviderError]:
+        """As few mail sends as SendGrid's limits allow; per email, our answer (see the module docstring)."""
+        parts: dict[int, _Part] = {}
+        requests: list[_Request] = []  # in the order of their first email
+        open_: dict[tuple[str, str | None, str | None], list[_Request]] = {}
+        for index, email in enumerate(emails):
+            part = self._part(email)
+            if part is None:
+                requests.append(_Request(indices=[index]))  # alone: through send
+                continue
+            parts[index] = part
+            candidates = open_.setdefault((email.sender or self.default_sender, email.reply_to, email.template_id), [])
+            request = next((r for r in candidates if r.fits(part)), None)
+            if request is None:
+                request = _Request()
+                candidates.append(request)
+                requests.append(request)
+            request.add(index, part)
+        results: list[str | ProviderError | None] = [None] * len(emails)
+        stopped: ProviderError | None = None
+        for request in requests:
+            group = [emails[i] for i in request.indices]
+            if stopped is not None:
+                answers: list[str | ProviderError] = [stopped] * len(group)
+            elif len(group) == 1:
+                answers = send_each(self, group)
+            else:
+                try:
+                    answers = [self._send_batch(group, [parts[i] for i in request.indices])] * len(group)
+                except RejectedError:
+                    answers = send_each(self, group)  # one bad email must not refuse the others
+                except ProviderError as err:
+                    answers = [err] * len(group)
+            for index, answer in zip(request.indices, answers, strict=True):
+                results[index] = answer
+                if isinstance(answer, ProviderError) and not isinstance(answer, RejectedError):
+                    stopped = stopped or answer  # down, rate limited or misconfigured: send no more now
+        return [r if r is not None else TransientError("not attempted", provider=self.name) for r in results]
+
+    def _send_batch(self, emails: list[OutgoingEmail], parts: list[_Part]) -> str:
+        first = emails[0]
+        mail = Mail(from_email=From(first.sender or self.default_sender))
+        if first.template_id:
+            mail.template_id = TemplateId(first.template_id)
+        else:
+            mail.add_content(Content("text/plain", BODY_TAG))
+        if first.reply_to:
+            mail.reply_to = ReplyTo(first.reply_to)
+        for n, part in enumerate(parts):
+            mail.add_personalization(part.personalization, index=n)  # the helper's default index 0 prepends
+        with _mapped_errors(self.name, self.host):
+            response = self._client.send(mail.get())
+        return response.headers.get("X-Message-Id") or first.message_id
+
+    def _part(self, email: OutgoingEmail) -> _Part | None:
+        """The email as a personalization of a shared request, or None when it must be sent alone."""
+        try:
+            personalization, addresses = _personalization(email)
+        except (SendGridException, TypeError, ValueError):
+            return None  # a malformed address list: send refuses it as a rejection
+        if email.template_id:
+            personalization.dynamic_template_data = dict(email.data)
+            if email.subject:
+                personalization.subject = email.subject
+        else:
+            body_bytes = len(email.body.encode()) + len(BODY_TAG.encode())
+            if not email.subject or not email.body or body_bytes > SUBSTITUTION_BYTES:
+                return None
+            if BODY_TAG in email.body or BODY_TAG in email.subject:
+                return None
+            try:
+                ValidateApiKey().validate_message_text(email.body)  # what Content checks in a single send
+            except SendGridException:
+                return None
+            personalization.subject = email.subject
+            personalization.add_substitution(Substitution(BODY_TAG, email.body))
+        personalization.add_custom_arg(CustomArg(MESSAGE_ID_ARG, email.message_id))
+        personalization.add_header(Header(MESSAGE_ID_HEADER, email.message_id))
+        try:
+            size = len(json.dumps(personalization.get()).encode())
+        except (TypeError, ValueError):
+            return None  # template data that is not JSON: send refuses it without a request
+        if not addresses or len(addresses) > BATCH_RECIPIENTS or size > REQUEST_BYTES:
+            return None
+        return _Part(personalization, addresses, size)
+
     def _body(self, email: OutgoingEmail) -> dict[str, Any]:
         try:
             body: dict[str, Any] = self._message(email).get()  # the JSON of the v3 mail/send request
@@ -123,15 +292,7 @@ class SendGridProvider:
 
     def _message(self, email: OutgoingEmail) -> Mail:
         mail = Mail(from_email=From(email.sender or self.default_sender))
-        personalization = Personalization()
-        # SendGrid refuses an address that appears twice across to/cc/bcc of one personalization.
-        seen: set[str] = set()
-        for kind, addresses in ((To, email.to), (Cc, email.cc), (Bcc, email.bcc)):
-            for address in addresses:
-                key = (parseaddr(address)[1] or address).strip().lower()
-                if key and key not in seen:
-                    seen.add(key)
-                    personalization.add_email(kind(address.strip()))
+        personalization, _ = _personalization(email)
         if email.template_id:
             # A dynamic template brings its own subject and content; the data fills it.
             mail.template_id = TemplateId(email.template_id)
@@ -147,6 +308,20 @@ class SendGridProvider:
         mail.custom_arg = CustomArg(MESSAGE_ID_ARG, email.message_id)
         mail.header = Header(MESSAGE_ID_HEADER, email.message_id)
         return mail
+
+
+def _personalization(email: OutgoingEmail) -> tuple[Personalization, set[str]]:
+    """The email's recipients as one personalization, and their addresses (lower-cased)."""
+    personalization = Personalization()
+    # SendGrid refuses an address that appears twice across to/cc/bcc of one personalization.
+    seen: set[str] = set()
+    for kind, addresses in ((To, email.to), (Cc, email.cc), (Bcc, email.bcc)):
+        for address in addresses:
+            key = (parseaddr(address)[1] or address).strip().lower()
+            if key and key not in seen:
+                seen.add(key)
+                personalization.add_email(kind(address.strip()))
+    return personalization, seen
 
 
 @contextmanager

@@ -48,6 +48,7 @@ class _Rule:
     drop: bool  # close the connection without answering
     method: str | None
     path: str | None  # a prefix
+    skip: int = 0  # matching requests passed over before the rule applies
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (self.path is None or path.startswith(self.path))
@@ -99,9 +100,11 @@ class FakeServer:
         headers: dict[str, str] | None = None,
         method: str | None = None,
         path: str | None = None,
+        skip: int = 0,
     ) -> None:
-        """The next ``count`` matching requests get ``status`` (and body/headers) instead of an answer."""
-        self._add(_Rule(count, status, body, dict(headers or {}), 0.0, False, method, path))
+        """The next ``count`` matching requests get ``status`` (and body/headers) instead of an answer;
+        with ``skip``, only after passing over that many matching requests (answered normally, or by another rule)."""
+        self._add(_Rule(count, status, body, dict(headers or {}), 0.0, False, method, path, skip))
 
     def delay_next(self, seconds: float, count: int = 1, *, method: str | None = None, path: str | None = None) -> None:
         """The next ``count`` matching requests are answered normally, but only after ``seconds``."""
@@ -122,6 +125,9 @@ class FakeServer:
         with self._lock:
             for rule in self._rules:
                 if rule.remaining > 0 and rule.matches(method, path):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     rule.remaining -= 1
                     return rule
         return None
