@@ -49,6 +49,7 @@ bench: $(STAMP) bytecode
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/longrun.py
+	$(BIN)/python bench/fanout.py
 
 clean:
 	rm -rf $(VENV) .playbook build .pytest_cache .hypothesis
