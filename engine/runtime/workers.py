@@ -10,13 +10,14 @@ version, so new interpreter code never replays a run that older code started. `m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
 from temporalio.api.enums.v1 import TaskQueueType
@@ -28,6 +29,14 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+    JSONTypeConverter,
+    value_to_type,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -40,12 +49,24 @@ from .settings import Settings
 # Modules the workflow sandbox takes from the worker instead of re-importing them for every run: pure,
 # deterministic code only. Most are needed, not just cheaper: the sandbox's own copies of jinja2 (locks),
 # the model's dataclasses and zoneinfo objects do not work inside it (bench/memory.py tries each without).
+#
+# The interpreter's step families (core, effects, flow, waiting) are passed through for the cost alone: re-executing
+# them in a fresh sandbox was ~5 of ~35 ms of worker CPU per run (bench/profile_run.py, `current+pt:...`). What that
+# asks of them: no state kept at module level between runs (constants only; a ContextVar set only inside a run's
+# tasks), and no non-deterministic call (the clock, randomness, I/O) — the sandbox's runtime restrictions do not
+# reach code passed through, so the rule in engine/interpreter/core.py's docstring is what guards them. The
+# workflow modules themselves (engine.interpreter.workflow, schedule_tick) stay sandboxed, as does any interpreter
+# module not listed here.
 PASSTHROUGH = (
     "jinja2",
     "markupsafe",
     "engine.language",
     "engine.interpreter.calendar",
     "engine.interpreter.messages",
+    "engine.interpreter.core",
+    "engine.interpreter.effects",
+    "engine.interpreter.flow",
+    "engine.interpreter.waiting",
     "activities.types",
 )
 
@@ -55,6 +76,85 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
 
 
 WORKFLOWS: tuple[type, ...] = (PlaybookRun, PlaybookForEachChunk, PlaybookScheduleTick)
+
+
+# ------------------------------------------------------------------------------------------ payload decoding
+
+class _KnownDataclasses(JSONTypeConverter):
+    """Decodes the engine's own dataclasses as temporalio's default does, field by field, but with each class's
+    resolved field types computed once instead of on every value.
+
+    The default decoder calls typing.get_type_hints for every dataclass value it builds: with postponed
+    annotations that compiles every field's annotation again, for every step of the playbook in RunInput (and for
+    every member tried of a union), ~80% of decoding a run's input (bench/profile_run.py). Only classes of modules
+    passed through the sandbox (PASSTHROUGH): they are the same objects for the worker's life, so the cache holds
+    a fixed set of classes, shared by all runs; anything else (a workflow's own module, re-imported per run)
+    takes the default path.
+    The wire format is not touched: encoding is the default's, and what is decoded is the same objects.
+    """
+
+    # class -> (field name, resolved type, in __init__) per field; shared by every converter instance (the worker
+    # makes one per workflow run)
+    _fields: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+
+    def __init__(self) -> None:
+        self._converters = [self]
+
+    def to_typed_value(self, hint: type, value: Any) -> Any:
+        fields = self._fields.get(hint) if isinstance(hint, type) else None
+        if fields is None:
+            if not (isinstance(hint, type) and dataclasses.is_dataclass(hint) and _passed_through(hint.__module__)):
+                return JSONTypeConverter.Unhandled
+            hints = get_type_hints(hint)
+            fields = tuple((f.name, hints[f.name], f.init) for f in dataclasses.fields(hint))
+            self._fields[hint] = fields
+        if not isinstance(value, dict):
+            raise TypeError(f"Cannot convert to dataclass {hint}, value is {type(value)} not dict")
+        init: dict[str, Any] = {}
+        not_init: dict[str, Any] = {}
+        for name, field_hint, in_init in fields:
+            if name in value:
+                try:
+                    converted = value_to_type(field_hint, value[name], self._converters)
+                except Exception as err:
+                    raise TypeError(f"Failed converting field {name} on dataclass {hint}") from err
+                (init if in_init else not_init)[name] = converted
+        obj = hint(**init)
+        for name, converted in not_init.items():
+            object.__setattr__(obj, name, converted)
+        return obj
+
+
+def _passed_through(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in PASSTHROUGH)
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """temporalio's default payload converter, with the engine's dataclasses decoded by _KnownDataclasses."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                JSONPlainPayloadConverter(custom_type_converters=[_KnownDataclasses()])
+                if isinstance(c, JSONPlainPayloadConverter)
+                else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+def with_payload_converter(client: Client) -> Client:
+    """The client, with PayloadConverter in place of the default one (a client with a converter of its own is
+    left as it is). The same connection: Client(**config) shares the service client."""
+    converter = client.data_converter
+    if converter.payload_converter_class is not DefaultPayloadConverter:
+        return client
+    config = client.config()
+    config["data_converter"] = dataclasses.replace(converter, payload_converter_class=PayloadConverter)
+    return Client(**config)
+
+
+DATA_CONVERTER = dataclasses.replace(DataConverter.default, payload_converter_class=PayloadConverter)
 
 
 def build_worker(
@@ -69,7 +169,7 @@ def build_worker(
     """A worker; with `versioning`, one version of the Worker Deployment whose runs are pinned to it (without,
     an unversioned worker: what `playbook test` and the time-skipping test server use)."""
     return Worker(
-        client,
+        with_payload_converter(client),
         task_queue=task_queue,
         workflows=[*WORKFLOWS, *extra_workflows],
         activities=list(activities),
