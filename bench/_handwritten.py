@@ -247,7 +247,6 @@ class HandTickInput:
     version: str
     task_queue: str
     start_concurrency: int
-    page_size: int = 200
 
 
 class HandStartActivities:
@@ -278,7 +277,7 @@ class HandWrittenTick:
         tick, after, started = workflow.now().isoformat(), "", 0
         while True:
             page: act.SegmentResult = await workflow.execute_activity(
-                "segment_page", act.SegmentPage(None, after, inp.page_size), result_type=act.SegmentResult,
+                "segment_page", act.SegmentPage(None, after), result_type=act.SegmentResult,
                 start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY,
             )
             if page.account_ids:
