@@ -3,9 +3,10 @@
 On the real Temporal dev server, in one run: a playbook of ten steps (email, CRM update, email, ... each one
 activity) through PlaybookRun, and bench/_handwritten.py calling the same activities with the same requests.
 Runs go one at a time, alternating (ABBA) so drift on a shared machine hits both alike, after a warm-up.
-Printed: wall time per run, start to result, seen from the client (goal: PlaybookRun within 1.15x) and history
-events per run (goal: within 1.2x). The activity requests of both are compared first: the same names and
-inputs, once the run's own ids and clock are set aside.
+Printed: wall time per run, start to result, seen from the client (goal: PlaybookRun within 1.15x), history
+events per run (goal: within 1.2x), the history's bytes by event type (which payloads make the difference) and
+the CPU this process (client and worker) spent per run. The activity requests of both are compared first: the
+same names and inputs, once the run's own ids and clock are set aside.
 
     .venv/bin/python bench/overhead.py [--runs 30]
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._handwritten import NAME, HandWrittenTenSteps, TenStepsInput  # noqa: E402
 from bench._stack import ACCOUNT, crm_database, dev_server, playbook, quiet_logs  # noqa: E402
+from bench.profile_run import by_event_type  # noqa: E402
 
 TIME_GOAL = 1.15
 EVENTS_GOAL = 1.2
@@ -90,6 +92,8 @@ async def bench(runs: int) -> None:
             queue = f"bench-overhead-{uuid.uuid4().hex[:8]}"
             async with build_worker(client, queue, acts.all(), extra_workflows=[HandWrittenTenSteps]):
 
+                cpu: dict[str, float] = {"playbook": 0.0, "hand": 0.0}
+
                 async def playbook_run(n: int) -> tuple[float, str]:
                     began = time.perf_counter()
                     handle = await start_run(client, queue, pb, ACCOUNT["id"], workflow_id=f"pb/{n}/{queue}")
@@ -117,7 +121,9 @@ async def bench(runs: int) -> None:
                 for n in range(runs):
                     order = [("playbook", playbook_run), ("hand", hand_written)]
                     for name, run in order if n % 2 == 0 else order[::-1]:
+                        cpu_before = time.process_time()
                         elapsed, workflow_id = await run(n)
+                        cpu[name] += time.process_time() - cpu_before
                         times[name].append(elapsed)
                         ids[name].append(workflow_id)
 
@@ -150,6 +156,21 @@ async def bench(runs: int) -> None:
         "history size per run", statistics.fmean(size["playbook"]) / 1000, statistics.fmean(size["hand"]) / 1000,
         "{:.1f} KB",
     )
+    row(
+        "CPU of client + worker per run", cpu["playbook"] / runs * 1000, cpu["hand"] / runs * 1000, "{:.1f} ms"
+    )
+    print("history bytes per run by event type (payload bytes of them in brackets):")
+    types = {name: [by_event_type(h) for h in hs] for name, hs in histories.items()}
+    names = sorted(
+        {t for rows in types.values() for r in rows for t in r},
+        key=lambda t: -statistics.fmean(r.get(t, (0, 0, 0))[1] for r in types["playbook"]),
+    )
+    for t in names:
+        cells = []
+        for name in ("playbook", "hand"):
+            count, size, payload = (statistics.fmean(r.get(t, (0, 0, 0))[i] for r in types[name]) for i in range(3))
+            cells.append(f"{count:>3.0f} x {size / max(count, 1):>4.0f} B [{payload:>5.0f}]")
+        print(f"  {t:<32}{cells[0]:>22}{cells[1]:>22}")
     time_ratio = med["playbook"] / med["hand"]
     events_ratio = statistics.fmean(events["playbook"]) / statistics.fmean(events["hand"])
     time_verdict = "met" if time_ratio <= TIME_GOAL else "NOT met"
