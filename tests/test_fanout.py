@@ -155,7 +155,9 @@ async def _play(path: Path, db_url: str, slice_histories: bool) -> Played:
                 run_scenario(path, env, resolver(), PLAYBOOKS, database=lambda _folder: db_url), RUN_DEADLINE
             )
         except TimeoutError:
-            raise AssertionError(f"the run did not end in {RUN_DEADLINE}s:\n{await stuck(env, db_url)}") from None
+            where, late = await stuck(env, db_url)
+            kind = SlowCancel if late else AssertionError
+            raise kind(f"the run did not end in {RUN_DEADLINE}s:\n{where}") from None
         assert report.outcome is not None, f"the scenario did not run: {report.failures}"
         with session(db_url) as s:
             runs = s.scalars(select(t.EnrolledRun.workflow_id)).all()
@@ -187,20 +189,46 @@ async def _play(path: Path, db_url: str, slice_histories: bool) -> Played:
         return Played(report, run_id, START, emails, tasks, approvals, tags, notes, history, slices, recorded)
 
 
-async def stuck(env: WorkflowEnvironment, db_url: str) -> str:
-    """Where a run that did not end stands: the last events of its history and of each slice's."""
+class SlowCancel(AssertionError):
+    """The time-skipping test server delivered the cancel of a slice (RequestCancelExternalWorkflowExecution) only
+    after skipping time past the slices' next timers, or never (the run then hangs): seen under CPU load in about 1
+    run in 6 of the stop/exit scenarios below, while signals to the same slices arrive at once. The parent's
+    history shows the cancel requested on time; the slices' show it arriving late."""
+
+
+def late_cancels(parent: list[HistoryEvent], slices: dict[str, list[HistoryEvent]]) -> list[str]:
+    """Slices whose cancel the parent requested but that heard of it over a minute (simulated) later, or never."""
+    late = []
+    for e in parent:
+        if e.event_type != EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            continue
+        child = e.request_cancel_external_workflow_execution_initiated_event_attributes.workflow_execution.workflow_id
+        asked = e.event_time.ToDatetime()
+        heard = [x.event_time.ToDatetime() for x in slices.get(child, [])
+                 if x.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED]
+        if not heard or heard[0] - asked > timedelta(minutes=1):
+            late.append(f"{child}: cancel requested at {asked}, heard at {heard[0] if heard else 'never'}")
+    return late
+
+
+async def stuck(env: WorkflowEnvironment, db_url: str) -> tuple[str, list[str]]:
+    """Where a run that did not end stands: the last events of its history and of each slice's; and the slices
+    whose cancel the server has not delivered on time."""
     with session(db_url) as s:
         run_id = s.scalars(select(t.EnrolledRun.workflow_id)).first()
     if run_id is None:
-        return "no run was recorded"
+        return "no run was recorded", []
     lines = []
+    histories = {}
     history = list((await env.client.get_workflow_handle(run_id).fetch_history()).events)
     for workflow_id in [run_id, *child_ids(history)]:
         events = list((await env.client.get_workflow_handle(workflow_id).fetch_history()).events)
+        histories[workflow_id] = events
         lines.append(f"{workflow_id}: {len(events)} events, the last:")
         for e in events[-6:]:
             lines.append(f"  {e.event_id} {e.event_time.ToDatetime().isoformat()} {EventType.Name(e.event_type)}")
-    return "\n".join(lines)
+    late = late_cancels(history, histories)
+    return "\n".join(lines + late), late
 
 
 # ------------------------------------------------------------------------------------------ reading histories
@@ -470,13 +498,38 @@ def check_cut_short(played: Played, detail: str) -> None:
     wrong = [(x.title, x.status) for x in asks if x.status != "cancelled"]
     assert not wrong, f"asks not cancelled when the run ended: {wrong}"
     assert all(x.completed_at is not None and stop_at <= x.completed_at <= stop_at + HOUR for x in played.tasks)
+    cancels = [e for e in played.history
+               if e.event_type == EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED]
+    assert len(cancels) == (2 if "stop" in detail else 3), "the slices still running are cancelled"
+
+
+def play_cut_short(tmp_path: Path, scenario: dict[str, Any]) -> Played:
+    """Plays a stop/exit scenario; once more when the test server was slow to deliver a slice's cancel (SlowCancel),
+    the second time failing on it."""
+    for attempt in (1, 2):
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        try:
+            played = play(folder, scenario, stop_playbook(), slice_histories=True)
+        except SlowCancel as err:
+            if attempt == 2:
+                raise
+            print(f"the test server was slow to cancel a slice, once more:\n{err}")
+            continue
+        late = late_cancels(played.history, played.slices)
+        if not late:
+            return played
+        if attempt == 2:
+            raise SlowCancel("\n".join(late))
+        print("the test server was slow to cancel a slice, once more:\n" + "\n".join(late))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def test_stop_in_the_third_slice_ends_the_run_and_cancels_every_slice(tmp_path: Path) -> None:
     scenario = manual({"id": "acc-stop", "name": "Stop GmbH"}, script=[
         NOISE, {"at": "1d", "event": {"type": "item.go", "data": {"n": 2300}}},
     ], expect=[{"step": "after_items", "status": "not_run"}, {"outcome": "exited"}])
-    played = play(tmp_path, scenario, stop_playbook(), slice_histories=True)
+    played = play_cut_short(tmp_path, scenario)
     print(f"stop in slice 3 of 2,500 items: {played.seconds:.1f}s")
     check_cut_short(played, "item 2300 was told to stop")
     replay(played)
@@ -486,7 +539,7 @@ def test_exit_when_event_while_every_slice_waits(tmp_path: Path) -> None:
     scenario = manual({"id": "acc-exit", "name": "Exit GmbH"}, script=[
         NOISE, {"at": "1d", "event": {"type": "account.cancelled", "data": {}}},
     ], expect=[{"step": "after_items", "status": "not_run"}, {"outcome": "exited"}])
-    played = play(tmp_path, scenario, stop_playbook(), slice_histories=True)
+    played = play_cut_short(tmp_path, scenario)
     print(f"exit_when while 2,500 items wait: {played.seconds:.1f}s")
     check_cut_short(played, "account.cancelled")
     replay(played)
