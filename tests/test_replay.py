@@ -29,7 +29,7 @@ from temporalio.worker import Replayer
 
 from engine.interpreter.messages import FOR_EACH_WORKFLOW_NAME, WORKFLOW_NAME
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
-from engine.runtime.workers import sandbox_runner
+from engine.runtime.workers import DATA_CONVERTER, sandbox_runner
 from tests.paths import ROOT
 
 HISTORIES = ROOT / "tests" / "histories"
@@ -64,7 +64,7 @@ def workflow_type(release: str, file: str) -> str:
 
 def replayer(*workflows: type) -> Replayer:
     # The worker's own sandbox settings (engine.runtime.workers): replay runs the code exactly as a worker would.
-    return Replayer(workflows=list(workflows), workflow_runner=sandbox_runner())
+    return Replayer(workflows=list(workflows), workflow_runner=sandbox_runner(), data_converter=DATA_CONVERTER)
 
 
 def test_histories_are_kept_per_release():

@@ -9,6 +9,7 @@ string that parses as an expression counts even when it is plain text, and a nam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,9 @@ def _analyses(text: str) -> list[ex.Analysis]:
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _strings(getattr(value, f.name))
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
             yield from _strings(getattr(value, name))
