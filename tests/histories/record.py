@@ -57,7 +57,9 @@ SCENARIOS = [
     "trial-follow-up-converts",  # exit on an event
     "webinar-invitations-no-show",  # for_each inline, wait_for per item
 ]
-FOR_EACH_ITEMS = 101  # one more than engine.interpreter.workflow.INLINE_FOR_EACH_LIMIT: two chunks of 100 and 1
+# One more than engine.interpreter.flow.INLINE_FOR_EACH_LIMIT: the items run in a PlaybookForEachChunk child (one
+# slice of 101 since 0.2.0; two chunks of 100 and 1 in 0.1.0's recording)
+FOR_EACH_ITEMS = 101
 
 FOR_EACH_PLAYBOOK = """\
 id: replay-for-each-chunks
@@ -75,6 +77,12 @@ steps:
             to: "{{ person.email }}"
             subject: "Hi {{ person.first_name }}"
             body: "Hello"
+        - wait: 1d
+        - id: again
+          email:
+            to: "{{ person.email }}"
+            subject: "Still there, {{ person.first_name }}?"
+            body: "Hello again"
   - crm:
       update: { greeted: "{{ steps.greet_all.count }}" }
 """
@@ -85,7 +93,7 @@ def for_each_scenario(folder: Path) -> Path:
     (folder / "tests").mkdir(parents=True)
     (folder / "replay-for-each-chunks.yaml").write_text(FOR_EACH_PLAYBOOK, encoding="utf-8")
     scenario = {
-        "name": "101 contacts: the for_each runs in two chunk workflows",
+        "name": "101 contacts: the for_each runs in a child workflow; two emails a day apart",
         "playbook": "replay-for-each-chunks",
         "start": {"manual": True},
         "account": {"id": "acc-large", "name": "Large Co."},
