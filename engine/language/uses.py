@@ -32,6 +32,8 @@ class Uses:
 
 
 PARTIAL = ("vars", "steps")
+# Fields of a step that are its shape, never rendered (``path`` reads as the expression ``steps.0...``).
+STRUCTURE = frozenset({"path", "kind", "id", "name", "on_error", "action"})
 
 
 def uses_of(steps: tuple[Step, ...]) -> Uses:
@@ -68,7 +70,8 @@ def _strings(value: Any) -> Iterator[str]:
         yield value
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            yield from _strings(getattr(value, f.name))
+            if f.name not in STRUCTURE:
+                yield from _strings(getattr(value, f.name))
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
             yield from _strings(getattr(value, name))
