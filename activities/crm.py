@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,6 +21,10 @@ class CrmProvider(Protocol):
     name: str
 
     def get_account(self, account_id: str) -> AccountSnapshot: ...
+    def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
+        """Many accounts in a few queries (a schedule tick's page): each as get_account reads it, keyed by id; an
+        account the CRM does not have is left out."""
+        ...
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None: ...
     def add_note(self, key: str, account_id: str, text: str, at: datetime) -> None: ...
     def add_tag(self, account_id: str, tag: str) -> None: ...
@@ -46,6 +51,10 @@ class BuiltinCrm:
         if snapshot is None:
             raise NotFoundError(f"no account '{account_id}'", provider=self.name)
         return snapshot
+
+    def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
+        with session(self.db_url) as s:
+            return read_accounts(s, account_ids)
 
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None:
         with session(self.db_url) as s:
@@ -128,6 +137,25 @@ _CSM_ROW = select(_CSMS.c.id, _CSMS.c.name, _CSMS.c.email, _CSMS.c.languages, _C
     _CSMS.c.id == bindparam("csm_id")
 )
 _TAG_ROWS = select(_TAGS.c.tag).where(_TAGS.c.account_id == bindparam("account_id")).order_by(_TAGS.c.tag)
+# read_accounts: a page of accounts with their owners, their contacts, their tags (an expanding IN each)
+_ACCOUNT_ROWS = (
+    select(_ACCOUNTS.c.id, _ACCOUNTS.c.name, _ACCOUNTS.c.fields, _CSMS.c.id.label("owner_id"),
+           _CSMS.c.name.label("owner_name"), _CSMS.c.email.label("owner_email"),
+           _CSMS.c.languages.label("owner_languages"), _CSMS.c.role.label("owner_role"))
+    .select_from(_ACCOUNTS.outerjoin(_CSMS, _CSMS.c.id == _ACCOUNTS.c.owner_id))
+    .where(_ACCOUNTS.c.id.in_(bindparam("account_ids", expanding=True)))
+)
+_CONTACTS_OF = (
+    select(_CONTACTS.c.account_id, _CONTACTS.c.email, _CONTACTS.c.first_name, _CONTACTS.c.fields)
+    .where(_CONTACTS.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    .order_by(_CONTACTS.c.account_id, _CONTACTS.c.position, _CONTACTS.c.id)
+)
+_TAGS_OF = (
+    select(_TAGS.c.account_id, _TAGS.c.tag)
+    .where(_TAGS.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    .order_by(_TAGS.c.account_id, _TAGS.c.tag)
+)
+READ_CHUNK = 500  # ids per IN list: well below any database's limit on bound parameters
 _INSERT_ACCOUNT = insert(_ACCOUNTS)
 _UPDATE_ACCOUNT = (
     update(_ACCOUNTS)
@@ -154,12 +182,43 @@ def read_account(s: Session, account_id: str) -> AccountSnapshot | None:
             "owner": _csm_dict(owner) if owner else None,
             "tags": list(tags),
         },
-        # An empty name is no name: templates see it undefined (an error, or their `default`), never "".
-        contacts=[
-            {**(c.fields or {}), **{k: v for k, v in (("email", c.email), ("first_name", c.first_name)) if v}}
-            for c in contacts
-        ],
+        contacts=[_contact_dict(c) for c in contacts],
     )
+
+
+def read_accounts(s: Session, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
+    """Many accounts as read_account reads each, in three queries per 500 ids (accounts with their owners, contacts,
+    tags) instead of four per account; keyed by id, in the order asked, without the ids there is no account for."""
+    wanted = list(dict.fromkeys(account_ids))
+    found: dict[str, AccountSnapshot] = {}
+    for start in range(0, len(wanted), READ_CHUNK):
+        chunk = {"account_ids": wanted[start : start + READ_CHUNK]}
+        rows = {r.id: r for r in s.execute(_ACCOUNT_ROWS, chunk)}
+        tags: dict[str, list[str]] = {}
+        for account_id, tag in s.execute(_TAGS_OF, chunk):
+            tags.setdefault(account_id, []).append(tag)
+        contacts: dict[str, list[dict[str, Any]]] = {}
+        for c in s.execute(_CONTACTS_OF, chunk):
+            contacts.setdefault(c.account_id, []).append(_contact_dict(c))
+        for account_id in chunk["account_ids"]:
+            row = rows.get(account_id)
+            if row is None:
+                continue
+            owner = None
+            if row.owner_id is not None:
+                owner = {"id": row.owner_id, "name": row.owner_name, "email": row.owner_email,
+                         "languages": list(row.owner_languages or []), "role": row.owner_role}
+            found[account_id] = AccountSnapshot(
+                account={**(row.fields or {}), "id": account_id, "name": row.name, "owner": owner,
+                         "tags": tags.get(account_id, [])},
+                contacts=contacts.get(account_id, []),
+            )
+    return found
+
+
+def _contact_dict(c: Any) -> dict[str, Any]:
+    # An empty name is no name: templates see it undefined (an error, or their `default`), never "".
+    return {**(c.fields or {}), **{k: v for k, v in (("email", c.email), ("first_name", c.first_name)) if v}}
 
 
 def write_account(s: Session, account: dict[str, Any], contacts: list[dict[str, Any]] | None) -> None:

@@ -156,6 +156,48 @@ def test_a_company_without_owner_or_contacts(crm, hub):
     assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read") == []
 
 
+def test_get_accounts_reads_a_page_as_get_account_reads_each(crm, hub):
+    hub.add_company("5009", name="Solo")
+    hub.add_contact("704", "5002", email="dee@beta.example", firstname="Dee")
+    ids = ["5003", "5001", "999", "5009", "5002"]  # 999: no such company
+
+    many = crm.get_accounts(ids)
+
+    assert list(many) == ["5003", "5001", "5009", "5002"]  # the order asked, without the unknown one
+    with HubSpotCrm(TOKEN, base_url=hub.url, timeout=2) as fresh:
+        assert many == {i: fresh.get_account(i) for i in many}
+
+
+def test_get_accounts_makes_batch_calls_of_100_not_calls_per_account(crm, hub):
+    for n in range(250):
+        hub.add_company(str(6000 + n), name=f"Shop {n}", hubspot_owner_id="101" if n % 2 else "103")
+        hub.add_contact(str(8000 + n), str(6000 + n), email=f"o{n}@shop.example", firstname=f"O{n}")
+    hub.requests.clear()
+
+    many = crm.get_accounts([str(6000 + n) for n in range(250)])
+
+    assert len(many) == 250 and many["6007"].contacts[0]["email"] == "o7@shop.example"
+    assert many["6007"].account["owner"]["id"] == "101" and many["6008"].account["owner"]["id"] == "103"
+    paths = [r.path for r in hub.requests if r.method == "POST"]
+    assert paths.count("/crm/v3/objects/companies/batch/read") == 3
+    assert paths.count("/crm/v3/associations/companies/contacts/batch/read") == 3
+    assert paths.count("/crm/v3/objects/contacts/batch/read") == 3
+    assert all(len(r.json["inputs"]) <= 100 for r in hub.requests if r.method == "POST")
+    assert not [r for r in hub.requests if r.path.startswith("/crm/v3/objects/companies/6")]  # no single reads
+    assert len(hub.requests) <= 9 + 2 + 2  # + property definitions, + the two owners
+
+
+def test_get_accounts_of_companies_none_of_which_exists_or_none(crm, hub):
+    assert crm.get_accounts(["998", "999"]) == {}
+    assert crm.get_accounts([]) == {}
+
+
+def test_get_accounts_of_companies_without_contacts(crm, hub):
+    many = crm.get_accounts(["5002", "5003"])
+    assert [s.contacts for s in many.values()] == [[], []]
+    assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read") == []
+
+
 # writing -----------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
 
 TICK_WORKFLOW_NAME = "PlaybookScheduleTick"
 PAGES_PER_RUN = 20
+START_HEARTBEAT_TIMEOUT = timedelta(minutes=1)
 
 
 @dataclass
@@ -57,6 +58,9 @@ class PlaybookScheduleTick:
                     StartRunsRequest(tick.playbook_id, page.account_ids, tick.tick, tick.task_queue),
                     result_type=StartRunsResult,
                     start_to_close_timeout=timedelta(minutes=5),
+                    # a page heartbeats as its starts complete: a worker lost midway is noticed within a minute,
+                    # and the retry resumes after the last account done (no new command: replay is unaffected)
+                    heartbeat_timeout=START_HEARTBEAT_TIMEOUT,
                     retry_policy=retry,
                 )
                 tick.started += done.started

@@ -7,7 +7,10 @@ events (engine/runtime/intake.py): starting runs is the runtime's job, so activi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import (
@@ -86,37 +89,127 @@ async def sync_schedules(client: Client, library: dict[str, Playbook], task_queu
     return report
 
 
+# Starts in flight at once per page. A start is one RPC that waits on the server's write of the new workflow; one
+# at a time, a page waits on each in turn (~100 starts/s on the dev server). A few dozen keep the frontend and the
+# history shards busy without queueing at them: more adds latency, not throughput, and takes connections and
+# persistence capacity from the workers' own polls and the runs just started (see the bench in the commit message).
+START_CONCURRENCY = 32
+LIBRARY_CACHE = 8  # ticks whose library is kept: a few playbooks' ticks may run at once
+
+
 class ScheduleActivities:
     """The activity a tick (engine/interpreter/schedule_tick.py) starts its runs with, a page of accounts at a time.
 
     Starting runs is an activity (it calls Temporal's client), so a tick of 10,000 accounts is a few dozen
     activities in the tick's history, not 10,000 child workflows. Starts are keyed by playbook and enrollment
-    key, so a retried page starts nothing twice.
+    key (a run's workflow id), so a retried page starts nothing twice; it also resumes after the last account
+    its heartbeats say was done. The library is read once per tick (per worker), not once per page: every
+    page of a tick starts runs of the same playbook version.
     """
 
-    def __init__(self, crm: CrmProvider, client: Client | None, library_root: str) -> None:
+    def __init__(
+        self, crm: CrmProvider, client: Client | None, library_root: str, concurrency: int = START_CONCURRENCY
+    ) -> None:
         self.crm = crm
         self.client = client
         self.library_root = library_root
+        self.concurrency = max(1, concurrency)
+        self._libraries: dict[str, asyncio.Future[dict[str, Playbook]]] = {}
+
+    async def _playbooks(self, tick: str) -> dict[str, Playbook]:
+        """The library as the tick's first page on this worker read it."""
+        future = self._libraries.get(tick)
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+            future = asyncio.ensure_future(asyncio.to_thread(lambda: Library.load(self.library_root).playbooks))
+            self._libraries[tick] = future
+            while len(self._libraries) > LIBRARY_CACHE:
+                del self._libraries[next(iter(self._libraries))]
+        return await asyncio.shield(future)
 
     @activity.defn(name="start_scheduled_runs")
     async def start_scheduled_runs(self, req: StartRunsRequest) -> StartRunsResult:
-        if self.client is None:
+        client = self.client
+        if client is None:
             raise RuntimeError("start_scheduled_runs needs a Temporal client")
-        playbook = Library.load(self.library_root).playbooks.get(req.playbook_id)
+        playbook = (await self._playbooks(req.tick)).get(req.playbook_id)
         if playbook is None:
             return StartRunsResult(0, len(req.account_ids))
-        started = skipped = 0
+        progress = PageProgress.resume(activity.info().heartbeat_details, len(req.account_ids))
+        todo = progress.todo()
+        if not todo:
+            return progress.result()
+        activity.heartbeat(progress.details())  # alive while the accounts are read
+        snapshots = await asyncio.to_thread(self.crm.get_accounts, [req.account_ids[i] for i in todo])
         tick_id = f"tick:{req.playbook_id}:{req.tick}"
-        for account_id in req.account_ids:
-            snapshot = self.crm.get_account(account_id)
+
+        async def start(account_id: str) -> bool:
+            snapshot = snapshots.get(account_id)
+            if snapshot is None:  # gone from the CRM since the segment was read
+                return False
             event = Event("schedule.tick", {"scheduled_at": req.tick}, tick_id, req.tick, account_id)
             try:
                 key = enrollment_key(playbook, event, snapshot.account, snapshot.contacts)
             except ex.ExpressionError:
-                skipped += 1
-                continue
-            result = await start_enrolled(self.client, req.task_queue, playbook, account_id, key, event)
-            started += result.status == "started"
-            skipped += result.status != "started"
-        return StartRunsResult(started, skipped)
+                return False
+            result = await start_enrolled(client, req.task_queue, playbook, account_id, key, event)
+            return result.status == "started"
+
+        queue = iter(todo)  # taken in order by every starter: the done ones form a prefix but for those in flight
+
+        async def starter() -> None:
+            for i in queue:
+                progress.done(i, await start(req.account_ids[i]))
+                activity.heartbeat(progress.details())
+
+        try:
+            async with asyncio.TaskGroup() as group:  # a start that fails cancels the others: the page is retried
+                for _ in range(min(self.concurrency, len(todo))):
+                    group.create_task(starter())
+        except ExceptionGroup as failed:  # the first error as it is: Temporal retries it (or not) by its type
+            raise failed.exceptions[0] from None
+        return progress.result()
+
+
+@dataclass
+class PageProgress:
+    """How far a page's starts are, as heartbeats carry it: every account before ``next`` is done (in the order of the
+    page), and of those after it the ones in ``beyond`` (at most the starts that were in flight); with the counts of
+    what is done. A retried attempt starts with the last heartbeat's progress and leaves the done accounts alone."""
+
+    size: int
+    next: int = 0
+    started: int = 0
+    skipped: int = 0
+    beyond: dict[int, bool] = field(default_factory=dict)  # index -> started
+
+    @classmethod
+    def resume(cls, details: Sequence[Any], size: int) -> PageProgress:
+        progress = cls(size)
+        try:
+            last = details[-1] if details else None
+            if isinstance(last, dict) and last.get("size") == size:
+                progress.next = int(last["next"])
+                progress.started, progress.skipped = int(last["started"]), int(last["skipped"])
+                progress.beyond = {int(i): bool(s) for i, s in (last.get("beyond") or {}).items()}
+        except (KeyError, TypeError, ValueError):  # not this activity's details: start the page over
+            progress = cls(size)
+        return progress
+
+    def todo(self) -> list[int]:
+        return [i for i in range(self.next, self.size) if i not in self.beyond]
+
+    def done(self, index: int, started: bool) -> None:
+        self.beyond[index] = started
+        while self.next in self.beyond:
+            ok = self.beyond.pop(self.next)
+            self.started += ok
+            self.skipped += not ok
+            self.next += 1
+
+    def details(self) -> dict[str, Any]:
+        return {"size": self.size, "next": self.next, "started": self.started, "skipped": self.skipped,
+                "beyond": {str(i): s for i, s in self.beyond.items()}}
+
+    def result(self) -> StartRunsResult:
+        started = self.started + sum(self.beyond.values())
+        return StartRunsResult(started, self.size - started)

@@ -111,6 +111,10 @@ class FakeHubSpot(FakeServer):
                 return self._patch_company(match[1], request.json or {})
         if m == "POST" and p == "/crm/v3/objects/companies/search":
             return self._search(self.companies, request.json or {})
+        if m == "POST" and p == "/crm/v3/objects/companies/batch/read":
+            return self._read_companies(request.json or {})
+        if m == "POST" and p == "/crm/v3/associations/companies/contacts/batch/read":
+            return self._read_company_contacts(request.json or {})
         if m == "POST" and p == "/crm/v3/objects/contacts/batch/read":
             return self._read_contacts(request.json or {})
         if m == "POST" and p == "/crm/v3/objects/notes/search":
@@ -151,26 +155,71 @@ class FakeHubSpot(FakeServer):
         if company is None:
             return _error(404, "Object not found.  objectId are usually numeric.", "OBJECT_NOT_FOUND")
         asked = ",".join(request.query.get("properties", [])).split(",")
-        wanted = [n for n in asked if n] or ["name", "domain", "createdate", "hs_lastmodifieddate", "hs_object_id"]
+        body = self._company(company_id, [n for n in asked if n])
+        if "contacts" in ",".join(request.query.get("associations", [])).split(","):
+            results = self._contact_links(company_id)
+            if results:
+                body["associations"] = {"contacts": {"results": results}}
+        return Reply(200, body)
+
+    def _company(self, company_id: str, asked: list[str]) -> dict[str, Any]:
+        company = self.companies[company_id]
+        wanted = asked or ["name", "domain", "createdate", "hs_lastmodifieddate", "hs_object_id"]
         # HubSpot ignores properties that do not exist and answers null for unset ones
         properties = {n: _text(company.get(n)) for n in wanted if n in self.company_properties}
-        body: dict[str, Any] = {
+        return {
             "id": company_id,
             "properties": properties,
             "createdAt": "2024-01-02T03:04:05.000Z",
             "updatedAt": "2024-02-03T04:05:06.000Z",
             "archived": False,
         }
-        if "contacts" in ",".join(request.query.get("associations", [])).split(","):
-            ids = self.company_contacts.get(company_id, [])
-            if ids:
-                # HubSpot lists a contact once per association type: primary and unlabeled
-                results = []
-                for i, cid in enumerate(ids):
-                    results.append({"id": cid, "type": "company_to_contact"})
-                    if i % 2 == 0:
-                        results.append({"id": cid, "type": "company_to_contact_unlabeled"})
-                body["associations"] = {"contacts": {"results": results}}
+
+    def _contact_links(self, company_id: str) -> list[dict[str, str]]:
+        # HubSpot lists a contact once per association type: primary and unlabeled
+        results = []
+        for i, cid in enumerate(self.company_contacts.get(company_id, [])):
+            results.append({"id": cid, "type": "company_to_contact"})
+            if i % 2 == 0:
+                results.append({"id": cid, "type": "company_to_contact_unlabeled"})
+        return results
+
+    def _read_companies(self, payload: dict) -> Reply:
+        ids = [str(i["id"]) for i in payload.get("inputs") or []]
+        if len(ids) > 100:
+            return _error(400, "Too many inputs: at most 100", "VALIDATION_ERROR")
+        found = [i for i in ids if i in self.companies]
+        missing = [i for i in ids if i not in self.companies]
+        if not found:
+            return _error(404, "Could not get some COMPANY objects, they may be deleted or not exist.",
+                          "OBJECT_NOT_FOUND")
+        body: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": [self._company(i, list(payload.get("properties") or [])) for i in reversed(found)],
+        }
+        if missing:  # HubSpot answers the ones it has, and the others as errors, with a 207
+            body["errors"] = [{"status": "error", "category": "OBJECT_NOT_FOUND",
+                               "message": "Could not get some COMPANY objects, they may be deleted or not exist.",
+                               "context": {"ids": missing}}]
+            body["numErrors"] = 1
+            return Reply(207, body)
+        return Reply(200, body)
+
+    def _read_company_contacts(self, payload: dict) -> Reply:
+        ids = [str(i["id"]) for i in payload.get("inputs") or []]
+        if len(ids) > 100:
+            return _error(400, "Too many inputs: at most 100", "VALIDATION_ERROR")
+        results = [{"from": {"id": i}, "to": self._contact_links(i)} for i in reversed(ids) if self._contact_links(i)]
+        lonely = [i for i in ids if not self._contact_links(i)]
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if lonely:  # a company without contacts (or unknown) is an error of the batch, each its own
+            body["errors"] = [
+                {"status": "error", "category": "OBJECT_NOT_FOUND", "subCategory": "NO_ASSOCIATIONS_FOUND",
+                 "message": f"No contact is associated with company {i}.", "context": {"fromId": [i]}}
+                for i in lonely
+            ]
+            body["numErrors"] = len(lonely)
+            return Reply(207, body)
         return Reply(200, body)
 
     def _patch_company(self, company_id: str, payload: dict) -> Reply:
