@@ -450,9 +450,8 @@ def table(title: str, phases: list[Phase]) -> float:
         r = f"{e / h:8.2f}x" if ratio and h else ""
         print(f"   {label:<36}{fmt.format(e):>18}{fmt.format(h):>18}{r:>9}")
 
-    print(f"   {'wall, to the last email (each run)':<36}"  # in the order they ran
-          f"{' / '.join(f'{p.wall:.1f}' for p in sides['engine']) + ' s':>18}"
-          f"{' / '.join(f'{p.wall:.1f}' for p in sides['hand']) + ' s':>18}")
+    for side, name in (("engine", "engine"), ("hand", "hand-written")):  # in the order they ran
+        print(f"   {'wall, each run, ' + name:<36}{' / '.join(f'{p.wall:.1f}' for p in sides[side])} s")
     row("wall, mean", lambda p: p.wall, "{:.1f} s")
     row("throughput (emails / wall)", lambda p: p.rate, "{:.1f}/s")
     row("history events of the parent", lambda p: p.events or 0, "{:.0f}")
