@@ -223,7 +223,10 @@ def test_a_page_killed_midway_resumes_after_its_last_heartbeat_and_starts_nobody
         asyncio.run(env.run(activities.start_scheduled_runs, request))
     first = [c for c in calls if c != "boom"]
     last = heartbeats[-1]
-    assert len(first) == 56 and last["next"] + len(last["beyond"]) == 56  # every start done is in the heartbeat
+    # Start 57 failed; starts already in flight beside it may still have finished. Every start done is in the
+    # last heartbeat, and none after the failure was begun.
+    assert 56 <= len(first) <= 56 + schedules.START_CONCURRENCY
+    assert last["next"] + len(last["beyond"]) == len(first)
 
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[last])

@@ -15,6 +15,7 @@ started again in the new run with the same deadlines; its effects are idempotent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from temporalio import workflow
@@ -384,6 +385,8 @@ class PlaybookForEachChunk(Interpreter):
         if not isinstance(step, m.ForEachStep):
             raise ApplicationError(f"no for_each step at {chunk.step_path}", non_retryable=True)
         scope = Scope(dict(ctx["steps"]), dict(ctx["vars"]), dict(ctx["locals"]), ctx["key_suffix"])
+        self.ended = False
+        self.telling: asyncio.Task[None] | None = None
         tell_parent = self.tell_parent(chunk) if chunk.report_started else None
         try:
             failed = await self.for_each_inline(
@@ -392,19 +395,37 @@ class PlaybookForEachChunk(Interpreter):
         except StopRun as stop:
             # A stop inside an item ends the whole run: the parent raises it on (and cancels the other slices).
             await self.close_open_asks()
+            await self.told()
             return ForEachChunkResult(count=len(chunk.items), failed=0, stopped=stop.outcome, reason=stop.reason)
         except asyncio.CancelledError:
             # The run is exiting, or another slice stopped it: this slice's approvals and tasks leave the inbox.
             await self.close_open_asks()
+            await self.told()
             raise
+        await self.told()
         return ForEachChunkResult(count=len(chunk.items), failed=failed)
 
     def tell_parent(self, chunk: ForEachChunkInput) -> Any:
         def all_started() -> None:
-            parent = workflow.get_external_workflow_handle(chunk.parent_workflow_id)
-            self.telling = asyncio.create_task(parent.signal(SLICE_STARTED_SIGNAL, workflow.info().workflow_id))
+            self.telling = asyncio.create_task(self.tell(chunk.parent_workflow_id))
 
         return all_started
+
+    async def tell(self, parent_id: str) -> None:
+        """Tells the parent that every item has started, unless the slice ends in this same moment (its end says
+        as much, and a signal still in flight when a workflow closes is one the test server never settles)."""
+        await workflow.wait_condition(lambda: True)  # once everything this activation can do is done
+        if self.ended:
+            return
+        parent = workflow.get_external_workflow_handle(parent_id)
+        await parent.signal(SLICE_STARTED_SIGNAL, workflow.info().workflow_id)
+
+    async def told(self) -> None:
+        """The slice ends only once its signal to the parent, if it sent one, is delivered."""
+        self.ended = True
+        if self.telling is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.telling)
 
     @workflow.signal(name=EVENT_SIGNAL)
     async def on_event(self, event: Event) -> None:
