@@ -12,6 +12,7 @@ position, and nothing reads the clock, the network or randomness.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -161,6 +162,9 @@ class InterpreterCore:
     runners: ClassVar[Mapping[type, Runner]] = {}
     # whether a waiting top-level step may continue as new (the run workflow, not a for_each chunk)
     can_roll_over: ClassVar[bool] = False
+    # whether steps are written to the timeline: a for_each slice's timeline is never shown (its parent's is), and
+    # a thousand items' entries were a tenth of a slice's worker time
+    keeps_timeline: ClassVar[bool] = True
 
     def init_interpreter(self, playbook: m.Playbook, account_id: str, clock_offset: float = 0.0) -> None:
         self.playbook = playbook
@@ -172,7 +176,7 @@ class InterpreterCore:
         self.tz = calendar.zone("UTC")
         self.timeline: list[TimelineEntry] = []
         self.timeline_dropped = 0
-        self.current: list[str] = []
+        self.current: Counter[str] = Counter()  # the steps running now (a for_each step's items: many at once)
         self.statuses: dict[str, dict[str, Any]] = {}  # step id -> {status, result}
         self.pending: dict[str, PendingAsk] = {}
         self.open_asks: dict[str, str] = {}  # task/approval id -> kind, until answered, timed out or closed
@@ -236,14 +240,25 @@ class InterpreterCore:
         }
 
     def render(self, value: Any, scope: Scope, **extra: Any) -> Any:
-        """Renders playbook text; values from data are never rendered again."""
-        if isinstance(value, str):
-            return ex.render(value, self.context(scope, **extra)) if ex.is_template(value) else value
-        if isinstance(value, dict):
-            return {k: self.render(v, scope, **extra) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.render(v, scope, **extra) for v in value]
-        return value
+        """Renders playbook text; values from data are never rendered again. The context is built once per call,
+        when the first template needs it (pass several fields in one list to share it)."""
+        ctx: dict[str, Any] | None = None
+
+        def walk(v: Any) -> Any:
+            nonlocal ctx
+            if isinstance(v, str):
+                if not ex.is_template(v):
+                    return v
+                if ctx is None:
+                    ctx = self.context(scope, **extra)
+                return ex.render(v, ctx)
+            if isinstance(v, dict):
+                return {k: walk(item) for k, item in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [walk(item) for item in v]
+            return v
+
+        return walk(value)
 
     def evaluate(self, expression: Any, scope: Scope, **extra: Any) -> Any:
         return ex.evaluate(expression, self.context(scope, **extra))
@@ -282,6 +297,8 @@ class InterpreterCore:
     # ----------------------------------------------------------------- the record
 
     def note(self, step: m.Step, status: str, detail: str = "") -> None:
+        if not self.keeps_timeline:
+            return
         if step is self.resuming and status in ("started", "waiting"):
             return  # said once, in the run that first started the step
         self.add_entry(TimelineEntry(self.now().isoformat(), step.path, step.id, step.kind, status, detail[:500]))
@@ -491,7 +508,7 @@ class InterpreterCore:
             self.fail(step, scope, f"when: {_reason(err)}")
             return
         label = step.id or step.path
-        self.current.append(label)
+        self.current[label] += 1
         self.note(step, "started")
         try:
             runner = self.runners[type(step)]
@@ -509,8 +526,9 @@ class InterpreterCore:
             self.fail(step, scope, _reason(err))
             return
         finally:
-            if label in self.current:
-                self.current.remove(label)
+            self.current[label] -= 1
+            if self.current[label] <= 0:
+                del self.current[label]
         self.unpin(step, scope)
         self.record(step, scope, "done", result)
         self.note(step, "done", _summary(result))

@@ -36,9 +36,11 @@ class EmailBatch:
 
 class EffectSteps(WaitingSteps):
     async def step_email(self, step: m.EmailStep, scope: Scope) -> dict[str, Any]:
-        to = [str(a) for a in self.render(list(step.to), scope)]
-        subject = str(self.render(step.subject or "", scope))
-        body = str(self.render(step.body or "", scope))
+        # the draft in one render (one context); the rest as it is sent, after any approval or quiet hours
+        to_, subject_, body_ = self.render([list(step.to), step.subject or "", step.body or ""], scope)
+        to = [str(a) for a in to_]
+        subject = str(subject_)
+        body = str(body_)
         result: dict[str, Any] = {}
         if step.approval is not None:
             draft = {"to": to, "subject": subject, "body": body}
@@ -56,6 +58,9 @@ class EffectSteps(WaitingSteps):
             await self.sleep_until(
                 step, self.pinned(step, scope, "quiet_hours", lambda: resume), may_roll=step.approval is None
             )
+        cc, bcc, sender, reply_to, data = self.render(
+            [list(step.cc), list(step.bcc), step.sender, step.reply_to, dict(step.data)], scope
+        )
         request = act.EmailRequest(
             key=self.key(step, scope),
             ref=self.ref(step),
@@ -63,12 +68,12 @@ class EffectSteps(WaitingSteps):
             at=self.now().isoformat(),
             subject=subject,
             body=body,
-            cc=[str(a) for a in self.render(list(step.cc), scope)],
-            bcc=[str(a) for a in self.render(list(step.bcc), scope)],
-            sender=self.render(step.sender, scope) if step.sender else (self.account.get("owner") or {}).get("email"),
-            reply_to=self.render(step.reply_to, scope) if step.reply_to else None,
+            cc=[str(a) for a in cc],
+            bcc=[str(a) for a in bcc],
+            sender=sender if step.sender else (self.account.get("owner") or {}).get("email"),
+            reply_to=reply_to if step.reply_to else None,
             template_id=step.template_id,
-            data=self.render(dict(step.data), scope),
+            data=data,
         )
         sent: act.EmailResult
         if self.fanout and scope.gates:

@@ -347,7 +347,7 @@ class PlaybookRun(Interpreter):
             version=self.playbook.version,
             account_id=self.account_id,
             status=self.status,
-            current=list(self.current),
+            current=list(self.current.elements()),
             timeline=list(self.timeline),
             pending=[a.info for a in self.pending.values()],
             steps=dict(self.statuses),
@@ -357,6 +357,8 @@ class PlaybookRun(Interpreter):
 @workflow.defn(name=FOR_EACH_WORKFLOW_NAME)
 class PlaybookForEachChunk(Interpreter):
     """Runs a slice of a large for_each's items; the parent keeps only one child per slice in its history."""
+
+    keeps_timeline = False
 
     @workflow.init
     def __init__(self, chunk: ForEachChunkInput) -> None:
