@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -88,6 +88,10 @@ class Scope:
     since: int = 0
     # the concurrency slots of the enclosing for_each steps (outermost first): an effect holds one of each
     gates: tuple[asyncio.Semaphore, ...] = ()
+
+    def at(self, since: int) -> Scope:
+        """The same path, counting events from ``since`` (a plain copy: dataclasses.replace costs more per item)."""
+        return Scope(self.steps, self.vars, self.locals, self.key_suffix, since, self.gates)
 
     def child(self, name: str, item: Any, index: int, gate: asyncio.Semaphore | None = None) -> Scope:
         return Scope(
@@ -186,6 +190,7 @@ class InterpreterCore:
         self.listened = frozenset(s.event for s in playbook.walk() if isinstance(s, m.WaitForStep))
         self.children: list[Any] = []  # running child workflows (for_each chunks, awaited run_playbook runs)
         self.deadlines: dict[str, str] = {}  # pinned moments (ISO), so a step started again waits for the same
+        self.pin_index: dict[str, set[str]] = {}  # "<path><suffix>/" -> its pins in deadlines
         self.top_step: m.Step | None = None  # the top-level step running now
         self.resuming: m.Step | None = None  # a top-level step started again after continue-as-new
         self.started_at: str | None = None  # when the run started (its chain's first run), if not this run
@@ -193,7 +198,9 @@ class InterpreterCore:
         self.alarms: dict[str, Alarm] = {}  # moment (ISO) -> the timer shared by the steps waiting for it
         self.parent_run: dict[str, Any] | None = None  # a for_each slice: `run` as its parent sees it
         self.starting_slices: set[str] = set()  # for_each slices (child ids) still starting their items
-        self.email_batches: dict[str, Any] = {}  # email step path -> the batch its items are joining now
+        self.email_batches: dict[str, Any] = {}
+        self.fixed_ids: tuple[str, str] | None = None
+        self.fixed_run_info: dict[str, Any] | None = None  # email step path -> the batch its items are joining now
 
     def use_fanout(self) -> None:
         """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
@@ -204,18 +211,28 @@ class InterpreterCore:
     def now(self) -> datetime:
         return workflow.now() + self.clock_offset
 
+    def ids(self) -> tuple[str, str]:
+        """This workflow's id and its chain's first run id: fixed for the run's life (asked for once per effect)."""
+        if self.fixed_ids is None:
+            info = workflow.info()
+            self.fixed_ids = (info.workflow_id, info.first_execution_run_id)
+        return self.fixed_ids
+
     def key(self, step: m.Step, scope: Scope, suffix: str = "") -> str:
-        info = workflow.info()
-        return f"{info.workflow_id}/{info.first_execution_run_id}/{step.path}{scope.key_suffix}{suffix}"
+        workflow_id, first_run_id = self.ids()
+        return f"{workflow_id}/{first_run_id}/{step.path}{scope.key_suffix}{suffix}"
 
     def ref(self, step: m.Step) -> act.RunRef:
-        return act.RunRef(
-            workflow.info().workflow_id, self.playbook.id, self.account_id, step.id, self.playbook.version
-        )
+        return act.RunRef(self.ids()[0], self.playbook.id, self.account_id, step.id, self.playbook.version)
 
     def run_info(self) -> dict[str, Any]:
         if self.parent_run is not None:
             return self.parent_run
+        if self.fixed_run_info is None:
+            self.fixed_run_info = self.describe_run()
+        return self.fixed_run_info
+
+    def describe_run(self) -> dict[str, Any]:
         info = workflow.info()
         return {
             "id": info.workflow_id,
@@ -268,7 +285,15 @@ class InterpreterCore:
         key = f"{step.path}{scope.key_suffix}/{purpose}"
         if key not in self.deadlines:
             self.deadlines[key] = compute().isoformat()
+            self.pin_index.setdefault(f"{step.path}{scope.key_suffix}/", set()).add(key)
         return datetime.fromisoformat(self.deadlines[key])
+
+    def set_deadlines(self, deadlines: dict[str, str]) -> None:
+        """Pinned moments carried over from the previous run of the chain, with their index."""
+        self.deadlines = dict(deadlines)
+        self.pin_index = {}
+        for pin in self.deadlines:
+            self.pin_index.setdefault(pin[: pin.rindex("/") + 1], set()).add(pin)
 
     def moment_after(self, step: m.Step, text: str, scope: Scope, purpose: str, *, pin: bool = True) -> datetime:
         """The moment a duration of the playbook (any form the language allows: 2h, 3bd, P1DT2H, a template
@@ -291,8 +316,10 @@ class InterpreterCore:
     def unpin(self, step: m.Step, scope: Scope) -> None:
         """The step is over: its pinned moments go (a later run of the same step, in a loop, counts anew)."""
         prefix = f"{step.path}{scope.key_suffix}/"
-        for pin in [p for p in self.deadlines if p.startswith(prefix)]:
-            del self.deadlines[pin]
+        # through the index: a slice of 1,000 waiting items has 1,000 pins, and scanning them all at the end of
+        # every item's step was quadratic
+        for pin in self.pin_index.pop(prefix, ()):
+            self.deadlines.pop(pin, None)
 
     # ----------------------------------------------------------------- the record
 
@@ -494,7 +521,7 @@ class InterpreterCore:
         since = scope.since
         for step in steps:
             started = self.seq
-            await self.run_step(step, replace(scope, since=since))
+            await self.run_step(step, scope.at(since))
             since = started
 
     async def run_step(self, step: m.Step, scope: Scope) -> None:

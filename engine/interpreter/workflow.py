@@ -293,7 +293,7 @@ class PlaybookRun(Interpreter):
         scope.steps.update(c.steps)
         self.statuses = dict(c.statuses)
         self.timeline, self.timeline_dropped = list(c.timeline), c.timeline_dropped
-        self.deadlines = dict(c.deadlines)
+        self.set_deadlines(c.deadlines)
         self.events = [SeenEvent(seq, e) for seq, e in c.events]
         self.seq = c.seq
         self.continued = c.continued

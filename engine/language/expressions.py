@@ -670,7 +670,11 @@ def is_template(value: Any) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _compiled_template(source: str) -> Any:
-    return environment().from_string(source)
+    template = environment().from_string(source)
+    # Jinja copies a template's globals into every render's context; as a ChainMap (environment + template) that
+    # copy walks both in Python, most of a short template's render. A plain dict of the same names renders the same.
+    template.globals = dict(template.globals)
+    return template
 
 
 @functools.lru_cache(maxsize=4096)
