@@ -44,8 +44,8 @@ class HandWrittenTenSteps:
     @workflow.run
     async def run(self, inp: TenStepsInput) -> dict[str, Any]:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_activity(
-            "load_account",
+        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
+            "load_account",  # local, as the engine's run loads its account
             # as a PlaybookRun asks: the run is recorded under its workflow id for events (engine/storage/enrolled.py)
             act.AccountRequest(
                 inp.account_id,
@@ -85,6 +85,8 @@ class HandWrittenTenSteps:
 # ---------------------------------------------------------------------------------------------------------------
 # bench/fanout.py's hand-written side: what a Temporal developer would write for "email every contact" and "email
 # every account of a segment", on the same activities, worker and outbox database as the engine.
+#
+# Every hand-written side loads the account with a local activity, as the engine's run does since 0.2.0.
 #
 # for_each: HandWrittenFanOut loads the account (load_account, as a run's first activity) and starts one
 # HandWrittenSlice child per SLICE items, at most `slices_at_once` children at once (0: all at once); each slice
@@ -139,8 +141,8 @@ class HandWrittenFanOut:
     @workflow.run
     async def run(self, inp: FanOutInput) -> int:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_activity(
-            "load_account",
+        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
+            "load_account",  # local, as the engine's run loads its account
             act.AccountRequest(
                 inp.account_id,
                 act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
@@ -206,8 +208,8 @@ class HandWrittenOneEmail:
     @workflow.run
     async def run(self, inp: OneEmailInput) -> str:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_activity(
-            "load_account",
+        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
+            "load_account",  # local, as the engine's run loads its account
             act.AccountRequest(
                 inp.account_id,
                 act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
