@@ -39,22 +39,29 @@ class TenStepsInput:
     version: str
 
 
+async def load_account(account_id: str, playbook_id: str, version: str) -> act.AccountSnapshot:
+    """A run's first activity, as a PlaybookRun makes it: a local activity that also records the run under its
+    workflow id for events (engine/storage/enrolled.py)."""
+    info = workflow.info()
+    snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
+        "load_account",
+        act.AccountRequest(
+            account_id,
+            act.RunRef(info.workflow_id, playbook_id, account_id, None, version),
+            workflow.now().isoformat(),
+        ),
+        result_type=act.AccountSnapshot,
+        start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
+    )
+    return snapshot
+
+
 @workflow.defn(name=NAME)
 class HandWrittenTenSteps:
     @workflow.run
     async def run(self, inp: TenStepsInput) -> dict[str, Any]:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
-            "load_account",  # local, as the engine's run loads its account
-            # as a PlaybookRun asks: the run is recorded under its workflow id for events (engine/storage/enrolled.py)
-            act.AccountRequest(
-                inp.account_id,
-                act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
-                workflow.now().isoformat(),
-            ),
-            result_type=act.AccountSnapshot,
-            start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
-        )
+        snapshot = await load_account(inp.account_id, inp.playbook_id, inp.version)
         account, contact = snapshot.account, snapshot.contacts[0]
         for i in range(10):
             key = f"{info.workflow_id}/{info.first_execution_run_id}/steps.{i}"
@@ -141,16 +148,7 @@ class HandWrittenFanOut:
     @workflow.run
     async def run(self, inp: FanOutInput) -> int:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
-            "load_account",  # local, as the engine's run loads its account
-            act.AccountRequest(
-                inp.account_id,
-                act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
-                workflow.now().isoformat(),
-            ),
-            result_type=act.AccountSnapshot,
-            start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
-        )
+        snapshot = await load_account(inp.account_id, inp.playbook_id, inp.version)
         items = snapshot.contacts
         gate = asyncio.Semaphore(inp.slices_at_once or max(1, len(items)))
         key_prefix = f"{info.workflow_id}/{info.first_execution_run_id}"
@@ -208,16 +206,7 @@ class HandWrittenOneEmail:
     @workflow.run
     async def run(self, inp: OneEmailInput) -> str:
         info = workflow.info()
-        snapshot: act.AccountSnapshot = await workflow.execute_local_activity(
-            "load_account",  # local, as the engine's run loads its account
-            act.AccountRequest(
-                inp.account_id,
-                act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, None, inp.version),
-                workflow.now().isoformat(),
-            ),
-            result_type=act.AccountSnapshot,
-            start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
-        )
+        snapshot = await load_account(inp.account_id, inp.playbook_id, inp.version)
         account, contact = snapshot.account, snapshot.contacts[0]
         result: act.EmailResult = await workflow.execute_activity(
             "send_email",
