@@ -198,9 +198,9 @@ class InterpreterCore:
         self.alarms: dict[str, Alarm] = {}  # moment (ISO) -> the timer shared by the steps waiting for it
         self.parent_run: dict[str, Any] | None = None  # a for_each slice: `run` as its parent sees it
         self.starting_slices: set[str] = set()  # for_each slices (child ids) still starting their items
-        self.email_batches: dict[str, Any] = {}
-        self.fixed_ids: tuple[str, str] | None = None
-        self.fixed_run_info: dict[str, Any] | None = None  # email step path -> the batch its items are joining now
+        self.email_batches: dict[str, Any] = {}  # email step path -> the batch its items are joining now
+        self.fixed_ids: tuple[str, str] | None = None  # see ids()
+        self.fixed_run_info: dict[str, Any] | None = None  # see run_info()
 
     def use_fanout(self) -> None:
         """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""

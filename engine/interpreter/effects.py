@@ -119,15 +119,14 @@ class EffectSteps(WaitingSteps):
                 result_type=act.EmailBatchResult,
                 **self.options(batch.step, batch.scope),
             )
-        except ActivityError as err:
-            for _, answer in members:
-                if not answer.done():
-                    answer.set_exception(activity_failure("send_emails", err))
-            return
         except Exception as err:  # noqa: BLE001 - e.g. a request too large for Temporal: each item's step fails
             for _, answer in members:
                 if not answer.done():
-                    answer.set_exception(StepFailed(f"send_emails failed: {type(err).__name__}: {err}"))
+                    answer.set_exception(
+                        activity_failure("send_emails", err)
+                        if isinstance(err, ActivityError)
+                        else StepFailed(f"send_emails failed: {type(err).__name__}: {err}")
+                    )
             return
         for (_, answer), result in zip(members, sent.results, strict=True):
             if not answer.done():

@@ -141,26 +141,16 @@ class FlowSteps(InterpreterCore):
         failed = 0
         info = workflow.info()
         for start in range(0, len(items), FOR_EACH_CHUNK):
-            chunk = ForEachChunkInput(
-                playbook=self.playbook,
-                account_id=self.account_id,
-                step_path=step.path,
-                start_index=start,
-                items=items[start : start + FOR_EACH_CHUNK],
-                context={
-                    "account": self.account,
-                    "contacts": self.contacts,
-                    "event": self.event,
-                    "vars": scope.vars,
-                    "steps": scope.steps,
-                    "locals": scope.locals,
-                    "key_suffix": scope.key_suffix,
-                },
-                timezone=str(self.tz),
-                parent_workflow_id=info.workflow_id,
-                key_prefix=f"{info.workflow_id}/{info.first_execution_run_id}",
-                clock_offset=self.clock_offset.total_seconds(),
-            )
+            context = {
+                "account": self.account,
+                "contacts": self.contacts,
+                "event": self.event,
+                "vars": scope.vars,
+                "steps": scope.steps,
+                "locals": scope.locals,
+                "key_suffix": scope.key_suffix,
+            }
+            chunk = self.slice_input(step, start, items[start : start + FOR_EACH_CHUNK], context)
             handle = await workflow.start_child_workflow(
                 FOR_EACH_WORKFLOW_NAME,
                 chunk,
@@ -200,20 +190,7 @@ class FlowSteps(InterpreterCore):
 
         async def run_slice(child_id: str, start: int, part: list[Any]) -> None:
             nonlocal failed, stop, problem
-            chunk = ForEachChunkInput(
-                playbook=self.playbook,
-                account_id=self.account_id,
-                step_path=step.path,
-                start_index=start,
-                items=part,
-                context=context,
-                timezone=str(self.tz),
-                parent_workflow_id=info.workflow_id,
-                key_prefix=f"{info.workflow_id}/{info.first_execution_run_id}",
-                clock_offset=self.clock_offset.total_seconds(),
-                concurrency=share,
-                report_started=True,
-            )
+            chunk = self.slice_input(step, start, part, context, concurrency=share, report_started=True)
             try:
                 handle = await workflow.start_child_workflow(
                     FOR_EACH_WORKFLOW_NAME, chunk, id=child_id, result_type=ForEachChunkResult
@@ -263,6 +240,32 @@ class FlowSteps(InterpreterCore):
         if problem is not None:
             raise StepFailed(problem)
         return {"count": total, "failed": failed}
+
+    def slice_input(
+        self,
+        step: m.ForEachStep,
+        start: int,
+        items: list[Any],
+        context: dict[str, Any],
+        concurrency: int | None = None,
+        report_started: bool = False,
+    ) -> ForEachChunkInput:
+        """The input of the child workflow that runs ``items`` (from index ``start``) of the step."""
+        workflow_id, first_run_id = self.ids()
+        return ForEachChunkInput(
+            playbook=self.playbook,
+            account_id=self.account_id,
+            step_path=step.path,
+            start_index=start,
+            items=items,
+            context=context,
+            timezone=str(self.tz),
+            parent_workflow_id=workflow_id,
+            key_prefix=f"{workflow_id}/{first_run_id}",
+            clock_offset=self.clock_offset.total_seconds(),
+            concurrency=concurrency,
+            report_started=report_started,
+        )
 
     def slice_context(self, step: m.ForEachStep, scope: Scope) -> dict[str, Any]:
         """What a slice's items can refer to, cut down to what the for_each's steps do refer to: a slice of a

@@ -388,14 +388,13 @@ class PlaybookForEachChunk(Interpreter):
         except StopRun as stop:
             # A stop inside an item ends the whole run: the parent raises it on (and cancels the other slices).
             await self.close_open_asks()
-            await self.told()
             return ForEachChunkResult(count=len(chunk.items), failed=0, stopped=stop.outcome, reason=stop.reason)
         except asyncio.CancelledError:
             # The run is exiting, or another slice stopped it: this slice's approvals and tasks leave the inbox.
             await self.close_open_asks()
-            await self.told()
             raise
-        await self.told()
+        finally:
+            await self.told()
         return ForEachChunkResult(count=len(chunk.items), failed=failed)
 
     def tell_parent(self, chunk: ForEachChunkInput) -> Any:
