@@ -30,6 +30,7 @@ from engine.runtime.workers import (
     build_worker,
     make_current,
     runs_on_other_versions,
+    tune_garbage_collection,
     versioning,
 )
 from engine.storage.db import migrate
@@ -51,6 +52,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
         max_concurrent_activities=settings.max_concurrent_activities,
         versioning=version,
     )
+    tune_garbage_collection()
     async with worker:
         where = {
             "address": settings.temporal_address,

@@ -145,7 +145,7 @@ def serve_worker() -> None:
     from engine.runtime import connect as rt
     from engine.runtime.logs import configure
     from engine.runtime.settings import load_settings
-    from engine.runtime.workers import build_worker, versioning
+    from engine.runtime.workers import build_worker, tune_garbage_collection, versioning
     from engine.storage.db import migrate
 
     settings = load_settings().check()
@@ -170,6 +170,7 @@ def serve_worker() -> None:
             extra_workflows=[HandWrittenFanOut, HandWrittenFanOutSlice, HandWrittenOneEmail, HandWrittenTick],
             max_concurrent_activities=settings.max_concurrent_activities, versioning=version,
         )
+        tune_garbage_collection()
         async with worker:
             if version is not None:
                 await entry._take_current(client, settings.task_queue, version, force=False)

@@ -6,6 +6,8 @@ import copy
 from datetime import date
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.language import expressions as ex
 from engine.language.expressions import ExpressionError, evaluate, render
@@ -354,3 +356,88 @@ def test_the_budget_counts_the_same_on_a_cold_and_a_warm_cache(monkeypatch):
     assert render(source, CONTEXT) == render(source, CONTEXT) == "ABCX0X1X2"
     assert budgets[0].steps == budgets[1].steps > 0
     assert budgets[0].iterations == budgets[1].iterations == 3
+
+
+# render() takes a shortcut past Jinja for templates of text and look-ups. It must give what Jinja gives: the same
+# text, or the same error.
+def _outcome(fn, source, context):
+    try:
+        return "text", fn(source, context)
+    except ExpressionError as err:
+        return "error", str(err)
+
+
+SHORTCUT_CONTEXT = {
+    "contact": {
+        "first_name": "Anna", "age": 41, "vip": True, "score": 0.5, "nickname": None, "tags": ["a", "b"],
+        "items": "a key named like a dict method", "address": {"city": "Köln"}, "big": 10**200, "n": -7,
+        "_hidden": "underscore key", "markup": "{{ not rendered again }}",
+    },
+    "account": {"name": "Acme", "owner": {"name": "Jonas", "email": "jonas@acme.example"}},
+    "range": "a context value named like a global",
+    "huge": "x" * (ex.MAX_OUTPUT - 5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Hi {{ contact.first_name }}, from {{ account.owner.name }}.",
+        "{{ contact.age }} {{ contact.vip }} {{ contact.score }} {{ contact.nickname }} {{ contact.n }}",
+        "{{ contact['first_name'] }} {{ contact['address'].city }} {{ contact.address['city'] }}",
+        "{{ contact.tags }}",  # a list: Jinja prints it
+        "{{ contact.items }}",  # the dict method, which Jinja refuses to print
+        "{{ contact['items'] }}",  # the key
+        "{{ contact.address }}",
+        "{{ contact.big }}",
+        "{{ contact._hidden }}",
+        "{{ contact.markup }}",
+        "{{ contact.missing }}",
+        "{{ missing }}",
+        "{{ missing.key }}",
+        "{{ contact.first_name.missing }}",
+        "{{ contact.address.city.upper }}",
+        "{{ range }}",
+        "{{ dict }}",
+        "{{ huge }}",
+        "{{ huge }}{{ huge }}",
+        "  {{- contact.first_name -}}  \r\n and {{ contact.age }}\n",
+        "{{ contact.first_name }} {# a comment #} {% if true %}x{% endif %}",
+        "{{ contact.first_name | upper }} {{ contact.first_name ~ '!' }}",
+        "{{ contact.first_name ",
+        "{{ contact[0] }}",
+    ],
+)
+def test_the_shortcut_for_look_ups_renders_as_jinja_does(source):
+    assert _outcome(render, source, SHORTCUT_CONTEXT) == _outcome(ex.render_with_jinja, source, SHORTCUT_CONTEXT)
+
+
+def test_the_shortcut_renders_look_ups_without_jinja():
+    assert ex._lookups_only("Hi {{ contact.first_name }}, {{ account['owner'].name }}") is not None
+    assert ex._lookups_only("{{ contact.first_name | upper }}") is None
+    assert ex._render_lookups(ex._lookups_only("{{ contact.items }}"), SHORTCUT_CONTEXT) is None
+
+
+_KEYS = st.sampled_from(["a", "b", "items", "get", "first_name", "_x", "0"])
+_LEAVES = st.one_of(
+    st.text(max_size=8), st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=3), st.integers(min_value=10**99, max_value=10**120),
+)  # fmt: skip
+_VALUES = st.recursive(_LEAVES, lambda inner: st.dictionaries(_KEYS, inner, max_size=4), max_leaves=12)
+_NAMES = st.sampled_from(["a", "b", "items", "range"])
+_LOOKUP = st.tuples(_NAMES, st.lists(st.tuples(_KEYS, st.booleans()), max_size=3))
+
+
+def _written(lookup: tuple[str, list[tuple[str, bool]]]) -> str:
+    name, keys = lookup
+    return "{{ " + name + "".join(f"['{k}']" if bracket else f".{k}" for k, bracket in keys) + " }}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    context=st.dictionaries(_NAMES, _VALUES, max_size=4),
+    pieces=st.lists(st.one_of(st.text(alphabet="ab \n{}%#-", max_size=4), _LOOKUP.map(_written)), max_size=4),
+)
+def test_the_shortcut_matches_jinja_on_any_look_ups(context, pieces):
+    source = "".join(pieces) or "{{ a }}"
+    assert _outcome(render, source, context) == _outcome(ex.render_with_jinja, source, context)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -135,6 +134,37 @@ def mark_item_started() -> None:
         item.start()
 
 
+class Slot:
+    """InterpreterCore.slot's context manager (a class: @asynccontextmanager costs a generator per effect)."""
+
+    __slots__ = ("gates", "taken")
+
+    def __init__(self, gates: tuple[asyncio.Semaphore, ...]) -> None:
+        self.gates = gates
+        self.taken = 0
+
+    async def __aenter__(self) -> None:
+        try:
+            for gate in self.gates:
+                await gate.acquire()
+                self.taken += 1
+            mark_item_started()
+        except BaseException:  # cancelled while waiting for a slot: the ones taken go back (no __aexit__ then)
+            self.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        for gate in reversed(self.gates[: self.taken]):
+            gate.release()
+        self.taken = 0
+
+
+_NOT_TEXT = frozenset({int, float, bool, type(None)})
+
+
 @dataclass
 class Alarm:
     """One timer that every step waiting for the same moment shares (a for_each's items wait together)."""
@@ -201,6 +231,8 @@ class InterpreterCore:
         self.email_batches: dict[str, Any] = {}  # email step path -> the batch its items are joining now
         self.fixed_ids: tuple[str, str] | None = None  # see ids()
         self.fixed_run_info: dict[str, Any] | None = None  # see run_info()
+        self.today_at: tuple[datetime, Any] | None = None  # see today()
+        self.today_text = ""
 
     def use_fanout(self) -> None:
         """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
@@ -210,6 +242,13 @@ class InterpreterCore:
 
     def now(self) -> datetime:
         return workflow.now() + self.clock_offset
+
+    def today(self) -> str:
+        """The run's date in its timezone (ISO); worked out again only when the clock or the timezone changed."""
+        now = self.now()
+        if (now, self.tz) != self.today_at:
+            self.today_at, self.today_text = (now, self.tz), now.astimezone(self.tz).date().isoformat()
+        return self.today_text
 
     def ids(self) -> tuple[str, str]:
         """This workflow's id and its chain's first run id: fixed for the run's life (asked for once per effect)."""
@@ -251,7 +290,7 @@ class InterpreterCore:
             "vars": scope.vars,
             "steps": scope.steps,
             "run": self.run_info(),
-            "today": self.now().astimezone(self.tz).date().isoformat(),
+            "today": self.today(),
             **scope.locals,
             **extra,
         }
@@ -263,12 +302,21 @@ class InterpreterCore:
 
         def walk(v: Any) -> Any:
             nonlocal ctx
-            if isinstance(v, str):
-                if not ex.is_template(v):
+            # exact types first: in the workflow sandbox every isinstance() goes through a wrapper (a tenth of
+            # a for_each item's interpretation was spent here)
+            kind = type(v)
+            if kind is str or (kind not in _NOT_TEXT and isinstance(v, str)):
+                if "{{" not in v and "{%" not in v and "{#" not in v:  # ex.is_template
                     return v
                 if ctx is None:
                     ctx = self.context(scope, **extra)
                 return ex.render(v, ctx)
+            if kind is list or kind is tuple:
+                return [walk(item) for item in v]
+            if kind is dict:
+                return {k: walk(item) for k, item in v.items()}
+            if kind in _NOT_TEXT:
+                return v
             if isinstance(v, dict):
                 return {k: walk(item) for k, item in v.items()}
             if isinstance(v, (list, tuple)):
@@ -369,20 +417,10 @@ class InterpreterCore:
             opts["schedule_to_close_timeout"] = self.span(step, step.timeout, scope, "timeout")
         return opts
 
-    @asynccontextmanager
-    async def slot(self, scope: Scope) -> AsyncIterator[None]:
+    def slot(self, scope: Scope) -> Slot:
         """An effect's turn: one slot of each enclosing for_each's ``concurrency``, taken outermost first (so two
         items never hold each other's), held while the effect runs, never while a step waits."""
-        taken: list[asyncio.Semaphore] = []
-        try:
-            for gate in scope.gates:
-                await gate.acquire()
-                taken.append(gate)
-            mark_item_started()
-            yield
-        finally:
-            for gate in reversed(taken):
-                gate.release()
+        return Slot(scope.gates)
 
     async def call(self, step: m.Step, scope: Scope, name: str, arg: Any, result_type: type) -> Any:
         try:
@@ -558,7 +596,8 @@ class InterpreterCore:
                 del self.current[label]
         self.unpin(step, scope)
         self.record(step, scope, "done", result)
-        self.note(step, "done", _summary(result))
+        if self.keeps_timeline:  # a for_each slice keeps none: no summary to make per item
+            self.note(step, "done", _summary(result))
 
     def fail(self, step: m.Step, scope: Scope, message: str) -> None:
         self.unpin(step, scope)
