@@ -80,13 +80,38 @@ class EmailRequest:
     reply_to: str | None = None
     template_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    # Messaging governance (policy.yaml, docs/playbook-language.md "Messaging policy"). A request without a
+    # category (runs started before policies existed) gets only the suppression list, on every recipient.
+    category: str = ""
+    unsubscribe: bool = False  # the category allows opting out: consent is checked, the link and headers added
+    caps: list[CapRule] = field(default_factory=list)  # the caps that count this email (none: not capped)
+
+
+@dataclass(frozen=True)
+class CapRule:
+    """At most ``max`` emails to one recipient within any ``per_seconds``, counting the emails of
+    ``categories`` (all categories when empty) that really went out (or are going out now)."""
+
+    max: int
+    per_seconds: int
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A recipient the email did not go to, and why: unsubscribed | suppressed: <reason> | invalid | capped."""
+
+    address: str
+    reason: str
 
 
 @dataclass(frozen=True)
 class EmailResult:
     message_id: str
-    status: str  # sent | suppressed | rejected
+    status: str  # sent | suppressed | rejected | capped
     detail: str | None = None
+    left_out: list[LeftOut] = field(default_factory=list)  # recipients not sent to, and why
+    retry_at: str | None = None  # capped: the earliest moment (ISO, UTC) the caps allow this email again
 
 
 # The most emails one send_emails activity takes: SendGrid's limit of personalizations in one mail send.

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     sendgrid_api_key: SecretStr | None = None
     sendgrid_host: str = "https://api.sendgrid.com"
     default_sender: str = "success@example.com"
+    sendgrid_sandbox: bool = False  # SendGrid's sandbox mode: it validates every mail send and delivers nothing
+    # verifies POST /webhooks/sendgrid: the Event Webhook's public key (base64 DER, as SendGrid shows it)
+    sendgrid_webhook_public_key: str | None = None
+    # where recipients reach the API (unsubscribe links): https://... in production; default in dev: the local API
+    public_url: str | None = None
+    # signs unsubscribe links (the same on every worker and API process; else a key in home, as inbox_secret)
+    unsubscribe_secret: SecretStr | None = None
 
     crm_provider: str = "builtin"  # builtin | hubspot
     allow_builtin_crm: bool = False  # outside dev, the built-in CRM only with this opt-in
@@ -208,7 +215,7 @@ class Settings(BaseSettings):
                     "the built-in CRM keeps accounts, notes and tags in the engine's tables, not in your CRM: set "
                     "PLAYBOOK_CRM_PROVIDER=hubspot (and PLAYBOOK_HUBSPOT_TOKEN), or PLAYBOOK_ALLOW_BUILTIN_CRM=true"
                 )
-            for name in ("inbox_secret", "event_signing_secret", "temporal_api_key"):
+            for name in ("inbox_secret", "event_signing_secret", "temporal_api_key", "unsubscribe_secret"):
                 value = getattr(self, name)
                 if value is not None and reveal(value).lower() in PLACEHOLDERS:
                     problems.append(f"{PREFIX}{name.upper()} is a placeholder")
