@@ -14,19 +14,17 @@ Cookies are HMAC-SHA256 signed, one key per purpose derived from one secret:
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from engine.runtime.key_files import key_file
 from engine.runtime.settings import Settings, reveal
 
 SECRET_ENV = "PLAYBOOK_INBOX_SECRET"
@@ -96,25 +94,7 @@ def _secret(settings: Settings) -> bytes:
         return configured.encode()
     path = Path(settings.home) / KEY_FILE
     try:
-        return _key_file(path)
+        return key_file(path)
     except OSError as err:
         log.warning("inbox sessions: cannot keep a key in %s (%s); sessions end when this process restarts", path, err)
         return secrets.token_bytes(32)
-
-
-def _key_file(path: Path) -> bytes:
-    """The key in path, created atomically (and readable by this user only) by whichever process comes first."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".inbox-key-")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_hex(32).encode())
-            with contextlib.suppress(FileExistsError):  # another process linked its key first: theirs wins
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
-    key = path.read_bytes().strip()
-    if len(key) < 32:
-        raise OSError(f"{path} holds no usable key")
-    return key

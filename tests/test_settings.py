@@ -22,7 +22,11 @@ SECRETS = {
     "PLAYBOOK_EVENT_SIGNING_SECRET": "signing-secret-4713-0123456789abcdef",
     "PLAYBOOK_INBOX_SECRET": "inbox-secret-4714-0123456789abcdef0123",
     "PLAYBOOK_TEMPORAL_API_KEY": "temporal-secret-4715",
+    "PLAYBOOK_UNSUBSCRIBE_SECRET": "unsubscribe-secret-4716-0123456789abcdef",
 }
+PUBLIC = {"PLAYBOOK_PUBLIC_URL": "https://cs.example.com/engine"}
+# what every production deployment needs besides its providers: where links point and the key that signs them
+LINKS = {**PUBLIC, "PLAYBOOK_UNSUBSCRIBE_SECRET": SECRETS["PLAYBOOK_UNSUBSCRIBE_SECRET"]}
 NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an integer"  # pydantic's words
 
 
@@ -69,7 +73,9 @@ def test_production_names_the_environment_it_was_given() -> None:
     ["PLAYBOOK_DATABASE_URL", "PLAYBOOK_ALLOW_OUTBOX", "PLAYBOOK_ALLOW_BUILTIN_CRM"],
 )
 def test_each_production_requirement_alone(missing: str) -> None:
-    environ = {"PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true"}
+    environ = {
+        "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true", **LINKS
+    }
     assert load_settings(environ).check().environment == "production"
     del environ[missing]
     assert missing in refusal(load_settings(environ))
@@ -82,17 +88,66 @@ def test_production_with_real_providers_needs_no_opt_in() -> None:
             "PLAYBOOK_EMAIL_PROVIDER": "sendgrid",
             "PLAYBOOK_CRM_PROVIDER": "hubspot",
             **SECRETS,
+            **PUBLIC,
         }
     )
     assert settings.check() is settings
 
 
 @pytest.mark.parametrize(
-    "name", ["PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY"]
+    "name",
+    ["PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY", "PLAYBOOK_UNSUBSCRIBE_SECRET"],
 )
 def test_production_refuses_placeholder_secrets(name: str) -> None:
-    environ = {"PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "1", "PLAYBOOK_ALLOW_BUILTIN_CRM": "yes"}
+    environ = {
+        "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "1", "PLAYBOOK_ALLOW_BUILTIN_CRM": "yes", **LINKS
+    }
     assert f"{name} is a placeholder" in refusal(load_settings({**environ, name: "changeme"}))
+
+
+def production_with(**changes: str) -> dict[str, str]:
+    environ = {
+        "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true", **LINKS
+    }
+    environ.update(changes)
+    return {name: value for name, value in environ.items() if value}
+
+
+def test_production_needs_a_public_https_url_for_unsubscribe_links() -> None:
+    assert load_settings(production_with()).check().public_url == "https://cs.example.com/engine"
+    missing = refusal(load_settings(production_with(PLAYBOOK_PUBLIC_URL="")))
+    assert "set PLAYBOOK_PUBLIC_URL to the https:// address recipients reach the API at" in missing
+    plain = refusal(load_settings(production_with(PLAYBOOK_PUBLIC_URL="http://cs.example.com")))
+    assert "PLAYBOOK_PUBLIC_URL must be an https:// address" in plain
+    # dev may use plain http (the local API), but not something that is no URL at all
+    assert load_settings({"PLAYBOOK_ENVIRONMENT": "dev", "PLAYBOOK_PUBLIC_URL": "http://127.0.0.1:8000"}).check()
+    for bad in ("cs.example.com", "https://", "ftp://cs.example.com", "https://cs.example.com/?a=1"):
+        message = refusal(load_settings({"PLAYBOOK_ENVIRONMENT": "dev", "PLAYBOOK_PUBLIC_URL": bad}))
+        assert message == f"PLAYBOOK_PUBLIC_URL must be an http(s):// address with a host, not {bad!r}"
+
+
+def test_production_needs_an_unsubscribe_secret_shared_by_every_process() -> None:
+    message = refusal(load_settings(production_with(PLAYBOOK_UNSUBSCRIBE_SECRET="")))
+    assert "set PLAYBOOK_UNSUBSCRIBE_SECRET" in message and "\n" not in message
+    assert Settings(environment="dev").check().unsubscribe_secret is None  # dev keeps a key in its home
+
+
+def test_the_sendgrid_webhook_key_must_be_an_ecdsa_public_key() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    def shown(key) -> str:  # type: ignore[no-untyped-def]  # as SendGrid shows it: base64 DER
+        return base64.b64encode(key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
+
+    good = shown(ec.generate_private_key(ec.SECP256R1()))
+    dev = {"PLAYBOOK_ENVIRONMENT": "dev"}
+    assert load_settings({**dev, "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY": good}).check()
+    rsa_key = shown(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for bad in ("not a key", good[:40], rsa_key):
+        message = refusal(load_settings({**dev, "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY": bad}))
+        assert message.startswith("PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key")
 
 
 def test_a_misspelt_opt_in_is_an_error_not_false() -> None:

@@ -90,6 +90,28 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+
+
+def _is_ec_public_key(text: str) -> bool:
+    """Whether text is an elliptic-curve public key as SendGrid shows it (base64 DER, without the PEM lines)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    pem = f"-----BEGIN PUBLIC KEY-----\n{text.strip()}\n-----END PUBLIC KEY-----"
+    try:
+        return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
+    except (ValueError, TypeError):
+        return False
+
+
 class Settings(BaseSettings):
     """Settings(...) reads like load_settings(): arguments, then PLAYBOOK_* variables, then the settings file."""
 
@@ -197,6 +219,12 @@ class Settings(BaseSettings):
             problems.append("PLAYBOOK_SENDGRID_API_KEY is missing or a placeholder")
         if self.crm_provider == "hubspot" and reveal(self.hubspot_token).lower() in PLACEHOLDERS:
             problems.append("PLAYBOOK_HUBSPOT_TOKEN is missing or a placeholder")
+        if self.public_url is not None and not _is_http_url(self.public_url):
+            problems.append(f"PLAYBOOK_PUBLIC_URL must be an http(s):// address with a host, not {self.public_url!r}")
+        if self.sendgrid_webhook_public_key and not _is_ec_public_key(self.sendgrid_webhook_public_key):
+            problems.append(
+                "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key (paste the base64 text SendGrid shows)"
+            )
         if self.worker_versioning and (not self.deployment_name or "." in self.deployment_name):
             # Temporal writes a version as <deployment>.<build id>
             problems.append(
@@ -214,6 +242,16 @@ class Settings(BaseSettings):
                 problems.append(
                     "the built-in CRM keeps accounts, notes and tags in the engine's tables, not in your CRM: set "
                     "PLAYBOOK_CRM_PROVIDER=hubspot (and PLAYBOOK_HUBSPOT_TOKEN), or PLAYBOOK_ALLOW_BUILTIN_CRM=true"
+                )
+            # Unsubscribe links go out in every email and are followed days later, through any API process: they
+            # need an address recipients reach, and a key that is the same everywhere and survives restarts.
+            if not self.public_url:
+                problems.append("set PLAYBOOK_PUBLIC_URL to the https:// address recipients reach the API at")
+            elif not self.public_url.lower().startswith("https://"):
+                problems.append("PLAYBOOK_PUBLIC_URL must be an https:// address (unsubscribe links are in emails)")
+            if self.unsubscribe_secret is None:
+                problems.append(
+                    "set PLAYBOOK_UNSUBSCRIBE_SECRET (a long random value, the same for every worker and API process)"
                 )
             for name in ("inbox_secret", "event_signing_secret", "temporal_api_key", "unsubscribe_secret"):
                 value = getattr(self, name)
