@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -101,18 +101,63 @@ class OutboxEmail(Base):
     body: Mapped[str] = mapped_column(Text, default="")
     template_id: Mapped[str | None] = mapped_column(String(200))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(20))  # sending | sent | suppressed | rejected
+    # sending | sent | suppressed | rejected | capped (capped is not final: the same key may be admitted later)
+    status: Mapped[str] = mapped_column(String(20))
     provider: Mapped[str] = mapped_column(String(40))
     provider_message_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
+    # messaging governance (docs/messaging.md): the category, exactly the headers a provider got, and the
+    # recipients left out ([{address, reason}]); server defaults so rows written before them read as empty
+    category: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    left_out: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
 
 
 class Suppression(Base):
-    """Addresses that must not receive email (unsubscribed, bounced)."""
+    """Addresses that must not receive any email (bounced, spam report, dropped, manual), normalised."""
 
     __tablename__ = "suppressions"
     email: Mapped[str] = mapped_column(String(320), primary_key=True)
     reason: Mapped[str] = mapped_column(String(200), default="unsubscribed")
+    source: Mapped[str] = mapped_column(String(200), default="", server_default="")  # api | cli | sendgrid | ...
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime | None] = mapped_column(default=None)  # None: suppressed before it was recorded
+
+
+class Consent(Base):
+    """One contact's choice for one category of email: subscribed or unsubscribed, by whom and when."""
+
+    __tablename__ = "consents"
+    __table_args__ = (UniqueConstraint("email", "category"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320))  # normalised (governance.normalize_address)
+    category: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20))  # subscribed | unsubscribed
+    source: Mapped[str] = mapped_column(String(200), default="")  # link | one_click | api | cli | sendgrid | ...
+    at: Mapped[datetime]
+
+
+class EmailDelivery(Base):
+    """The frequency caps' ledger: one row per email and `to` recipient that went out or is going out.
+    A cap counts an address's rows with status sending or sent in a rolling window; a rejected send stops
+    counting. Written in the same transaction as the admission that counted, so caps hold under concurrency."""
+
+    __tablename__ = "email_deliveries"
+    __table_args__ = (UniqueConstraint("key", "address"), Index("ix_email_deliveries_address_at", "address", "at"))
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400))  # the outbox row's key
+    address: Mapped[str] = mapped_column(String(320))  # normalised
+    category: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20))  # sending | sent | rejected
+
+
+class WebhookEvent(Base):
+    """A provider's webhook event by its id (SendGrid's sg_event_id), so a redelivery changes nothing twice."""
+
+    __tablename__ = "webhook_events"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime]
 
 
 class CallTask(Base):

@@ -1,0 +1,220 @@
+"""Messaging governance records: consent per contact and category, the suppression list, unsubscribe
+tokens and links, and webhook events seen once. Used by the email activities and by the API.
+
+Addresses are stored normalised (``normalize_address``), so "Anna <ANNA@X.example>" and "anna@x.example"
+are one person. Times are passed in by the caller (the workflow's clock, or the API's), never read here.
+Writes are upserts keyed by a unique constraint, so they are idempotent and safe when two callers race.
+See docs/messaging.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from . import models as t
+
+SUBSCRIBED = "subscribed"
+UNSUBSCRIBED = "unsubscribed"
+
+
+@functools.lru_cache(maxsize=65536)
+def normalize_address(text: str) -> str | None:
+    """The address alone, lower-cased: "Anna <ANNA@X.example>" -> "anna@x.example"; None when it is no
+    valid address. Cached: the same few addresses are checked for every email a contact gets."""
+    _name, address = parseaddr(text or "")
+    if not address or "@" not in address:
+        return None
+    try:
+        return validate_email(address, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        return None
+
+
+def _required(email: str) -> str:
+    address = normalize_address(email)
+    if address is None:
+        raise ValueError(f"not a valid email address: {email!r}")
+    return address
+
+
+def _insert(s: Session, table: Any) -> Any:
+    """INSERT with ON CONFLICT for the session's database (SQLite and PostgreSQL spell it alike)."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"messaging governance supports SQLite and PostgreSQL, not {dialect}")
+
+
+# consent -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentView:
+    category: str
+    status: str  # subscribed | unsubscribed
+    source: str
+    at: datetime
+
+
+def set_consent(s: Session, email: str, category: str, subscribed: bool, source: str, at: datetime) -> None:
+    """Records a contact's choice for a category. Idempotent: the same choice again keeps its first source
+    and time (when it was made); a different choice replaces it. Raises ValueError for an invalid address."""
+    table = t.Consent.__table__
+    status = SUBSCRIBED if subscribed else UNSUBSCRIBED
+    statement = _insert(s, table).values(email=_required(email), category=category, status=status,
+                                          source=source, at=at)
+    s.execute(statement.on_conflict_do_update(
+        index_elements=[table.c.email, table.c.category],
+        set_={"status": status, "source": source, "at": at},
+        where=table.c.status != status,
+    ))
+
+
+def consents(s: Session, email: str) -> list[ConsentView]:
+    """A contact's choices, by category (empty for an invalid address: nobody can have chosen for it)."""
+    address = normalize_address(email)
+    if address is None:
+        return []
+    rows = s.scalars(select(t.Consent).where(t.Consent.email == address).order_by(t.Consent.category))
+    return [ConsentView(category=r.category, status=r.status, source=r.source, at=r.at) for r in rows]
+
+
+def is_unsubscribed(s: Session, emails: list[str], category: str) -> set[str]:
+    """Which of the (normalised) addresses unsubscribed from the category."""
+    addresses = sorted({a for a in (normalize_address(e) for e in emails) if a})
+    found: set[str] = set()
+    for start in range(0, len(addresses), 500):  # SQLite's bound-parameter limit
+        chunk = addresses[start:start + 500]
+        found.update(s.scalars(select(t.Consent.email).where(
+            t.Consent.email.in_(chunk), t.Consent.category == category, t.Consent.status == UNSUBSCRIBED)))
+    return found
+
+
+# suppression ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuppressionView:
+    email: str
+    reason: str  # bounced | spam_report | dropped | manual | unsubscribed_all | ...
+    source: str
+    detail: str
+    created_at: datetime | None
+
+
+def suppress(s: Session, email: str, reason: str, source: str, at: datetime, detail: str = "") -> bool:
+    """Puts the address on the suppression list; True when it was not on it. Idempotent: an address already
+    suppressed keeps its first reason and time (when it began). Raises ValueError for an invalid address."""
+    table = t.Suppression.__table__
+    statement = _insert(s, table).values(email=_required(email), reason=reason, source=source, detail=detail,
+                                          created_at=at)
+    result = s.execute(statement.on_conflict_do_nothing(index_elements=[table.c.email]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def unsuppress(s: Session, email: str) -> bool:
+    """Takes the address off the suppression list; False when it was not on it (or is no valid address)."""
+    address = normalize_address(email)
+    if address is None:
+        return False
+    result = s.execute(delete(t.Suppression.__table__).where(t.Suppression.__table__.c.email == address))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def list_suppressions(
+    s: Session, *, email: str | None = None, limit: int = 100, offset: int = 0
+) -> list[SuppressionView]:
+    """The suppression list in address order, a page at a time; with ``email``, that address's entry or nothing."""
+    query = select(t.Suppression).order_by(t.Suppression.email).limit(limit).offset(offset)
+    if email is not None:
+        address = normalize_address(email)
+        if address is None:
+            return []
+        query = query.where(t.Suppression.email == address)
+    return [SuppressionView(email=r.email, reason=r.reason, source=r.source, detail=r.detail,
+                            created_at=r.created_at) for r in s.scalars(query)]
+
+
+def suppressed(s: Session, emails: list[str]) -> dict[str, str]:
+    """The (normalised) addresses among ``emails`` that are suppressed, with their reason."""
+    addresses = sorted({a for a in (normalize_address(e) for e in emails) if a})
+    found: dict[str, str] = {}
+    for start in range(0, len(addresses), 500):
+        chunk = addresses[start:start + 500]
+        rows = s.execute(select(t.Suppression.email, t.Suppression.reason).where(t.Suppression.email.in_(chunk)))
+        found.update((email, reason) for email, reason in rows)
+    return found
+
+
+# unsubscribe tokens and links ----------------------------------------------------------------------------
+
+# the longest token read: an address (320) and a category, encrypted and base64-encoded, fit well below it
+_MAX_TOKEN = 2000
+
+
+class UnsubscribeTokens:
+    """Opaque, signed tokens for (address, category): Fernet (AES-CBC + HMAC-SHA256) under a key derived
+    from the secret, so a token reveals nothing, cannot be forged or altered, and cannot be enumerated.
+    A token does not expire: a link in a years-old email must still unsubscribe."""
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("the unsubscribe secret must not be empty")
+        key = hashlib.sha256(b"playbook-engine unsubscribe token v1\0" + secret).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    def make(self, email: str, category: str) -> str:
+        token = self._fernet.encrypt(json.dumps([_required(email), category]).encode())
+        return token.decode().rstrip("=")  # padding carries nothing and reads oddly in a URL
+
+    def read(self, token: str) -> tuple[str, str] | None:
+        """(address, category), or None for anything forged, altered, truncated or not a token at all."""
+        try:
+            if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN:
+                return None
+            padded = token + "=" * (-len(token) % 4)
+            value = json.loads(self._fernet.decrypt(padded.encode()))
+            if (isinstance(value, list) and len(value) == 2
+                    and isinstance(value[0], str) and isinstance(value[1], str)):
+                return value[0], value[1]
+            return None
+        except (InvalidToken, ValueError, TypeError, UnicodeError):
+            return None
+
+
+class UnsubscribeLinks:
+    """The one-click unsubscribe URL of a recipient and category: {base_url}/u/{token}."""
+
+    def __init__(self, base_url: str, tokens: UnsubscribeTokens) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.tokens = tokens
+
+    def url(self, email: str, category: str) -> str:
+        return f"{self.base_url}/u/{self.tokens.make(email, category)}"
+
+
+# webhook events ------------------------------------------------------------------------------------------
+
+
+def remember_webhook_event(s: Session, event_id: str, at: datetime) -> bool:
+    """Records a webhook event's id; False when it was seen before (a redelivery). Race-safe: two deliveries
+    at once both try the insert and the primary key lets only one of them in."""
+    table = t.WebhookEvent.__table__
+    result = s.execute(_insert(s, table).values(id=event_id, received_at=at)
+                       .on_conflict_do_nothing(index_elements=[table.c.id]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
