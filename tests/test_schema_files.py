@@ -12,6 +12,7 @@ from engine.language import schema_source
 FILES = {
     "playbook.schema.json": schema_source.playbook_schema,
     "scenario.schema.json": schema_source.scenario_schema,
+    "policy.schema.json": schema_source.policy_schema,
 }
 
 

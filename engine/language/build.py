@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import model as m
+from .policy import Policy
 from .step_tree import kind_of, path_text
 
 
@@ -61,6 +62,7 @@ def _step(step: dict[str, Any], path: tuple[Any, ...]) -> m.Step:
             template_id=spec.get("template_id"),
             data=dict(spec.get("data") or {}),
             approval=_approval(spec["approval"]) if "approval" in spec else None,
+            category=spec.get("category"),
         )
     if kind == "call_task":
         return m.CallTaskStep(
@@ -137,7 +139,7 @@ def _trigger(spec: dict[str, Any] | None) -> m.Trigger:
     return m.Trigger(type="manual")
 
 
-def build_playbook(data: dict[str, Any], text: str) -> m.Playbook:
+def build_playbook(data: dict[str, Any], text: str, policy: Policy | None = None) -> m.Playbook:
     settings = data.get("settings") or {}
     enrollment = data.get("enrollment") or {}
     return m.Playbook(
@@ -156,4 +158,5 @@ def build_playbook(data: dict[str, Any], text: str) -> m.Playbook:
         settings=m.Settings(timezone=settings.get("timezone", "UTC"), quiet_hours=settings.get("quiet_hours")),
         vars=dict(data.get("vars") or {}),
         steps=_steps(data["steps"], ("steps",)),
+        policy=policy,
     )

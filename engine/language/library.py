@@ -1,7 +1,9 @@
 """A library of playbooks (a folder) and validation of many files at once.
 
 Cross-file rules live here: playbook ids are unique in a library, ``run_playbook`` names a playbook
-of the library, and a scenario's ``playbook`` resolves to a valid playbook.
+of the library, a scenario's ``playbook`` resolves to a valid playbook, and each playbook is checked
+against (and carries) the messaging policy that applies to it: the library's policy.yaml, else the
+built-in default. A policy file is validated as a policy, never as a playbook.
 """
 
 from __future__ import annotations
@@ -12,21 +14,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .documents import load_document, read_text
 from .model import Playbook, RunPlaybookStep
+from .policy import DEFAULT_POLICY, Policy
+from .policy_file import PolicyFinder, PolicyResult, is_policy_file, validate_policy_file
 from .problems import Problem
 from .scenario import ScenarioResult, validate_scenario_file
 from .schema_check import fast_schema_check, suggest
-from .validator import PlaybookResult, load_document, read_text, validate_playbook_file
+from .validator import PlaybookResult, validate_playbook_file
 from .yaml_source import Document
 
 SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
 
-FileResult = PlaybookResult | ScenarioResult
+FileResult = PlaybookResult | ScenarioResult | PolicyResult
 
 
 def is_scenario(path: Path) -> bool:
     return path.name.endswith(SCENARIO_SUFFIXES)
+
+
+def is_playbook_file(path: Path) -> bool:
+    return path.name.endswith(YAML_SUFFIXES) and not is_scenario(path) and not is_policy_file(path)
 
 
 def discover(paths: Iterable[Path | str]) -> list[Path]:
@@ -50,32 +59,38 @@ def discover(paths: Iterable[Path | str]) -> list[Path]:
 
 @dataclass
 class Library:
-    """The valid playbooks of one folder (not its scenarios), by id."""
+    """The valid playbooks of one folder (not its scenarios or policy), by id, and its messaging policy."""
 
     root: Path
     playbooks: dict[str, Playbook] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     results: list[PlaybookResult] = field(default_factory=list)
+    policy: Policy | None = DEFAULT_POLICY  # the root's; None when its policy.yaml is broken
+    policy_results: list[PolicyResult] = field(default_factory=list)
 
     @classmethod
     def load(cls, root: Path | str) -> Library:
         root = Path(root)
         lib = cls(root)
+        finder = PolicyFinder(stop_at=root)
+        own = finder.result_for(root / "_")
+        lib.policy = DEFAULT_POLICY if own is None else own.policy
         for path in discover([root]):
-            if is_scenario(path):
+            if not is_playbook_file(path):
                 continue
-            result = validate_playbook_file(path)
+            result = validate_playbook_file(path, finder)
             lib.results.append(result)
             if result.playbook is not None and result.playbook.id not in lib.playbooks:
                 lib.playbooks[result.playbook.id] = result.playbook
                 lib.files[result.playbook.id] = path
+        lib.policy_results = list(finder.results())
         return lib
 
 
 def find_library_root(scenario: Path) -> Path:
     """The nearest folder above a scenario that holds playbooks (playbooks/tests/x.scenario.yaml -> playbooks/)."""
     for folder in [scenario.parent, *scenario.parent.parents]:
-        if any(not is_scenario(p) for p in folder.glob("*.y*ml")):
+        if any(is_playbook_file(p) for p in folder.glob("*.y*ml")):
             return folder
     return scenario.parent
 
@@ -121,7 +136,8 @@ def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
     """Validates every playbook and scenario named (folders: every YAML file under them)."""
     files = discover(paths)
     results: list[FileResult] = []
-    playbook_results = _validate_many([p for p in files if not is_scenario(p)])
+    finder = PolicyFinder()
+    playbook_results = _validate_many([p for p in files if is_playbook_file(p)], finder)
     valid = {r.playbook.id: r.playbook for r in playbook_results if r.playbook is not None}
     _check_library(playbook_results)
     resolver = Resolver(extra=valid)
@@ -129,27 +145,47 @@ def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
     for path in files:
         if is_scenario(path):
             results.append(validate_scenario_file(path, resolver))
-        else:
+        elif is_policy_file(path):
+            results.append(_policy_result(path, finder))
+        elif str(path) in by_file:
             results.append(by_file[str(path)])
+        else:  # named explicitly but not YAML: reported as a playbook, which it was given as
+            results.append(validate_playbook_file(path, finder))
     return results
+
+
+def _policy_result(path: Path, finder: PolicyFinder) -> PolicyResult:
+    """The policy file's result, as its playbooks saw it when it was read for them (once), else read now."""
+    known = {Path(r.file).resolve(): r for r in finder.results()}
+    found = known.get(path.resolve())
+    if found is None:
+        return validate_policy_file(path)
+    return PolicyResult(str(path), found.text, found.doc, list(found.problems), found.policy)
 
 
 PARALLEL_FROM = 64  # below this many files, starting processes costs more than it saves
 
 
-def _validate_many(paths: list[Path]) -> list[PlaybookResult]:
+_FINDER = PolicyFinder()  # the policies of the files a pool validates, read before it forks
+
+
+def _validate_many(paths: list[Path], finder: PolicyFinder) -> list[PlaybookResult]:
     """Validates files, on every core when there are many (a large library in CI)."""
+    global _FINDER
     workers = min(os.cpu_count() or 1, 8)
     if len(paths) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [validate_playbook_file(p) for p in paths]
+        return [validate_playbook_file(p, finder) for p in paths]
     fast_schema_check("playbook")  # compiled once here, inherited by the forked workers
+    for path in paths:
+        finder.result_for(path)  # each policy file read once here, not once per worker
+    _FINDER = finder
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(_validate_slim, paths, chunksize=max(1, len(paths) // (workers * 4)))
 
 
 def _validate_slim(path: Path) -> PlaybookResult:
     """A valid file's result without its text and positions: sending those back costs more than finding them."""
-    result = validate_playbook_file(path)
+    result = validate_playbook_file(path, _FINDER)
     if not result.problems:
         result.doc = None
         result.text = ""

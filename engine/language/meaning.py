@@ -84,6 +84,8 @@ class Checker:
     steps_by_id: dict[str, StepInfo] = field(default_factory=dict)
     declared_vars: set[str] = field(default_factory=set)
     bad_paths: set[Path] = field(default_factory=set)  # steps with no or two kinds
+    categories: tuple[str, ...] | None = None  # of the messaging policy; None: not known, not checked
+    policy_file: str | None = None  # where the categories come from, for messages
 
     # positions ---------------------------------------------------------------------------------
 
@@ -343,8 +345,26 @@ class Checker:
                 self.check_duration(path + ("offset",), spec["offset"], allow_negative=True)
 
     def check_email(self, spec: Any, path: Path) -> None:
-        if isinstance(spec, dict) and isinstance(spec.get("approval"), dict):
+        if not isinstance(spec, dict):
+            return
+        if isinstance(spec.get("approval"), dict):
             self.check_duration(path + ("approval", "timeout"), spec["approval"].get("timeout"))
+        if "template_id" not in spec:
+            # SendGrid answers 400 to an email without a subject or without content: refuse it here instead.
+            for key, what in (("subject", "a subject"), ("body", "content")):
+                value = spec.get(key)
+                if isinstance(value, str) and not value.strip():
+                    self.at_value(
+                        path + (key,),
+                        f"the {key} is empty; the email provider refuses an email without {what} (SendGrid answers "
+                        f"400): write one, or give a provider template_id",
+                    )
+        category = spec.get("category")
+        if self.categories is not None and isinstance(category, str) and category not in self.categories:
+            close = suggest(category, self.categories)
+            hint = f"; did you mean '{close}'?" if close else f"; declared: {', '.join(self.categories)}"
+            source = f"the policy {self.policy_file}" if self.policy_file else "the built-in default policy"
+            self.at_value(path + ("category",), f"category '{category}' is not declared in {source}{hint}")
 
     def check_call_task(self, spec: Any, path: Path) -> None:
         if not isinstance(spec, dict):
@@ -596,8 +616,13 @@ def cron_problem(cron: str) -> str | None:
     return None
 
 
-def check_meaning(doc: Document, file: str) -> tuple[list[Problem], set[Path]]:
-    """Returns the problems and the paths of steps whose shape is broken (for the schema check to skip)."""
-    checker = Checker(doc, file)
+def check_meaning(
+    doc: Document, file: str, categories: tuple[str, ...] | None = None, policy_file: str | None = None
+) -> tuple[list[Problem], set[Path]]:
+    """Returns the problems and the paths of steps whose shape is broken (for the schema check to skip).
+
+    ``categories``: the email categories of the playbook's messaging policy (None: not checked).
+    """
+    checker = Checker(doc, file, categories=categories, policy_file=policy_file)
     checker.run()
     return checker.problems, checker.bad_paths

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from .policy import Policy
+
 Expression = str | bool  # a bare Jinja expression, or a literal true/false
 
 
@@ -61,6 +63,7 @@ class EmailStep(StepBase):
     template_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     approval: ApprovalSettings | None = None
+    category: str | None = None  # a category of the policy; None: the policy's default_category
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +230,8 @@ class Playbook:
     settings: Settings = field(default_factory=Settings)
     vars: dict[str, Any] = field(default_factory=dict)
     steps: tuple[Step, ...] = ()
+    # The messaging policy of its library, attached when loaded; None only in runs recorded before policies.
+    policy: Policy | None = None
 
     def walk(self) -> typing.Iterator[Step]:
         """Every step, nested ones included, in document order."""

@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Any
 
+from .documents import Loaded, load_document, read_text
 from .durations import DurationError, parse_duration
 from .model import ApprovalStep, CallTaskStep, EmailStep, Playbook
 from .problems import Problem
 from .schema_check import schema_problems, suggest
-from .validator import Loaded, load_document, read_text
 from .yaml_source import Path
 
 # Finds a playbook for a scenario: (reference, scenario file) -> playbook, or an error message.

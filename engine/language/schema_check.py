@@ -21,7 +21,7 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
 from .problems import Problem
-from .schema_source import STEP_KINDS, playbook_schema, scenario_schema
+from .schema_source import STEP_KINDS, playbook_schema, policy_schema, scenario_schema
 from .step_tree import iter_step_paths, kind_of
 from .yaml_source import Document, Path
 
@@ -69,6 +69,16 @@ def scenario_validator() -> Validator:
 
 
 @functools.cache
+def policy_validator() -> Validator:
+    schema = policy_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    return _Validator(schema)
+
+
+_VALIDATORS = {"playbook": playbook_validator, "scenario": scenario_validator, "policy": policy_validator}
+
+
+@functools.cache
 def fast_schema_check(document: str) -> Callable[[Any], None]:
     """A compiled check that raises fastjsonschema.JsonSchemaException on any schema error.
 
@@ -78,6 +88,8 @@ def fast_schema_check(document: str) -> Callable[[Any], None]:
     code, so playbooks are checked in pieces: the playbook with each step only required to be a
     mapping, then every step (nested ones included) against its own kind's schema.
     """
+    if document == "policy":
+        return fastjsonschema.compile(policy_schema())
     if document != "playbook":
         return fastjsonschema.compile(scenario_schema())
     schema = playbook_schema()
@@ -250,6 +262,8 @@ class Translator:
             return [self._at_value(path, f"a step must be a mapping with one kind key ({kinds}); got {got}")]
         if not path and self.document == "playbook":
             return [self._at_value(path, f"a playbook must be a mapping (id, title, trigger, steps...); got {got}")]
+        if not path and self.document == "policy":
+            return [self._at_value(path, f"a policy must be a mapping (default_category, categories, caps); got {got}")]
         if not path:
             return [
                 self._at_value(path, f"a scenario must be a mapping (playbook, account, script, expect...); got {got}")
@@ -257,6 +271,8 @@ class Translator:
         if _schema(error).get("pattern") and _schema(error).get("errorMessage", "").startswith("a duration"):
             durations = "a duration like 30s, 15m, 2h, 14d, 2w, 3bd or P14D"
             return [self._at_value(path, f"{subject(path)} must be {durations}; got {got}")]
+        if _schema(error).get("errorMessage", "").startswith("a window"):
+            return [self._at_value(path, f"{subject(path)} must be a fixed duration like 12h, 1d or 2w; got {got}")]
         return [self._at_value(path, f"{subject(path)} must be {words}; got {got}")]
 
     def _enum(self, error: ValidationError) -> list[Problem]:
@@ -365,7 +381,7 @@ def schema_problems(doc: Document, file: str, document: str, skip: Iterable[Path
         return []
     except fastjsonschema.JsonSchemaException:
         pass
-    validator = playbook_validator() if document == "playbook" else scenario_validator()
+    validator = _VALIDATORS[document]()
     skipped = [tuple(s) for s in skip]
     translator = Translator(doc, file, document)
     problems: list[Problem] = []

@@ -41,6 +41,10 @@ STEP_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
 PLAYBOOK_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 EVENT_TYPE_PATTERN = r"^[a-z0-9_]+(\.[a-z0-9_]+)+$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CATEGORY_PATTERN = r"^[a-z][a-z0-9_-]*$"
+WINDOW_PATTERN = r"^[0-9]+(m|h|d|w)$"
+CATEGORY_MESSAGE = "a category is a lowercase name: letters, digits, _ or -, starting with a letter"
+WINDOW_MESSAGE = "a window is a fixed duration in minutes, hours, days or weeks, like 30m, 12h, 1d or 2w"
 STEP_ID_MESSAGE = "a step id is snake_case: lowercase letters, digits and _, starting with a letter"
 PLAYBOOK_ID_MESSAGE = "a playbook id is kebab-case: lowercase letters and digits joined by single dashes"
 EVENT_TYPE_MESSAGE = "an event type is a dotted lowercase name like account.signed_up"
@@ -111,7 +115,7 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
     wait_description = "Pauses the run: a duration (14d), {until: <datetime>, offset: -2d}, or {business_days: 3}."
     return {
         "email": _obj(
-            "Sends one email. Result: message_id, status (sent, suppressed, rejected).",
+            "Sends one email. Result: message_id, status (sent, suppressed, rejected, capped), left_out.",
             {
                 "to": {**email_address, "description": "Recipient address(es); templates, e.g. {{ contact.email }}."},
                 "subject": _s("Subject line; a template."),
@@ -122,6 +126,12 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                 "reply_to": _s("Reply-to address; a template."),
                 "template_id": _s("A template stored at the email provider, used instead of subject and body."),
                 "data": {"type": "object", "description": "Values passed to the provider template; templates."},
+                "category": _s(
+                    "The message category, declared in the library's policy.yaml (default: its default_category): "
+                    "decides consent, the unsubscribe link and the frequency caps.",
+                    pattern=CATEGORY_PATTERN,
+                    errorMessage=CATEGORY_MESSAGE,
+                ),
                 "approval": _obj(
                     "Save the email as a draft that an approver may edit (subject, body) and must approve before it "
                     "goes out.",
@@ -508,12 +518,101 @@ def playbook_schema() -> dict[str, Any]:
     }
 
 
+def _policy_properties() -> dict[str, Any]:
+    window = {"type": "string", "pattern": WINDOW_PATTERN, "errorMessage": WINDOW_MESSAGE}
+    category_name = {"type": "string", "pattern": CATEGORY_PATTERN, "errorMessage": CATEGORY_MESSAGE}
+    return {
+        "default_category": _s(
+            "The category of email steps that name none; one of `categories`.",
+            pattern=CATEGORY_PATTERN,
+            errorMessage=CATEGORY_MESSAGE,
+        ),
+        "categories": {
+            "type": "object",
+            "description": "The message categories, by name, e.g. transactional, onboarding, marketing.",
+            "minProperties": 1,
+            "propertyNames": {"pattern": CATEGORY_PATTERN, "errorMessage": CATEGORY_MESSAGE},
+            "additionalProperties": _obj(
+                "A category; {} takes the defaults (recipients may opt out, caps apply).",
+                {
+                    "unsubscribe": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "Recipients may opt out: consent is checked, and every email carries an "
+                        "unsubscribe link and one-click List-Unsubscribe headers. false: receipts, password resets.",
+                    },
+                    "capped": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "The frequency caps count and limit this category. false: never capped.",
+                    },
+                    "sendgrid_group": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "The SendGrid suppression group (ASM group id) of this category.",
+                    },
+                },
+            ),
+        },
+        "caps": {
+            "type": "array",
+            "description": "Frequency caps: at most `max` emails to one recipient in any rolling window of `per`, "
+            "across every playbook; only emails that went out count.",
+            "items": _obj(
+                "A cap.",
+                {
+                    "channel": {
+                        "type": "string", "enum": ["email"], "default": "email", "description": "What it counts."
+                    },
+                    "categories": {
+                        "type": "array",
+                        "description": "The categories it counts and limits (default: every capped category).",
+                        "minItems": 1,
+                        "uniqueItems": True,
+                        "items": category_name,
+                    },
+                    "max": {"type": "integer", "minimum": 1, "description": "How many emails per window."},
+                    "per": {**window, "description": "The rolling window, e.g. 1d or 7d."},
+                },
+                ["max", "per"],
+            ),
+        },
+        "when_capped": {
+            "type": "string",
+            "enum": ["skip", "defer"],
+            "default": "skip",
+            "description": "A capped email: skip it (status capped), or defer it until the caps allow "
+            "(at most max_delay; then skip).",
+        },
+        "max_delay": {**window, "description": "With defer: the longest an email waits for the caps (default 3d)."},
+    }
+
+
+def policy_schema() -> dict[str, Any]:
+    return {
+        "$schema": DRAFT,
+        "$id": "https://playbooks.example/schemas/policy.schema.json",
+        "title": "Messaging policy",
+        "description": "A library's email categories and frequency caps (policy.yaml at the library's root). "
+        "See docs/playbook-language.md.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["default_category", "categories"],
+        "properties": _policy_properties(),
+    }
+
+
+STEP_STATUSES = ("done", "skipped", "not_run", "failed")
+EMAIL_STATUSES = ("sent", "capped", "suppressed", "rejected")
+SCRIPT_FORMS = ("event", "call_task", "approval", "unsubscribe", "bounce")
+
+
 def _script_item() -> dict[str, Any]:
     after = _ref("duration", "How long after the step asks (default: at once).")
     return {
         "type": "object",
-        "description": "How people and the product react: {at, event}, {call_task, outcome, after} or "
-        "{approval, decide, edit, by, after}.",
+        "description": "How people and the product react: {at, event}, {call_task, outcome, after}, "
+        "{approval, decide, edit, by, after}, {at, unsubscribe, category} or {at, bounce}.",
         "properties": {
             "at": _ref("duration", "Offset from the start, e.g. 20d."),
             "event": {"$ref": "#/definitions/event"},
@@ -529,6 +628,14 @@ def _script_item() -> dict[str, Any]:
             "by": _s("Who decides (a team member id); default the first allowed approver."),
             "comment": _s("The approver's comment."),
             "after": after,
+            "unsubscribe": _s(
+                "An address that unsubscribes at `at`, as the one-click link would (from `category`, or from every "
+                "category that allows opting out)."
+            ),
+            "category": _s(
+                "With unsubscribe: the category to opt out of.", pattern=CATEGORY_PATTERN, errorMessage=CATEGORY_MESSAGE
+            ),
+            "bounce": _s("An address the provider reports as bounced at `at`: it is suppressed from then on."),
         },
         "allOf": [
             {
@@ -552,10 +659,20 @@ def _script_item() -> dict[str, Any]:
                 },
             },
             {
-                "if": {
-                    "not": {"anyOf": [{"required": ["event"]}, {"required": ["call_task"]}, {"required": ["approval"]}]}
+                "if": {"required": ["unsubscribe"]},
+                "then": {
+                    "required": ["at"],
+                    "properties": {"at": True, "unsubscribe": True, "category": True},
+                    "additionalProperties": False,
                 },
-                "then": {"required": ["event | call_task | approval"]},
+            },
+            {
+                "if": {"required": ["bounce"]},
+                "then": {"required": ["at"], "properties": {"at": True, "bounce": True}, "additionalProperties": False},
+            },
+            {
+                "if": {"not": {"anyOf": [{"required": [k]} for k in SCRIPT_FORMS]}},
+                "then": {"required": [" | ".join(SCRIPT_FORMS)]},
             },
         ],
     }
@@ -568,15 +685,21 @@ def _expect_item() -> dict[str, Any]:
     forms: dict[str, dict[str, Any]] = {
         "step": {
             "step": _s("A step id.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE),
-            "status": {
-                "type": "string", "enum": ["done", "skipped", "not_run", "failed"], "description": "The step's status."
-            },
+            "status": {"type": "string", "enum": list(STEP_STATUSES), "description": "The step's status."},
             "result": {"type": "object", "description": "Fields the step's result must have (a subset)."},
         },
         "email": {
             "email": _s(
-                "An email step id: it sent exactly one email.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE
+                "An email step id: it sent exactly one email; with status, its email (to `to`, if given) ended so.",
+                pattern=STEP_ID_PATTERN,
+                errorMessage=STEP_ID_MESSAGE,
             ),
+            "status": {
+                "type": "string",
+                "enum": list(EMAIL_STATUSES),
+                "description": "How the email ended: sent, capped (a frequency cap held it back), suppressed "
+                "(unsubscribed or on the suppression list) or rejected.",
+            },
             "to": _s("The recipient."),
             "subject_contains": _s("Text the subject contains."),
             "after": offset("Sent at or after this offset from the start."),
@@ -602,15 +725,23 @@ def _expect_item() -> dict[str, Any]:
             }
         },
     }
+    # `status` means a step's status or an email's: each form checks its own, the merged one lists both for editors
+    shared = {"status"}
     all_of = []
     for key, props in forms.items():
-        then = {"properties": {k: True for k in props}, "additionalProperties": False}
+        then = {"properties": {k: props[k] if k in shared else True for k in props}, "additionalProperties": False}
         all_of.append({"if": {"required": [key]}, "then": then})
     none_of_them = {"not": {"anyOf": [{"required": [k]} for k in forms]}}
     all_of.append({"if": none_of_them, "then": {"required": [" | ".join(forms)]}})
     merged: dict[str, Any] = {}
     for props in forms.values():
         merged.update(props)
+    merged["status"] = {
+        "type": "string",
+        "enum": [*STEP_STATUSES, *EMAIL_STATUSES],
+        "description": "With step: the step's status (done, skipped, not_run, failed); with email: how its email "
+        "ended (sent, capped, suppressed, rejected).",
+    }
     return {
         "type": "object",
         "description": "An expectation: {step, status, result}, {email, ...}, {call_task, ...}, {no_email}, {account}, "
@@ -673,6 +804,12 @@ def scenario_schema() -> dict[str, Any]:
                     ["id"],
                 ),
             },
+            "policy": _obj(
+                "A messaging policy for this scenario only (the policy.yaml format): it replaces the library's, "
+                "e.g. to test caps.",
+                _policy_properties(),
+                ["default_category", "categories"],
+            ),
             "script": {"type": "array", "description": "How people and the product react.", "items": _script_item()},
             "expect": {"type": "array", "description": "What must have happened.", "items": _expect_item()},
         },
@@ -701,7 +838,11 @@ def render(schema: dict[str, Any]) -> str:
 
 def write_files(directory: Path = SCHEMA_DIR) -> list[Path]:
     written = []
-    for name, schema in (("playbook.schema.json", playbook_schema()), ("scenario.schema.json", scenario_schema())):
+    for name, schema in (
+        ("playbook.schema.json", playbook_schema()),
+        ("scenario.schema.json", scenario_schema()),
+        ("policy.schema.json", policy_schema()),
+    ):
         path = directory / name
         path.write_text(render(schema), encoding="utf-8")
         written.append(path)

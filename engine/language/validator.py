@@ -6,25 +6,17 @@ there is none: a playbook with an error never starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from .build import build_playbook
+from .documents import Loaded, load_document, read_text
 from .meaning import check_meaning
 from .model import Playbook
+from .policy import DEFAULT_POLICY, Policy
+from .policy_file import PolicyFinder
 from .problems import Problem
 from .schema_check import schema_problems
-from .yaml_source import MAX_BYTES, Document, SourceError, load
-
-
-@dataclass
-class Loaded:
-    """The outcome of loading one file: its text, its document (if it parsed) and its problems."""
-
-    file: str
-    text: str
-    doc: Document | None = None
-    problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -36,40 +28,14 @@ class PlaybookResult(Loaded):
         return not self.problems and self.playbook is not None
 
 
-def read_text(path: FsPath) -> tuple[str, Problem | None]:
-    """Reads a file as UTF-8; a problem instead of an exception for anything unreadable."""
-    name = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            return "", Problem(
-                name, 1, 1, f"file is {size / 1_000_000:.1f} MB; a playbook or scenario may be at most 1 MB", "syntax"
-            )
-        raw = path.read_bytes()
-    except OSError as err:
-        return "", Problem(name, 1, 1, f"cannot read file: {err.strerror or err}", "syntax")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        return "", Problem(name, line, col, "file is not UTF-8 text", "syntax")
-    return text, None
+def validate_playbook_text(
+    text: str, file: str = "<playbook>", policy: Policy | None = DEFAULT_POLICY
+) -> PlaybookResult:
+    """Validates a playbook's text against a messaging policy, which the built model carries.
 
-
-def load_document(text: str, file: str) -> Loaded:
-    loaded = Loaded(file, text)
-    try:
-        loaded.doc = load(text)
-    except SourceError as err:
-        loaded.problems.append(Problem(file, err.line, err.column, err.message, err.rule))
-        return loaded
-    for dup in loaded.doc.problems:
-        loaded.problems.append(Problem(file, dup.line, dup.column, dup.message, dup.rule))
-    return loaded
-
-
-def validate_playbook_text(text: str, file: str = "<playbook>") -> PlaybookResult:
+    ``policy``: the library's (default: the built-in one); None when it is unknown (its file is broken):
+    email categories are then not checked and no model is built.
+    """
     loaded = load_document(text, file)
     result = PlaybookResult(loaded.file, loaded.text, loaded.doc, loaded.problems)
     if loaded.doc is None:
@@ -79,24 +45,44 @@ def validate_playbook_text(text: str, file: str = "<playbook>") -> PlaybookResul
         empty = Problem(file, 1, 1, "file is empty; a playbook needs at least 'id' and 'steps'", "schema")
         result.problems.append(empty)
         return result
-    meaning, bad_steps = check_meaning(doc, file) if isinstance(doc.data, dict) else ([], set())
+    categories = tuple(c.name for c in policy.categories) if policy is not None else None
+    policy_file = policy.file if policy is not None else None
+    meaning, bad_steps = (
+        check_meaning(doc, file, categories, policy_file) if isinstance(doc.data, dict) else ([], set())
+    )
     # Where the meaning checks said something precise about a value, the schema's general word on it is noise.
     precise = {(p.line, p.column) for p in meaning}
     schema = schema_problems(doc, file, "playbook", skip=bad_steps)
     result.problems.extend(p for p in schema if (p.line, p.column) not in precise)
     result.problems.extend(meaning)
     result.problems = sorted(set(result.problems), key=lambda p: (p.line, p.column, p.message))
-    if not result.problems:
-        result.playbook = build_playbook(doc.data, text)
+    if not result.problems and policy is not None:
+        result.playbook = build_playbook(doc.data, text, policy)
     return result
 
 
-def validate_playbook_file(path: FsPath | str) -> PlaybookResult:
+def validate_playbook_file(path: FsPath | str, finder: PolicyFinder | None = None) -> PlaybookResult:
+    """Validates a playbook file against the policy that applies to it (see policy_file.find_policy_file).
+
+    ``finder``: shares the policy files read among many playbooks (a library's); default: a lone file's.
+    """
     path = FsPath(path)
     text, problem = read_text(path)
     if problem:
         return PlaybookResult(str(path), text, problems=[problem])
-    return validate_playbook_text(text, str(path))
+    found = (finder or PolicyFinder()).result_for(path)
+    if found is None:
+        return validate_playbook_text(text, str(path), DEFAULT_POLICY)
+    if found.policy is not None:
+        return validate_playbook_text(text, str(path), found.policy)
+    result = validate_playbook_text(text, str(path), None)
+    message = (
+        f"the messaging policy {found.file} that applies to this playbook has {len(found.problems)} problem(s); "
+        "no run can start until it is fixed"
+    )
+    result.problems.insert(0, Problem(str(path), 1, 1, message, "reference"))
+    result.playbook = None
+    return result
 
 
 def load_playbook(path: FsPath | str) -> Playbook:
