@@ -13,7 +13,7 @@ from engine.runtime.settings import Settings, load_settings
 
 from . import problems
 from .deps import AppState
-from .routes import events, inbox, people, runs
+from .routes import events, inbox, messaging, people, runs, unsubscribe, webhooks
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(people.router)
     app.include_router(runs.router)
     app.include_router(inbox.router)
+    app.include_router(messaging.router)
+    app.include_router(webhooks.router)
+    app.include_router(unsubscribe.router)
 
     @app.get("/health", tags=["health"], summary="Liveness")
     def health() -> dict[str, str]:

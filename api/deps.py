@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from engine.language.library import Library
 from engine.language.model import Playbook
+from engine.language.policy import DEFAULT_POLICY, Policy
 from engine.runtime.settings import Settings
 
 from .problems import Problem
@@ -25,6 +26,12 @@ class AppState:
 
     def reload_library(self) -> None:
         self.library = dict(Library.load(self.settings.library).playbooks)
+
+
+def library_policy(state: AppState) -> Policy:
+    """The messaging policy of the library (policy.yaml, attached to every playbook it loads); the built-in one
+    when the library has no playbook or was loaded before policies."""
+    return next((p.policy for p in state.library.values() if p.policy is not None), DEFAULT_POLICY)
 
 
 def get_state(request: Request) -> AppState:

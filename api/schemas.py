@@ -195,3 +195,56 @@ class ValidateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(max_length=1_000_000, description="The playbook's YAML text.")
     file: str = Field(default="playbook.yaml", max_length=300)
+
+
+# ------------------------------------------------------------------------------ messaging governance
+
+
+class WebhookOut(BaseModel):
+    """What a batch of SendGrid events did."""
+
+    events: int = Field(description="Events in the batch")
+    suppressed: int = Field(description="bounce, dropped and spamreport events that suppressed their address")
+    unsubscribed: int = Field(description="unsubscribe and group_unsubscribe events recorded as consent")
+    delivered_to_runs: int = Field(description="delivered, open and click events that reached their run")
+    duplicates: int = Field(description="Events seen before (SendGrid redelivers): nothing changed")
+    ignored: int = Field(description="Events that change nothing here (processed, deferred, soft bounces, ...)")
+
+
+class ConsentOut(BaseModel):
+    category: str
+    status: Literal["subscribed", "unsubscribed"]
+    source: str = Field(description="Who recorded it: one_click, link, api, cli, sendgrid, ...")
+    at: UtcDatetime
+
+
+class ContactConsentOut(BaseModel):
+    email: str = Field(description="The address, normalised (lower case, without a display name)")
+    consents: list[ConsentOut] = Field(description="Recorded choices; a category without one is subscribed")
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subscribed: bool
+
+
+class SuppressionOut(BaseModel):
+    email: str
+    reason: str = Field(description="bounced, dropped, spam_report, manual, ...")
+    source: str = Field(description="sendgrid, api, cli, ...")
+    detail: str
+    created_at: UtcDatetime | None
+
+
+class SuppressionsOut(BaseModel):
+    items: list[SuppressionOut]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page; null on the last one")
+
+
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(min_length=3, max_length=320)
+    reason: str = Field(default="manual", min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*$")
+    detail: str = Field(default="", max_length=2000)

@@ -1,0 +1,55 @@
+"""Unsubscribe links for this deployment: the base URL recipients reach the API at, and the key that signs them.
+
+The worker makes the links (one per recipient and category, in every email whose category allows opting out)
+and the API reads them back (GET/POST /u/{token}), maybe days later and in another process: both get them from
+here, so they agree. The key is the unsubscribe_secret setting (PLAYBOOK_UNSUBSCRIBE_SECRET; required outside
+dev), else a random key kept in <PLAYBOOK_HOME>/unsubscribe.key, created once by whichever process comes first.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from pathlib import Path
+
+from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
+
+from .key_files import key_file
+from .settings import Settings, reveal
+
+KEY_FILE = "unsubscribe.key"
+SECRET_ENV = "PLAYBOOK_UNSUBSCRIBE_SECRET"
+
+log = logging.getLogger(__name__)
+
+
+def public_url(settings: Settings) -> str:
+    """Where recipients reach the API: the public_url setting, else (dev) the local API."""
+    return (settings.public_url or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
+
+
+def unsubscribe_secret(settings: Settings) -> bytes:
+    configured = reveal(settings.unsubscribe_secret)
+    if configured:
+        if len(configured) < 32:
+            log.warning("%s is shorter than 32 characters: use a long random value", SECRET_ENV)
+        return configured.encode()
+    path = Path(settings.home) / KEY_FILE
+    try:
+        return key_file(path)
+    except OSError as err:
+        # links made now will not open after a restart; production refuses to start without the setting
+        log.warning("unsubscribe links: cannot keep a key in %s (%s); links break on restart", path, err)
+        return secrets.token_bytes(32)
+
+
+@functools.lru_cache(maxsize=8)
+def unsubscribe_tokens(settings: Settings) -> UnsubscribeTokens:
+    return UnsubscribeTokens(unsubscribe_secret(settings))
+
+
+@functools.lru_cache(maxsize=8)
+def unsubscribe_links(settings: Settings) -> UnsubscribeLinks:
+    """The links of this deployment (cached per settings: making the key costs a file read)."""
+    return UnsubscribeLinks(public_url(settings), unsubscribe_tokens(settings))
