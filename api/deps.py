@@ -23,15 +23,18 @@ class AppState:
     settings: Settings
     client: Client
     library: dict[str, Playbook] = field(default_factory=dict)
+    policy: Policy = DEFAULT_POLICY  # the library's messaging policy: which categories people may leave
 
     def reload_library(self) -> None:
-        self.library = dict(Library.load(self.settings.library).playbooks)
+        library = Library.load(self.settings.library)
+        self.library = dict(library.playbooks)
+        # a broken policy.yaml loads no playbook that uses it; the built-in policy stands in for the pages
+        self.policy = library.policy or DEFAULT_POLICY
 
 
 def library_policy(state: AppState) -> Policy:
-    """The messaging policy of the library (policy.yaml, attached to every playbook it loads); the built-in one
-    when the library has no playbook or was loaded before policies."""
-    return next((p.policy for p in state.library.values() if p.policy is not None), DEFAULT_POLICY)
+    """The messaging policy of the library (its policy.yaml, else the built-in one)."""
+    return state.policy
 
 
 def get_state(request: Request) -> AppState:

@@ -563,6 +563,148 @@ def test(
     raise typer.Exit(0 if all(r.passed for r in reports) else 1)
 
 
+# ------------------------------------------------------------------------------ consent and suppressions
+
+suppressions_app = typer.Typer(help="The suppression list: addresses no email reaches.", no_args_is_help=True)
+app.add_typer(suppressions_app, name="suppressions")
+consent_app = typer.Typer(help="Consent: who opted out of which category of email.", no_args_is_help=True)
+app.add_typer(consent_app, name="consent")
+
+
+class Choice(enum.StrEnum):
+    subscribed = "subscribed"
+    unsubscribed = "unsubscribed"
+
+
+def _messaging_db() -> str:
+    """The settings' database, upgraded to the newest schema (as `playbook token create` does)."""
+    from .runtime.settings import load_settings
+    from .storage.db import migrate as upgrade
+
+    settings = load_settings()
+    upgrade(settings.db_url)
+    return settings.db_url
+
+
+def _address(text: str) -> str:
+    from .storage.governance import normalize_address
+
+    address = normalize_address(text)
+    if address is None:
+        Console(stderr=True).print(f"{text!r} is not a valid email address", markup=False)
+        raise typer.Exit(2)
+    return address
+
+
+def _when(at) -> str:  # type: ignore[no-untyped-def]
+    return at.strftime("%Y-%m-%d %H:%M UTC") if at else ""
+
+
+@suppressions_app.command("list")
+def suppressions_list(
+    email: Annotated[str | None, typer.Option(help="Only this address.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many.")] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="From which (in address order).")] = 0,
+) -> None:
+    """List suppressed addresses with their reason, source and time."""
+    from .storage.db import session
+    from .storage.governance import list_suppressions
+
+    db_url = _messaging_db()
+    with session(db_url) as s:
+        rows = list_suppressions(s, email=_address(email) if email else None, limit=limit, offset=offset)
+    table = Table(title="Suppressed addresses", title_justify="left")
+    for column in ("email", "reason", "source", "since", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r.email, r.reason, r.source, _when(r.created_at), r.detail)
+    _console().print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    email: Annotated[str, typer.Argument(help="The address (a display name is ignored).")],
+    reason: Annotated[str, typer.Option(help="Why: manual, bounced, spam_report, ...")] = "manual",
+    detail: Annotated[str, typer.Option(help="A note kept with it.")] = "",
+) -> None:
+    """Suppress an address: no email of any category reaches it."""
+    from datetime import UTC, datetime
+
+    from .storage.db import session
+    from .storage.governance import suppress
+
+    address = _address(email)
+    with session(_messaging_db()) as s:
+        added = suppress(s, address, reason, "cli", datetime.now(UTC), detail)
+    print(f"{address}: suppressed ({reason})" if added else f"{address}: already suppressed (the first reason stays)")
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(email: Annotated[str, typer.Argument(help="The address.")]) -> None:
+    """Take an address off the suppression list."""
+    from .storage.db import session
+    from .storage.governance import unsuppress
+
+    address = _address(email)
+    with session(_messaging_db()) as s:
+        removed = unsuppress(s, address)
+    if not removed:
+        Console(stderr=True).print(f"{address} is not on the suppression list", markup=False)
+        raise typer.Exit(1)
+    print(f"{address}: removed from the suppression list")
+
+
+@consent_app.command("show")
+def consent_show(email: Annotated[str, typer.Argument(help="The address.")]) -> None:
+    """A contact's choices by category (a category without one is subscribed)."""
+    from .storage.db import session
+    from .storage.governance import consents
+
+    address = _address(email)
+    with session(_messaging_db()) as s:
+        rows = consents(s, address)
+    if not rows:
+        print(f"{address}: no recorded choice (subscribed to every category)")
+        return
+    table = Table(title=address, title_justify="left")
+    for column in ("category", "status", "source", "at"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.category, r.status, r.source, _when(r.at))
+    _console().print(table)
+
+
+@consent_app.command("set")
+def consent_set(
+    email: Annotated[str, typer.Argument(help="The address.")],
+    category: Annotated[str, typer.Argument(help="A category of the library's policy.")],
+    choice: Annotated[Choice, typer.Argument(help="subscribed or unsubscribed.")],
+) -> None:
+    """Record a contact's choice for a category (source cli)."""
+    from datetime import UTC, datetime
+
+    from .language.library import Library
+    from .runtime.settings import load_settings
+    from .storage.db import session
+    from .storage.governance import set_consent
+
+    address = _address(email)
+    policy = Library.load(load_settings().library).policy
+    err = Console(stderr=True)
+    if policy is not None and policy.categories:
+        known = policy.category(category)
+        if known is None:
+            names = ", ".join(c.name for c in policy.categories)
+            err.print(f"no category {category!r} in the library's policy (it has {names})", markup=False)
+            raise typer.Exit(2)
+        if not known.unsubscribe and choice is Choice.unsubscribed:
+            err.print(f"{category} emails cannot be opted out of (unsubscribe: false in the policy)", markup=False)
+            raise typer.Exit(2)
+    with session(_messaging_db()) as s:
+        set_consent(s, address, category, choice is Choice.subscribed, "cli", datetime.now(UTC))
+    print(f"{address}: {choice.value} for {category}")
+
+
 def main() -> None:  # console-script entry point
     try:
         app()
