@@ -38,6 +38,13 @@ class OutgoingEmail:
     reply_to: str | None = None
     template_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    # messaging governance (docs/messaging.md): headers to send as they are (List-Unsubscribe...), the
+    # category, the values a provider's webhook echoes back to correlate its events (message_id,
+    # workflow_id, account_id, step_id, category) and the provider's suppression group, if any
+    headers: dict[str, str] = field(default_factory=dict)
+    category: str = ""
+    custom_args: dict[str, str] = field(default_factory=dict)
+    asm_group: int | None = None
 
 
 class EmailProvider(Protocol):

@@ -18,11 +18,12 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 from temporalio import activity
 
-from engine.storage import enrolled
+from engine.storage import enrolled, governance
 from engine.storage import models as t
 from engine.storage.db import session
 
-from . import assignment
+from . import admission, assignment
+from .admission import Admission
 from .crm import CrmProvider
 from .email import EmailProvider, OutgoingEmail, send_all
 from .errors import NotFoundError, ProviderError, RejectedError, to_application_error
@@ -43,6 +44,7 @@ from .types import (
     EmailBatchResult,
     EmailRequest,
     EmailResult,
+    LeftOut,
 )
 
 # Called after a task or approval is created: (kind, record). The scenario runner listens here.
@@ -93,22 +95,22 @@ def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
         yield items[start:start + size]
 
 
-def _recipients(req: EmailRequest) -> list[str]:
-    return [a.strip().lower() for a in req.to if a and a.strip()]
-
-
 def _stored(row: t.OutboxEmail | None) -> EmailResult | None:
-    """An email whose row is past "sending" has its result: a retry or replay returns it and sends nothing."""
-    if row is not None and row.status != "sending":
-        return EmailResult(message_id=row.message_id, status=row.status)
+    """An email whose row is final has its result: a retry or replay returns it and sends nothing. "sending"
+    is not final (a retry sends it), nor is "capped" (a deferred email is admitted afresh later)."""
+    if row is not None and row.status not in ("sending", "capped"):
+        left_out = [LeftOut(address=entry["address"], reason=entry["reason"]) for entry in row.left_out or []]
+        return EmailResult(message_id=row.message_id, status=row.status, left_out=left_out)
     return None
 
 
-def _suppressed(s: Session, addresses: list[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(sorted(set(addresses))):
-        found.update(s.scalars(select(t.Suppression.email).where(t.Suppression.email.in_(chunk))).all())
-    return found
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+
+def _refused(message_id: str, admitted: Admission) -> EmailResult:
+    return EmailResult(message_id=message_id, status=admitted.status, detail=admitted.detail,
+                       left_out=admitted.left_out, retry_at=_iso(admitted.retry_at))
 
 
 # send_emails' second transaction: one executemany for every row the provider answered
@@ -117,6 +119,8 @@ _SET_EMAIL_STATUS = (
     .where(t.OutboxEmail.__table__.c.key == bindparam("k"))
     .values(status=bindparam("new_status"), provider_message_id=bindparam("provider_id"))
 )
+
+UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"  # RFC 8058's one-click body, also the header's value
 
 
 class PlaybookActivities:
@@ -127,12 +131,15 @@ class PlaybookActivities:
         email: EmailProvider,
         default_sender: str = "success@example.com",
         listeners: list[Listener] | None = None,
+        unsubscribe_links: governance.UnsubscribeLinks | None = None,
     ) -> None:
         self.db_url = db_url
         self.crm = crm
         self.email = email
         self.default_sender = default_sender
         self.listeners = listeners or []
+        # None: no unsubscribe link or headers (no secret configured); consent is still checked
+        self.unsubscribe_links = unsubscribe_links
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -219,47 +226,53 @@ class PlaybookActivities:
     def send_email(self, req: EmailRequest) -> EmailResult:
         message_id = _public_id("msg", req.key)
         with session(self.db_url) as s:
+            governance.begin_admission(s, admission.capped_addresses([req]))
             row = s.scalar(select(t.OutboxEmail).where(t.OutboxEmail.key == req.key))
             stored = _stored(row)
             if stored is not None:
                 return stored
-            refused = self._admit(s, req, row, message_id, _suppressed(s, _recipients(req)))
-        if refused is not None:
-            return refused
+            admitted = admission.admit(s, req, admission.look_up(s, [req]), _moment(req.at))
+            outgoing = self._record(s, req, row, message_id, admitted)
+        if outgoing is None:
+            return _refused(message_id, admitted)
         # The row is committed as "sending" before the provider is called: a crash after the provider
         # accepted but before the row says "sent" is the one window where a real provider could be
         # asked twice; the embedded outbox has no such window.
         try:
-            provider_id = self.email.send(self._outgoing(req, message_id))
+            provider_id = self.email.send(outgoing)
         except RejectedError as err:
             self._set_email_status(req.key, "rejected", None)
-            return EmailResult(message_id=message_id, status="rejected", detail=err.message)
+            return EmailResult(message_id=message_id, status="rejected", detail=err.message,
+                               left_out=admitted.left_out)
         except ProviderError as err:
             raise to_application_error(err) from err
         self._set_email_status(req.key, "sent", provider_id)
-        log.info("email sent", to=req.to, message_id=message_id, provider=self.email.name)
-        return EmailResult(message_id=message_id, status="sent")
+        log.info("email sent", to=len(outgoing.to), left_out=len(admitted.left_out), message_id=message_id,
+                 provider=self.email.name)
+        return EmailResult(message_id=message_id, status="sent", left_out=admitted.left_out)
 
     @activity.defn(name="send_emails")
     @logged
     def send_emails(self, req: EmailBatchRequest) -> EmailBatchResult:
-        """Many emails as one batch, each by send_email's rules: its own key, row, suppression check and result.
+        """Many emails as one batch, each by send_email's rules: its own key, row, admission and result.
 
-        One transaction reads every row by key and every recipient's suppression and writes the new rows
-        ("sending"); one provider call sends what is left (``send_all``: SendGrid packs up to 1,000 emails
-        into one mail send); one transaction records "sent" / "rejected". A row already past "sending" is
-        returned as stored without the provider, so a retried batch sends nobody twice. When the provider
-        could not send some emails (down, rate limited), the others are recorded first and the activity
-        then fails retryably: the retry sends only the rows still "sending". The same window as
-        send_email's remains, batch-wide: a crash between the provider accepting and the second
-        transaction leaves those rows "sending", and a retry sends them again.
+        One transaction reads every row by key and every recipient's suppression and consent, admits the
+        emails in order (caps count the batch's earlier emails) and writes the rows ("sending"); one
+        provider call sends what is left (``send_all``: SendGrid packs up to 1,000 emails into one mail
+        send); one transaction records "sent" / "rejected". A row already final is returned as stored
+        without the provider, so a retried batch sends nobody twice. When the provider could not send
+        some emails (down, rate limited), the others are recorded first and the activity then fails
+        retryably: the retry sends only the rows still "sending". The same window as send_email's
+        remains, batch-wide: a crash between the provider accepting and the second transaction leaves
+        those rows "sending", and a retry sends them again.
         """
         first: dict[str, EmailRequest] = {}
         for email in req.emails:
             first.setdefault(email.key, email)  # a key twice in one batch is one email, answered twice
         results: dict[str, EmailResult] = {}
-        to_send: list[tuple[EmailRequest, str]] = []
+        to_send: list[tuple[EmailRequest, OutgoingEmail, list[LeftOut]]] = []
         with session(self.db_url) as s:
+            governance.begin_admission(s, admission.capped_addresses(first.values()))
             rows: dict[str, t.OutboxEmail] = {}
             for keys in _chunks(list(first)):
                 found = s.scalars(select(t.OutboxEmail).where(t.OutboxEmail.key.in_(keys)))
@@ -271,91 +284,116 @@ class PlaybookActivities:
                     results[key] = stored
                 else:
                     open_.append(email)
-            suppressed = _suppressed(s, [address for email in open_ for address in _recipients(email)])
+            lookups = admission.look_up(s, open_)
             for email in open_:
                 message_id = _public_id("msg", email.key)
-                refused = self._admit(s, email, rows.get(email.key), message_id, suppressed)
-                if refused is not None:
-                    results[email.key] = refused
+                admitted = admission.admit(s, email, lookups, _moment(email.at))
+                outgoing = self._record(s, email, rows.get(email.key), message_id, admitted)
+                if outgoing is None:
+                    results[email.key] = _refused(message_id, admitted)
                 else:
-                    to_send.append((email, message_id))
+                    to_send.append((email, outgoing, admitted.left_out))
         failure: ProviderError | None = None
         if to_send:
             try:
-                outcomes = send_all(self.email, [self._outgoing(email, message_id) for email, message_id in to_send])
+                outcomes = send_all(self.email, [outgoing for _email, outgoing, _left_out in to_send])
             except ProviderError as err:  # nothing was sent: every row stays "sending" for the retry
                 raise to_application_error(err) from err
             updates: list[dict[str, Any]] = []
-            for (email, message_id), outcome in zip(to_send, outcomes, strict=True):
+            for (email, outgoing, left_out), outcome in zip(to_send, outcomes, strict=True):
                 if isinstance(outcome, str):
-                    results[email.key] = EmailResult(message_id=message_id, status="sent")
+                    results[email.key] = EmailResult(message_id=outgoing.message_id, status="sent", left_out=left_out)
                     updates.append({"k": email.key, "new_status": "sent", "provider_id": outcome})
                 elif isinstance(outcome, RejectedError):
-                    results[email.key] = EmailResult(message_id=message_id, status="rejected", detail=outcome.message)
+                    results[email.key] = EmailResult(message_id=outgoing.message_id, status="rejected",
+                                                     detail=outcome.message, left_out=left_out)
                     updates.append({"k": email.key, "new_status": "rejected", "provider_id": None})
                 else:
                     failure = failure or outcome  # not sent: the row stays "sending"
             if updates:
                 with session(self.db_url) as s:
                     s.execute(_SET_EMAIL_STATUS, updates)
+                    governance.settle_deliveries(s, [(u["k"], u["new_status"]) for u in updates])
         counts = Counter(result.status for result in results.values())
         log.info("emails sent", emails=len(first), sent=counts["sent"], suppressed=counts["suppressed"],
-                 rejected=counts["rejected"], unsent=len(first) - len(results), provider=self.email.name)
+                 rejected=counts["rejected"], capped=counts["capped"], unsent=len(first) - len(results),
+                 provider=self.email.name)
         if failure is not None:
             raise to_application_error(failure) from failure
         return EmailBatchResult(results=[results[email.key] for email in req.emails])
 
-    def _admit(
-        self, s: Session, req: EmailRequest, row: t.OutboxEmail | None, message_id: str, suppressed: set[str]
-    ) -> EmailResult | None:
-        """Checks the recipients against the rules and the suppression list and writes or updates the row:
-        the email's result when it is not to be sent (rejected, suppressed), None when the provider is next."""
-        recipients = _recipients(req)
-        status = "sending"
-        detail = None
-        if not recipients or any("@" not in a for a in recipients):
-            status, detail = "rejected", f"invalid recipient(s): {', '.join(req.to) or 'none'}"
-        elif suppressed and set(recipients) <= suppressed:
-            status, detail = "suppressed", "every recipient is on the suppression list"
-        if row is not None and status != "sending":
-            row.status = status  # a retry found the address suppressed or invalid meanwhile: record that
+    def _record(
+        self, s: Session, req: EmailRequest, row: t.OutboxEmail | None, message_id: str, admitted: Admission
+    ) -> OutgoingEmail | None:
+        """Writes or updates the email's outbox row from its admission: the email to hand to the provider
+        when it is to be sent (its row "sending"), None when it is not (suppressed, rejected, capped).
+        The row keeps who it went to (or, when it was not sent, who it was for), who was left out and
+        why, and the body and headers exactly as the provider gets them."""
+        sending = admitted.status == "sending"
+        outgoing = self._outgoing(req, message_id, admitted) if sending else None
+        values: dict[str, Any] = dict(
+            to=list(admitted.to) if sending else list(req.to),
+            cc=list(admitted.cc) if sending else list(req.cc),
+            bcc=list(admitted.bcc) if sending else list(req.bcc),
+            body=outgoing.body if outgoing is not None else req.body,
+            data=dict(outgoing.data) if outgoing is not None else dict(req.data),
+            headers=dict(outgoing.headers) if outgoing is not None else {},
+            left_out=[{"address": entry.address, "reason": entry.reason} for entry in admitted.left_out],
+            category=req.category,
+            status=admitted.status,
+        )
         if row is None:
-            s.add(
-                t.OutboxEmail(
-                    key=req.key,
-                    message_id=message_id,
-                    workflow_id=req.ref.workflow_id,
-                    playbook_id=req.ref.playbook_id,
-                    account_id=req.ref.account_id,
-                    step_id=req.ref.step_id,
-                    to=list(req.to),
-                    cc=list(req.cc),
-                    bcc=list(req.bcc),
-                    sender=req.sender or self.default_sender,
-                    reply_to=req.reply_to,
-                    subject=req.subject,
-                    body=req.body,
-                    template_id=req.template_id,
-                    data=dict(req.data),
-                    status=status,
-                    provider=self.email.name,
-                    created_at=_when(req.at),
-                )
-            )
-        return None if status == "sending" else EmailResult(message_id=message_id, status=status, detail=detail)
+            s.add(t.OutboxEmail(
+                key=req.key,
+                message_id=message_id,
+                workflow_id=req.ref.workflow_id,
+                playbook_id=req.ref.playbook_id,
+                account_id=req.ref.account_id,
+                step_id=req.ref.step_id,
+                sender=req.sender or self.default_sender,
+                reply_to=req.reply_to,
+                subject=req.subject,
+                template_id=req.template_id,
+                provider=self.email.name,
+                created_at=_when(req.at),
+                **values,
+            ))
+        else:  # a retry of an email still "sending", or a deferred one admitted afresh
+            for name, value in values.items():
+                setattr(row, name, value)
+        return outgoing
 
-    def _outgoing(self, req: EmailRequest, message_id: str) -> OutgoingEmail:
+    def _outgoing(self, req: EmailRequest, message_id: str, admitted: Admission) -> OutgoingEmail:
+        body, data, headers = req.body, dict(req.data), {}
+        if req.unsubscribe and req.category and self.unsubscribe_links is not None:
+            # RFC 8058: one link per recipient and category; an email to several goes with the first's
+            url = self.unsubscribe_links.url(admitted.to_addresses[0], req.category)
+            headers = {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": UNSUBSCRIBE_POST}
+            if body:
+                body = f"{body}\n\n--\nTo stop emails like this: {url}"
+            if req.template_id:
+                data["unsubscribe_url"] = url  # a template shows the link itself: {{unsubscribe_url}}
         return OutgoingEmail(
             message_id=message_id,
-            to=list(req.to),
+            to=list(admitted.to),
             subject=req.subject,
-            body=req.body,
+            body=body,
             sender=req.sender or self.default_sender,
-            cc=list(req.cc),
-            bcc=list(req.bcc),
+            cc=list(admitted.cc),
+            bcc=list(admitted.bcc),
             reply_to=req.reply_to,
             template_id=req.template_id,
-            data=dict(req.data),
+            data=data,
+            headers=headers,
+            category=req.category,
+            custom_args={
+                "message_id": message_id,
+                "workflow_id": req.ref.workflow_id,
+                "account_id": req.ref.account_id,
+                "step_id": req.ref.step_id or "",
+                "category": req.category,
+            },
+            asm_group=req.sendgrid_group,
         )
 
     def _set_email_status(self, key: str, status: str, provider_id: str | None) -> None:
@@ -364,6 +402,7 @@ class PlaybookActivities:
             if row is not None:
                 row.status = status
                 row.provider_message_id = provider_id
+            governance.settle_deliveries(s, [(key, status)])
 
     # people: who is the owner, the role, the user --------------------------------------------------
 

@@ -85,6 +85,7 @@ class EmailRequest:
     category: str = ""
     unsubscribe: bool = False  # the category allows opting out: consent is checked, the link and headers added
     caps: list[CapRule] = field(default_factory=list)  # the caps that count this email (none: not capped)
+    sendgrid_group: int | None = None  # the category's SendGrid suppression group (ASM), when configured
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from activities.crm import BuiltinCrm
 from activities.email import OutboxProvider, OutgoingEmail
 from activities.playbook_activities import PlaybookActivities
 from activities.sendgrid_email import BODY_TAG, SendGridProvider
-from activities.types import EmailBatchRequest, EmailBatchResult, EmailRequest, EmailResult, RunRef
+from activities.types import EmailBatchRequest, EmailBatchResult, EmailRequest, EmailResult, LeftOut, RunRef
 from engine.storage import models as t
 from engine.storage.db import migrate, session
 from tests.fakes import FakeSendGrid
@@ -176,9 +176,10 @@ def test_an_invalid_recipient_is_rejected_and_the_others_sent(acts, outbox):
     assert (rows["wf-1/4/1"].status, rows["wf-1/4/2"].status) == ("rejected", "rejected")
     assert len(outbox.asked) == 2
     assert acts.send_emails(batch).results == [
-        result.results[0], EmailResult(result.results[1].message_id, "rejected"),
+        result.results[0],
+        EmailResult(result.results[1].message_id, "rejected", left_out=[LeftOut("not-an-address", "invalid")]),
         EmailResult(result.results[2].message_id, "rejected"), result.results[3],
-    ]  # stored results, as send_email returns them on a retry: the status without the detail
+    ]  # stored results, as send_email returns them on a retry: the status and who was left out, not the detail
 
 
 def test_a_key_twice_in_one_batch_is_one_email_answered_twice(acts, outbox):

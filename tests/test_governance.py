@@ -3,14 +3,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from activities.crm import BuiltinCrm
+from activities.email import OutboxProvider, OutgoingEmail
+from activities.errors import RejectedError
+from activities.playbook_activities import PlaybookActivities
+from activities.types import CapRule, EmailBatchRequest, EmailRequest, EmailResult, LeftOut, RunRef
 from engine.storage import governance as g
 from engine.storage import models as t
 from engine.storage.db import migrate, session
+from tests.test_postgresql import empty, postgres  # noqa: F401  (the PostgreSQL server fixture)
 
 AT = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 LATER = datetime(2024, 5, 2, 10, 0, tzinfo=UTC)
@@ -135,3 +146,250 @@ def test_a_webhook_event_is_remembered_once(db):  # type: ignore[no-untyped-def]
         assert g.remember_webhook_event(s, "sg-2", AT)
     with session(db) as s:
         assert not g.remember_webhook_event(s, "sg-1", LATER)
+
+
+# admission: send_email and send_emails -------------------------------------------------------------------
+
+REF = RunRef(workflow_id="wf-1", playbook_id="webinar", account_id="acct-1", step_id="invite")
+DAY = 86_400
+
+
+class CountingOutbox(OutboxProvider):
+    """The embedded outbox, remembering every email it was asked to deliver (the network edge, as seen)."""
+
+    def __init__(self, *, pause: float = 0.0, refuse: set[str] | None = None) -> None:
+        self.delivered: list[OutgoingEmail] = []
+        self.pause = pause
+        self.refuse = refuse or set()
+        self._lock = threading.Lock()
+
+    def send(self, email: OutgoingEmail) -> str:
+        time.sleep(self.pause)  # a slow provider keeps concurrent sends overlapping
+        if set(email.to) & self.refuse:
+            raise RejectedError("the provider refused the address", provider=self.name)
+        with self._lock:
+            self.delivered.append(email)
+        return super().send(email)
+
+
+def _req(key: str, *, at: datetime = AT, **changes: Any) -> EmailRequest:
+    values: dict[str, Any] = dict(key=key, ref=REF, to=["anna@x.example"], at=at.isoformat(),
+                                  subject="Our monthly webinar", body="Join us on Thursday.",
+                                  category="marketing", unsubscribe=True)
+    values.update(changes)
+    return EmailRequest(**values)
+
+
+def _acts(url: str, provider: OutboxProvider, links: g.UnsubscribeLinks | None = None) -> PlaybookActivities:
+    return PlaybookActivities(url, BuiltinCrm(url), provider, default_sender="success@vendor.example",
+                              unsubscribe_links=links)
+
+
+def _row(url: str, key: str) -> t.OutboxEmail:
+    with session(url) as s:
+        row = s.scalar(select(t.OutboxEmail).where(t.OutboxEmail.key == key))
+        assert row is not None
+        return row
+
+
+def test_a_mixed_list_goes_to_the_allowed_and_says_who_was_left_out_and_why(db):  # type: ignore[no-untyped-def]
+    with session(db) as s:
+        g.suppress(s, "bounced@x.example", "bounced", "sendgrid", AT)
+        g.set_consent(s, "gone@x.example", "marketing", False, "link", AT)
+        g.set_consent(s, "other@x.example", "onboarding", False, "link", AT)  # another category: still reached
+    outbox = CountingOutbox()
+    request = _req("wf-1/1", to=["Anna <ANNA@x.example>", "Bounced <BOUNCED@x.example>", "not an address"],
+                   cc=["gone@x.example", "other@x.example"], bcc=["bounced@x.example", "carl@x.example"])
+
+    result = _acts(db, outbox).send_email(request)
+
+    assert result.status == "sent"
+    assert result.left_out == [
+        LeftOut("bounced@x.example", "suppressed: bounced"),
+        LeftOut("not an address", "invalid"),
+        LeftOut("gone@x.example", "unsubscribed"),
+    ]  # bounced@ in bcc is the same person as in to: left out once
+    [sent] = outbox.delivered
+    assert (sent.to, sent.cc, sent.bcc) == (["Anna <ANNA@x.example>"], ["other@x.example"], ["carl@x.example"])
+    row = _row(db, "wf-1/1")
+    assert (row.status, row.category, row.to, row.cc, row.bcc) == (
+        "sent", "marketing", ["Anna <ANNA@x.example>"], ["other@x.example"], ["carl@x.example"])
+    assert row.left_out == [{"address": "bounced@x.example", "reason": "suppressed: bounced"},
+                            {"address": "not an address", "reason": "invalid"},
+                            {"address": "gone@x.example", "reason": "unsubscribed"}]
+    # a retry or replay answers the stored result, sends nothing
+    assert _acts(db, outbox).send_email(request) == EmailResult(result.message_id, "sent", left_out=result.left_out)
+    assert len(outbox.delivered) == 1
+
+
+def test_no_one_left_in_to_means_nothing_is_sent(db):  # type: ignore[no-untyped-def]
+    with session(db) as s:
+        g.suppress(s, "bounced@x.example", "spam_report", "sendgrid", AT)
+        g.set_consent(s, "anna@x.example", "marketing", False, "one_click", AT)
+    outbox = CountingOutbox()
+    acts = _acts(db, outbox)
+
+    unsubscribed = acts.send_email(_req("wf-1/1", cc=["carl@x.example"]))
+    suppressed = acts.send_email(_req("wf-1/2", to=["Bounced@x.example"], category="", unsubscribe=False))
+    invalid = acts.send_email(_req("wf-1/3", to=["nobody", ""]))
+    # a category without opting out (transactional) ignores consent, not the suppression list
+    receipt = acts.send_email(_req("wf-1/4", category="transactional", unsubscribe=False))
+
+    assert (unsubscribed.status, unsubscribed.detail) == ("suppressed", "every recipient unsubscribed from marketing")
+    assert unsubscribed.left_out == [LeftOut("anna@x.example", "unsubscribed")]
+    assert (suppressed.status, suppressed.left_out) == ("suppressed", [LeftOut("bounced@x.example",
+                                                                                 "suppressed: spam_report")])
+    assert (invalid.status, invalid.detail) == ("rejected", "invalid recipient(s): nobody, ")
+    assert receipt.status == "sent"
+    assert [e.to for e in outbox.delivered] == [["anna@x.example"]]
+    assert [_row(db, f"wf-1/{n}").status for n in (1, 2, 3, 4)] == ["suppressed", "suppressed", "rejected", "sent"]
+
+
+def test_a_legacy_request_without_a_category_gets_the_suppression_list_on_every_recipient(db):  # type: ignore[no-untyped-def]
+    with session(db) as s:
+        g.suppress(s, "bob@x.example", "manual", "api", AT)
+        g.set_consent(s, "anna@x.example", "marketing", False, "link", AT)
+    outbox = CountingOutbox()
+
+    result = _acts(db, outbox).send_email(_req("wf-1/1", category="", unsubscribe=False, cc=["Bob <BOB@x.example>"]))
+
+    assert (result.status, result.left_out) == ("sent", [LeftOut("bob@x.example", "suppressed: manual")])
+    assert outbox.delivered[0].cc == [] and outbox.delivered[0].headers == {}
+
+
+def test_an_email_that_allows_opting_out_carries_the_link_and_the_one_click_headers(db):  # type: ignore[no-untyped-def]
+    tokens = g.UnsubscribeTokens(b"test secret")
+    outbox = CountingOutbox()
+    acts = _acts(db, outbox, g.UnsubscribeLinks("https://engine.example", tokens))
+
+    acts.send_email(_req("wf-1/1", to=["Anna <Anna@x.example>", "bob@x.example"]))
+    acts.send_email(_req("wf-1/2", category="transactional", unsubscribe=False))
+    acts.send_email(_req("wf-1/3", template_id="d-123", body="", data={"name": "Anna"}))
+
+    marketing, receipt, templated = outbox.delivered
+    url = marketing.headers["List-Unsubscribe"].strip("<>")
+    assert marketing.headers == {"List-Unsubscribe": f"<{url}>",
+                                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert url.startswith("https://engine.example/u/")
+    assert tokens.read(url.rsplit("/", 1)[1]) == ("anna@x.example", "marketing")  # the first `to`, the category
+    assert marketing.body == f"Join us on Thursday.\n\n--\nTo stop emails like this: {url}"
+    assert marketing.custom_args == {"message_id": marketing.message_id, "workflow_id": "wf-1",
+                                     "account_id": "acct-1", "step_id": "invite", "category": "marketing"}
+    assert receipt.headers == {} and receipt.body == "Join us on Thursday."
+    assert templated.data["name"] == "Anna" and templated.data["unsubscribe_url"].startswith("https://engine.example/u/")
+    row = _row(db, "wf-1/1")  # the outbox keeps exactly what the provider got
+    assert (row.headers, row.body) == (marketing.headers, marketing.body)
+    assert _row(db, "wf-1/2").headers == {}
+
+
+# frequency caps ------------------------------------------------------------------------------------------
+
+
+def test_a_cap_skips_what_is_over_it_and_says_when_it_has_room_again(db):  # type: ignore[no-untyped-def]
+    caps = [CapRule(max=1, per_seconds=DAY, categories=["marketing", "onboarding"]),
+            CapRule(max=3, per_seconds=7 * DAY)]
+    outbox = CountingOutbox()
+    acts = _acts(db, outbox)
+    hour = timedelta(hours=1)
+
+    first = acts.send_email(_req("a/1", caps=caps))
+    second = acts.send_email(_req("b/1", caps=caps, at=AT + hour, category="onboarding"))
+    receipt = acts.send_email(_req("c/1", at=AT + 2 * hour, category="transactional", unsubscribe=False))
+    other = acts.send_email(_req("d/1", caps=caps, at=AT + hour, to=["bob@x.example"]))
+    mixed = acts.send_email(_req("e/1", caps=caps, at=AT + hour, to=["anna@x.example", "carl@x.example"]))
+
+    assert [first.status, receipt.status, other.status, mixed.status] == ["sent"] * 4
+    assert (second.status, second.retry_at, second.left_out) == (
+        "capped", (AT + timedelta(days=1)).isoformat(), [LeftOut("anna@x.example", "capped")])
+    assert mixed.left_out == [LeftOut("anna@x.example", "capped")] and outbox.delivered[-1].to == ["carl@x.example"]
+    assert _row(db, "b/1").status == "capped"
+    # a day later: room for marketing again, but the 7-day cap of 3 counts the receipt too (categories: all)
+    later = acts.send_email(_req("f/1", caps=caps, at=AT + timedelta(days=1, hours=1)))
+    assert later.status == "sent"
+    full = acts.send_email(_req("g/1", caps=caps, at=AT + timedelta(days=3)))
+    assert (full.status, full.retry_at) == ("capped", (AT + timedelta(days=7)).isoformat())
+
+
+def test_a_deferred_email_is_admitted_afresh_when_called_again_with_its_key(db):  # type: ignore[no-untyped-def]
+    caps = [CapRule(max=1, per_seconds=DAY)]
+    outbox = CountingOutbox()
+    acts = _acts(db, outbox)
+    acts.send_email(_req("a/1", caps=caps))
+    capped = acts.send_email(_req("b/1", caps=caps, at=AT + timedelta(hours=2)))
+    assert capped.status == "capped" and capped.retry_at is not None
+
+    # the interpreter waited until retry_at (when_capped: defer) and asks again with the same key
+    again = acts.send_email(_req("b/1", caps=caps, at=datetime.fromisoformat(capped.retry_at)))
+
+    assert again.status == "sent" and again.message_id == capped.message_id
+    assert _row(db, "b/1").status == "sent"
+    assert acts.send_email(_req("b/1", caps=caps, at=datetime.fromisoformat(capped.retry_at))) == again
+
+
+def test_only_emails_that_really_went_out_count(db):  # type: ignore[no-untyped-def]
+    caps = [CapRule(max=1, per_seconds=DAY)]
+    outbox = CountingOutbox(refuse={"anna@x.example"})
+    acts = _acts(db, outbox)
+
+    refused = acts.send_email(_req("a/1", caps=caps))
+    outbox.refuse = set()
+    sent = acts.send_email(_req("b/1", caps=caps, at=AT + timedelta(minutes=1)))
+
+    assert (refused.status, sent.status) == ("rejected", "sent")
+    with session(db) as s:
+        assert sorted((d.key, d.status) for d in s.scalars(select(t.EmailDelivery))) == [
+            ("a/1", "rejected"), ("b/1", "sent")]
+
+
+def test_a_batch_counts_its_own_earlier_emails(db):  # type: ignore[no-untyped-def]
+    caps = [CapRule(max=2, per_seconds=DAY)]
+    outbox = CountingOutbox()
+    acts = _acts(db, outbox)
+    batch = EmailBatchRequest([_req(f"wf-{n}/1", caps=caps, at=AT + timedelta(minutes=n)) for n in range(4)]
+                              + [_req("wf-9/1", caps=caps, to=["bob@x.example"])])
+
+    result = acts.send_emails(batch)
+
+    assert [r.status for r in result.results] == ["sent", "sent", "capped", "capped", "sent"]
+    assert result.results[2].retry_at == (AT + timedelta(days=1)).isoformat()
+    assert acts.send_emails(batch).results[:2] == result.results[:2]
+    assert len(outbox.delivered) == 3
+
+
+def _twenty_at_once(url: str) -> list[str]:
+    """20 runs send to one contact at once (20 keys, 20 threads, each its own transactions), cap 3 a day."""
+    outbox = CountingOutbox(pause=0.01)
+    acts = _acts(url, outbox)
+    caps = [CapRule(max=3, per_seconds=DAY)]
+    start = threading.Barrier(20)
+
+    def send(n: int) -> str:
+        start.wait()
+        return str(acts.send_email(_req(f"run-{n}/1", caps=caps, at=AT + timedelta(seconds=n))).status)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(send, range(20)))
+    assert len(outbox.delivered) == 3
+    return statuses
+
+
+def test_twenty_runs_at_once_never_exceed_a_cap_on_sqlite(db):  # type: ignore[no-untyped-def]
+    assert Counter(_twenty_at_once(db)) == {"sent": 3, "capped": 17}
+
+
+def test_twenty_runs_at_once_never_exceed_a_cap_on_postgresql(postgres):  # type: ignore[no-untyped-def]  # noqa: F811
+    assert Counter(_twenty_at_once(empty(postgres))) == {"sent": 3, "capped": 17}
+
+
+def test_the_records_work_on_postgresql(postgres):  # type: ignore[no-untyped-def]  # noqa: F811
+    url = empty(postgres)
+    with session(url) as s:
+        g.set_consent(s, "Anna <anna@x.example>", "marketing", False, "link", AT)
+        g.set_consent(s, "anna@x.example", "marketing", False, "api", LATER)
+        assert g.suppress(s, "bob@x.example", "bounced", "sendgrid", AT)
+        assert not g.suppress(s, "bob@x.example", "manual", "api", AT)
+        assert g.remember_webhook_event(s, "sg-1", AT)
+        assert not g.remember_webhook_event(s, "sg-1", AT)
+    with session(url) as s:
+        assert [(c.status, c.source) for c in g.consents(s, "anna@x.example")] == [("unsubscribed", "link")]
+        assert [(v.email, v.reason) for v in g.list_suppressions(s)] == [("bob@x.example", "bounced")]

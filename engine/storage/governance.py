@@ -13,14 +13,15 @@ import base64
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -123,8 +124,9 @@ def suppress(s: Session, email: str, reason: str, source: str, at: datetime, det
     table = t.Suppression.__table__
     statement = _insert(s, table).values(email=_required(email), reason=reason, source=source, detail=detail,
                                           created_at=at)
-    result = s.execute(statement.on_conflict_do_nothing(index_elements=[table.c.email]))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    # RETURNING says whether a row went in (psycopg's rowcount is -1 for this statement under SQLAlchemy 2.1)
+    return s.execute(statement.on_conflict_do_nothing(index_elements=[table.c.email])
+                     .returning(table.c.email)).first() is not None
 
 
 def unsuppress(s: Session, email: str) -> bool:
@@ -132,8 +134,8 @@ def unsuppress(s: Session, email: str) -> bool:
     address = normalize_address(email)
     if address is None:
         return False
-    result = s.execute(delete(t.Suppression.__table__).where(t.Suppression.__table__.c.email == address))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    table = t.Suppression.__table__
+    return s.execute(delete(table).where(table.c.email == address).returning(table.c.email)).first() is not None
 
 
 def list_suppressions(
@@ -215,6 +217,73 @@ def remember_webhook_event(s: Session, event_id: str, at: datetime) -> bool:
     """Records a webhook event's id; False when it was seen before (a redelivery). Race-safe: two deliveries
     at once both try the insert and the primary key lets only one of them in."""
     table = t.WebhookEvent.__table__
-    result = s.execute(_insert(s, table).values(id=event_id, received_at=at)
-                       .on_conflict_do_nothing(index_elements=[table.c.id]))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return s.execute(_insert(s, table).values(id=event_id, received_at=at)
+                     .on_conflict_do_nothing(index_elements=[table.c.id]).returning(table.c.id)).first() is not None
+
+
+# frequency caps: the delivery ledger -------------------------------------------------------------------
+
+COUNTED = ("sending", "sent")  # a delivery that went out or is going out; a rejected one stops counting
+
+
+def begin_admission(s: Session, addresses: Iterable[str]) -> None:
+    """Makes the session's transaction the only one admitting email to these addresses until it ends, so a
+    cap's count and the delivery it admits are one atomic step. Call it first in the transaction.
+
+    SQLite: BEGIN IMMEDIATE takes the database's write lock at once (others wait, busy_timeout); a deferred
+    transaction would read, then fail to upgrade to writing. PostgreSQL: an advisory transaction lock per
+    address, taken in sorted order so two admissions of overlapping recipients cannot deadlock."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "sqlite":
+        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+    elif dialect == "postgresql":
+        for address in sorted(set(addresses)):
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:address, 0))"), {"address": address})
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)  # SQLite: naive UTC
+
+
+def cap_reached(
+    s: Session, address: str, *, max_: int, per_seconds: int, categories: list[str], at: datetime, key: str
+) -> datetime | None:
+    """None when ``address`` has room under the cap at ``at``; else the moment it has room again (when enough
+    of the counted deliveries have left the rolling window). The window is every delivery after at - per,
+    including any "after" ``at``: another run's clock may be a little ahead, and what it sent did go out.
+    The email's own deliveries (``key``: a retry of an email already admitted) do not count against it."""
+    at = _utc(at)
+    window = timedelta(seconds=per_seconds)
+    if max_ <= 0:
+        return at + window
+    table = t.EmailDelivery.__table__
+    query = (select(table.c.at)
+             .where(table.c.address == address, table.c.status.in_(COUNTED), table.c.at > at - window,
+                    table.c.key != key)
+             .order_by(table.c.at))
+    if categories:
+        query = query.where(table.c.category.in_(categories))
+    moments = list(s.scalars(query))
+    if len(moments) < max_:
+        return None
+    return _utc(moments[len(moments) - max_]) + window  # when the count falls to max - 1
+
+
+def record_deliveries(s: Session, key: str, addresses: list[str], category: str, at: datetime) -> None:
+    """The email's `to` recipients enter the ledger as "sending" (a retry finds them there and adds nothing)."""
+    if not addresses:
+        return
+    table = t.EmailDelivery.__table__
+    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": "sending"} for a in addresses]
+    s.execute(_insert(s, table).on_conflict_do_nothing(index_elements=[table.c.key, table.c.address]), rows)
+
+
+_SETTLE = (update(t.EmailDelivery.__table__)
+           .where(t.EmailDelivery.__table__.c.key == bindparam("k"))
+           .values(status=bindparam("new_status")))
+
+
+def settle_deliveries(s: Session, outcomes: list[tuple[str, str]]) -> None:
+    """The provider's answer per email key: "sent" keeps counting, "rejected" stops."""
+    if outcomes:
+        s.execute(_SETTLE, [{"k": key, "new_status": status} for key, status in outcomes])
