@@ -33,6 +33,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from engine.language.library import is_playbook_file
+from engine.language.policy_file import is_policy_file
 from engine.language.schema_source import STEP_KINDS
 from engine.language.yaml_source import load as load_yaml
 from tests.paths import ROOT, bundled_playbooks, bundled_scenarios
@@ -43,13 +45,16 @@ MIN_NODE = (22, 13)  # yaml-language-server 2.x declares engines.node >= 22.13
 SCHEMAS = ROOT / "schemas"
 PLAYBOOK_SCHEMA = SCHEMAS / "playbook.schema.json"
 SCENARIO_SCHEMA = SCHEMAS / "scenario.schema.json"
+POLICY_SCHEMA = SCHEMAS / "policy.schema.json"
 EDITOR_DIR = ROOT / "build" / "editor"  # gitignored (build/)
 INSTALL_DIR = EDITOR_DIR / f"yaml-language-server-{YAML_LANGUAGE_SERVER_VERSION}"
 SERVER_PACKAGE = INSTALL_DIR / "node_modules" / "yaml-language-server"
 
-BUNDLED = [(p, PLAYBOOK_SCHEMA) for p in bundled_playbooks() if not p.name.endswith(".scenario.yaml")] + [
-    (p, SCENARIO_SCHEMA) for p in bundled_scenarios()
-]
+BUNDLED = (
+    [(p, PLAYBOOK_SCHEMA) for p in bundled_playbooks() if is_playbook_file(p)]
+    + [(p, SCENARIO_SCHEMA) for p in bundled_scenarios()]
+    + [(p, POLICY_SCHEMA) for p in bundled_playbooks() if is_policy_file(p)]
+)
 BUNDLED_IDS = [p.relative_to(ROOT / "playbooks").as_posix() for p, _ in BUNDLED]
 
 TIMEOUT = 15.0  # seconds for any one answer of the server
@@ -469,6 +474,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("editor")
     shutil.copy(PLAYBOOK_SCHEMA, directory / "playbook.schema.json")
     shutil.copy(SCENARIO_SCHEMA, directory / "scenario.schema.json")
+    shutil.copy(POLICY_SCHEMA, directory / "policy.schema.json")
     return directory
 
 
@@ -552,6 +558,7 @@ steps:
       reply_to: csm@example.com
       template_id: welcome-v2
       data: { plan: pro }
+      category: onboarding
       approval:
         approvers: [owner, "role:lead", "user:jo@example.com"]
         message: "Send?"
@@ -612,18 +619,43 @@ account: { id: acc-1, owner: csm-de, name: Kraus GmbH, sku_count: 40 }
 contacts: [ { email: anna@example.com, first_name: Anna } ]
 team:
   - { id: csm-de, name: Jonas, email: jonas@example.com, languages: [de], role: lead, capacity: 40 }
+policy:
+  default_category: marketing
+  categories: { transactional: { unsubscribe: false, capped: false }, marketing: {} }
+  caps: [ { max: 1, per: 1d } ]
+  when_capped: defer
+  max_delay: 2d
 script:
   - { at: 20d, event: { type: survey.answered, data: { score: 9 } } }
   - { call_task: onboarding_call, outcome: done, after: 1d }
   - { approval: sign_off, decide: approve, edit: { subject: New, body: Text }, by: csm-de, comment: ok, after: 2h }
+  - { at: 2d, unsubscribe: anna@example.com, category: marketing }
+  - { at: 3d, unsubscribe: anna@example.com }
+  - { at: 4d, bounce: anna@example.com }
 expect:
   - { step: assign_csm, status: done, result: { owner: csm-de } }
   - { email: welcome, to: anna@example.com, subject_contains: Welcome, after: 0s, within: 1h }
   - { call_task: onboarding_call, assignee: csm-de, after: 1d, within: 3d }
+  - { email: reminder, to: anna@example.com, status: capped }
   - { no_email: reminder }
   - { account: { strategy: push } }
   - { outcome: goal }
 """
+
+POLICY_EVERYTHING = """\
+# yaml-language-server: $schema=./policy.schema.json
+default_category: marketing
+categories:
+  transactional: { unsubscribe: false, capped: false }
+  onboarding: {}
+  marketing: { unsubscribe: true, capped: true, sendgrid_group: 12345 }
+caps:
+  - { channel: email, categories: [marketing, onboarding], max: 1, per: 1d }
+  - { max: 3, per: 7d }
+when_capped: defer
+max_delay: 3d
+"""
+POLICY_HEAD = "# yaml-language-server: $schema=./policy.schema.json\n"
 
 PLAYBOOK_HEAD = "# yaml-language-server: $schema=./playbook.schema.json\nid: broken-construct\n"
 SCENARIO_HEAD = "# yaml-language-server: $schema=./scenario.schema.json\nplaybook: x\naccount: { id: a }\n"
@@ -773,9 +805,49 @@ BROKEN_CONSTRUCTS: dict[str, tuple[str, str, list[str]]] = {
         ['Missing property "at"'],
     ),
     "scenario-expect-mixed-forms": (
+        SCENARIO_HEAD + "expect:\n  - { email: welcome, assignee: dana }\n",
+        "assignee: dana",
+        ["Property assignee is not allowed"],
+    ),
+    "scenario-expect-email-with-a-step-status": (
         SCENARIO_HEAD + "expect:\n  - { email: welcome, status: done }\n",
         "status: done",
-        ["Property status is not allowed"],
+        ['"sent", "capped", "suppressed", "rejected"'],
+    ),
+    "scenario-unsubscribe-without-at": (
+        SCENARIO_HEAD + "script:\n  - { unsubscribe: anna@kraus.example, category: marketing }\n",
+        "unsubscribe:",
+        ['Missing property "at"'],
+    ),
+    "scenario-bounce-with-a-category": (
+        SCENARIO_HEAD + "script:\n  - { at: 1d, bounce: anna@kraus.example, category: marketing }\n",
+        "bounce:",
+        ["Property category is not allowed"],
+    ),
+    "policy-unknown-category-key": (
+        POLICY_HEAD + "default_category: marketing\ncategories:\n  marketing: { unsubscribes: false }\n",
+        "unsubscribes:",
+        ["Property unsubscribes is not allowed"],
+    ),
+    "policy-business-days-window": (
+        POLICY_HEAD + "default_category: m\ncategories: { m: {} }\ncaps:\n  - { max: 1, per: 3bd }\n",
+        "per: 3bd",
+        ["a window is a fixed duration"],
+    ),
+    "policy-zero-max": (
+        POLICY_HEAD + "default_category: m\ncategories: { m: {} }\ncaps:\n  - { max: 0, per: 1d }\n",
+        "max: 0",
+        ["minimum"],
+    ),
+    "policy-without-default": (
+        POLICY_HEAD + "categories: { m: {} }\n",
+        "categories:",
+        ['Missing property "default_category"'],
+    ),
+    "policy-bad-when-capped": (
+        POLICY_HEAD + "default_category: m\ncategories: { m: {} }\nwhen_capped: queue\n",
+        "when_capped:",
+        ['"skip", "defer"'],
     ),
     "scenario-bad-outcome": (
         SCENARIO_HEAD + "expect:\n  - { outcome: finished }\n",
@@ -793,7 +865,11 @@ def _reference_errors(text: str, schema: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def construct_diagnostics(lsp: LspClient, scratch: Path) -> dict[str, list[dict[str, Any]]]:
     """Opens every construct document at once (the server validates them side by side) and collects diagnostics."""
-    documents = {"playbook-everything": PLAYBOOK_EVERYTHING, "scenario-everything": SCENARIO_EVERYTHING}
+    documents = {
+        "playbook-everything": PLAYBOOK_EVERYTHING,
+        "scenario-everything": SCENARIO_EVERYTHING,
+        "policy-everything": POLICY_EVERYTHING,
+    }
     documents.update({name: text for name, (text, _, _) in BROKEN_CONSTRUCTS.items()})
     uris = {}
     for name, text in documents.items():
@@ -812,8 +888,9 @@ def construct_diagnostics(lsp: LspClient, scratch: Path) -> dict[str, list[dict[
     [
         ("playbook-everything", PLAYBOOK_EVERYTHING, PLAYBOOK_SCHEMA),
         ("scenario-everything", SCENARIO_EVERYTHING, SCENARIO_SCHEMA),
+        ("policy-everything", POLICY_EVERYTHING, POLICY_SCHEMA),
     ],
-    ids=["playbook", "scenario"],
+    ids=["playbook", "scenario", "policy"],
 )
 def test_every_construct_is_clean_in_the_editor(
     construct_diagnostics: dict[str, list[dict[str, Any]]], name: str, text: str, schema: Path
@@ -828,7 +905,7 @@ def test_broken_construct_is_flagged_in_the_editor(
     construct_diagnostics: dict[str, list[dict[str, Any]]], name: str, case: tuple[str, str, list[str]]
 ) -> None:
     text, needle, words = case
-    schema = SCENARIO_SCHEMA if name.startswith("scenario-") else PLAYBOOK_SCHEMA
+    schema = {"scenario": SCENARIO_SCHEMA, "policy": POLICY_SCHEMA}.get(name.split("-")[0], PLAYBOOK_SCHEMA)
     assert _reference_errors(text, schema), "the example is not broken for jsonschema"
     diagnostics = construct_diagnostics[name]
     line = _line_of(text, needle)

@@ -20,15 +20,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.language.library import Library, is_playbook_file
 from engine.language.problems import Problem
 from engine.language.schema_check import fast_schema_check, playbook_validator
 from engine.language.schema_source import STEP_KINDS
 from engine.language.step_tree import iter_step_paths
 from engine.language.validator import validate_playbook_text
 from engine.language.yaml_source import SourceError, load
-from tests.paths import bundled_playbooks
+from tests.paths import PLAYBOOKS, bundled_playbooks
 
-BUNDLED = {path.name: path.read_text(encoding="utf-8") for path in bundled_playbooks()}
+BUNDLED = {path.name: path.read_text(encoding="utf-8") for path in bundled_playbooks() if is_playbook_file(path)}
+# The bundled playbooks name the categories of their library's policy.yaml, not only the built-in ones.
+BUNDLED_POLICY = Library.load(PLAYBOOKS).policy
 assert BUNDLED, "no bundled playbooks to mutate"
 
 RAW_PHRASES = (
@@ -53,7 +56,7 @@ PROPERTY_SETTINGS = settings(
 
 
 def check_result(text: str) -> None:
-    result = validate_playbook_text(text, "fuzz.yaml")  # must not raise
+    result = validate_playbook_text(text, "fuzz.yaml", BUNDLED_POLICY)  # must not raise
     assert isinstance(result.problems, list)
     for problem in result.problems:
         assert isinstance(problem, Problem), problem
@@ -240,7 +243,7 @@ TEXT_MUTATIONS = {"insert_characters": insert_characters, "truncate": truncate, 
 
 def test_bundled_playbooks_are_valid_before_mutation():
     for name, text in BUNDLED.items():
-        result = validate_playbook_text(text, name)
+        result = validate_playbook_text(text, name, BUNDLED_POLICY)
         assert result.problems == [] and result.playbook is not None, name
         check_fast_path_agrees(text)
 

@@ -184,10 +184,18 @@ def find_policy_file(folder: FsPath, stop_at: FsPath | None = None) -> FsPath | 
         for name in POLICY_FILE_NAMES:
             path = candidate / name
             if path.is_file():
-                return path
+                return _relative(path)
         if candidate == stop or (candidate / ".git").exists():
             return None
     return None
+
+
+def _relative(path: FsPath) -> FsPath:
+    """Relative to the working folder when under it: messages and a run's input then name it as the author does."""
+    try:
+        return path.relative_to(FsPath.cwd())
+    except ValueError:
+        return path
 
 
 class PolicyFinder:

@@ -1,11 +1,14 @@
 """Scenario files: the schema, then that they fit the playbook they test.
 
 A scenario names its playbook by id (looked up in the library) or by a path relative to itself.
-Script and expectations must name steps of that playbook, of the right kind.
+Script and expectations must name steps of that playbook, of the right kind. A scenario may carry its
+own messaging policy (the policy.yaml format): it replaces the library's for that scenario, and the
+result's playbook carries it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,8 +18,10 @@ from typing import Any
 from .documents import Loaded, load_document, read_text
 from .durations import DurationError, parse_duration
 from .model import ApprovalStep, CallTaskStep, EmailStep, Playbook
+from .policy import DEFAULT_POLICY, Policy
+from .policy_file import build_policy, check_policy_meaning
 from .problems import Problem
-from .schema_check import schema_problems, suggest
+from .schema_check import policy_validator, schema_problems, suggest
 from .yaml_source import Path
 
 # Finds a playbook for a scenario: (reference, scenario file) -> playbook, or an error message.
@@ -25,7 +30,8 @@ Resolver = Callable[[str, FsPath], "Playbook | str"]
 
 @dataclass
 class ScenarioResult(Loaded):
-    playbook: Playbook | None = None
+    playbook: Playbook | None = None  # with the scenario's own policy attached, when it has one
+    policy: Policy | None = None  # the scenario's own policy (its `policy:`), if any
 
     @property
     def ok(self) -> bool:
@@ -55,12 +61,21 @@ def validate_scenario_text(text: str, file: str, resolve: Resolver, location: Fs
         return result
     result.problems.extend(schema_problems(doc, file, "scenario"))
     data = doc.data
+    if isinstance(data, dict) and "policy" in data:
+        meaning = check_policy_meaning(doc, file, data["policy"], ("policy",))
+        precise = {(p.line, p.column) for p in meaning}
+        result.problems = [p for p in result.problems if (p.line, p.column) not in precise] + meaning
+        if not meaning and policy_validator().is_valid(data["policy"]):
+            result.policy = build_policy(data["policy"], file)
     if isinstance(data, dict) and isinstance(data.get("playbook"), str):
         found = resolve(data["playbook"], location or FsPath(file))
         if isinstance(found, str):
             pos = doc.pos(("playbook",))
             result.problems.append(Problem(file, pos.value_line, pos.value_col, found, "reference", pos.value_len))
         else:
+            if result.policy is not None:
+                result.problems.extend(_check_policy_fits(doc, file, found, result.policy))
+                found = dataclasses.replace(found, policy=result.policy)
             result.playbook = found
             result.problems.extend(_check_against(doc, file, data, found))
     if isinstance(data, dict):
@@ -72,6 +87,25 @@ def validate_scenario_text(text: str, file: str, resolve: Resolver, location: Fs
 def _problem(doc: Any, file: str, path: Path, message: str) -> Problem:
     pos = doc.pos(path)
     return Problem(file, pos.value_line, pos.value_col, message, "reference", pos.value_len)
+
+
+def _check_policy_fits(doc: Any, file: str, playbook: Playbook, policy: Policy) -> list[Problem]:
+    """Every email step of the playbook names a category the scenario's policy declares."""
+    problems = []
+    declared = [c.name for c in policy.categories]
+    for step in playbook.walk():
+        if isinstance(step, EmailStep) and step.category is not None and step.category not in declared:
+            name = step.id or step.path
+            problems.append(
+                _problem(
+                    doc,
+                    file,
+                    ("policy", "categories"),
+                    f"email step '{name}' of playbook '{playbook.id}' has category '{step.category}', "
+                    "which this policy does not declare",
+                )
+            )
+    return problems
 
 
 def _check_against(doc: Any, file: str, data: dict[str, Any], playbook: Playbook) -> list[Problem]:
@@ -113,6 +147,20 @@ def _check_against(doc: Any, file: str, data: dict[str, Any], playbook: Playbook
                 )
         if "approval" in item:
             need(("script", i, "approval"), item["approval"], asks, "an approval (or an email with approval)")
+        category = item.get("category")
+        if "unsubscribe" in item and isinstance(category, str):
+            policy = playbook.policy or DEFAULT_POLICY
+            known = policy.category(category)
+            where = "the scenario's policy" if "policy" in data else f"the policy of playbook '{playbook.id}'"
+            if known is None:
+                names = [c.name for c in policy.categories]
+                close = suggest(category, names)
+                hint = f"; did you mean '{close}'?" if close else f"; declared: {', '.join(names)}"
+                message = f"no category '{category}' in {where}{hint}"
+                problems.append(_problem(doc, file, ("script", i, "category"), message))
+            elif not known.unsubscribe:
+                message = f"category '{category}' does not allow opting out (unsubscribe: false in {where})"
+                problems.append(_problem(doc, file, ("script", i, "category"), message))
     for i, item in enumerate(data.get("expect") or []):
         if not isinstance(item, dict):
             continue
