@@ -9,17 +9,23 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.exceptions import ApplicationError
 
 
 class ProviderError(Exception):
     retryable = True
 
-    def __init__(self, message: str, *, provider: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, provider: str = "", status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.status = status
+        # seconds the provider asked us to wait (a 429's reset time): Temporal's next retry waits that long
+        self.retry_after = retry_after
 
 
 class TransientError(ProviderError):
@@ -38,10 +44,10 @@ class ConfigurationError(ProviderError):
     retryable = False
 
 
-def from_http_status(status: int, message: str, provider: str) -> ProviderError:
+def from_http_status(status: int, message: str, provider: str, retry_after: float | None = None) -> ProviderError:
     """Maps an HTTP answer to our kinds: 429 and 5xx are transient, 401/403 configuration, 404 not found."""
     if status == 429 or status >= 500:
-        return TransientError(message, provider=provider, status=status)
+        return TransientError(message, provider=provider, status=status, retry_after=retry_after)
     if status in (401, 403):
         return ConfigurationError(message, provider=provider, status=status)
     if status == 404:
@@ -54,4 +60,6 @@ def to_application_error(err: ProviderError) -> ApplicationError:
         f"{err.provider or 'provider'}: {err.message}",
         type=type(err).__name__,
         non_retryable=not err.retryable,
+        # instead of the retry policy's next interval: the provider said when it will take requests again
+        next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after is not None else None,
     )

@@ -69,25 +69,29 @@ import http.client
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from typing import Any
 from urllib.error import URLError
 
 import sendgrid
 from python_http_client import exceptions as sg_errors
 from sendgrid.helpers.mail import (
+    Asm,
     Bcc,
     Cc,
     Content,
     CustomArg,
     From,
+    GroupId,
     Header,
     Mail,
+    MailSettings,
     Personalization,
     ReplyTo,
+    SandBoxMode,
     Subject,
     Substitution,
     TemplateId,
@@ -95,6 +99,8 @@ from sendgrid.helpers.mail import (
     ValidateApiKey,
 )
 from sendgrid.helpers.mail.exceptions import SendGridException
+
+from engine.storage.governance import split_address
 
 from .email import OutgoingEmail, send_each
 from .errors import ConfigurationError, ProviderError, RejectedError, TransientError, from_http_status
@@ -108,6 +114,8 @@ BATCH_RECIPIENTS = 1000
 SUBSTITUTION_BYTES = 10_000
 REQUEST_BYTES = 20_000_000
 BODY_TAG = "-playbook-body-"  # the shared content of a batch; each personalization substitutes its body
+# how long a 429 may make us wait at most, whatever its reset header says (a clock far off, a bad header)
+LONGEST_RATE_LIMIT_WAIT = 3600.0
 
 
 @dataclass
@@ -174,21 +182,27 @@ class SendGridProvider:
         default_sender: str = "success@example.com",
         *,
         timeout: float = 10.0,
+        sandbox: bool = False,
     ) -> None:
         if not api_key:
             # Checked here, not left to the client: it would silently fall back to $SENDGRID_API_KEY.
             raise ConfigurationError("no SendGrid API key", provider=self.name)
         self.host = host
         self.default_sender = default_sender
+        # SendGrid's sandbox mode: it validates every request and answers as usual, but delivers nothing
+        self.sandbox = sandbox
         self._client = sendgrid.SendGridAPIClient(api_key=api_key, host=host)
         # The client's default is no timeout at all: a stalled connection would hold the activity
         # until its start-to-close timeout. A timeout is a TransientError and Temporal retries.
         self._client.client.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"SendGridProvider(host={self.host!r})"
+        return f"SendGridProvider(host={self.host!r}, sandbox={self.sandbox})"
 
     def send(self, email: OutgoingEmail) -> str:
+        if not email.template_id and not (email.subject.strip() and email.body.strip()):
+            # SendGrid would answer 400; say what is wrong without a request
+            raise RejectedError("an email without a template needs a subject and a body", provider=self.name)
         body = self._body(email)
         with _mapped_errors(self.name, self.host):
             response = self._client.send(body)
@@ -199,14 +213,15 @@ class SendGridProvider:
         """As few mail sends as SendGrid's limits allow; per email, our answer (see the module docstring)."""
         parts: dict[int, _Part] = {}
         requests: list[_Request] = []  # in the order of their first email
-        open_: dict[tuple[str, str | None, str | None], list[_Request]] = {}
+        open_: dict[tuple[str, str | None, str | None, int | None], list[_Request]] = {}
         for index, email in enumerate(emails):
             part = self._part(email)
             if part is None:
                 requests.append(_Request(indices=[index]))  # alone: through send
                 continue
             parts[index] = part
-            candidates = open_.setdefault((email.sender or self.default_sender, email.reply_to, email.template_id), [])
+            shared = (email.sender or self.default_sender, email.reply_to, email.template_id, email.asm_group)
+            candidates = open_.setdefault(shared, [])
             request = next((r for r in candidates if r.fits(part)), None)
             if request is None:
                 request = _Request()
@@ -236,13 +251,14 @@ class SendGridProvider:
 
     def _send_batch(self, emails: list[OutgoingEmail], parts: list[_Part]) -> str:
         first = emails[0]
-        mail = Mail(from_email=From(first.sender or self.default_sender))
+        mail = Mail(from_email=_from(first.sender or self.default_sender))
         if first.template_id:
             mail.template_id = TemplateId(first.template_id)
         else:
             mail.add_content(Content("text/plain", BODY_TAG))
         if first.reply_to:
-            mail.reply_to = ReplyTo(first.reply_to)
+            mail.reply_to = _reply_to(first.reply_to)
+        self._message_settings(mail, first)
         for n, part in enumerate(parts):
             mail.add_personalization(part.personalization, index=n)  # the helper's default index 0 prepends
         with _mapped_errors(self.name, self.host):
@@ -256,7 +272,7 @@ class SendGridProvider:
         except (SendGridException, TypeError, ValueError):
             return None  # a malformed address list: send refuses it as a rejection
         if email.template_id:
-            personalization.dynamic_template_data = dict(email.data)
+            _template_data(personalization, email)
             if email.subject:
                 personalization.subject = email.subject
         else:
@@ -271,8 +287,10 @@ class SendGridProvider:
                 return None
             personalization.subject = email.subject
             personalization.add_substitution(Substitution(BODY_TAG, email.body))
-        personalization.add_custom_arg(CustomArg(MESSAGE_ID_ARG, email.message_id))
-        personalization.add_header(Header(MESSAGE_ID_HEADER, email.message_id))
+        for key, value in _custom_args(email).items():
+            personalization.add_custom_arg(CustomArg(key, value))
+        for name, value in _headers(email).items():
+            personalization.add_header(Header(name, value))
         try:
             size = len(json.dumps(personalization.get()).encode())
         except (TypeError, ValueError):
@@ -291,12 +309,12 @@ class SendGridProvider:
                                 provider=self.name) from err
 
     def _message(self, email: OutgoingEmail) -> Mail:
-        mail = Mail(from_email=From(email.sender or self.default_sender))
+        mail = Mail(from_email=_from(email.sender or self.default_sender))
         personalization, _ = _personalization(email)
         if email.template_id:
-            # A dynamic template brings its own subject and content; the data fills it.
+            # A template brings its own subject and content; the data fills it.
             mail.template_id = TemplateId(email.template_id)
-            personalization.dynamic_template_data = dict(email.data)
+            _template_data(personalization, email)
             if email.subject:
                 mail.subject = Subject(email.subject)
         else:
@@ -304,10 +322,63 @@ class SendGridProvider:
             mail.add_content(Content("text/plain", email.body))
         mail.add_personalization(personalization)
         if email.reply_to:
-            mail.reply_to = ReplyTo(email.reply_to)
-        mail.custom_arg = CustomArg(MESSAGE_ID_ARG, email.message_id)
-        mail.header = Header(MESSAGE_ID_HEADER, email.message_id)
+            mail.reply_to = _reply_to(email.reply_to)
+        for key, value in _custom_args(email).items():
+            mail.custom_arg = CustomArg(key, value)  # the helper's setter adds one more
+        for name, value in _headers(email).items():
+            mail.header = Header(name, value)
+        self._message_settings(mail, email)
         return mail
+
+    def _message_settings(self, mail: Mail, email: OutgoingEmail) -> None:
+        """What is per message, not per personalization: the suppression group and sandbox mode."""
+        if email.asm_group is not None:
+            # the category's SendGrid unsubscribe group: SendGrid's own list and preference page apply too
+            mail.asm = Asm(GroupId(email.asm_group))
+        if self.sandbox:
+            settings = MailSettings()
+            settings.sandbox_mode = SandBoxMode(True)
+            mail.mail_settings = settings
+
+
+def _custom_args(email: OutgoingEmail) -> dict[str, str]:
+    """What SendGrid echoes in every webhook event of the email: our message id (also under its old name)
+    and the run, account, step and category the webhook correlates with. Values must be strings."""
+    return {MESSAGE_ID_ARG: email.message_id, **{k: str(v) for k, v in email.custom_args.items()}}
+
+
+def _headers(email: OutgoingEmail) -> dict[str, str]:
+    return {MESSAGE_ID_HEADER: email.message_id, **email.headers}
+
+
+def _template_data(personalization: Personalization, email: OutgoingEmail) -> None:
+    """Dynamic templates (ids "d-...") take the data as JSON; legacy templates only know substitution
+    tags, so each top-level value that is text or a number fills the tag -name-."""
+    if email.template_id and email.template_id.startswith("d-"):
+        personalization.dynamic_template_data = dict(email.data)
+        return
+    for name, value in email.data.items():
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            personalization.add_substitution(Substitution(f"-{name}-", str(value)))
+
+
+def _display_name(name: str) -> str | None:
+    """SendGrid reads a name with a comma or semicolon as several recipients unless it is quoted."""
+    if not name:
+        return None
+    if "," in name or ";" in name:
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def _from(text: str) -> From:
+    name, address = split_address(text)
+    return From(address, _display_name(name))
+
+
+def _reply_to(text: str) -> ReplyTo:
+    name, address = split_address(text)
+    return ReplyTo(address, _display_name(name))
 
 
 def _personalization(email: OutgoingEmail) -> tuple[Personalization, set[str]]:
@@ -316,11 +387,12 @@ def _personalization(email: OutgoingEmail) -> tuple[Personalization, set[str]]:
     # SendGrid refuses an address that appears twice across to/cc/bcc of one personalization.
     seen: set[str] = set()
     for kind, addresses in ((To, email.to), (Cc, email.cc), (Bcc, email.bcc)):
-        for address in addresses:
-            key = (parseaddr(address)[1] or address).strip().lower()
+        for text in addresses:
+            name, address = split_address(text)
+            key = address.lower()
             if key and key not in seen:
                 seen.add(key)
-                personalization.add_email(kind(address.strip()))
+                personalization.add_email(kind(address, _display_name(name)))
     return personalization, seen
 
 
@@ -346,16 +418,33 @@ def _from_http_error(err: sg_errors.HTTPError, provider: str) -> ProviderError:
     # __cause__ the urllib error; SendGrid's own error text below is what a person needs.
     status = int(getattr(err, "status_code", 0) or 0)
     message = f"SendGrid answered {status}: {_error_text(err)}"
+    retry_after = None
     if status == 429:
         headers = getattr(err, "headers", None) or {}
         wait = headers.get("Retry-After") or headers.get("X-RateLimit-Reset")
         if wait:
             message += f" (rate limited; Retry-After/X-RateLimit-Reset: {wait})"
+        retry_after = _rate_limit_wait(headers.get("Retry-After"), headers.get("X-RateLimit-Reset"))
     if status == 413:
         return RejectedError(message, provider=provider, status=status)
     if status == 404:
         return ConfigurationError(message, provider=provider, status=status)
-    return from_http_status(status, message, provider)
+    return from_http_status(status, message, provider, retry_after=retry_after)
+
+
+def _rate_limit_wait(retry_after: str | None, reset: str | None, now: float | None = None) -> float | None:
+    """Seconds until SendGrid takes requests again: Retry-After (seconds), else X-RateLimit-Reset (the Unix
+    time the limit resets). At least one second, at most LONGEST_RATE_LIMIT_WAIT; None without either."""
+    try:
+        if retry_after:
+            wait = float(retry_after)
+        elif reset:
+            wait = float(reset) - (time.time() if now is None else now)
+        else:
+            return None
+    except ValueError:
+        return None
+    return min(max(wait, 1.0), LONGEST_RATE_LIMIT_WAIT)
 
 
 def _error_text(err: sg_errors.HTTPError) -> str:

@@ -225,7 +225,9 @@ def test_sendgrid_packs_1000_emails_per_request_each_with_its_recipient_subject_
     assert p["to"] == [{"email": "person7@acme.example"}]
     assert p["subject"] == "Renewal for item 7"
     assert p["substitutions"] == {BODY_TAG: "Hello person 7,\nyour renewal is due."}
-    assert p["custom_args"] == {"playbook_message_id": result.results[7].message_id}
+    message_id = result.results[7].message_id  # and what the webhook correlates its events with
+    assert p["custom_args"] == {"playbook_message_id": message_id, "message_id": message_id, "workflow_id": "wf-1",
+                                "account_id": "acct-1", "step_id": "remind", "category": ""}
     assert p["headers"] == {"X-Playbook-Message-Id": result.results[7].message_id}
     # what each recipient gets, substitutions applied: its own subject and body, once
     deliveries = {d["to"][0]: d for d in sendgrid.deliveries()}

@@ -42,6 +42,8 @@ def db(tmp_path) -> str:  # type: ignore[no-untyped-def]
     ("anna@x.example", "anna@x.example"),
     ("  Bob@Acme.Example ", "bob@acme.example"),
     ('"Kraus, Anna" <anna@kraus.example>', "anna@kraus.example"),
+    ("Kraus; Anna <Anna@Kraus.example>", "anna@kraus.example"),  # one recipient, as a template writes it
+    ("anna@x.example, bob@x.example", None),  # two addresses in one entry: refused, not one of them
     ("not an address", None),
     ("anna@", None),
     ("anna@localhost", None),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -22,6 +25,7 @@ from activities.sendgrid_email import SendGridProvider
 from activities.types import EmailRequest, RunRef
 from engine.storage import models as t
 from engine.storage.db import migrate, session
+from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
 from tests.fakes import FakeSendGrid, closed_port_url, fake_sendgrid_fixture  # noqa: F401 - the fake_sendgrid fixture
 from tests.fakes.fake_sendgrid import API_KEY
 
@@ -238,7 +242,9 @@ def test_send_email_records_sent_with_the_provider_id_and_never_sends_twice(acti
     assert first.status == "sent"
     row = _row(activities, "wf-1/3/0")
     assert (row.status, row.provider, row.provider_message_id) == ("sent", "sendgrid", "sg-0001")
-    assert fake_sendgrid.sent[0]["custom_args"] == {"playbook_message_id": first.message_id}
+    assert fake_sendgrid.sent[0]["custom_args"] == {
+        "playbook_message_id": first.message_id, "message_id": first.message_id, "workflow_id": "wf-1",
+        "account_id": "acct-1", "step_id": "welcome", "category": ""}
     assert fake_sendgrid.sent[0]["from"] == {"email": "success@vendor.example"}
 
     again = activities.send_email(_request())  # a retried or replayed activity
@@ -273,3 +279,130 @@ def test_send_email_503_is_retryable_and_the_retry_sends_exactly_once(activities
     activities.send_email(_request())  # and a replay after that
     assert len(fake_sendgrid.requests) == 2  # the failed attempt and the one that went through
     assert len(fake_sendgrid.sent) == 1
+
+
+# messaging governance: headers, correlation, suppression groups, sandbox, rate limits -------------------
+
+
+def test_governance_headers_custom_args_and_the_suppression_group_travel_with_the_email(provider, fake_sendgrid):
+    headers = {"List-Unsubscribe": "<https://engine.example/u/tok>",
+               "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    args = {"message_id": "msg_0123456789abcdef", "workflow_id": "wf-9", "account_id": "acct-9", "step_id": "invite",
+            "category": "marketing"}
+    provider.send(_email(headers=headers, custom_args=args, asm_group=42, category="marketing"))
+
+    mail = fake_sendgrid.sent[-1]
+    assert mail["headers"] == {"X-Playbook-Message-Id": "msg_0123456789abcdef", **headers}
+    assert mail["custom_args"] == {"playbook_message_id": "msg_0123456789abcdef", **args}
+    assert mail["asm"] == {"group_id": 42}
+    assert "mail_settings" not in mail
+
+
+def test_a_batch_carries_each_emails_headers_and_custom_args_and_splits_by_suppression_group(provider, fake_sendgrid):
+    emails = [
+        _email(message_id=f"msg_{n}", to=[f"p{n}@acme.example"], cc=[], bcc=[], asm_group=group,
+               headers={"List-Unsubscribe": f"<https://engine.example/u/{n}>"}, custom_args={"workflow_id": f"wf-{n}"})
+        for n, group in enumerate([7, 7, 8])
+    ]
+    assert provider.send_batch(emails) == ["sg-0001", "sg-0001", "sg-0002"]
+
+    first, second = fake_sendgrid.sent
+    assert (first["asm"], second["asm"]) == ({"group_id": 7}, {"group_id": 8})
+    assert [p["headers"]["List-Unsubscribe"] for p in first["personalizations"]] == [
+        "<https://engine.example/u/0>", "<https://engine.example/u/1>"]
+    assert [p["custom_args"]["workflow_id"] for p in first["personalizations"]] == ["wf-0", "wf-1"]
+
+
+def test_sandbox_mode_is_validated_and_delivers_nothing(fake_sendgrid):
+    provider = SendGridProvider(API_KEY, host=fake_sendgrid.url, timeout=2, sandbox=True)
+    provider.send(_email())
+    provider.send_batch([_email(to=["a@acme.example"], cc=[], bcc=[]), _email(to=["b@acme.example"], cc=[], bcc=[])])
+
+    assert fake_sendgrid.sent == []
+    assert [m["mail_settings"] for m in fake_sendgrid.sandboxed] == [{"sandbox_mode": {"enable": True}}] * 2
+
+
+@pytest.mark.parametrize("changes", [dict(subject=""), dict(body=""), dict(subject="  ", body="text")])
+def test_an_email_without_a_template_needs_a_subject_and_a_body(provider, fake_sendgrid, changes):
+    with pytest.raises(RejectedError, match="an email without a template needs a subject and a body"):
+        provider.send(_email(**changes))
+    assert fake_sendgrid.requests == []  # refused before asking SendGrid, which would answer 400
+
+
+def test_a_legacy_template_gets_substitution_tags_and_a_dynamic_one_gets_json(provider, fake_sendgrid):
+    data = {"first_name": "Anna", "seats": 12, "account": {"name": "Acme"}}
+    provider.send(_email(template_id="d-5f1c0a", data=data, body="", subject="", cc=[], bcc=[]))
+    provider.send(_email(template_id="13b8f94f-bcae-4ec6-b752-70d6cb59f932", data=data, body="", subject="",
+                         cc=[], bcc=[]))
+
+    dynamic, legacy = (m["personalizations"][0] for m in fake_sendgrid.sent)
+    assert dynamic["dynamic_template_data"] == data and "substitutions" not in dynamic
+    assert legacy["substitutions"] == {"-first_name-": "Anna", "-seats-": "12"}  # no tag for a nested value
+    assert "dynamic_template_data" not in legacy
+
+
+def test_display_names_with_commas_or_semicolons_are_quoted(provider, fake_sendgrid):
+    provider.send(_email(to=['"Kraus, Anna" <anna@kraus.example>', "Meier; Ben <ben@kraus.example>"],
+                         cc=["Plain Name <carl@kraus.example>"], bcc=[],
+                         sender="Success, Team <success@vendor.example>", reply_to="CSM; Desk <csm@vendor.example>"))
+
+    mail = fake_sendgrid.sent[-1]
+    [p] = mail["personalizations"]
+    assert p["to"] == [{"email": "anna@kraus.example", "name": '"Kraus, Anna"'},
+                       {"email": "ben@kraus.example", "name": '"Meier; Ben"'}]
+    assert p["cc"] == [{"email": "carl@kraus.example", "name": "Plain Name"}]
+    assert mail["from"] == {"email": "success@vendor.example", "name": '"Success, Team"'}
+    assert mail["reply_to"] == {"email": "csm@vendor.example", "name": '"CSM; Desk"'}
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"Retry-After": "12"}, 12.0),
+    ({"X-RateLimit-Reset": "RESET_IN_30"}, 30.0),
+    ({"X-RateLimit-Reset": "0"}, 1.0),  # a reset in the past: try again soon, not at once
+    ({}, None),  # no hint: Temporal's retry policy decides
+])
+def test_a_rate_limit_waits_until_sendgrid_resets(provider, fake_sendgrid, headers, expected):
+    if headers.get("X-RateLimit-Reset") == "RESET_IN_30":
+        headers = {"X-RateLimit-Reset": str(int(time.time()) + 30)}
+    fake_sendgrid.fail_next(1, 429, body={"errors": [{"message": "too many requests"}]}, headers=headers)
+    with pytest.raises(TransientError) as caught:
+        provider.send(_email())
+
+    delay = to_application_error(caught.value).next_retry_delay
+    if expected is None:
+        assert delay is None
+    else:
+        assert delay is not None and expected - 2 <= delay.total_seconds() <= expected
+
+
+def test_send_email_tells_temporal_when_to_retry_after_a_rate_limit(activities, fake_sendgrid):
+    fake_sendgrid.fail_next(1, 429, body={"errors": [{"message": "too many requests"}]}, headers={"Retry-After": "20"})
+    with pytest.raises(ApplicationError) as caught:
+        activities.send_email(_request())
+    assert caught.value.type == "TransientError" and not caught.value.non_retryable
+    assert caught.value.next_retry_delay == timedelta(seconds=20)
+    assert activities.send_email(_request()).status == "sent"  # the retry
+    assert len(fake_sendgrid.sent) == 1
+
+
+def test_an_unsubscribable_email_reaches_sendgrid_with_its_link_and_one_click_headers(tmp_path, fake_sendgrid):
+    url = f"sqlite:///{tmp_path / 'playbook.db'}"
+    migrate(url)
+    tokens = UnsubscribeTokens(b"test secret")
+    acts = PlaybookActivities(url, crm=BuiltinCrm(url), email=SendGridProvider(API_KEY, host=fake_sendgrid.url),
+                              unsubscribe_links=UnsubscribeLinks("https://engine.example", tokens))
+    request = replace(_request(), to=["Anna <anna@acme.example>"], category="marketing", unsubscribe=True,
+                      sendgrid_group=5)
+
+    assert acts.send_email(request).status == "sent"
+
+    [delivery] = fake_sendgrid.deliveries()
+    link = delivery["headers"]["List-Unsubscribe"].strip("<>")
+    assert tokens.read(link.rsplit("/", 1)[1]) == ("anna@acme.example", "marketing")
+    assert delivery["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert delivery["body"] == f"Hello Anna\n\n--\nTo stop emails like this: {link}"
+    assert fake_sendgrid.sent[0]["asm"] == {"group_id": 5}
+    assert fake_sendgrid.sent[0]["custom_args"]["category"] == "marketing"
+    row = _row(acts, "wf-1/3/0")  # the outbox shows what SendGrid got
+    assert row.body == delivery["body"]
+    assert {**row.headers, "X-Playbook-Message-Id": row.message_id} == delivery["headers"]

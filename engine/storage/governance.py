@@ -13,10 +13,10 @@ import base64
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parseaddr
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -31,11 +31,28 @@ SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 
 
+_NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<address>[^<>]*)>\s*$", re.DOTALL)
+
+
+def split_address(text: str) -> tuple[str, str]:
+    """(display name, address) of one recipient as written: "Anna <a@x.example>", '"Kraus, Anna" <a@x.example>',
+    also "Kraus, Anna <a@x.example>" (one recipient whose name has a comma, as templates write it), or a
+    bare address. Anything else is kept whole as the address, so "a@x.example, b@x.example" is invalid
+    rather than silently one of the two."""
+    match = _NAMED.match(text or "")
+    if match is None:
+        return "", (text or "").strip()
+    name = match["name"]
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return name, match["address"].strip()
+
+
 @functools.lru_cache(maxsize=65536)
 def normalize_address(text: str) -> str | None:
     """The address alone, lower-cased: "Anna <ANNA@X.example>" -> "anna@x.example"; None when it is no
     valid address. Cached: the same few addresses are checked for every email a contact gets."""
-    _name, address = parseaddr(text or "")
+    _name, address = split_address(text)
     if not address or "@" not in address:
         return None
     try:

@@ -6,6 +6,9 @@ address once per personalization and, for batches, once per request, at most 1,0
 and 1,000 recipients per request, substitutions of at most 10,000 bytes per personalization), and
 answers like SendGrid: 202 with an ``X-Message-Id`` header, or ``{"errors": [...]}``.
 
+In sandbox mode (``mail_settings.sandbox_mode.enable``) it validates the same way and answers 200 without
+delivering, as SendGrid does: such requests go to ``sandboxed``, not ``sent``.
+
 ``refuse`` names addresses it answers as invalid (a 400 for the whole request, as SendGrid does);
 ``deliveries()`` lists what the accepted requests deliver, one entry per personalization, with the
 substitutions applied, so tests can count who received what.
@@ -31,6 +34,7 @@ class FakeSendGrid(FakeServer):
         self.refuse = {a.lower() for a in refuse or set()}
         self._ids = itertools.count(1)
         self.sent: list[dict] = []  # the accepted request bodies
+        self.sandboxed: list[dict] = []  # accepted in sandbox mode: validated, not delivered
 
     def deliveries(self, mails: list[dict] | None = None) -> list[dict]:
         """Per personalization of every accepted request (or of ``mails``): to/cc/bcc addresses, subject,
@@ -97,5 +101,8 @@ class FakeSendGrid(FakeServer):
             )
         if problems:
             return Reply(400, _errors(*problems))
+        if ((mail.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"):
+            self.sandboxed.append(mail)
+            return Reply(200, None)
         self.sent.append(mail)
         return Reply(202, None, {"X-Message-Id": f"sg-{next(self._ids):04d}"})
