@@ -20,7 +20,7 @@ from . import expressions as ex
 from .durations import DurationError, parse_duration
 from .problems import Problem
 from .schema_check import suggest
-from .schema_source import STEP_KINDS
+from .schema_source import CATEGORY_PATTERN, STEP_KINDS
 from .step_tree import Path, child_lists, iter_step_paths, kind_of, kinds_of, path_text
 from .yaml_source import Document
 
@@ -301,7 +301,12 @@ class Checker:
             self.check_template(sub_path, value, names, scope, self_id=step_id)
 
     def _strings(self, value: Any, path: Path, kind: str) -> Iterator[tuple[Path, str]]:
-        nested = {"switch": ("steps", "else", "when"), "parallel": ("steps",), "for_each": ("steps", "items")}
+        nested = {
+            "switch": ("steps", "else", "when"),
+            "parallel": ("steps",),
+            "for_each": ("steps", "items"),
+            "email": ("category",),  # a name from the policy, never a template (check_email says so)
+        }
         skip_keys = nested.get(kind, ()) + EXPRESSION_KEYS.get(kind, ())
 
         def walk(v: Any, p: Path, depth: int) -> Iterator[tuple[Path, str]]:
@@ -360,7 +365,18 @@ class Checker:
                         f"400): write one, or give a provider template_id",
                     )
         category = spec.get("category")
-        if self.categories is not None and isinstance(category, str) and category not in self.categories:
+        if isinstance(category, str) and ex.is_template(category):
+            self.at_value(
+                path + ("category",),
+                "category is a name from the policy, not a template: consent and caps are decided by it before the "
+                "email is written",
+            )
+        elif (
+            self.categories is not None
+            and isinstance(category, str)
+            and re.match(CATEGORY_PATTERN, category)
+            and category not in self.categories
+        ):
             close = suggest(category, self.categories)
             hint = f"; did you mean '{close}'?" if close else f"; declared: {', '.join(self.categories)}"
             source = f"the policy {self.policy_file}" if self.policy_file else "the built-in default policy"
