@@ -6,6 +6,7 @@ nothing outside itself.
 Each ```yaml block is one of:
 - a complete playbook (top-level `id` and `steps`): validated as it stands;
 - a scenario (top-level `playbook`): validated against the library in playbooks/;
+- a messaging policy (top-level `default_category`): validated as a policy.yaml;
 - playbook sections without steps (`trigger:`, `vars:`...): given an id and one step, then validated;
 - one step (a mapping with a kind key) or a list of steps: wrapped into a minimal playbook, then validated.
 
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from engine.language.library import Resolver, validate_paths
+from engine.language.policy_file import validate_policy_text
 from engine.language.scenario import validate_scenario_text
 from engine.language.schema_source import STEP_KINDS
 from engine.language.validator import validate_playbook_text
@@ -139,6 +141,8 @@ def problems_of(block: Block) -> tuple[list[str], str]:
     if isinstance(data, dict) and "playbook" in data:
         result = validate_scenario_text(block.text, file, Resolver(), SCENARIO_HOME)
         return [p.header() for p in result.problems], block.text
+    if isinstance(data, dict) and "default_category" in data:
+        return [p.header() for p in validate_policy_text(block.text, file).problems], block.text
     _, text = as_playbook(block)
     result = validate_playbook_text(text, file)
     return [p.header() for p in result.problems], text
@@ -486,13 +490,56 @@ TABLE_SNIPPETS: dict[str, tuple[str, str]] = {
         "scenario",
         _SCENARIO.format(at="2026-03-02T09:00:00", item="{ call_task: onboarding_call, outcome: done }"),
     ),
+    "category 'marketting' is not declared in …; did you mean 'marketing'?": (
+        "playbook",
+        _playbook("  - email: { category: marketting, to: a@example.com, subject: Hi, body: Hi }\n"),
+    ),
+    "the subject is empty; the email provider refuses an email without a subject (SendGrid answers 400): write one, "
+    "or give a provider template_id": (
+        "playbook",
+        _playbook("  - email: { to: a@example.com, subject: '', body: Hi }\n"),
+    ),
+    "category is a name from the policy, not a template: consent and caps are decided by it before the email is "
+    "written": (
+        "playbook",
+        _playbook("  - email: { category: '{{ account.plan }}', to: a@example.com, subject: Hi, body: Hi }\n"),
+    ),
+    "the messaging policy … that applies to this playbook has 1 problem(s); no run can start until it is fixed": (
+        "library",
+        "policy.yaml=default_category: marketing\ncategories: { news: {} }\n"
+        "\0welcome.yaml=id: welcome-series\nsteps:\n  - crm: { note: a }\n",
+    ),
+    "default_category 'marketting' is not a category of the policy; did you mean 'marketing'?": (
+        "policy",
+        "default_category: marketting\ncategories: { marketing: {} }\n",
+    ),
+    "cap category 'onbording' is not a category of the policy; did you mean 'onboarding'?": (
+        "policy",
+        "default_category: onboarding\ncategories: { onboarding: {} }\ncaps: [ { categories: [onbording], max: 1, "
+        "per: 1d } ]\n",
+    ),
+    "a cap's 'per' must be a fixed duration (m, h, d or w); business days ('3bd') have no fixed length, so they "
+    "cannot make a rolling window": (
+        "policy",
+        "default_category: m\ncategories: { m: {} }\ncaps: [ { max: 1, per: 3bd } ]\n",
+    ),
+    "'max_delay' only applies with 'when_capped: defer'": (
+        "policy",
+        "default_category: m\ncategories: { m: {} }\nmax_delay: 1d\n",
+    ),
+    "category 'transactional' does not allow opting out (unsubscribe: false in …)": (
+        "scenario",
+        _SCENARIO.format(
+            at="2026-03-02T09:00:00Z", item="{ at: 1d, unsubscribe: anna@kraus.example, category: transactional }"
+        ),
+    ),
 }
 
 
 def table_messages() -> list[str]:
     text = GUIDE.read_text(encoding="utf-8")
     section = text.split("### Common errors and what to do", 1)[1].split("\n## ", 1)[0]
-    rows = [re.match(r"\| `(.+?)`(?: \(scenario\))? \|", line) for line in section.splitlines()]
+    rows = [re.match(r"\| `(.+?)`(?: \((?:scenario|policy\.yaml)\))? \|", line) for line in section.splitlines()]
     return [m.group(1) for m in rows if m]
 
 
@@ -507,6 +554,8 @@ def messages_of(kind: str, text: str, tmp_path: Path, monkeypatch: pytest.Monkey
     if kind == "scenario":
         result = validate_scenario_text(text, "docs.scenario.yaml", Resolver(), SCENARIO_HOME)
         return [p.message for p in result.problems]
+    if kind == "policy":
+        return [p.message for p in validate_policy_text(text, "playbooks/policy.yaml").problems]
     folder = tmp_path / "playbooks"
     folder.mkdir()
     for entry in text.split("\0"):
