@@ -7,7 +7,9 @@ the activity is retried or the step started again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -18,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from engine.interpreter import calendar
     from engine.interpreter.messages import Pending
     from engine.language import model as m
+    from engine.language.policy import EmailRules
 
 from engine.interpreter.core import PendingAsk, Scope, StepFailed, activity_failure
 from engine.interpreter.waiting import WaitingSteps
@@ -34,8 +37,26 @@ class EmailBatch:
     gone: int = 0  # members cancelled (their run is exiting)
 
 
+def _utc(moment: str) -> datetime:
+    return datetime.fromisoformat(moment).astimezone(UTC)
+
+
+def _governed(rules: EmailRules | None) -> dict[str, Any]:
+    """The email request's fields from the messaging policy: its category, whether recipients may opt out, the caps
+    that count it. Runs started before policies existed (no policy in their input) send as they did."""
+    if rules is None:
+        return {}
+    return {
+        "category": rules.category,
+        "unsubscribe": rules.unsubscribe,
+        "caps": [act.CapRule(c.max, c.per_seconds, list(c.categories)) for c in rules.caps],
+        "sendgrid_group": rules.sendgrid_group,
+    }
+
+
 class EffectSteps(WaitingSteps):
     async def step_email(self, step: m.EmailStep, scope: Scope) -> dict[str, Any]:
+        rules = self.playbook.policy.for_email(step.category) if self.playbook.policy is not None else None
         # the draft in one render (one context); the rest as it is sent, after any approval or quiet hours
         to_, subject_, body_ = self.render([list(step.to), step.subject or "", step.body or ""], scope)
         to = [str(a) for a in to_]
@@ -74,13 +95,28 @@ class EffectSteps(WaitingSteps):
             reply_to=reply_to if step.reply_to else None,
             template_id=step.template_id,
             data=data,
+            **_governed(rules),
         )
-        sent: act.EmailResult
+        sent = await self.send(step, scope, request)
+        if sent.status == "capped" and rules is not None and rules.when_capped == "defer":
+            # wait until the caps allow it (the activity says when), at most max_delay after the first try
+            latest = self.pinned(
+                step, scope, "capped_until", lambda: self.now() + timedelta(seconds=rules.max_delay_seconds or 0)
+            )
+            while sent.status == "capped" and sent.retry_at and _utc(sent.retry_at) <= latest:
+                self.note(step, "waiting", f"capped until {sent.retry_at}")
+                await self.sleep_until(step, _utc(sent.retry_at), may_roll=step.approval is None)
+                sent = await self.send(step, scope, dataclasses.replace(request, at=self.now().isoformat()))
+        outcome = {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject, "body": body}
+        if sent.left_out:
+            outcome["left_out"] = [{"address": o.address, "reason": o.reason} for o in sent.left_out]
+        return outcome
+
+    async def send(self, step: m.EmailStep, scope: Scope, request: act.EmailRequest) -> act.EmailResult:
         if self.fanout and scope.gates:
-            sent = await self.send_in_batch(step, scope, request)
-        else:
-            sent = await self.call(step, scope, "send_email", request, act.EmailResult)
-        return {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject, "body": body}
+            return await self.send_in_batch(step, scope, request)
+        result: act.EmailResult = await self.call(step, scope, "send_email", request, act.EmailResult)
+        return result
 
     async def send_in_batch(self, step: m.EmailStep, scope: Scope, request: act.EmailRequest) -> act.EmailResult:
         """A for_each item's email, sent with the others that reach this step in the same activation: one

@@ -15,6 +15,7 @@ from activities.library import LibraryActivities
 from activities.playbook_activities import Listener, PlaybookActivities
 from activities.segments import SegmentActivities
 
+from .messaging import unsubscribe_links
 from .schedules import ScheduleActivities
 from .settings import Settings, reveal
 
@@ -55,7 +56,8 @@ def email_provider(settings: Settings) -> EmailProvider:
         from activities.sendgrid_email import SendGridProvider
 
         return SendGridProvider(
-            reveal(settings.sendgrid_api_key), host=settings.sendgrid_host, default_sender=settings.default_sender
+            reveal(settings.sendgrid_api_key), host=settings.sendgrid_host, default_sender=settings.default_sender,
+            sandbox=settings.sendgrid_sandbox,
         )
     return OutboxProvider()
 
@@ -73,7 +75,10 @@ def activities(
     settings: Settings, client: Client | None = None, listeners: list[Listener] | None = None
 ) -> list[Callable[..., Any]]:
     crm = crm_provider(settings)
-    acts = PlaybookActivities(settings.db_url, crm, email_provider(settings), settings.default_sender, listeners)
+    acts = PlaybookActivities(
+        settings.db_url, crm, email_provider(settings), settings.default_sender, listeners,
+        unsubscribe_links=unsubscribe_links(settings),
+    )
     segments = SegmentActivities(settings.db_url, crm)
     ticks = ScheduleActivities(crm, client, settings.library)
     return [

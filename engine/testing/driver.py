@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity, workflow
@@ -71,6 +71,8 @@ class ScenarioDriver:
         for item in params.script:
             if "event" in item:
                 self.tasks.append(asyncio.create_task(self.post_event(item)))
+            elif "unsubscribe" in item or "bounce" in item:
+                self.tasks.append(asyncio.create_task(self.recipient_acts(item)))
         await workflow.wait_condition(lambda: False)  # runs until the scenario runner cancels it
         return self.errors  # pragma: no cover
 
@@ -78,6 +80,16 @@ class ScenarioDriver:
         await workflow.sleep(_delay(item.get("at")))
         event = dict(item["event"])
         await self.send(Answer(self.params.run_workflow_id, "event", event))
+
+    async def recipient_acts(self, item: dict[str, Any]) -> None:
+        """A recipient unsubscribes (one-click, from a category or from all that allow it) or their address
+        bounces (SendGrid's webhook would suppress it), at that offset."""
+        await workflow.sleep(_delay(item.get("at")))
+        if "unsubscribe" in item:
+            payload = {"unsubscribe": item["unsubscribe"], "category": item.get("category")}
+        else:
+            payload = {"bounce": item["bounce"]}
+        await self.send(Answer(self.params.run_workflow_id, "recipient", payload))
 
     async def answer(self, asked: Asked, item: dict[str, Any]) -> None:
         await workflow.sleep(_delay(item.get("after")))
@@ -131,14 +143,18 @@ class ScenarioDriver:
 class DriverActivities:
     """Carries the driver's answers to the run through its real signal and updates."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, db_url: str | None = None, opt_out_categories: tuple[str, ...] = ()) -> None:
         self.client = client
+        self.db_url = db_url  # where a recipient's unsubscribe or bounce is recorded
+        self.opt_out_categories = opt_out_categories  # an unsubscribe without a category: from all of these
         # Refused answers are kept here, on the runner's side: once the run has ended the driver workflow may
         # be closed (the time-skipping server runs on past the run's end), but what it saw before must count.
         self.refused: list[str] = []
 
     @activity.defn(name="scenario_answer")
     async def scenario_answer(self, answer: Answer) -> AnswerResult:
+        if answer.kind == "recipient":
+            return self.recipient(answer.payload)
         handle = self.client.get_workflow_handle(answer.workflow_id)
         try:
             if answer.kind == "event":
@@ -155,4 +171,22 @@ class DriverActivities:
                 return AnswerResult(True)  # the run has ended: events only reach live runs
             self.refused.append(f"{answer.kind} {answer.payload}: {err}")
             return AnswerResult(False, str(err))
+        return AnswerResult(True)
+
+    def recipient(self, payload: dict[str, Any]) -> AnswerResult:
+        """Records what the recipient did, as the unsubscribe page or the SendGrid webhook would."""
+        # imported here: this module's workflow runs in the sandbox, which has no use for the database layer
+        from engine.storage import governance
+        from engine.storage.db import session
+
+        if self.db_url is None:
+            return AnswerResult(False, "no database to record the recipient's choice in")
+        now = datetime.now(UTC)  # when the record was written; what counts is the send-time check against it
+        with session(self.db_url) as s:
+            if "bounce" in payload:
+                governance.suppress(s, payload["bounce"], "bounced", "scenario", now)
+            else:
+                categories = [payload["category"]] if payload.get("category") else list(self.opt_out_categories)
+                for category in categories:
+                    governance.set_consent(s, payload["unsubscribe"], category, False, "scenario", now)
         return AnswerResult(True)

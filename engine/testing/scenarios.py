@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import secrets
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,17 +35,21 @@ from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResul
 from engine.language.durations import parse_duration
 from engine.language.library import Library, Resolver, find_library_root
 from engine.language.model import Playbook
+from engine.language.policy import DEFAULT_POLICY
+from engine.language.policy_file import build_policy
 from engine.language.scenario import validate_scenario_file
 from engine.runtime.connect import quiet_runtime
 from engine.runtime.intake import trigger_refusal
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
+from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
 
 from .driver import ASKED_SIGNAL, DRIVER_NAME, Asked, DriverActivities, DriverInput, ScenarioDriver
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
 RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
+SCENARIO_PUBLIC_URL = "http://127.0.0.1:8000"  # `playbook dev`'s API: where the outbox's unsubscribe links point
 
 
 @dataclass
@@ -137,6 +144,8 @@ async def _run(
     library_root: Path | None,
 ) -> ScenarioReport:
     migrate(db_url)
+    if data.get("policy"):  # the scenario's own policy replaces the library's for this run
+        playbook = dataclasses.replace(playbook, policy=build_policy(data["policy"], str(path)))
     account = dict(data["account"])
     seed(db_url, account, list(data.get("contacts") or []), list(data.get("team") or []))
     start_spec = data.get("start") or {}
@@ -181,13 +190,16 @@ async def _run(
         future.result(timeout=30)
 
     loop = asyncio.get_running_loop()
-    activities = PlaybookActivities(db_url, crm, OutboxProvider(), listeners=[on_ask])
+    # links signed with a key of this scenario's own: the outbox shows what a recipient would get
+    links = UnsubscribeLinks(SCENARIO_PUBLIC_URL, UnsubscribeTokens(secrets.token_bytes(32)))
+    activities = PlaybookActivities(db_url, crm, OutboxProvider(), listeners=[on_ask], unsubscribe_links=links)
     # run_playbook finds ids beside the scenario's playbook first, then in the library
     roots = [find_library_root(path)] + ([library_root] if library_root else [])
     if data["playbook"].endswith((".yaml", ".yml")) or "/" in data["playbook"]:
         roots.insert(0, (path.parent / data["playbook"]).resolve().parent)
     library = LibraryActivities(*roots)
-    driver_activities = DriverActivities(client)
+    policy = playbook.policy or DEFAULT_POLICY
+    driver_activities = DriverActivities(client, db_url, policy.opt_out_categories())
     worker = build_worker(
         client,
         task_queue,
@@ -326,12 +338,15 @@ def _expectation(
             problems.append(f"step {item['step']}: result {step.get('result')}, expected {item['result']}")
         return problems
     if "email" in item:
-        sent = [e for e in emails if e.step_id == item["email"] and e.status == "sent"]
+        status = item.get("status", "sent")  # capped, suppressed, rejected: the email did not go out, and why
+        sent = [e for e in emails if e.step_id == item["email"] and e.status == status]
         if "to" in item:  # per recipient: a step inside for_each sends one email to each
             sent = [e for e in sent if item["to"] in e.to] or sent
         if len(sent) != 1:
             who = f" to {item['to']}" if "to" in item else ""
-            return [f"email {item['email']}: {len(sent)} sent{who}, expected exactly one"]
+            found = Counter(e.status for e in emails if e.step_id == item["email"])
+            seen = f" (its emails: {', '.join(f'{n} {s}' for s, n in sorted(found.items()))})" if found else ""
+            return [f"email {item['email']}: {len(sent)} {status}{who}, expected exactly one{seen}"]
         email = sent[0]
         problems = []
         if "to" in item and item["to"] not in email.to:
