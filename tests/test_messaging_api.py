@@ -51,7 +51,7 @@ def test_consent_is_read_by_people_and_changed_by_ops(api) -> None:  # type: ign
     app, settings, as_ = api
 
     async def steps(http: httpx.AsyncClient) -> None:
-        empty = await http.get("/contacts/Anna%20%3CANNA@Kraus.example%3E/consent", headers=as_["csm"])
+        empty = await http.get("/contacts/ANNA@Kraus.example/consent", headers=as_["csm"])
         assert empty.status_code == 200, empty.text
         assert empty.json() == {"email": "anna@kraus.example", "consents": []}
         out = await http.put("/contacts/anna@kraus.example/consent/marketing", json={"subscribed": False},
@@ -82,13 +82,15 @@ def test_consent_refuses_bad_addresses_categories_and_bodies(api) -> None:  # ty
     ops = as_["ops"]
 
     async def steps(http: httpx.AsyncClient) -> None:
+        for text in ("not-an-address", "anna@kraus.test", "Anna%20%3Canna@kraus.example%3E", "a..b@kraus.example"):
+            refused = await http.get(f"/contacts/{text}/consent", headers=ops)
+            assert refused.status_code == 422, text
         bad = await http.get("/contacts/not-an-address/consent", headers=ops)
-        assert bad.status_code == 422
         assert bad.headers["content-type"].startswith("application/problem+json")
         assert bad.json()["detail"] == "path.email: not a valid email address"
         unknown = await http.put("/contacts/anna@kraus.example/consent/newsletter", json={"subscribed": False},
                                  headers=ops)
-        assert unknown.status_code == 422
+        assert unknown.status_code == 404
         assert "no category 'newsletter'" in unknown.json()["detail"] and "marketing" in unknown.json()["detail"]
         locked = await http.put("/contacts/anna@kraus.example/consent/transactional", json={"subscribed": False},
                                 headers=ops)
@@ -105,7 +107,7 @@ def test_the_suppression_list_can_be_added_to_paged_and_emptied(api) -> None:  #
     ops = as_["ops"]
 
     async def steps(http: httpx.AsyncClient) -> None:
-        added = await http.post("/suppressions", json={"email": "Bob <BOB@acme.example>", "reason": "manual",
+        added = await http.post("/suppressions", json={"email": "BOB@Acme.example", "reason": "manual",
                                                         "detail": "asked by phone"}, headers=ops)
         assert added.status_code == 201, added.text
         body = added.json()

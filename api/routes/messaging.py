@@ -18,6 +18,9 @@ from engine.storage.db import session
 from ..deps import OpsDep, PeopleDep, StateDep, library_policy
 from ..problems import Problem, documented
 from ..schemas import (
+    EMAIL,
+    EMAIL_FORMAT,
+    EMAIL_OR_NOTHING,
     ConsentIn,
     ConsentOut,
     ContactConsentOut,
@@ -36,13 +39,14 @@ ERRORS = documented({
 })
 WITH_BODY = {**ERRORS, **documented({400: "The body is not JSON"})}
 EmailPath = Annotated[
-    str, Path(min_length=1, max_length=320, description="An email address (a display name is ignored)")
+    str,
+    Path(min_length=6, max_length=254, description="An email address", json_schema_extra=EMAIL_FORMAT),
 ]
 CategoryPath = Annotated[str, Path(min_length=1, max_length=100, description="A category of the library's policy")]
 
 
 def _address(text: str, location: str) -> str:
-    address = gov.normalize_address(text)
+    address = gov.normalize_address(text) if EMAIL.fullmatch(text) else None
     if address is None:
         message = "not a valid email address"
         errors = [{"location": location, "message": message}]
@@ -73,7 +77,8 @@ def get_consent(email: EmailPath, state: StateDep, _caller: PeopleDep) -> Contac
 
 @router.put(
     "/contacts/{email}/consent/{category}", response_model=ContactConsentOut,
-    summary="Subscribe or unsubscribe a contact from a category", responses=WITH_BODY,
+    summary="Subscribe or unsubscribe a contact from a category",
+    responses={**WITH_BODY, **documented({404: "No such category in the library's policy"})},
     description="Recorded with source `api` and the time; the same choice again changes nothing.",
 )
 def put_consent(
@@ -82,9 +87,9 @@ def put_consent(
     address = _address(email, "path.email")
     policy = library_policy(state)
     known = policy.category(category)
-    if known is None:
+    if known is None:  # no such resource: the contact's consent exists per category of the policy
         names = ", ".join(c.name for c in policy.categories) or "none"
-        raise Problem(422, "Invalid request", f"path.category: no category {category!r} in the policy (it has {names})")
+        raise Problem(404, "Not Found", f"no category {category!r} in the library's policy (it has {names})")
     if not known.unsubscribe and not body.subscribed:
         raise Problem(422, "Invalid request", f"path.category: {category} emails cannot be opted out of (the policy "
                       "says unsubscribe: false); suppress the address to stop every email")
@@ -98,15 +103,17 @@ def put_consent(
 def get_suppressions(
     state: StateDep,
     _caller: OpsDep,
-    email: Annotated[str | None, Query(max_length=320, description="Only this address")] = None,
+    email: Annotated[
+        str, Query(max_length=254, description="Only this address", json_schema_extra=EMAIL_OR_NOTHING)
+    ] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> SuppressionsOut:
-    if email is not None:
+    if email:
         _address(email, "query.email")
     with session(state.settings.db_url) as s:
         # one more than the page: whether there is a next one, without counting the whole list
-        views = gov.list_suppressions(s, email=email, limit=limit + 1, offset=offset)
+        views = gov.list_suppressions(s, email=email or None, limit=limit + 1, offset=offset)
     return SuppressionsOut(
         items=[_suppression_out(v) for v in views[:limit]], limit=limit, offset=offset,
         next_offset=offset + limit if len(views) > limit else None,
