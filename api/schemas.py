@@ -211,8 +211,8 @@ _LABEL = r"([A-Za-z0-9]{1,63}|[A-Za-z0-9]{1,25}(-[A-Za-z0-9]{1,18}){1,2})"
 _TOP = r"(?!(test|local|localhost|invalid|onion|arpa)$)[A-Za-z]{2,24}"
 EMAIL_PATTERN = rf"^{_LOCAL}@({_LABEL}\.){{1,3}}{_TOP}$"
 EMAIL = re.compile(EMAIL_PATTERN)
-EMAIL_FORMAT = {"pattern": EMAIL_PATTERN}
-EMAIL_OR_NOTHING = {"pattern": f"^$|{EMAIL_PATTERN}"}  # a filter: empty is no filter
+EMAIL_FORMAT: dict[str, Any] = {"pattern": EMAIL_PATTERN}
+EMAIL_OR_NOTHING: dict[str, Any] = {"pattern": f"^$|{EMAIL_PATTERN}"}  # a filter: empty is no filter
 
 
 class WebhookOut(BaseModel):
