@@ -23,6 +23,10 @@ with workflow.unsafe.imports_passed_through():
     from activities import types as act
 
 NAME = "HandWrittenTenSteps"
+# What the engine's email steps send under the built-in messaging policy (the benches' libraries have no
+# policy.yaml): the default category, which recipients may opt out of (consent checked, unsubscribe link and
+# headers added), no caps. The hand-written sides send the same, so the activities do the same work.
+MESSAGING: dict[str, Any] = {"category": "marketing", "unsubscribe": True}
 TIMEOUT = timedelta(seconds=60)
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10),
@@ -71,7 +75,7 @@ class HandWrittenTenSteps:
                     key=key, ref=ref, to=[contact["email"]], at=workflow.now().isoformat(),
                     subject=f"Step {i + 1} for {account['name']}",
                     body=f"Hi {contact['first_name']}, this is step {i + 1} of 10.",
-                    sender=(account.get("owner") or {}).get("email"),
+                    sender=(account.get("owner") or {}).get("email"), **MESSAGING,
                 )
                 await workflow.execute_activity(
                     "send_email", request, result_type=act.EmailResult, start_to_close_timeout=TIMEOUT,
@@ -182,7 +186,7 @@ class HandWrittenFanOutSlice:
                 act.EmailRequest(
                     key=f"{inp.key_prefix}/send[{inp.start + b + i}]", ref=ref, to=[c["email"]], at=at,
                     subject=fanout_subject(c["first_name"]), body=fanout_body(c["first_name"], inp.account_name),
-                    sender=inp.sender,
+                    sender=inp.sender, **MESSAGING,
                 )
                 for i, c in enumerate(inp.items[b : b + inp.concurrency])
             ]
@@ -215,7 +219,7 @@ class HandWrittenOneEmail:
                 ref=act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, "send", inp.version),
                 to=[contact["email"]], at=workflow.now().isoformat(),
                 subject=fanout_subject(contact["first_name"]), body=fanout_body(contact["first_name"], account["name"]),
-                sender=(account.get("owner") or {}).get("email"),
+                sender=(account.get("owner") or {}).get("email"), **MESSAGING,
             ),
             result_type=act.EmailResult, start_to_close_timeout=TIMEOUT, retry_policy=RETRY,
         )

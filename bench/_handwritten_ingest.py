@@ -14,6 +14,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities import types as act
+    from bench._handwritten import MESSAGING
 
 TIMEOUT = timedelta(seconds=30)
 RETRY = RetryPolicy(
@@ -52,7 +53,7 @@ async def ingest(inp: IngestInput, local: bool) -> str:
         ref=act.RunRef(info.workflow_id, inp.playbook_id, inp.account_id, "welcome", inp.version),
         to=[contact["email"]], at=workflow.now().isoformat(), subject=f"Welcome, {contact['first_name']}",
         body=f"Hi {contact['first_name']}, {account['name']} is set up.",
-        sender=(account.get("owner") or {}).get("email"),
+        sender=(account.get("owner") or {}).get("email"), **MESSAGING,
     )
     await workflow.execute_activity(
         "send_email", email, result_type=act.EmailResult, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
