@@ -313,7 +313,7 @@ class PlaybookActivities:
             if updates:
                 with session(self.db_url) as s:
                     s.execute(_SET_EMAIL_STATUS, updates)
-                    governance.settle_deliveries(s, [(u["k"], u["new_status"]) for u in updates])
+                    governance.reject_deliveries(s, [u["k"] for u in updates if u["new_status"] == "rejected"])
         counts = Counter(result.status for result in results.values())
         log.info("emails sent", emails=len(first), sent=counts["sent"], suppressed=counts["suppressed"],
                  rejected=counts["rejected"], capped=counts["capped"], unsent=len(first) - len(results),
@@ -398,11 +398,9 @@ class PlaybookActivities:
 
     def _set_email_status(self, key: str, status: str, provider_id: str | None) -> None:
         with session(self.db_url) as s:
-            row = s.scalar(select(t.OutboxEmail).where(t.OutboxEmail.key == key))
-            if row is not None:
-                row.status = status
-                row.provider_message_id = provider_id
-            governance.settle_deliveries(s, [(key, status)])
+            s.connection().execute(_SET_EMAIL_STATUS, {"k": key, "new_status": status, "provider_id": provider_id})
+            if status == "rejected":
+                governance.reject_deliveries(s, [key])
 
     # people: who is the owner, the role, the user --------------------------------------------------
 

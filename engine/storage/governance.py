@@ -175,7 +175,8 @@ def suppressed(s: Session, emails: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for start in range(0, len(addresses), 500):
         chunk = addresses[start:start + 500]
-        rows = s.execute(select(t.Suppression.email, t.Suppression.reason).where(t.Suppression.email.in_(chunk)))
+        table = t.Suppression.__table__
+        rows = s.connection().execute(select(table.c.email, table.c.reason).where(table.c.email.in_(chunk)))
         found.update((email, reason) for email, reason in rows)
     return found
 
@@ -240,7 +241,7 @@ def remember_webhook_event(s: Session, event_id: str, at: datetime) -> bool:
 
 # frequency caps: the delivery ledger -------------------------------------------------------------------
 
-COUNTED = ("sending", "sent")  # a delivery that went out or is going out; a rejected one stops counting
+ADMITTED, REJECTED = "admitted", "rejected"  # admitted counts (going out or gone out); a rejected one stops
 
 
 def begin_admission(s: Session, addresses: Iterable[str]) -> None:
@@ -262,45 +263,63 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)  # SQLite: naive UTC
 
 
-def cap_reached(
-    s: Session, address: str, *, max_: int, per_seconds: int, categories: list[str], at: datetime, key: str
-) -> datetime | None:
-    """None when ``address`` has room under the cap at ``at``; else the moment it has room again (when enough
-    of the counted deliveries have left the rolling window). The window is every delivery after at - per,
-    including any "after" ``at``: another run's clock may be a little ahead, and what it sent did go out.
-    The email's own deliveries (``key``: a retry of an email already admitted) do not count against it."""
+@dataclass(frozen=True)
+class Cap:
+    """At most ``max`` deliveries to one address within any ``per_seconds``, counting ``categories`` (all if empty)."""
+
+    max: int
+    per_seconds: int
+    categories: tuple[str, ...] = ()
+
+
+def caps_reached(s: Session, address: str, caps: list[Cap], at: datetime, key: str) -> list[datetime]:
+    """For each cap ``address`` is at, the moment it has room again (when enough of the counted deliveries have
+    left its rolling window); empty when every cap has room. One query reads the longest window's deliveries.
+
+    A window holds every delivery after at - per, including any "after" ``at``: another run's clock may be a
+    little ahead, and what it sent did go out. The email's own deliveries (``key``: a retry of an email already
+    admitted) do not count against it."""
+    if not caps:
+        return []
     at = _utc(at)
-    window = timedelta(seconds=per_seconds)
-    if max_ <= 0:
-        return at + window
     table = t.EmailDelivery.__table__
-    query = (select(table.c.at)
-             .where(table.c.address == address, table.c.status.in_(COUNTED), table.c.at > at - window,
+    longest = timedelta(seconds=max(cap.per_seconds for cap in caps))
+    query = (select(table.c.at, table.c.category)
+             .where(table.c.address == address, table.c.status == ADMITTED, table.c.at > at - longest,
                     table.c.key != key)
              .order_by(table.c.at))
-    if categories:
-        query = query.where(table.c.category.in_(categories))
-    moments = list(s.scalars(query))
-    if len(moments) < max_:
-        return None
-    return _utc(moments[len(moments) - max_]) + window  # when the count falls to max - 1
+    deliveries = [(_utc(moment), category) for moment, category in s.connection().execute(query)]
+    reached = []
+    for cap in caps:
+        window = timedelta(seconds=cap.per_seconds)
+        if cap.max <= 0:
+            reached.append(at + window)
+            continue
+        counted = [moment for moment, category in deliveries
+                   if moment > at - window and (not cap.categories or category in cap.categories)]
+        if len(counted) >= cap.max:
+            reached.append(counted[len(counted) - cap.max] + window)  # when the count falls to max - 1
+    return reached
 
 
 def record_deliveries(s: Session, key: str, addresses: list[str], category: str, at: datetime) -> None:
-    """The email's `to` recipients enter the ledger as "sending" (a retry finds them there and adds nothing)."""
+    """The email's `to` recipients enter the ledger as admitted (a retry finds them there and adds nothing).
+    A row stays admitted when the provider takes the email (the outbox row says sent): one write less per
+    email than recording "sent" again here."""
     if not addresses:
         return
     table = t.EmailDelivery.__table__
-    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": "sending"} for a in addresses]
-    s.execute(_insert(s, table).on_conflict_do_nothing(index_elements=[table.c.key, table.c.address]), rows)
+    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": ADMITTED} for a in addresses]
+    s.connection().execute(_insert(s, table).on_conflict_do_nothing(index_elements=[table.c.key, table.c.address]),
+                           rows)
 
 
-_SETTLE = (update(t.EmailDelivery.__table__)
+_REJECT = (update(t.EmailDelivery.__table__)
            .where(t.EmailDelivery.__table__.c.key == bindparam("k"))
-           .values(status=bindparam("new_status")))
+           .values(status=REJECTED))
 
 
-def settle_deliveries(s: Session, outcomes: list[tuple[str, str]]) -> None:
-    """The provider's answer per email key: "sent" keeps counting, "rejected" stops."""
-    if outcomes:
-        s.execute(_SETTLE, [{"k": key, "new_status": status} for key, status in outcomes])
+def reject_deliveries(s: Session, keys: list[str]) -> None:
+    """The provider refused these emails: their deliveries stop counting against the caps."""
+    if keys:
+        s.connection().execute(_REJECT, [{"k": key} for key in keys])

@@ -139,7 +139,7 @@ class Consent(Base):
 
 class EmailDelivery(Base):
     """The frequency caps' ledger: one row per email and `to` recipient that went out or is going out.
-    A cap counts an address's rows with status sending or sent in a rolling window; a rejected send stops
+    A cap counts an address's admitted rows in a rolling window; a send the provider rejected stops
     counting. Written in the same transaction as the admission that counted, so caps hold under concurrency."""
 
     __tablename__ = "email_deliveries"
@@ -149,7 +149,7 @@ class EmailDelivery(Base):
     address: Mapped[str] = mapped_column(String(320))  # normalised
     category: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(20))  # sending | sent | rejected
+    status: Mapped[str] = mapped_column(String(20))  # admitted (counts: going or gone out) | rejected
 
 
 class WebhookEvent(Base):
