@@ -297,6 +297,7 @@ def playbook_input_sizes() -> None:
     from temporalio.converter import DataConverter
 
     from engine.interpreter.messages import RunInput
+    from engine.language.library import is_playbook_file
     from engine.language.validator import validate_playbook_text
     from engine.runtime.workers import DATA_CONVERTER
 
@@ -312,7 +313,7 @@ def playbook_input_sizes() -> None:
             fn(*args)
         return (time.perf_counter() - began) / 10 * 1000
 
-    for path in sorted((ROOT / "playbooks").glob("*.yaml")):
+    for path in sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if is_playbook_file(p)):
         text = path.read_text()
         result = validate_playbook_text(text, str(path))
         if result.playbook is None:

@@ -22,12 +22,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.language.library import validate_paths  # noqa: E402
+from engine.language.library import is_playbook_file, validate_paths  # noqa: E402
 from engine.language.validator import validate_playbook_file  # noqa: E402
 
 
 def make_corpus(folder: Path, count: int) -> list[Path]:
-    sources = sorted((ROOT / "playbooks").glob("*.yaml"))
+    sources = sorted(p for p in (ROOT / "playbooks").glob("*.yaml") if is_playbook_file(p))  # not policy.yaml
     paths = []
     for i in range(count):
         source = sources[i % len(sources)]

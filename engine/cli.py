@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .language.library import FileResult, discover, is_scenario, validate_paths
 from .language.model import Playbook
+from .language.policy_file import PolicyResult
 from .language.problems import Problem, format_github, format_json, format_text
 from .language.scenario import ScenarioResult
 
@@ -104,6 +105,13 @@ def library_table(results: list[FileResult]) -> Table:
         table.add_column(column, no_wrap=column in ("id", "version"))
     for r in results:
         if isinstance(r, ScenarioResult):
+            continue
+        if isinstance(r, PolicyResult):  # the library's messaging policy: a row of its own, not a playbook
+            if r.policy is None:
+                table.add_row(Path(r.file).name, "", "", "", "", "", f"[red]{len(r.problems)} problem(s)[/red]")
+            else:
+                what = f"messaging policy: {len(r.policy.categories)} categories, {len(r.policy.caps)} caps"
+                table.add_row(Path(r.file).name, what, "", "", "", "", "[green]valid[/green]")
             continue
         if r.playbook is None:
             table.add_row(Path(r.file).name, "", "", "", "", "", f"[red]{len(r.problems)} problem(s)[/red]")
