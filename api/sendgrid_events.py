@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ class BadBatch(ValueError):
     """The body is not a batch of SendGrid events; the message says why."""
 
 
+@functools.lru_cache(maxsize=4)
+def _verifier(public_key: str) -> EventWebhook:
+    """SendGrid's helper with the key read once (ValueError when it is no key)."""
+    return EventWebhook(public_key)
+
+
 def check_signature(public_key: str, signature: str | None, timestamp: str | None, body: bytes,
                     now: float | None = None) -> str | None:
     """None when SendGrid signed exactly this body a moment ago; else why not (one line, for a 401)."""
@@ -65,7 +72,7 @@ def check_signature(public_key: str, signature: str | None, timestamp: str | Non
     try:
         text = body.decode()  # the helper signs text; a body that is no UTF-8 was not signed by SendGrid
         base64.b64decode(signature, validate=True)
-        good = EventWebhook(public_key).verify_signature(text, signature, timestamp)
+        good = _verifier(public_key).verify_signature(text, signature, timestamp)
     except (UnicodeDecodeError, binascii.Error, ValueError, InvalidSignature):
         good = False
     return None if good else "the signature does not match the body"
@@ -86,9 +93,12 @@ def parse_batch(body: bytes) -> list[dict[str, Any]]:
         for name in ("email", "sg_event_id", "sg_message_id", "url"):
             if name in event and not isinstance(event[name], str):
                 raise BadBatch(f"[{index}].{name}: must be a string")
-        for name in ("timestamp", "asm_group_id"):
-            if name in event and (isinstance(event[name], bool) or not isinstance(event[name], int)):
-                raise BadBatch(f"[{index}].{name}: must be an integer")
+        if "timestamp" in event and (isinstance(event["timestamp"], bool) or
+                                     not isinstance(event["timestamp"], (int, float))):
+            raise BadBatch(f"[{index}].timestamp: must be a number (unix seconds)")
+        if "asm_group_id" in event and (isinstance(event["asm_group_id"], bool) or
+                                        not isinstance(event["asm_group_id"], int)):
+            raise BadBatch(f"[{index}].asm_group_id: must be an integer")
         if "custom_args" in event and not isinstance(event["custom_args"], dict):
             raise BadBatch(f"[{index}].custom_args: must be an object")
     return events
@@ -118,17 +128,28 @@ class Taken:
                 "duplicates": self.duplicates, "ignored": self.ignored}
 
 
+CUSTOM_KEYS = ("workflow_id", "account_id", "step_id", "message_id", "category")
+
+
 def _custom(event: dict[str, Any]) -> dict[str, str]:
-    # SendGrid flattens custom_args into the event as well; the object is what we set, when present
+    """The custom args the engine set on the email. SendGrid copies them into the event as top-level fields; a
+    `custom_args` object, when there is one, is read first. A top-level `category` may be SendGrid's own list of
+    categories instead: one name is taken, a longer list is not ours."""
     found = event.get("custom_args") or {}
-    keys = ("workflow_id", "account_id", "step_id", "message_id", "category")
-    return {k: str(found.get(k, event.get(k)) or "") for k in keys if found.get(k, event.get(k)) not in (None, "")}
+    args: dict[str, str] = {}
+    for key in CUSTOM_KEYS:
+        value = found.get(key, event.get(key))
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            args[key] = str(value)
+    return args
 
 
 def _occurred(event: dict[str, Any]) -> datetime | None:
     stamp = event.get("timestamp")
     try:
-        return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int) else None
+        return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, (int, float)) else None
     except (OverflowError, OSError, ValueError):
         return None
 

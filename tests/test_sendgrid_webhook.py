@@ -140,7 +140,8 @@ def test_without_a_key_the_webhook_is_refused_with_a_reason(tmp_path: Path) -> N
     (b'{"event": "bounce"}', "the body must be a JSON array of events"),
     (b"[1]", "[0]: an event is a JSON object"),
     (b'[{"email": "a@b.example"}]', "[0].event: missing (the event type)"),
-    (b'[{"event": "open", "timestamp": "yesterday"}]', "[0].timestamp: must be an integer"),
+    (b'[{"event": "open", "timestamp": "yesterday"}]', "[0].timestamp: must be a number (unix seconds)"),
+    (b'[{"event": "group_unsubscribe", "asm_group_id": "4"}]', "[0].asm_group_id: must be an integer"),
     (b'[{"event": "open", "custom_args": []}]', "[0].custom_args: must be an object"),
     (b"\xff\xfe", "the signature does not match the body"),  # no UTF-8: not what SendGrid signs
 ])
@@ -195,8 +196,11 @@ def test_unsubscribes_change_consent_by_category_and_group(app_db) -> None:  # t
         event("unsubscribe", "anna@kraus.example", custom_args={"category": "marketing"}),
         event("group_unsubscribe", "bob@acme.example", asm_group_id=4242, custom_args={"category": "onboarding"}),
         event("unsubscribe", "carl@acme.example"),  # no category: every one people may leave
+        # as SendGrid really posts them: custom args as top-level fields, `category` as its list of categories
+        event("unsubscribe", "dora@acme.example", category=["onboarding"], workflow_id="w-1"),
     ])
-    assert answer.status_code == 200 and answer.json()["unsubscribed"] == 3
+    assert answer.status_code == 200 and answer.json()["unsubscribed"] == 4
+    assert consent(db_url, "dora@acme.example") == {"onboarding": "unsubscribed"}
     assert consent(db_url, "anna@kraus.example") == {"marketing": "unsubscribed"}
     # the bundled policy maps no SendGrid group to a category: the email's own category is used
     assert consent(db_url, "bob@acme.example") == {"onboarding": "unsubscribed"}
