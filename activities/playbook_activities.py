@@ -241,12 +241,12 @@ class PlaybookActivities:
         try:
             provider_id = self.email.send(outgoing)
         except RejectedError as err:
-            self._set_email_status(req.key, "rejected", None)
+            self._set_email_status(req.key, "rejected", None, ledger=bool(req.category))
             return EmailResult(message_id=message_id, status="rejected", detail=err.message,
                                left_out=admitted.left_out)
         except ProviderError as err:
             raise to_application_error(err) from err
-        self._set_email_status(req.key, "sent", provider_id)
+        self._set_email_status(req.key, "sent", provider_id, ledger=bool(req.category))
         log.info("email sent", to=len(outgoing.to), left_out=len(admitted.left_out), message_id=message_id,
                  provider=self.email.name)
         return EmailResult(message_id=message_id, status="sent", left_out=admitted.left_out)
@@ -313,7 +313,8 @@ class PlaybookActivities:
             if updates:
                 with session(self.db_url) as s:
                     s.execute(_SET_EMAIL_STATUS, updates)
-                    governance.reject_deliveries(s, [u["k"] for u in updates if u["new_status"] == "rejected"])
+                    in_ledger = [(u["k"], u["new_status"]) for u in updates if first[u["k"]].category]
+                    governance.settle_deliveries(s, in_ledger)
         counts = Counter(result.status for result in results.values())
         log.info("emails sent", emails=len(first), sent=counts["sent"], suppressed=counts["suppressed"],
                  rejected=counts["rejected"], capped=counts["capped"], unsent=len(first) - len(results),
@@ -396,11 +397,11 @@ class PlaybookActivities:
             asm_group=req.sendgrid_group,
         )
 
-    def _set_email_status(self, key: str, status: str, provider_id: str | None) -> None:
+    def _set_email_status(self, key: str, status: str, provider_id: str | None, *, ledger: bool) -> None:
         with session(self.db_url) as s:
             s.connection().execute(_SET_EMAIL_STATUS, {"k": key, "new_status": status, "provider_id": provider_id})
-            if status == "rejected":
-                governance.reject_deliveries(s, [key])
+            if ledger:  # its `to` recipients are in the caps' ledger
+                governance.settle_deliveries(s, [(key, status)])
 
     # people: who is the owner, the role, the user --------------------------------------------------
 

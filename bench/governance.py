@@ -49,7 +49,7 @@ from activities.playbook_activities import PlaybookActivities  # noqa: E402
 from activities.types import CapRule, EmailRequest, RunRef  # noqa: E402
 from engine.storage import models as t  # noqa: E402
 from engine.storage.db import migrate, session  # noqa: E402
-from engine.storage.governance import ADMITTED, UnsubscribeLinks, UnsubscribeTokens  # noqa: E402
+from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens  # noqa: E402
 
 GOAL_ADDED_MS = 1.0
 CATEGORIES = ("marketing", "onboarding", "product")
@@ -89,7 +89,7 @@ def seed_history(url: str, contacts: range, now: datetime, tag: str) -> None:
         ago = [2, 5] + ([6] if rng.random() < 0.1 else [])
         for days in ago:
             rows.append({"key": f"history/{tag}/{n}/{days}", "address": address(n), "category": rng.choice(CATEGORIES),
-                         "at": now - timedelta(days=days), "status": ADMITTED})
+                         "at": now - timedelta(days=days), "status": "sent"})
     with session(url) as s:
         s.execute(insert(t.EmailDelivery.__table__), rows)
 

@@ -241,7 +241,7 @@ def remember_webhook_event(s: Session, event_id: str, at: datetime) -> bool:
 
 # frequency caps: the delivery ledger -------------------------------------------------------------------
 
-ADMITTED, REJECTED = "admitted", "rejected"  # admitted counts (going out or gone out); a rejected one stops
+COUNTED = ("sending", "sent")  # a delivery going out or gone out counts; a rejected one stops counting
 
 
 def begin_admission(s: Session, addresses: Iterable[str]) -> None:
@@ -285,7 +285,7 @@ def caps_reached(s: Session, address: str, caps: list[Cap], at: datetime, key: s
     table = t.EmailDelivery.__table__
     longest = timedelta(seconds=max(cap.per_seconds for cap in caps))
     query = (select(table.c.at, table.c.category)
-             .where(table.c.address == address, table.c.status == ADMITTED, table.c.at > at - longest,
+             .where(table.c.address == address, table.c.status.in_(COUNTED), table.c.at > at - longest,
                     table.c.key != key)
              .order_by(table.c.at))
     deliveries = [(_utc(moment), category) for moment, category in s.connection().execute(query)]
@@ -303,23 +303,21 @@ def caps_reached(s: Session, address: str, caps: list[Cap], at: datetime, key: s
 
 
 def record_deliveries(s: Session, key: str, addresses: list[str], category: str, at: datetime) -> None:
-    """The email's `to` recipients enter the ledger as admitted (a retry finds them there and adds nothing).
-    A row stays admitted when the provider takes the email (the outbox row says sent): one write less per
-    email than recording "sent" again here."""
+    """The email's `to` recipients enter the ledger as "sending" (a retry finds them there and adds nothing)."""
     if not addresses:
         return
     table = t.EmailDelivery.__table__
-    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": ADMITTED} for a in addresses]
+    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": "sending"} for a in addresses]
     s.connection().execute(_insert(s, table).on_conflict_do_nothing(index_elements=[table.c.key, table.c.address]),
                            rows)
 
 
-_REJECT = (update(t.EmailDelivery.__table__)
+_SETTLE = (update(t.EmailDelivery.__table__)
            .where(t.EmailDelivery.__table__.c.key == bindparam("k"))
-           .values(status=REJECTED))
+           .values(status=bindparam("new_status")))
 
 
-def reject_deliveries(s: Session, keys: list[str]) -> None:
-    """The provider refused these emails: their deliveries stop counting against the caps."""
-    if keys:
-        s.connection().execute(_REJECT, [{"k": key} for key in keys])
+def settle_deliveries(s: Session, outcomes: list[tuple[str, str]]) -> None:
+    """The provider's answer per email key: "sent" keeps counting, "rejected" stops."""
+    if outcomes:
+        s.connection().execute(_SETTLE, [{"k": key, "new_status": status} for key, status in outcomes])

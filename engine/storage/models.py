@@ -139,8 +139,9 @@ class Consent(Base):
 
 class EmailDelivery(Base):
     """The frequency caps' ledger: one row per email and `to` recipient that went out or is going out.
-    A cap counts an address's admitted rows in a rolling window; a send the provider rejected stops
-    counting. Written in the same transaction as the admission that counted, so caps hold under concurrency."""
+    A cap counts an address's rows with status sending or sent in a rolling window; a send the provider
+    rejected stops counting. Written in the same transaction as the admission that counted, so caps hold
+    under concurrency."""
 
     __tablename__ = "email_deliveries"
     __table_args__ = (UniqueConstraint("key", "address"), Index("ix_email_deliveries_address_at", "address", "at"))
@@ -149,7 +150,7 @@ class EmailDelivery(Base):
     address: Mapped[str] = mapped_column(String(320))  # normalised
     category: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(20))  # admitted (counts: going or gone out) | rejected
+    status: Mapped[str] = mapped_column(String(20))  # sending | sent (both count) | rejected
 
 
 class WebhookEvent(Base):
