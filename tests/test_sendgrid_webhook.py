@@ -268,7 +268,10 @@ def test_an_open_reaches_the_run_that_sent_the_email_and_ends_its_wait() -> None
     home = Path(tempfile.mkdtemp(prefix="sendgrid-webhook-"))
     server = DevServer(home / "temporal", port=_free_port(), ui_port=_free_port())
     queue = f"webhook-{uuid.uuid4().hex[:6]}"
-    settings = Settings(environment="dev", home=str(home), library=str(PLAYBOOKS), task_queue=queue,
+    library = home / "library"
+    library.mkdir()
+    (library / "opened-check.yaml").write_text(WAITS_FOR_THE_OPEN)
+    settings = Settings(environment="dev", home=str(home), library=str(library), task_queue=queue,
                         sendgrid_webhook_public_key=PUBLIC_KEY)
     migrate(settings.db_url)
     seed(settings.db_url, {"id": "acc-open", "name": "Kraus GmbH"}, [], [])
@@ -290,10 +293,14 @@ def test_an_open_reaches_the_run_that_sent_the_email_and_ends_its_wait() -> None
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
                 answer = await http.post("/webhooks/sendgrid", content=body, headers=signed(body))
                 assert answer.status_code == 200, answer.text
-                assert answer.json()["delivered_to_runs"] == 2
+                # the open reaches the run; the delivery does not: the playbook neither waits for nor exits on it
+                assert (answer.json()["delivered_to_runs"], answer.json()["ignored"]) == (1, 1)
                 await asyncio.wait_for(handle.result(), 60)  # the wait_for ended: the run is done
                 again = await http.post("/webhooks/sendgrid", content=body, headers=signed(body))
                 assert again.json()["duplicates"] == 2 and again.json()["delivered_to_runs"] == 0
+            history = [e async for e in handle.fetch_history_events()]
+            signals = [e for e in history if e.HasField("workflow_execution_signaled_event_attributes")]
+            assert len(signals) == 1  # the open, once: not the delivery, not the redelivered open
             state, status = await run_state(client, handle.id)
             assert status == "completed"
             steps = [(e.step_id, e.status, e.detail) for e in state.timeline]

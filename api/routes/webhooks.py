@@ -11,7 +11,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Header, Request
 
-from engine.runtime.intake import signal_runs
+from engine.runtime.intake import listeners, signal_runs
 
 from .. import sendgrid_events as sg
 from ..deps import StateDep, library_policy
@@ -49,8 +49,8 @@ BATCH_SCHEMA = {
         "Signed by SendGrid (ECDSA; headers X-Twilio-Email-Event-Webhook-Signature and -Timestamp, verified with "
         "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY). bounce, dropped and spamreport suppress the address; unsubscribe "
         "and group_unsubscribe unsubscribe it from the email's category; delivered, open and click are delivered "
-        "to the run that sent the email as email.delivered, email.opened and email.clicked. A redelivered event "
-        "changes nothing."
+        "to the run that sent the email as email.delivered, email.opened and email.clicked, when its playbook waits "
+        "for or exits on that type. A redelivered event changes nothing."
     ),
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": BATCH_SCHEMA}}, "required": True}},
     responses=documented({
@@ -81,7 +81,14 @@ async def sendgrid_webhook(
     db_url = state.settings.db_url
     taken = await asyncio.to_thread(sg.take_batch, db_url, events, library_policy(state))
     delivered: list[str] = []
+    by_type = listeners(state.library)
     for delivery in taken.deliveries:
+        # As POST /events: only runs whose playbook waits for (wait_for) or exits on (exit_when) the type get it;
+        # every open of every email would otherwise grow the history of runs that never look at it. A run's
+        # id (and its for_each slices') starts with its playbook's id.
+        if delivery.workflow_id.split("/", 1)[0] not in by_type.get(delivery.event.type, frozenset()):
+            taken.ignored += 1
+            continue
         # one at a time: a batch's open and click of one email reach the run in the order SendGrid sent them
         reached, _ended = await signal_runs(state.client, [delivery.workflow_id], delivery.event)
         delivered += reached
