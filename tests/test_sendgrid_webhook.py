@@ -32,7 +32,7 @@ from engine.language.library import Library
 from engine.runtime.settings import Settings
 from engine.storage import governance as gov
 from engine.storage import models as t
-from engine.storage.db import migrate, session
+from engine.storage.db import engine_for, migrate, session
 from tests.paths import PLAYBOOKS
 
 PRIVATE = ec.generate_private_key(ec.SECP256R1())
@@ -311,3 +311,45 @@ def test_an_open_reaches_the_run_that_sent_the_email_and_ends_its_wait() -> None
     finally:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """PostgreSQL 16 from the pgserver wheel, as tests/test_postgresql.py starts it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        server.psql("CREATE DATABASE webhook;")
+        url = server.get_uri("webhook").replace("postgresql://", "postgresql+psycopg://", 1)
+        migrate(url)
+        try:
+            yield url
+        finally:
+            engine_for(url).dispose()
+            server.cleanup()
+
+
+def test_a_batch_redelivered_ten_times_at_once_changes_things_once_on_postgresql(postgres, tmp_path: Path) -> None:
+    settings = Settings(environment="dev", home=str(tmp_path), library=str(PLAYBOOKS), database_url=postgres,
+                        sendgrid_webhook_public_key=PUBLIC_KEY)
+    app = create_app(settings, client=object())  # type: ignore[arg-type]
+    batch = [event("spamreport", "race@acme.example"),
+             event("unsubscribe", "race@acme.example", custom_args={"category": "marketing"})]
+    body = json.dumps(batch).encode()
+
+    async def steps(http: httpx.AsyncClient) -> list[dict[str, int]]:
+        answers = await asyncio.gather(*(
+            http.post("/webhooks/sendgrid", content=body, headers=signed(body)) for _ in range(10)))
+        assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+        return [a.json() for a in answers]
+
+    answers = call(app, steps)
+    assert sum(a["suppressed"] for a in answers) == 1 and sum(a["unsubscribed"] for a in answers) == 1
+    assert sum(a["duplicates"] for a in answers) == 18
+    assert suppressions(postgres) == {"race@acme.example": ("spam_report", "sendgrid")}
+    assert consent(postgres, "race@acme.example") == {"marketing": "unsubscribed"}
