@@ -27,6 +27,7 @@ SECRETS = {
 PUBLIC = {"PLAYBOOK_PUBLIC_URL": "https://cs.example.com/engine"}
 # what every production deployment needs besides its providers: where links point and the key that signs them
 LINKS = {**PUBLIC, "PLAYBOOK_UNSUBSCRIBE_SECRET": SECRETS["PLAYBOOK_UNSUBSCRIBE_SECRET"]}
+OPT_INS = {"PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true"}
 NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an integer"  # pydantic's words
 
 
@@ -73,9 +74,7 @@ def test_production_names_the_environment_it_was_given() -> None:
     ["PLAYBOOK_DATABASE_URL", "PLAYBOOK_ALLOW_OUTBOX", "PLAYBOOK_ALLOW_BUILTIN_CRM"],
 )
 def test_each_production_requirement_alone(missing: str) -> None:
-    environ = {
-        "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true", **LINKS
-    }
+    environ = {"PLAYBOOK_DATABASE_URL": POSTGRES, **OPT_INS, **LINKS}
     assert load_settings(environ).check().environment == "production"
     del environ[missing]
     assert missing in refusal(load_settings(environ))
@@ -96,7 +95,10 @@ def test_production_with_real_providers_needs_no_opt_in() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY", "PLAYBOOK_UNSUBSCRIBE_SECRET"],
+    [
+        "PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY",
+        "PLAYBOOK_UNSUBSCRIBE_SECRET",
+    ],
 )
 def test_production_refuses_placeholder_secrets(name: str) -> None:
     environ = {
@@ -106,9 +108,7 @@ def test_production_refuses_placeholder_secrets(name: str) -> None:
 
 
 def production_with(**changes: str) -> dict[str, str]:
-    environ = {
-        "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "true", "PLAYBOOK_ALLOW_BUILTIN_CRM": "true", **LINKS
-    }
+    environ = {"PLAYBOOK_DATABASE_URL": POSTGRES, **OPT_INS, **LINKS}
     environ.update(changes)
     return {name: value for name, value in environ.items() if value}
 
