@@ -126,7 +126,10 @@ def test_csm_records_the_call_and_approves_an_edited_email(stack):
 
     outreach = "select subject, body, status from outbox where account_id = 'acc-e2e-3' and step_id = 'outreach'"
     sent = stack.wait_for(lambda: stack.db(outreach))
-    assert sent == [(edited["subject"], edited["body"], "sent")]
+    [(subject, body, status)] = sent
+    # the edited text, then the unsubscribe footer the outreach's category (customer_success) allows
+    assert (subject, status) == (edited["subject"], "sent")
+    assert body.startswith(edited["body"] + "\n\n--\n") and "/u/" in body
 
 
 def test_cancelled_event_ends_the_live_run(stack):

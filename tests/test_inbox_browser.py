@@ -200,7 +200,9 @@ def test_csm_records_the_call_and_approves_the_edited_draft_in_the_browser(stack
             "select subject, body, status from outbox where account_id = 'acc-inbox-1' and step_id = 'outreach'"
         ),
     )
-    assert sent == [(edited, _draft(stack)["body"], "sent")]
+    [(subject, body, status)] = sent
+    assert (subject, status) == (edited, "sent")
+    assert body.startswith(_draft(stack)["body"] + "\n\n--\n") and "/u/" in body  # and the unsubscribe footer
     [(status, by, comment, edits)] = stack.db(
         "select status, decided_by, comment, edits from approvals where approval_id = ?", approval_id
     )

@@ -14,6 +14,12 @@ def test_email_addresses_are_masked():
     assert mask_email("write to anna@kraus.example today") == "write to a***@k***.example today"
 
 
+def test_addresses_in_url_paths_are_masked_too():
+    # uvicorn's access log prints the path as requested: the consent and suppression endpoints hold an address
+    line = '"PUT /contacts/anna.kraus%40kraus.example/consent/marketing HTTP/1.1" 200'
+    assert mask_email(line) == '"PUT /contacts/a***%40k***.example/consent/marketing HTTP/1.1" 200'
+
+
 def test_json_logs_mask_people_and_keep_context(capsys):
     configure(json_output=True)
     try:

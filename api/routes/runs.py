@@ -96,8 +96,9 @@ def list_playbooks(state: StateDep, _caller: OpsDep) -> list[PlaybookOut]:
 @router.post(
     "/playbooks/validate", response_model=ValidationOut, summary="Validate a playbook's text", responses=WITH_BODY
 )
-def validate(body: ValidateIn, _caller: OpsDep) -> ValidationOut:
-    result = validate_playbook_text(body.text, body.file)
+def validate(body: ValidateIn, state: StateDep, _caller: OpsDep) -> ValidationOut:
+    # against the library's messaging policy: its categories are the ones an email step may name
+    result = validate_playbook_text(body.text, body.file, state.policy)
     return ValidationOut(
         valid=not result.problems,
         problems=[

@@ -19,8 +19,15 @@ PERSONAL_KEYS = {
 }
 
 
+# an address in a URL path (GET /contacts/anna%40x.example/consent, as access logs print it), @ percent-encoded
+_EMAIL_IN_URL = re.compile(r"([A-Za-z0-9._+-])[A-Za-z0-9._+-]*%40([A-Za-z0-9-])[A-Za-z0-9.-]*?(\.[A-Za-z]{2,})\b")
+
+
 def mask_email(text: str) -> str:
-    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}***{m.group(3)}", text)
+    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}***{m.group(3)}", text)
+    if "%40" in text:
+        text = _EMAIL_IN_URL.sub(lambda m: f"{m.group(1)}***%40{m.group(2)}***{m.group(3)}", text)
+    return text
 
 
 def _mask(value: Any) -> Any:
