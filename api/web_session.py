@@ -18,19 +18,15 @@ import functools
 import hashlib
 import hmac
 import json
-import logging
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.runtime.key_files import key_file
+from engine.runtime.key_files import secret_or_key_file
 from engine.runtime.settings import Settings, reveal
 
 SECRET_ENV = "PLAYBOOK_INBOX_SECRET"
 KEY_FILE = "inbox-session.key"
-
-log = logging.getLogger(__name__)
 
 
 def _b64(data: bytes) -> str:
@@ -87,14 +83,7 @@ def signer_for(settings: Settings) -> Signer:
 
 
 def _secret(settings: Settings) -> bytes:
-    configured = reveal(settings.inbox_secret)
-    if configured:
-        if len(configured) < 32:
-            log.warning("%s is shorter than 32 characters: use a long random value", SECRET_ENV)
-        return configured.encode()
-    path = Path(settings.home) / KEY_FILE
-    try:
-        return key_file(path)
-    except OSError as err:
-        log.warning("inbox sessions: cannot keep a key in %s (%s); sessions end when this process restarts", path, err)
-        return secrets.token_bytes(32)
+    return secret_or_key_file(
+        reveal(settings.inbox_secret), SECRET_ENV, Path(settings.home) / KEY_FILE,
+        "inbox sessions end when this process restarts",
+    )

@@ -33,7 +33,7 @@ from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
 from tests.durability_helpers import free_port
-from tests.test_postgresql import empty, postgres  # noqa: F401 - the PostgreSQL server fixture
+from tests.postgres import empty
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,7 +21,7 @@ from activities.types import CapRule, EmailBatchRequest, EmailRequest, EmailResu
 from engine.storage import governance as g
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.test_postgresql import empty, postgres  # noqa: F401  (the PostgreSQL server fixture)
+from tests.postgres import empty
 
 AT = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 LATER = datetime(2024, 5, 2, 10, 0, tzinfo=UTC)

@@ -5,9 +5,7 @@ In process (httpx over the ASGI app, no Temporal: nothing here reaches a run); t
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from engine import cli
 from engine.runtime.settings import Settings
 from engine.storage import governance as gov
 from engine.storage.db import migrate, session
+from tests.asgi import call
 from tests.paths import PLAYBOOKS
 
 
@@ -35,16 +34,6 @@ def api(tmp_path: Path) -> tuple[Any, Settings, dict[str, dict[str, str]]]:
         "system": create_token(settings.db_url, "backend", "system"),
     }
     return app, settings, {role: {"Authorization": f"Bearer {token}"} for role, token in tokens.items()}
-
-
-def call(app: Any, steps: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return await steps(client)
-
-    return asyncio.run(go())
 
 
 def test_consent_is_read_by_people_and_changed_by_ops(api) -> None:  # type: ignore[no-untyped-def]

@@ -27,35 +27,10 @@ from engine.runtime.intake import EventAnswer, StartedRun, UnknownOwner, before_
 from engine.storage import models as t
 from engine.storage.db import engine_for, migrate
 from engine.testing.scenarios import run_scenarios
+from tests.postgres import empty
 from tests.test_intake import create_the_same_account_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):  # type: ignore[no-untyped-def]
-    with pytest.MonkeyPatch.context() as patch:
-        # pgserver keeps its lock files in the user's runtime folder; CI machines may have none
-        patch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
-        import pgserver
-
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-        server.psql("CREATE DATABASE engine;")
-        url = server.get_uri("engine").replace("postgresql://", "postgresql+psycopg://", 1)
-        migrate(url)
-        try:
-            yield url
-        finally:
-            engine_for(url).dispose()
-            server.cleanup()
-
-
-def empty(url: str) -> str:
-    """Empties every table of the engine (the schema stays): a scenario starts from nothing."""
-    tables = ", ".join(f'"{table.name}"' for table in t.Base.metadata.sorted_tables)
-    with engine_for(url).begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    return url
 
 
 def test_the_migrations_build_exactly_the_models_tables(postgres):  # type: ignore[no-untyped-def]

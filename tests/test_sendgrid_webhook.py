@@ -17,7 +17,6 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from engine.language.library import Library
 from engine.runtime.settings import Settings
 from engine.storage import governance as gov
 from engine.storage import models as t
-from engine.storage.db import engine_for, migrate, session
+from engine.storage.db import migrate, session
+from tests.asgi import call
 from tests.paths import PLAYBOOKS
 
 PRIVATE = ec.generate_private_key(ec.SECP256R1())
@@ -61,16 +61,6 @@ def app_db(tmp_path: Path):  # type: ignore[no-untyped-def]
                         sendgrid_webhook_public_key=PUBLIC_KEY)
     migrate(settings.db_url)
     return create_app(settings, client=object()), settings.db_url  # type: ignore[arg-type]
-
-
-def call(app: Any, steps: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return await steps(client)
-
-    return asyncio.run(go())
 
 
 def post(app: Any, events: Any, headers: dict[str, str] | None = None, body: bytes | None = None) -> httpx.Response:
@@ -314,24 +304,6 @@ def test_an_open_reaches_the_run_that_sent_the_email_and_ends_its_wait() -> None
 
 
 # ----------------------------------------------------------------------------------------------- PostgreSQL
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """PostgreSQL 16 from the pgserver wheel, as tests/test_postgresql.py starts it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
-        import pgserver
-
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-        server.psql("CREATE DATABASE webhook;")
-        url = server.get_uri("webhook").replace("postgresql://", "postgresql+psycopg://", 1)
-        migrate(url)
-        try:
-            yield url
-        finally:
-            engine_for(url).dispose()
-            server.cleanup()
 
 
 def test_a_batch_redelivered_ten_times_at_once_changes_things_once_on_postgresql(postgres, tmp_path: Path) -> None:

@@ -14,33 +14,17 @@ and fails under CI=1.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 from tests.dev_stack import Stack, daytime_zone
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+require_browser()
 
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the browser test may not be skipped)")
-    pytest.skip(reason, allow_module_level=True)
-
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - the dev extras install it
-    _missing("Playwright is not installed: pip install -e '.[dev]'")
-if not CHROMIUM.exists():
-    _missing(f"{CHROMIUM} is missing: apt-get install chromium (scripts/ensure-chromium does it as root)")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402 - after the check
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -7,10 +7,13 @@ whichever comes first creates the file, atomically, and everyone reads that one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def key_file(path: Path) -> bytes:
@@ -30,3 +33,17 @@ def key_file(path: Path) -> bytes:
     if len(key) < 32:
         raise OSError(f"{path} holds no usable key")
     return key
+
+
+def secret_or_key_file(configured: str, env_name: str, key_path: Path, if_lost: str) -> bytes:
+    """A secret from its setting when set (warned about when short), else the key kept in key_path, else (the file
+    cannot be kept) a key for this process only, with a warning that says what that breaks (``if_lost``)."""
+    if configured:
+        if len(configured) < 32:
+            log.warning("%s is shorter than 32 characters: use a long random value", env_name)
+        return configured.encode()
+    try:
+        return key_file(key_path)
+    except OSError as err:
+        log.warning("cannot keep a key in %s (%s): %s", key_path, err, if_lost)
+        return secrets.token_bytes(32)

@@ -9,19 +9,15 @@ dev), else a random key kept in <PLAYBOOK_HOME>/unsubscribe.key, created once by
 from __future__ import annotations
 
 import functools
-import logging
-import secrets
 from pathlib import Path
 
 from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
 
-from .key_files import key_file
+from .key_files import secret_or_key_file
 from .settings import Settings, reveal
 
 KEY_FILE = "unsubscribe.key"
 SECRET_ENV = "PLAYBOOK_UNSUBSCRIBE_SECRET"
-
-log = logging.getLogger(__name__)
 
 
 def public_url(settings: Settings) -> str:
@@ -30,18 +26,11 @@ def public_url(settings: Settings) -> str:
 
 
 def unsubscribe_secret(settings: Settings) -> bytes:
-    configured = reveal(settings.unsubscribe_secret)
-    if configured:
-        if len(configured) < 32:
-            log.warning("%s is shorter than 32 characters: use a long random value", SECRET_ENV)
-        return configured.encode()
-    path = Path(settings.home) / KEY_FILE
-    try:
-        return key_file(path)
-    except OSError as err:
-        # links made now will not open after a restart; production refuses to start without the setting
-        log.warning("unsubscribe links: cannot keep a key in %s (%s); links break on restart", path, err)
-        return secrets.token_bytes(32)
+    # links made now would not open after a restart; production refuses to start without the setting
+    return secret_or_key_file(
+        reveal(settings.unsubscribe_secret), SECRET_ENV, Path(settings.home) / KEY_FILE,
+        "unsubscribe links made now break when this process restarts",
+    )
 
 
 @functools.lru_cache(maxsize=8)
