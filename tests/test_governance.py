@@ -138,6 +138,17 @@ def test_forged_altered_truncated_or_foreign_tokens_read_as_nothing():  # type: 
         g.UnsubscribeTokens(b"")
 
 
+def test_links_signed_before_a_rotation_still_open_and_new_ones_use_the_new_secret():  # type: ignore[no-untyped-def]
+    before = g.UnsubscribeTokens(b"old secret")
+    sent_last_year = before.make("anna@x.example", "marketing")
+    rotated = g.UnsubscribeTokens(b"new secret", (b"old secret",))
+    assert rotated.read(sent_last_year) == ("anna@x.example", "marketing")
+    made_now = rotated.make("ben@x.example", "onboarding")
+    assert g.UnsubscribeTokens(b"new secret").read(made_now) == ("ben@x.example", "onboarding")  # signed anew
+    assert before.read(made_now) is None
+    assert g.UnsubscribeTokens(b"new secret").read(sent_last_year) is None  # previous secret dropped: retired
+
+
 # webhook events --------------------------------------------------------------------------------------------
 
 

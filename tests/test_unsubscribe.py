@@ -209,3 +209,13 @@ def test_one_hundred_one_click_posts_at_once_leave_one_record(served: Served) ->
 
     assert set(asyncio.run(many())) == {200}
     assert served.consent(ANNA) == {"marketing": ("unsubscribed", "one_click")}
+
+
+def test_after_a_rotation_the_deployment_reads_links_signed_with_the_previous_secret(tmp_path: Path) -> None:
+    old = Settings(environment="dev", home=str(tmp_path), unsubscribe_secret="o" * 40)
+    sent_before = unsubscribe_links(old).url("anna@x.example", "marketing").rsplit("/", 1)[1]
+    rotated = old.replace(unsubscribe_secret="n" * 40, unsubscribe_previous_secret="o" * 40)
+    assert unsubscribe_tokens(rotated).read(sent_before) == ("anna@x.example", "marketing")
+    made_now = unsubscribe_links(rotated).url("ben@x.example", "marketing").rsplit("/", 1)[1]
+    assert unsubscribe_tokens(old.replace(unsubscribe_secret="n" * 40)).read(made_now) == ("ben@x.example", "marketing")
+    assert unsubscribe_tokens(old).read(made_now) is None  # signed with the new secret, not the previous one

@@ -35,7 +35,8 @@ def unsubscribe_secret(settings: Settings) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def unsubscribe_tokens(settings: Settings) -> UnsubscribeTokens:
-    return UnsubscribeTokens(unsubscribe_secret(settings))
+    previous = reveal(settings.unsubscribe_previous_secret)
+    return UnsubscribeTokens(unsubscribe_secret(settings), (previous.encode(),) if previous else ())
 
 
 @functools.lru_cache(maxsize=8)

@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # signs unsubscribe links (the same on every worker and API process; else a key in home, as inbox_secret)
     unsubscribe_secret: SecretStr | None = None
+    # the secret it replaced, while links signed with it are still out there: read, never used to sign
+    unsubscribe_previous_secret: SecretStr | None = None
 
     crm_provider: str = "builtin"  # builtin | hubspot
     allow_builtin_crm: bool = False  # outside dev, the built-in CRM only with this opt-in
@@ -253,7 +255,10 @@ class Settings(BaseSettings):
                 problems.append(
                     "set PLAYBOOK_UNSUBSCRIBE_SECRET (a long random value, the same for every worker and API process)"
                 )
-            for name in ("inbox_secret", "event_signing_secret", "temporal_api_key", "unsubscribe_secret"):
+            for name in (
+                "inbox_secret", "event_signing_secret", "temporal_api_key", "unsubscribe_secret",
+                "unsubscribe_previous_secret",
+            ):
                 value = getattr(self, name)
                 if value is not None and reveal(value).lower() in PLACEHOLDERS:
                     problems.append(f"{PREFIX}{name.upper()} is a placeholder")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -187,16 +187,21 @@ def suppressed(s: Session, emails: list[str]) -> dict[str, str]:
 _MAX_TOKEN = 2000
 
 
+def _fernet(secret: bytes) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"playbook-engine unsubscribe token v1\0" + secret).digest()))
+
+
 class UnsubscribeTokens:
     """Opaque, signed tokens for (address, category): Fernet (AES-CBC + HMAC-SHA256) under a key derived
     from the secret, so a token reveals nothing, cannot be forged or altered, and cannot be enumerated.
-    A token does not expire: a link in a years-old email must still unsubscribe."""
+    A token does not expire: a link in a years-old email must still unsubscribe. Tokens are made with the
+    secret and read with it or any of ``previous`` (the secrets it replaced), so rotating the secret keeps the
+    links already sent working."""
 
-    def __init__(self, secret: bytes) -> None:
-        if not secret:
+    def __init__(self, secret: bytes, previous: tuple[bytes, ...] = ()) -> None:
+        if not secret or not all(previous):
             raise ValueError("the unsubscribe secret must not be empty")
-        key = hashlib.sha256(b"playbook-engine unsubscribe token v1\0" + secret).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        self._fernet = MultiFernet([_fernet(key) for key in (secret, *previous)])
 
     def make(self, email: str, category: str) -> str:
         token = self._fernet.encrypt(json.dumps([_required(email), category]).encode())
