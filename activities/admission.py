@@ -17,21 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from engine.storage import governance
-from engine.storage import models as t
 
 from .types import EmailRequest, LeftOut
-
-
-@dataclass(frozen=True)
-class Lookups:
-    """The suppression list and the opt-outs of every address of a batch, read once."""
-
-    suppressed: dict[str, str]  # address -> reason
-    unsubscribed: set[tuple[str, str]]  # (address, category)
 
 
 @dataclass
@@ -61,31 +51,15 @@ def capped_addresses(requests: Iterable[EmailRequest]) -> set[str]:
     return addresses_of([r for r in requests if r.caps], to_only=True)
 
 
-def look_up(s: Session, requests: list[EmailRequest]) -> Lookups:
-    """One query per 500 addresses: their suppressions and, for the categories that allow opting out, their
-    opt-outs (a UNION: one round trip, the check every governed email pays)."""
-    addresses = sorted(addresses_of(requests))
-    categories = sorted({r.category for r in requests if r.unsubscribe and r.category})
-    suppressed: dict[str, str] = {}
-    unsubscribed: set[tuple[str, str]] = set()
-    suppressions, consents = t.Suppression.__table__, t.Consent.__table__
-    for start in range(0, len(addresses), 500):  # SQLite's bound-parameter limit
-        chunk = addresses[start:start + 500]
-        query = select(suppressions.c.email, literal("suppressed"), suppressions.c.reason).where(
-            suppressions.c.email.in_(chunk))
-        if categories:
-            query = union_all(query, select(consents.c.email, literal("unsubscribed"), consents.c.category).where(
-                consents.c.email.in_(chunk), consents.c.category.in_(categories),
-                consents.c.status == governance.UNSUBSCRIBED))  # type: ignore[assignment]
-        for email, kind, value in s.connection().execute(query):
-            if kind == "suppressed":
-                suppressed[email] = value
-            else:
-                unsubscribed.add((email, value))
-    return Lookups(suppressed=suppressed, unsubscribed=unsubscribed)
+def look_up(s: Session, requests: list[EmailRequest]) -> governance.OptOuts:
+    """The suppressions of every address of the requests, and their opt-outs from the categories that allow
+    opting out: read once for a batch."""
+    return governance.opt_outs(
+        s, addresses_of(requests), {r.category for r in requests if r.unsubscribe and r.category}
+    )
 
 
-def admit(s: Session, req: EmailRequest, lookups: Lookups, at: datetime) -> Admission:
+def admit(s: Session, req: EmailRequest, lookups: governance.OptOuts, at: datetime) -> Admission:
     """The email's admission; when it is to be sent, its `to` recipients enter the caps' ledger."""
     admission = Admission(status="sending")
     kept = {"to": admission.to, "cc": admission.cc, "bcc": admission.bcc}

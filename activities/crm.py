@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
-from engine.storage.db import session
+from engine.storage.db import in_chunks, session
 
 from .assignment import Candidate
 from .errors import NotFoundError
@@ -191,8 +191,8 @@ def read_accounts(s: Session, account_ids: Sequence[str]) -> dict[str, AccountSn
     tags) instead of four per account; keyed by id, in the order asked, without the ids there is no account for."""
     wanted = list(dict.fromkeys(account_ids))
     found: dict[str, AccountSnapshot] = {}
-    for start in range(0, len(wanted), READ_CHUNK):
-        chunk = {"account_ids": wanted[start : start + READ_CHUNK]}
+    for ids in in_chunks(wanted, READ_CHUNK):
+        chunk = {"account_ids": list(ids)}
         rows = {r.id: r for r in s.execute(_ACCOUNT_ROWS, chunk)}
         tags: dict[str, list[str]] = {}
         for account_id, tag in s.execute(_TAGS_OF, chunk):

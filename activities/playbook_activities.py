@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from temporalio import activity
 
 from engine.storage import enrolled, governance
 from engine.storage import models as t
-from engine.storage.db import session
+from engine.storage.db import in_chunks, session
 
 from . import admission, assignment
 from .admission import Admission
@@ -45,6 +45,7 @@ from .types import (
     EmailRequest,
     EmailResult,
     LeftOut,
+    RunRef,
 )
 
 # Called after a task or approval is created: (kind, record). The scenario runner listens here.
@@ -85,14 +86,16 @@ def _when(at: str | None) -> datetime | None:
     return _moment(at) if at else None
 
 
+def _run_columns(ref: RunRef) -> dict[str, Any]:
+    """The columns every effect's row keeps of the run and step that caused it."""
+    return {
+        "workflow_id": ref.workflow_id, "playbook_id": ref.playbook_id, "account_id": ref.account_id,
+        "step_id": ref.step_id,
+    }
+
+
 def _public_id(prefix: str, key: str) -> str:
     return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:20]}"
-
-
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    """IN lists of at most ``size``: SQLite allows 32,766 bound parameters per statement, older builds 999."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _stored(row: t.OutboxEmail | None) -> EmailResult | None:
@@ -274,7 +277,7 @@ class PlaybookActivities:
         with session(self.db_url) as s:
             governance.begin_admission(s, admission.capped_addresses(first.values()))
             rows: dict[str, t.OutboxEmail] = {}
-            for keys in _chunks(list(first)):
+            for keys in in_chunks(list(first)):
                 found = s.scalars(select(t.OutboxEmail).where(t.OutboxEmail.key.in_(keys)))
                 rows.update((row.key, row) for row in found)
             open_ = []
@@ -347,10 +350,7 @@ class PlaybookActivities:
             s.add(t.OutboxEmail(
                 key=req.key,
                 message_id=message_id,
-                workflow_id=req.ref.workflow_id,
-                playbook_id=req.ref.playbook_id,
-                account_id=req.ref.account_id,
-                step_id=req.ref.step_id,
+                **_run_columns(req.ref),
                 sender=req.sender or self.default_sender,
                 reply_to=req.reply_to,
                 subject=req.subject,
@@ -462,10 +462,7 @@ class PlaybookActivities:
             record = dict(
                 key=req.key,
                 task_id=task_id,
-                workflow_id=req.ref.workflow_id,
-                playbook_id=req.ref.playbook_id,
-                account_id=req.ref.account_id,
-                step_id=req.ref.step_id,
+                **_run_columns(req.ref),
                 assignee=assignee,
                 title=req.title,
                 notes=req.notes,
@@ -511,10 +508,7 @@ class PlaybookActivities:
             record = dict(
                 key=req.key,
                 approval_id=approval_id,
-                workflow_id=req.ref.workflow_id,
-                playbook_id=req.ref.playbook_id,
-                account_id=req.ref.account_id,
-                step_id=req.ref.step_id,
+                **_run_columns(req.ref),
                 approvers=deciders,
                 message=req.message,
                 draft=req.draft,

@@ -7,14 +7,16 @@ database to the newest revision and is run by ``playbook dev``, the worker and `
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+T = TypeVar("T")
 
 
 def default_url(home: Path | str = ".playbook") -> str:
@@ -59,6 +61,12 @@ def migrate(url: str) -> None:
     with engine_for(url).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def in_chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """IN lists of at most ``size``: SQLite allows 32,766 bound parameters per statement, older builds 999."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 @functools.lru_cache(maxsize=16)
