@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from temporalio.client import Client  # noqa: E402
 from activities.crm import seed  # noqa: E402
 from engine.language.model import Playbook  # noqa: E402
 from engine.language.validator import validate_playbook_text  # noqa: E402
-from engine.runtime.devstack import DevServer  # noqa: E402
+from engine.runtime.devstack import DevServer, free_port  # noqa: E402, F401 - bench/ingest.py takes it from here
 from engine.runtime.logs import configure  # noqa: E402
 from engine.storage.db import migrate  # noqa: E402
 
@@ -35,22 +34,10 @@ CONTACTS = [{"email": "ada@bench.example", "first_name": "Ada"}]
 TEAM = [{"id": "csm-1", "name": "Mia", "email": "mia@success.example", "languages": ["en"]}]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @asynccontextmanager
 async def dev_server() -> AsyncIterator[tuple[DevServer, Client]]:
     home = Path(tempfile.mkdtemp(prefix="bench-temporal-"))
-    port, ui_port = free_ports(2)
-    server = DevServer(home, port=port, ui_port=ui_port)
+    server = DevServer(home, port=0, ui_port=0)
     try:
         client = await server.start()
         yield server, client

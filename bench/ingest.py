@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stack import ROOT, TEAM, crm_database, dev_server, free_ports, playbook, quiet_logs  # noqa: E402
+from bench._stack import ROOT, TEAM, crm_database, dev_server, free_port, playbook, quiet_logs  # noqa: E402
 
 GOAL_RATIO = 0.8
 GOAL_P99_MS = 100.0
@@ -156,7 +156,7 @@ def serve_api(port: int) -> None:
 
 class Api:
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.port = free_ports(1)[0]
+        self.port = free_port()
         self.log = folder / "api.log"
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,15 +20,10 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from api.security import sign
+from engine.runtime.devstack import free_port
 from tests.paths import PLAYBOOKS, ROOT
 
 SECRET = "e2e-signing-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def daytime_zone() -> str:
@@ -48,25 +42,46 @@ def daytime_zone() -> str:
     return "Pacific/Honolulu"
 
 
+class StackExited(RuntimeError):
+    """`playbook dev` ended while starting; the message is its log."""
+
+
 class Stack:
+    START_ATTEMPTS = 3
+
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.api_port = free_port()
         self.env = {
             **os.environ,
             "PLAYBOOK_HOME": str(home),
             "PLAYBOOK_LIBRARY": str(PLAYBOOKS),
-            "PLAYBOOK_API_PORT": str(self.api_port),
             "PLAYBOOK_EVENT_SIGNING_SECRET": SECRET,
-            "PLAYBOOK_TEMPORAL_ADDRESS": "",  # set below
         }
-        self.temporal_port = free_port()
-        self.env["PLAYBOOK_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
+        self._choose_ports()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _choose_ports(self) -> None:
+        self.api_port, self.temporal_port, self.ui_port = free_port(), free_port(), free_port()
+        self.env["PLAYBOOK_API_PORT"] = str(self.api_port)
+        self.env["PLAYBOOK_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
 
     def start(self) -> None:
-        log = open(self.home / "dev.log", "wb")  # noqa: SIM115
+        """A port chosen free can be taken by another process before the stack binds it: then the stack exits while
+        starting, and it is started again on new ports."""
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            if attempt > 1:
+                self.http.close()
+                self._choose_ports()
+            try:
+                self._start_once()
+                return
+            except StackExited:
+                if attempt == self.START_ATTEMPTS:
+                    raise
+
+    def _start_once(self) -> None:
+        log = open(self.home / "dev.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -78,7 +93,7 @@ class Stack:
                 "--port",
                 str(self.temporal_port),
                 "--ui-port",
-                str(free_port()),
+                str(self.ui_port),
             ],
             cwd=ROOT,
             env=self.env,
@@ -89,7 +104,7 @@ class Stack:
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError((self.home / "dev.log").read_text())
+                raise StackExited((self.home / "dev.log").read_text())
             try:
                 if self.http.get("/health").status_code == 200:
                     return

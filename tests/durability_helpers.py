@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ from tests.fakes.fake_sendgrid import API_KEY
 from tests.paths import ROOT
 
 TEAM = [{"id": "csm-1", "name": "Casey", "email": "casey@success.example", "languages": ["en"]}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_playbook(library: Path, name: str, text: str) -> Playbook:

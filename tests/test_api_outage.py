@@ -48,8 +48,8 @@ def post(http: httpx.Client, event: dict) -> httpx.Response:
 
 @pytest.fixture()
 def api_on_a_server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    temporal_port, api_port = free_port(), free_port()
-    server = DevServer(tmp_path / "temporal", port=temporal_port, ui_port=free_port())
+    api_port = free_port()
+    server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
     asyncio.run(server.start())
     db_url = f"sqlite:///{tmp_path / 'playbook.db'}"
     migrate(db_url)

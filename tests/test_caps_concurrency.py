@@ -32,7 +32,6 @@ from engine.runtime.devstack import DevServer
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.durability_helpers import free_port
 from tests.postgres import empty
 
 pytestmark = pytest.mark.timeout(180)
@@ -89,7 +88,7 @@ class SlowOutbox(OutboxProvider):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    dev = DevServer(tmp_path_factory.mktemp("caps-temporal"), port=free_port(), ui_port=free_port())
+    dev = DevServer(tmp_path_factory.mktemp("caps-temporal"), port=0, ui_port=0)
     try:
         asyncio.run(dev.start())
         yield dev

@@ -59,7 +59,6 @@ from engine.runtime.devstack import DevServer
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.durability_helpers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,7 +73,7 @@ TEAM = [{"id": "csm-1", "name": "Mia", "email": "mia@success.example", "language
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     home = tmp_path_factory.mktemp("can-temporal")
     dev = DevServer(
-        home, port=free_port(), ui_port=free_port(),
+        home, port=0, ui_port=0,
         dynamic_config={"limit.historyCount.suggestContinueAsNew": str(SUGGEST)},
     )
     try:

@@ -51,7 +51,7 @@ from engine.runtime.workers import (
     versioning,
 )
 from engine.testing.scenarios import test_server_path as time_skipping_server
-from tests.durability_helpers import WorkerProcess, free_port, seed_accounts, write_playbook
+from tests.durability_helpers import WorkerProcess, seed_accounts, write_playbook
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,7 +131,7 @@ def test_runs_in_flight_stay_on_their_version_and_new_runs_start_on_the_deployed
 
 async def _deploy_while_runs_wait(tmp: Path) -> None:
     began = time.monotonic()
-    server = DevServer(tmp / "temporal", port=free_port(), ui_port=free_port())
+    server = DevServer(tmp / "temporal", port=0, ui_port=0)
     library = tmp / "library"
     playbook = write_playbook(library, "pinned", TWO_TAGS.format(id="pinned", wait=f"{WAIT_S}s"))  # a deploy between
     quick = write_playbook(library, "quick", TWO_TAGS.format(id="quick", wait="1s"))  # for the runs after the deploy

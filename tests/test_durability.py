@@ -37,7 +37,6 @@ from tests.durability_helpers import (
     Workers,
     call_tasks,
     eventually,
-    free_port,
     history_facts,
     outbox,
     provider_accepted_ids,
@@ -70,7 +69,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = DevServer(tmp_path / "temporal", port=free_port(), ui_port=free_port())
+    server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
     fake = FakeSendGrid().start()
     db_url = f"sqlite:///{tmp_path / 'playbook.db'}"
     library = tmp_path / "library"

@@ -68,7 +68,6 @@ from engine.runtime.devstack import DevServer
 from engine.runtime.intake import take_event
 from engine.storage import models as t
 from engine.storage.db import migrate, session
-from tests.durability_helpers import free_port
 from tests.event_timing_worker import run_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -740,7 +739,7 @@ async def scenario(tmp_path: Path) -> None:
     began = time.monotonic()
     rng = random.Random(SEED)
     plans = make_plans(rng)
-    server = TimingDevServer(tmp_path / "temporal", port=free_port(), ui_port=free_port())
+    server = TimingDevServer(tmp_path / "temporal", port=0, ui_port=0)
     client = await server.start()
     try:
         await run_all(client, server.address, tmp_path, plans, began)

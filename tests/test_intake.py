@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 import threading
 import uuid
@@ -52,12 +51,6 @@ steps:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _playbook(text: str):  # type: ignore[no-untyped-def]
     result = validate_playbook_text(text, "<test>")
     assert result.ok and result.playbook is not None, [p.header() for p in result.problems]
@@ -67,7 +60,7 @@ def _playbook(text: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def world():  # type: ignore[no-untyped-def]
     home = Path(tempfile.mkdtemp(prefix="intake-"))
-    server = DevServer(home / "temporal", port=_free_port(), ui_port=_free_port())
+    server = DevServer(home / "temporal", port=0, ui_port=0)
     loop = asyncio.new_event_loop()
     client = loop.run_until_complete(server.start())
     db_url = f"sqlite:///{home / 'playbook.db'}"

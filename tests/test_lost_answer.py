@@ -36,7 +36,6 @@ from engine.language.validator import validate_playbook_text
 from engine.runtime.devstack import DevServer
 from engine.runtime.workers import build_worker
 from engine.storage.db import migrate
-from tests.durability_helpers import free_port
 
 PLAYBOOK = """\
 id: lost-answer
@@ -103,7 +102,7 @@ def test_an_answer_taken_with_its_timeout_counts() -> None:
             [{"id": "csm-1", "name": "Jonas", "email": "jonas@success.example", "languages": ["de"]}],
         )
         try:
-            server = DevServer(home / "temporal", port=free_port(), ui_port=free_port())
+            server = DevServer(home / "temporal", port=0, ui_port=0)
             client = await server.start()
             try:
                 queue = f"lost-answer-{uuid.uuid4().hex[:8]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,12 +48,6 @@ steps:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_schedule_created_ticked_and_removed(tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
@@ -66,7 +59,7 @@ def test_schedule_created_ticked_and_removed(tmp_path: Path) -> None:
              [{"email": f"owner{i}@shop.example", "first_name": f"Owner{i}"}], [])
 
     async def scenario() -> tuple[list, list, list]:
-        server = DevServer(tmp_path / "temporal", free_port(), free_port())
+        server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
         client = await server.start()
         try:
             settings = Settings(environment="dev", database_url=db_url, library=str(library), task_queue="sched-test")
@@ -137,7 +130,7 @@ def test_a_tick_over_hundreds_of_accounts_starts_one_run_per_account_of_the_segm
         return load(cls, root)
 
     async def scenario() -> tuple[dict, set[str]]:
-        server = DevServer(tmp_path / "temporal", free_port(), free_port())
+        server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
         client = await server.start()
         try:
             crm = BuiltinCrm(db_url)

@@ -8,7 +8,6 @@ come from engine/runtime/messaging.py: the base URL of the settings, and a key s
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,15 +23,10 @@ from engine.runtime.messaging import public_url, unsubscribe_links, unsubscribe_
 from engine.runtime.settings import Settings
 from engine.storage import governance as gov
 from engine.storage.db import migrate, session
+from tests.dev_stack import free_port
 from tests.paths import PLAYBOOKS
 
 ANNA = "anna@kraus.example"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,30 @@ def temporal_binary() -> str:
     return found
 
 
+class DevServerExited(RuntimeError):
+    """The dev server process ended while starting (a port taken, a broken database file); the log's tail says why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class DevServer:
+    """``port=0`` / ``ui_port=0``: free ports, chosen at start; a start that loses a port to another process
+    (chosen free, taken before the server bound it) is tried again on new ones, up to ``START_ATTEMPTS`` times."""
+
+    START_ATTEMPTS = 3
+
     def __init__(
         self,
         home: Path,
@@ -47,6 +71,8 @@ class DevServer:
         self.dynamic_config = {**DYNAMIC_CONFIG, **(dynamic_config or {})}
         self.port = port
         self.ui_port = ui_port
+        self.pick_ports = port == 0 or ui_port == 0
+        self._wanted = (port, ui_port)
         self.namespace = namespace
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -83,14 +109,34 @@ class DevServer:
         return cmd
 
     async def start(self, timeout: float = 60) -> Client:
+        attempts = self.START_ATTEMPTS if self.pick_ports else 1
+        for attempt in range(1, attempts + 1):
+            if self.pick_ports:
+                wanted_port, wanted_ui = self._wanted
+                self.port = wanted_port or free_port()
+                self.ui_port = wanted_ui or free_port()
+            try:
+                client = await self._start_once(timeout)
+            except DevServerExited:
+                if attempt == attempts:
+                    raise
+                continue
+            self.pick_ports = False  # a restart (after stop) comes back on the same address
+            return client
+        raise AssertionError("unreachable")
+
+    async def _start_once(self, timeout: float) -> Client:
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.home / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log_path = self.home / "temporal.log"
+        with open(log_path, "ab") as log:  # the process keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"temporal dev server exited ({self.process.returncode}); see {self.home / 'temporal.log'}"
+                raise DevServerExited(
+                    f"temporal dev server exited ({self.process.returncode}); see {log_path}:\n{log_tail(log_path)}"
                 )
             try:
                 return await Client.connect(self.address, namespace=self.namespace, runtime=quiet_runtime())
