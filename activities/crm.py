@@ -14,7 +14,7 @@ from engine.storage.db import in_chunks, session
 
 from .assignment import Candidate
 from .errors import NotFoundError
-from .types import AccountSnapshot
+from .types import AccountPage, AccountSnapshot
 
 
 class CrmProvider(Protocol):
@@ -24,6 +24,17 @@ class CrmProvider(Protocol):
     def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
         """Many accounts in a few queries (a schedule tick's page): each as get_account reads it, keyed by id; an
         account the CRM does not have is left out."""
+        ...
+    def upsert_account(
+        self, account: dict[str, Any], contacts: list[dict[str, Any]] | None, at: datetime
+    ) -> None:
+        """Creates or updates the account ``account["id"]`` as an event describes it: fields merged into the stored
+        ones, ``name`` and ``owner`` (a CSM id) when given; when ``contacts`` is not None they become the account's
+        contacts (each created or updated by email). What an event's intake writes, so that triggers, segments and
+        runs all read one CRM."""
+        ...
+    def account_page(self, after: str | None, limit: int) -> AccountPage:
+        """Up to ``limit`` accounts after the cursor ``after`` (None: from the start), for segment checks."""
         ...
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None: ...
     def add_note(self, key: str, account_id: str, text: str, at: datetime) -> None: ...

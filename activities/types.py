@@ -41,6 +41,15 @@ class AccountSnapshot:
 
 
 @dataclass(frozen=True)
+class AccountPage:
+    """A page of the CRM's accounts, for segments: each account as templates see it (contacts are not read), in a
+    stable order; ``after`` is the cursor of the next page, None after the last."""
+
+    accounts: list[dict[str, Any]]
+    after: str | None = None
+
+
+@dataclass(frozen=True)
 class AssignRequest:
     key: str
     ref: RunRef

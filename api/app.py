@@ -13,7 +13,7 @@ from engine.runtime.settings import Settings, load_settings
 
 from . import problems
 from .deps import AppState
-from .routes import events, inbox, messaging, people, runs, unsubscribe, webhooks
+from .routes import codec, events, hubspot, inbox, messaging, metrics, people, runs, unsubscribe, webhooks
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -40,6 +40,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(messaging.router)
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)
+    app.include_router(hubspot.router)
+    app.include_router(codec.router)
+    app.include_router(metrics.router)
 
     @app.get("/health", tags=["health"], summary="Liveness")
     def health() -> dict[str, str]:

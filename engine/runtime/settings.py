@@ -157,12 +157,31 @@ class Settings(BaseSettings):
     allow_builtin_crm: bool = False  # outside dev, the built-in CRM only with this opt-in
     hubspot_token: SecretStr | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
+    # the unique company property that holds the engine's account id (the product's id, as events carry it)
+    hubspot_account_id_property: str = "playbook_account_id"
+    # HubSpot's search API allows 5 requests a second per account: segment pages and team loads stay under this
+    hubspot_search_per_second: float = 4.0
+    # verifies POST /webhooks/hubspot (v3 signatures): the HubSpot app's client secret
+    hubspot_webhook_secret: SecretStr | None = None
 
     event_signing_secret: SecretStr | None = None  # HMAC-SHA256 secret shared with the product's backend (POST /events)
     inbox_secret: SecretStr | None = (
         None  # signs CSM inbox sessions; the same on every API process (else a key in home)
     )
     api_port: int = 8000
+
+    # Temporal payloads (inputs, results, signals, history) encrypted with AES-256-GCM: "KEY_ID:BASE64_32_BYTES",
+    # several separated by commas; the first encrypts, every one decrypts (rotation). Unset: payloads in clear.
+    payload_keys: SecretStr | None = None
+    # origins allowed to call the API's codec endpoint from a browser (the Temporal Web UI), comma-separated
+    codec_cors_origins: str = "http://localhost:8233,http://127.0.0.1:8233"
+
+    # the worker's Prometheus endpoint (Temporal SDK metrics and the engine's worker counters), host:port; unset: none
+    worker_metrics_address: str | None = None
+    # GET /metrics on the API asks for this bearer token when set
+    metrics_token: SecretStr | None = None
+    # OpenTelemetry traces of workflows and activities (temporalio's contrib interceptor; the "tracing" extra)
+    tracing: bool = False
 
     log_format: str | None = None  # console | json; default: console in dev, json elsewhere
     max_concurrent_activities: int = 50
