@@ -32,8 +32,16 @@ with workflow.unsafe.imports_passed_through():
     from engine.language import model as m
     from engine.language.durations import DurationError, parse_duration
 
-# Providers time out after 10 s; a worker that dies mid-activity is noticed after this long, then retried.
+# Providers time out after 10 s: an attempt that has not ended after this long is given up and retried.
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+# A worker that dies mid-activity is noticed after this long without a heartbeat, then the step is retried on another
+# (after its retry interval). The worker beats every activity for as long as it runs (engine.runtime.workers.KeepAlive,
+# from its event loop, whatever the activity is blocked on), so this measures whether the worker lives, not how long
+# a provider takes. 10 s: a beat is sent at most every 8 s (the SDK throttles them to 0.8 x this), so a live worker
+# whose event loop stalls for a second or two (a collection, a burst of workflow tasks on a busy machine) still beats
+# in time, while a dead one's step moves in 10 s instead of 30 s. Changing it is replay-safe: Temporal does not compare
+# an activity's timeouts with its recorded command on replay (tests/test_replay.py replays runs recorded without it).
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10),
     backoff_coefficient=2.0,
@@ -412,7 +420,9 @@ class InterpreterCore:
                 maximum_attempts=step.retry.max_attempts,
                 maximum_interval=maximum,
             )
-        opts: dict[str, Any] = {"start_to_close_timeout": ACTIVITY_TIMEOUT, "retry_policy": retry}
+        opts: dict[str, Any] = {
+            "start_to_close_timeout": ACTIVITY_TIMEOUT, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "retry_policy": retry,
+        }
         if step.timeout and step.kind not in ("wait", "wait_for", "approval", "call_task"):
             opts["schedule_to_close_timeout"] = self.span(step, step.timeout, scope, "timeout")
         return opts

@@ -20,6 +20,7 @@ from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from temporalio import activity
 from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -39,9 +40,17 @@ from temporalio.converter import (
     value_to_type,
 )
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker, WorkerDeploymentConfig
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ActivityOutboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+    WorkerDeploymentConfig,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from engine.interpreter.core import HEARTBEAT_TIMEOUT
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 
@@ -183,9 +192,13 @@ def build_worker(
     extra_workflows: Sequence[type] = (),
     max_concurrent_activities: int = 50,
     versioning: Versioning | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
     """A worker; with `versioning`, one version of the Worker Deployment whose runs are pinned to it (without,
-    an unversioned worker: what `playbook test` and the time-skipping test server use)."""
+    an unversioned worker: what `playbook test` and the time-skipping test server use).
+
+    `interceptors` (metrics, tracing) come after the heartbeat interceptor, which is always on: the first in the
+    list is the outermost, so every other interceptor sees an activity that is already kept alive."""
     return Worker(
         with_payload_converter(client),
         task_queue=task_queue,
@@ -196,7 +209,69 @@ def build_worker(
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=sandbox_runner(),
         deployment_config=versioning.config() if versioning else None,
+        interceptors=[KeepAlive(), *interceptors],
     )
+
+
+# ------------------------------------------------------------------------------------------ heartbeats
+
+# How often a running activity's worker says it is alive. The server is told at most every 0.8 x the heartbeat
+# timeout whatever the rate (the SDK's core throttles heartbeats and sends the newest details when it does), so this
+# only needs to be well under that: a few beats per timeout, so one late beat (a busy event loop) is not a miss.
+KEEP_ALIVE_EVERY = HEARTBEAT_TIMEOUT.total_seconds() / 4
+
+
+class KeepAlive(Interceptor):
+    """Heartbeats every activity for as long as it runs, so a worker that dies mid-activity is noticed within the
+    heartbeat timeout (engine.interpreter.core.HEARTBEAT_TIMEOUT) instead of the 30 s start-to-close timeout, and
+    another worker retries the step.
+
+    The beats come from the worker's event loop, not from the activity's thread: a synchronous activity is blocked
+    in a provider call or a query most of its life and cannot beat itself. The SDK's heartbeat function must be
+    called on the event loop (it encodes the details with the async data converter; from a sync activity's thread
+    the SDK hops to the loop itself), which is where this interceptor's `execute_activity` runs. So a loop that
+    beats is a worker that is alive: the process, its connection to Temporal and its event loop, which is what the
+    timeout is there to tell; an activity stuck inside its thread is for start_to_close_timeout to end.
+
+    An activity that reports its progress (send_emails, start_scheduled_runs) keeps doing so through
+    `activity.heartbeat(details)`; the beats in between repeat its newest details, so the progress a retry reads
+    from `activity.info().heartbeat_details` is never blanked by a keep-alive.
+    """
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _KeepAliveInbound(next)
+
+
+class _KeepAliveInbound(ActivityInboundInterceptor):
+    def init(self, outbound: ActivityOutboundInterceptor) -> None:
+        self._outbound = _LastDetails(outbound)
+        super().init(self._outbound)
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        if activity.info().heartbeat_timeout is None:  # scheduled without one: nothing waits for the beats
+            return await super().execute_activity(input)
+        beating = asyncio.create_task(self._beat())
+        try:
+            return await super().execute_activity(input)
+        finally:
+            beating.cancel()
+
+    async def _beat(self) -> None:
+        while True:
+            self._outbound.heartbeat(*self._outbound.details)
+            await asyncio.sleep(KEEP_ALIVE_EVERY)
+
+
+class _LastDetails(ActivityOutboundInterceptor):
+    """The activity's outbound calls as they are, keeping the details of its newest own heartbeat."""
+
+    def __init__(self, next: ActivityOutboundInterceptor) -> None:
+        super().__init__(next)
+        self.details: tuple[Any, ...] = tuple(activity.info().heartbeat_details)  # a retry's starting point
+
+    def heartbeat(self, *details: Any) -> None:
+        self.details = details
+        super().heartbeat(*details)
 
 
 # ------------------------------------------------------------------------------------------ Worker Versioning
