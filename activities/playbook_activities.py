@@ -2,6 +2,17 @@
 
 Every effect is idempotent by ``key``: the row that records it is looked up first, so a retry or a
 replay returns the first result instead of sending, creating or writing again.
+
+Heartbeats: the worker beats every activity while it runs (engine.runtime.workers.KeepAlive), so a cancel (the run
+ended) or a failed beat now reaches a running activity, where without heartbeats it never did. Each activity is
+declared with ``no_thread_cancel_exception``: the SDK would otherwise raise CancelledError inside its thread at
+any line, for instance after the provider accepted an email and before its row says "sent", leaving a row that
+lies. An activity always runs to its end, as before; a cancelled run simply ignores what it returns.
+
+send_emails reports no progress in its heartbeats: its progress is its rows, which a retry reads first (a final row
+is answered as stored, only "sending" rows are sent again). A heartbeat could be no fresher than that: the SDK
+sends one at most every 8 s, so the emails a dead worker's last seconds sent would be missing from it too; the
+window that remains (the provider accepted, the second transaction not yet committed) is send_emails' own.
 """
 
 from __future__ import annotations
@@ -163,7 +174,7 @@ class PlaybookActivities:
 
     # CRM ---------------------------------------------------------------------------------------
 
-    @activity.defn(name="load_account")
+    @activity.defn(name="load_account", no_thread_cancel_exception=True)
     @logged
     def load_account(self, req: AccountRequest) -> AccountSnapshot:
         if req.ref is not None:
@@ -177,7 +188,7 @@ class PlaybookActivities:
         except ProviderError as err:
             raise to_application_error(err) from err
 
-    @activity.defn(name="assign_owner")
+    @activity.defn(name="assign_owner", no_thread_cancel_exception=True)
     @logged
     def assign_owner(self, req: AssignRequest) -> AssignResult:
         at = _moment(req.at)
@@ -206,7 +217,7 @@ class PlaybookActivities:
         except ProviderError as err:
             raise to_application_error(err) from err
 
-    @activity.defn(name="update_crm")
+    @activity.defn(name="update_crm", no_thread_cancel_exception=True)
     @logged
     def update_crm(self, req: CrmRequest) -> AccountSnapshot:
         at = _moment(req.at)
@@ -224,7 +235,7 @@ class PlaybookActivities:
 
     # email -------------------------------------------------------------------------------------
 
-    @activity.defn(name="send_email")
+    @activity.defn(name="send_email", no_thread_cancel_exception=True)
     @logged
     def send_email(self, req: EmailRequest) -> EmailResult:
         message_id = _public_id("msg", req.key)
@@ -254,7 +265,7 @@ class PlaybookActivities:
                  provider=self.email.name)
         return EmailResult(message_id=message_id, status="sent", left_out=admitted.left_out)
 
-    @activity.defn(name="send_emails")
+    @activity.defn(name="send_emails", no_thread_cancel_exception=True)
     @logged
     def send_emails(self, req: EmailBatchRequest) -> EmailBatchResult:
         """Many emails as one batch, each by send_email's rules: its own key, row, admission and result.
@@ -449,7 +460,7 @@ class PlaybookActivities:
 
     # call tasks ----------------------------------------------------------------------------------
 
-    @activity.defn(name="create_call_task")
+    @activity.defn(name="create_call_task", no_thread_cancel_exception=True)
     @logged
     def create_call_task(self, req: CallTaskRequest) -> CallTaskResult:
         try:
@@ -479,7 +490,7 @@ class PlaybookActivities:
         self._notify("call_task", record)
         return CallTaskResult(task_id=task_id, assignee=assignee)
 
-    @activity.defn(name="close_call_task")
+    @activity.defn(name="close_call_task", no_thread_cancel_exception=True)
     @logged
     def close_call_task(self, req: CloseTaskRequest) -> Done:
         with session(self.db_url) as s:
@@ -495,7 +506,7 @@ class PlaybookActivities:
 
     # approvals -----------------------------------------------------------------------------------
 
-    @activity.defn(name="create_approval")
+    @activity.defn(name="create_approval", no_thread_cancel_exception=True)
     @logged
     def create_approval(self, req: ApprovalRequest) -> ApprovalCreated:
         try:
@@ -523,7 +534,7 @@ class PlaybookActivities:
         self._notify("approval", record)
         return ApprovalCreated(approval_id=approval_id, deciders=deciders)
 
-    @activity.defn(name="close_approval")
+    @activity.defn(name="close_approval", no_thread_cancel_exception=True)
     @logged
     def close_approval(self, req: CloseApprovalRequest) -> Done:
         with session(self.db_url) as s:

@@ -14,6 +14,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.types import SegmentPage, SegmentResult, StartRunsRequest, StartRunsResult
+    from engine.interpreter.core import HEARTBEAT_TIMEOUT
 
 TICK_WORKFLOW_NAME = "PlaybookScheduleTick"
 PAGES_PER_RUN = 20
@@ -50,6 +51,7 @@ class PlaybookScheduleTick:
                 SegmentPage(tick.accounts, tick.after),
                 result_type=SegmentResult,
                 start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,  # the worker beats it while it reads (engine.runtime.workers)
                 retry_policy=retry,
             )
             if page.account_ids:

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
 from engine.interpreter.core import (
     ACTIVITY_TIMEOUT,
     DEFAULT_RETRY,
+    HEARTBEAT_TIMEOUT,
     Rollover,
     Runner,
     Scope,
@@ -117,7 +118,8 @@ class Interpreter(EffectSteps, FlowSteps):
             else:
                 name, request = "close_approval", act.CloseApprovalRequest(ask_id, "cancelled", self.now().isoformat())
             await workflow.execute_activity(
-                name, request, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY
+                name, request, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=DEFAULT_RETRY,
             )
         self.open_asks.clear()
 
@@ -211,13 +213,18 @@ class PlaybookRun(Interpreter):
             # Since FANOUT_PATCH a local activity: a read (and the run's own record) in the worker that runs the
             # workflow, with no trip through the server's task queue: a third fewer history events and server CPU
             # per run start (bench/profile_run.py). Its result is recorded in history as an activity's is.
-            load = workflow.execute_local_activity if self.fanout else workflow.execute_activity
-            snapshot: act.AccountSnapshot = await load(
-                "load_account",
-                request,
-                result_type=act.AccountSnapshot,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=DEFAULT_RETRY,
+            # (A local activity has no heartbeat: it lives and dies with the workflow task that runs it.)
+            snapshot: act.AccountSnapshot = await (
+                workflow.execute_local_activity(
+                    "load_account", request, result_type=act.AccountSnapshot,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=DEFAULT_RETRY,
+                )
+                if self.fanout
+                else workflow.execute_activity(
+                    "load_account", request, result_type=act.AccountSnapshot,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=DEFAULT_RETRY,
+                )
             )
             self.set_snapshot(snapshot)
             tz_name = str(self.render(playbook.settings.timezone, scope) if playbook.settings.timezone else "UTC")
