@@ -50,7 +50,6 @@ from temporalio.worker import (
 )
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from engine.interpreter.core import HEARTBEAT_TIMEOUT
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 
@@ -215,16 +214,18 @@ def build_worker(
 
 # ------------------------------------------------------------------------------------------ heartbeats
 
-# How often a running activity's worker says it is alive. The server is told at most every 0.8 x the heartbeat
-# timeout whatever the rate (the SDK's core throttles heartbeats and sends the newest details when it does), so this
-# only needs to be well under that: a few beats per timeout, so one late beat (a busy event loop) is not a miss.
-KEEP_ALIVE_EVERY = HEARTBEAT_TIMEOUT.total_seconds() / 4
+# How often a running activity's worker says it is alive, as a share of the activity's heartbeat timeout. The server
+# is told at most every 0.8 x the timeout whatever the rate (the SDK's core throttles heartbeats and sends the newest
+# details when it does), so this only needs to be well under that: a few beats per timeout, so that one late beat
+# (a busy event loop) is not a missed one.
+BEATS_PER_TIMEOUT = 4
 
 
 class KeepAlive(Interceptor):
     """Heartbeats every activity for as long as it runs, so a worker that dies mid-activity is noticed within the
-    heartbeat timeout (engine.interpreter.core.HEARTBEAT_TIMEOUT) instead of the 30 s start-to-close timeout, and
-    another worker retries the step.
+    heartbeat timeout (the interpreter's: engine.interpreter.core.HEARTBEAT_TIMEOUT) instead of the 30 s
+    start-to-close timeout, and another worker retries the step. An activity scheduled without a heartbeat timeout
+    is left alone.
 
     The beats come from the worker's event loop, not from the activity's thread: a synchronous activity is blocked
     in a provider call or a query most of its life and cannot beat itself. The SDK's heartbeat function must be
@@ -248,18 +249,19 @@ class _KeepAliveInbound(ActivityInboundInterceptor):
         super().init(self._outbound)
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        if activity.info().heartbeat_timeout is None:  # scheduled without one: nothing waits for the beats
+        timeout = activity.info().heartbeat_timeout
+        if not timeout:  # scheduled without one (or a local activity): nothing waits for the beats
             return await super().execute_activity(input)
-        beating = asyncio.create_task(self._beat())
+        beating = asyncio.create_task(self._beat(timeout.total_seconds() / BEATS_PER_TIMEOUT))
         try:
             return await super().execute_activity(input)
         finally:
             beating.cancel()
 
-    async def _beat(self) -> None:
+    async def _beat(self, every: float) -> None:
         while True:
             self._outbound.heartbeat(*self._outbound.details)
-            await asyncio.sleep(KEEP_ALIVE_EVERY)
+            await asyncio.sleep(every)
 
 
 class _LastDetails(ActivityOutboundInterceptor):
