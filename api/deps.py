@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Request
 from temporalio.client import Client
@@ -12,10 +12,14 @@ from temporalio.client import Client
 from engine.language.library import Library
 from engine.language.model import Playbook
 from engine.language.policy import DEFAULT_POLICY, Policy
+from engine.runtime.connect import crm_provider
 from engine.runtime.settings import Settings
 
 from .problems import Problem
 from .security import Caller, bearer_token, caller_for
+
+if TYPE_CHECKING:  # the type only: api reaches the providers through engine.runtime
+    from activities.crm import CrmProvider
 
 
 @dataclass
@@ -24,6 +28,13 @@ class AppState:
     client: Client
     library: dict[str, Playbook] = field(default_factory=dict)
     policy: Policy = DEFAULT_POLICY  # the library's messaging policy: which categories people may leave
+    # The CRM of record (PLAYBOOK_CRM_PROVIDER), built once per app from the settings when not given: what POST /events
+    # upserts accounts into and judges triggers on, the same provider the worker's runs read.
+    crm: CrmProvider = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.crm is None:
+            self.crm = crm_provider(self.settings)
 
     def reload_library(self) -> None:
         library = Library.load(self.settings.library)
