@@ -51,7 +51,7 @@ def sign(body: bytes, uri: str = URL, at_ms: int | None = None, secret: str = SE
     return {SIGNATURE: base64.b64encode(digest).decode(), TIMESTAMP: stamp, "Content-Type": "application/json"}
 
 
-def change(object_id: int, prop: str, value: str, event_id: int | None = None, **extra: Any) -> dict[str, Any]:
+def change(object_id: int, prop: str, value: str | None, event_id: int | None = None, **extra: Any) -> dict[str, Any]:
     return {"eventId": event_id or uuid.uuid4().int % 10**9, "subscriptionId": 2468, "portalId": 62515,
             "appId": 1357, "occurredAt": now_ms() - 2000, "subscriptionType": "company.propertyChange",
             "attemptNumber": 0, "objectId": object_id, "propertyName": prop, "propertyValue": value,
@@ -223,6 +223,18 @@ steps:
   - id: next_change
     wait_for: { event: crm.company_changed, timeout: 30d }
 """
+HEALTH = """\
+id: health-drop
+title: Health score under 50
+trigger:
+  event: crm.company_changed
+  when: event.data.property == "health_score" and event.data.value is not none and event.data.value | float < 50
+enrollment:
+  key: "{{ account.id }}"
+  reenroll: never
+steps:
+  - wait: 30d
+"""
 WELCOME = """\
 id: new-company
 title: A new company in the CRM
@@ -257,6 +269,7 @@ def engine_app(tmp_path: Path, client: Any, **settings: Any) -> Any:
     library.mkdir()
     (library / "lifecycle-stage.yaml").write_text(LIFECYCLE)
     (library / "new-company.yaml").write_text(WELCOME)
+    (library / "health-drop.yaml").write_text(HEALTH)
     config = Settings(environment="dev", home=str(tmp_path), library=str(library),
                       task_queue=f"hubspot-{uuid.uuid4().hex[:6]}", hubspot_webhook_secret=SECRET, **settings)
     migrate(config.db_url)
@@ -315,10 +328,12 @@ def test_a_lifecycle_stage_change_starts_its_playbook_once(temporal, tmp_path: P
 
 
 @pytest.mark.timeout(120)
-def test_a_change_the_trigger_does_not_want_starts_nothing(temporal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_property_value_is_text_that_a_trigger_can_read_as_a_number(temporal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     loop, client = temporal
     app = engine_app(tmp_path, client)
-    body = json.dumps([change(815, "health_score", "42")]).encode()
+    # HubSpot sends every value as text, and null when a property is cleared
+    body = json.dumps([change(815, "health_score", "42"), change(816, "health_score", "80"),
+                       change(817, "health_score", None), change(818, "mrr", "12")]).encode()
 
     async def scenario() -> dict[str, int]:
         async with app.router.lifespan_context(app):
@@ -326,8 +341,9 @@ def test_a_change_the_trigger_does_not_want_starts_nothing(temporal, tmp_path: P
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
                 answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
                 assert answer.status_code == 200, answer.text
+                assert (await client.get_workflow_handle("health-drop/815").describe()).status.name == "RUNNING"
                 return dict(answer.json())
 
-    assert loop.run_until_complete(scenario()) == {"events": 1, "taken": 1, "runs_started": 0,
+    assert loop.run_until_complete(scenario()) == {"events": 4, "taken": 4, "runs_started": 1,
                                                    "delivered_to_runs": 0, "duplicates": 0, "skipped": 0,
                                                    "ignored": 0}

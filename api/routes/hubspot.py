@@ -6,7 +6,7 @@ What each event becomes is in api/hubspot_events.py; here: the signature, the bo
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Request
@@ -17,7 +17,7 @@ from engine.runtime.intake import EventAnswer, take_event
 from engine.runtime.settings import reveal
 
 from .. import hubspot_events as hs
-from ..deps import AppState, StateDep
+from ..deps import StateDep
 from ..problems import RETRY_AFTER_SECONDS, UPSTREAM, Problem, documented
 
 router = APIRouter(tags=["webhooks"])
@@ -59,17 +59,6 @@ BATCH_SCHEMA = {
         },
     },
 }
-
-
-def _crm(state: AppState) -> Any:
-    """The app's CRM provider (AppState.crm)."""
-    crm = getattr(state, "crm", None)
-    if crm is None:  # an AppState without one (before api/deps.py has it): built from the settings, once
-        from engine.runtime.connect import crm_provider
-
-        crm = crm_provider(state.settings)
-        state.crm = crm  # type: ignore[attr-defined]
-    return crm
 
 
 def _crm_problem(err: Exception) -> Problem:
@@ -121,9 +110,8 @@ async def hubspot_webhook(
         events = hs.parse_batch(body)
     except hs.BadBatch as err:
         raise Problem(400, "Bad Request", str(err), errors=err.errors) from None
-    crm = _crm(state)
     try:
-        mapping = await asyncio.to_thread(hs.account_ids, crm, hs.company_ids(events))
+        mapping = await asyncio.to_thread(hs.account_ids, state.crm, hs.company_ids(events))
     except Exception as err:
         if hs.provider_failure(err):
             raise _crm_problem(err) from None
