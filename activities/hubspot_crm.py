@@ -1,60 +1,77 @@
-"""HubSpot as the CRM, through its CRM v3 REST API with httpx.
+"""HubSpot as the CRM of record, through its CRM v3 and v4 REST APIs with httpx.
 
-What the playbooks call an account is a HubSpot company; its contacts are the contacts associated
-with it; its owner is the company's ``hubspot_owner_id``; the team is HubSpot's owners.
+The admin's guide is docs/hubspot.md (setup, scopes, properties, limits); in short:
 
-Choices a HubSpot admin has to know about (the private app needs the scopes
-``crm.objects.companies.read/write``, ``crm.objects.contacts.read``, ``crm.schemas.companies.read``,
-``crm.schemas.contacts.read`` and ``crm.objects.owners.read``; notes are written with the companies
-scope):
+What the playbooks call an account is a HubSpot company; its id is the value of a unique company
+property (``account_id_property``, PLAYBOOK_HUBSPOT_ACCOUNT_ID_PROPERTY, by default ``playbook_account_id``,
+which the admin creates with "unique values" on); its contacts are the contacts associated with it;
+its owner is the company's ``hubspot_owner_id``; the team is HubSpot's owners. With
+``account_id_property="hs_object_id"`` the HubSpot company ids are the account ids (how this provider
+worked before): reads and writes work as before, but an event cannot create a company (HubSpot gives
+the ids), so an intake of an unknown id is refused with NotFoundError.
 
-- Properties are read with their definitions (``/crm/v3/properties/{object}``, fetched once), so
-  values reach playbooks typed: ``health_score >= 70`` needs a number, not HubSpot's ``"70"``.
-  number → int/float, bool → True/False, multi-select → list, empty → None; dates stay ISO text.
-  Read by default: a few standard properties and every custom one; pass ``company_properties`` /
-  ``contact_properties`` to choose.
-- Tags are the multi-select company property ``playbook_tags`` (``tags_property``), changed by
-  read-modify-write. HubSpot only accepts values that are options of a multi-select, so either add
-  the tags playbooks use as options, or make it a single-line text property (the ``;``-joined
-  format is the same). Two runs tagging one company at the same instant can lose a tag: HubSpot has
-  no conditional update.
-- Notes are idempotent through a custom *note* property ``playbook_key`` (``note_key_property``),
-  which the admin creates: before creating, the provider searches for a note with the activity's
-  key. HubSpot's search index lags writes by a few seconds, so a retry within that window after a
-  lost response can still create a second note; a local table cannot do better without knowing
-  whether HubSpot's create went through. ``note_key_property=None`` skips the search.
-- HubSpot owners have no languages, role or capacity. Those come from a local team file
-  (``team_file``, YAML or JSON: a list of ``{id or email, languages, role, capacity, active}``)
-  and/or the built-in ``csms`` table (``db_url``), matched to owners by HubSpot owner id or email.
-  When either is given, the team is only the owners it lists (HubSpot owners include sales and
-  support users, who must not be handed accounts); otherwise every active owner is on the team,
-  with their primary HubSpot team as role. A CSM's id is always the HubSpot owner id.
-- A candidate's load is the number of companies they own (one search per owner; HubSpot's search
-  is rate limited, and a 429 is a TransientError that Temporal retries).
+Scopes of the private app (HubSpot's reference pages, checked 2026-12: the notes guide
+https://developers.hubspot.com/docs/api-reference/latest/crm/activities/notes/guide lists
+``crm.objects.contacts.read`` and ``crm.objects.contacts.write`` for notes):
+``crm.objects.companies.read``, ``crm.objects.companies.write`` (tags, fields, owners, upserts),
+``crm.objects.contacts.read``, ``crm.objects.contacts.write`` (contact upserts, and notes:
+``POST /crm/v3/objects/notes`` requires it), ``crm.schemas.companies.read``, ``crm.schemas.contacts.read``
+and ``crm.objects.owners.read``. Associations need no scope of their own: the objects' scopes cover them.
 
-Errors are mapped in one place, ``_request``: connection errors and timeouts → TransientError;
-HTTP errors through ``from_http_status`` (429 carries Retry-After in its message).
+- Properties are read with their definitions (``/crm/v3/properties/{object}``, fetched once), so values
+  reach playbooks typed: number → int/float, bool → True/False, multi-select → list, empty → None.
+  Read by default: a few standard properties and every custom one; ``company_properties`` /
+  ``contact_properties`` choose. Every read of many properties is a batch POST with the properties in
+  the body: a GET's query string past a few kilobytes is answered 414.
+- An intake (``upsert_account``) writes only properties HubSpot has and may be written: a field without
+  a property (or a read-only one) is left out and logged by its name, once per name, so an event that
+  carries more than the portal models still lands. Contacts are upserted by email and associated with
+  the company (v4 default association); contacts already associated stay so (HubSpot is the record:
+  people add contacts there too).
+- Tags are the multi-select company property ``playbook_tags`` (``tags_property``), read-modify-write.
+- Notes are idempotent through a note property ``playbook_key`` (``note_key_property``), searched before
+  creating (HubSpot's search index lags by seconds: a retry within that window can duplicate a note).
+- HubSpot owners have no languages, role or capacity: those come from a team file and/or the built-in
+  ``csms`` table. A CSM's load is the number of companies they own, counted from one paged search of the
+  owned companies (or one search per member when that is fewer searches).
+- Searches (segment pages, team loads, note keys) share one pacer of ``search_per_second`` (HubSpot's search
+  allows 5 a second per account). A segment page is one search of up to 100 companies sorted by
+  ``hs_object_id``; as HubSpot answers at most 10,000 results per query, the cursor starts a new query
+  filtered ``hs_object_id > last`` before it would reach them.
+- A 429 waits as its policy says: SECONDLY / TEN_SECONDLY_ROLLING → TransientError with ``retry_after`` from
+  Retry-After or the window; DAILY → ``retry_after`` until midnight in ``daily_reset_timezone`` (the portal's
+  time zone), when HubSpot resets the daily count. to_application_error turns it into Temporal's
+  next_retry_delay.
+
+Errors are mapped in one place, ``_request``: connection errors and timeouts → TransientError; HTTP errors
+through ``from_http_status``. Contact writes do not repeat HubSpot's error text (it can quote an address).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
+import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import yaml
 
 from .assignment import Candidate
-from .errors import ConfigurationError, ProviderError, RejectedError, TransientError, from_http_status
-from .types import AccountSnapshot
+from .errors import ConfigurationError, NotFoundError, ProviderError, RejectedError, TransientError, from_http_status
+from .types import AccountPage, AccountSnapshot
+
+log = logging.getLogger(__name__)
 
 # Always read: the name, the owner and the tags are part of every snapshot.
 COMPANY_REQUIRED = ("name", "hubspot_owner_id")
@@ -62,10 +79,42 @@ COMPANY_STANDARD = ("domain", "industry", "country", "city", "phone", "numberofe
                     "lifecyclestage", "createdate", "hs_lastmodifieddate")
 CONTACT_REQUIRED = ("email", "firstname", "lastname")
 CONTACT_STANDARD = ("phone", "jobtitle", "hs_language")
-# Renamed to the names the built-in CRM and the playbooks use.
+# Renamed to the names the built-in CRM and the playbooks use, and back when writing.
 CONTACT_RENAMES = {"firstname": "first_name", "lastname": "last_name"}
+CONTACT_WRITE_NAMES = {v: k for k, v in CONTACT_RENAMES.items()}
+HUBSPOT_ID = "hs_object_id"
 NOTE_TO_COMPANY = 190  # HubSpot-defined association type: note → company
-BATCH_LIMIT = 100  # inputs per batch read
+COMPANY_TO_CONTACT_PRIMARY = 2  # HubSpot-defined association type: company → its contacts' primary company
+BATCH_LIMIT = 100  # inputs per batch read, upsert or association call
+SEARCH_LIMIT = 100  # results per search page
+SEARCH_CAP = 10_000  # HubSpot's search answers at most this many results of one query; deeper `after` is a 400
+RATE_WINDOWS = {"SECONDLY": 1.0, "TEN_SECONDLY_ROLLING": 10.0}  # seconds of HubSpot's short rate-limit policies
+
+
+class _Pacer:
+    """A token bucket of one token, shared by threads: calls spaced at least 1/rate seconds apart.
+
+    No burst: HubSpot counts searches per second, so a burst after an idle spell would be refused."""
+
+    def __init__(self, per_second: float) -> None:
+        if not per_second > 0:
+            raise ConfigurationError(f"search_per_second must be above 0, not {per_second}", provider="hubspot")
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:  # each caller books its slot under the lock and sleeps outside it
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+    def hold(self, seconds: float) -> None:
+        """No call for ``seconds``: HubSpot said so (a 429)."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
 
 
 @dataclass(frozen=True)
@@ -83,6 +132,7 @@ class _Property:
     type: str
     field_type: str
     custom: bool  # created by the portal's admin, not by HubSpot
+    read_only: bool = False  # calculated or set by HubSpot: a write is refused
 
 
 class HubSpotCrm:
@@ -95,6 +145,9 @@ class HubSpotCrm:
         transport: httpx.BaseTransport | None = None,
         *,
         timeout: float = 10.0,
+        account_id_property: str = "playbook_account_id",
+        search_per_second: float = 4.0,
+        daily_reset_timezone: str = "UTC",
         company_properties: Sequence[str] | None = None,
         contact_properties: Sequence[str] | None = None,
         tags_property: str = "playbook_tags",
@@ -105,12 +158,20 @@ class HubSpotCrm:
     ) -> None:
         if not token:
             raise ConfigurationError("no HubSpot private app token", provider=self.name)
+        if not account_id_property:
+            raise ConfigurationError("no account id property (hs_object_id for HubSpot's ids)", provider=self.name)
+        try:
+            self.daily_reset = ZoneInfo(daily_reset_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            message = f"daily_reset_timezone {daily_reset_timezone!r} is not a time zone (e.g. Europe/Berlin)"
+            raise ConfigurationError(message, provider=self.name) from err
         self._http = httpx.Client(
             base_url=base_url,
             transport=transport,  # the seam: httpx.MockTransport, or None for the network
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
+        self.account_id_property = account_id_property
         self.company_properties = tuple(company_properties) if company_properties is not None else None
         self.contact_properties = tuple(contact_properties) if contact_properties is not None else None
         self.tags_property = tags_property
@@ -118,8 +179,11 @@ class HubSpotCrm:
         self.team_file = Path(team_file) if team_file else None
         self.db_url = db_url
         self.owner_cache_seconds = owner_cache_seconds
+        self._search_pacer = _Pacer(search_per_second)
         self._schemas: dict[str, dict[str, _Property]] = {}
         self._owners: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._hubspot_ids: dict[str, str] = {}  # account id → company id, for the calls that need HubSpot's id
+        self._skipped: set[tuple[str, str]] = set()  # (object, field) already logged as not a HubSpot property
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -134,66 +198,105 @@ class HubSpotCrm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # CrmProvider -----------------------------------------------------------------------------
+    @property
+    def _by_hubspot_id(self) -> bool:
+        """The account ids are HubSpot's company ids (account_id_property="hs_object_id")."""
+        return self.account_id_property == HUBSPOT_ID
+
+    # CrmProvider: reading --------------------------------------------------------------------------
 
     def get_account(self, account_id: str) -> AccountSnapshot:
-        schema = self._schema("companies")
-        required = (*COMPANY_REQUIRED, self.tags_property)
-        wanted = self._wanted(schema, required, COMPANY_STANDARD, self.company_properties)
-        company = self._request(
-            "GET",
-            f"/crm/v3/objects/companies/{_segment(account_id)}",
-            params={"properties": ",".join(wanted), "associations": "contacts"},
-        )
-        links = ((company.get("associations") or {}).get("contacts") or {}).get("results") or []
-        return AccountSnapshot(account=self._account(company, account_id, schema),
-                               contacts=self._contacts(_contact_ids(links)))
+        snapshot = self.get_accounts([account_id]).get(str(account_id))
+        if snapshot is None:
+            raise NotFoundError(
+                f"HubSpot has no company with {self.account_id_property} {str(account_id)!r}",
+                provider=self.name, status=404,
+            )
+        return snapshot
 
     def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
-        """A page of companies in batch reads of 100: the companies, their contact associations, the contacts.
-
-        Six calls for 200 accounts where get_account makes two per account (and one per owner not cached). HubSpot's
-        companies batch read has no associations parameter, so they come from the v3 associations batch read,
-        which answers in the shape get_account's ``associations=contacts`` has (``{id, type}``, a contact once per
-        association type); like get_account it reads the first page of a company's associations (100 contacts).
-        A company that does not exist (or is archived) is left out.
-        """
+        """Companies in batch reads of 100 by the account id property, their contact associations (every page of
+        them, v4 batch reads), their contacts (batch reads). A company HubSpot does not have is left out."""
         wanted = list(dict.fromkeys(str(i) for i in account_ids))
         if not wanted:
             return {}
         schema = self._schema("companies")
-        required = (*COMPANY_REQUIRED, self.tags_property)
-        properties = self._wanted(schema, required, COMPANY_STANDARD, self.company_properties)
-        companies: dict[str, dict[str, Any]] = {}
-        links: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(wanted), BATCH_LIMIT):
-            inputs = [{"id": i} for i in wanted[start : start + BATCH_LIMIT]]
-            # ids HubSpot does not have come back in "errors" with a 207 (a 404 when none is found): not in results
-            answer = self._request(
-                "POST", "/crm/v3/objects/companies/batch/read", json={"properties": properties, "inputs": inputs},
-                missing_ok=True,
-            ) or {}
-            for result in answer.get("results") or []:
-                companies[str(result["id"])] = result
-            found = [i for i in inputs if i["id"] in companies]
-            if not found:
-                continue
-            # a company without contacts is in "errors" (NO_ASSOCIATIONS_FOUND) with a 207, or all are with a 404
-            answer = self._request(
-                "POST", "/crm/v3/associations/companies/contacts/batch/read", json={"inputs": found}, missing_ok=True
-            ) or {}
-            for result in answer.get("results") or []:
-                links[str((result.get("from") or {}).get("id"))] = result.get("to") or []
-        contact_ids = {i: _contact_ids(links.get(i, [])) for i in companies}
-        contacts = self._contacts_by_id(list(dict.fromkeys(c for ids in contact_ids.values() for c in ids)))
+        properties = self._company_wanted(schema)
+        companies = self._read_companies(wanted, properties)
+        company_ids = {account_id: str(company["id"]) for account_id, company in companies.items()}
+        links = self._contact_links(list(company_ids.values()))
+        contacts = self._contacts_by_id(list(dict.fromkeys(c for ids in links.values() for c in ids)))
         return {
-            i: AccountSnapshot(
-                account=self._account(companies[i], i, schema),
-                contacts=[contacts[c] for c in contact_ids[i] if c in contacts],
+            account_id: AccountSnapshot(
+                account=self._account(companies[account_id], schema, properties),
+                contacts=[contacts[c] for c in links.get(company_ids[account_id], []) if c in contacts],
             )
-            for i in wanted
-            if i in companies
+            for account_id in wanted
+            if account_id in companies
         }
+
+    def account_page(self, after: str | None, limit: int) -> AccountPage:
+        """Up to ``limit`` (at most 100) accounts from HubSpot's search, in ``hs_object_id`` order (unique, numeric
+        and never edited, unlike the account id property); ``after`` is this provider's cursor (see _search)."""
+        schema = self._schema("companies")
+        filters = [] if self._by_hubspot_id else [{"propertyName": self.account_id_property,
+                                                   "operator": "HAS_PROPERTY"}]
+        properties = self._company_wanted(schema)
+        answer, cursor = self._search(
+            "companies", filters, properties, after, max(1, min(int(limit), SEARCH_LIMIT))
+        )
+        results = answer.get("results") or []
+        self._remember_ids(results)
+        return AccountPage([self._account(company, schema, properties) for company in results], cursor)
+
+    def account_ids_for(self, company_ids: Sequence[str]) -> dict[str, str]:
+        """HubSpot company id → account id, for the companies that have one (webhooks name HubSpot's ids)."""
+        wanted = list(dict.fromkeys(str(i) for i in company_ids))
+        if self._by_hubspot_id:
+            return {i: i for i in wanted}
+        found: dict[str, str] = {}
+        for chunk in _chunks(wanted, BATCH_LIMIT):
+            body = {"properties": [self.account_id_property], "inputs": [{"id": i} for i in chunk]}
+            answer = self._request("POST", "/crm/v3/objects/companies/batch/read", json=body, missing_ok=True) or {}
+            for company in answer.get("results") or []:
+                account_id = (company.get("properties") or {}).get(self.account_id_property)
+                if account_id:
+                    found[str(company["id"])] = str(account_id)
+        with self._lock:
+            self._hubspot_ids.update({a: c for c, a in found.items()})
+        return {i: found[i] for i in wanted if i in found}
+
+    # CrmProvider: writing --------------------------------------------------------------------------
+
+    def upsert_account(self, account: dict[str, Any], contacts: list[dict[str, Any]] | None, at: datetime) -> None:
+        """The company created or updated by its account id (batch upsert on the unique property), then its
+        contacts upserted by email and associated with it. The same event twice writes the same."""
+        account_id = str(account["id"])
+        fields = {k: v for k, v in account.items() if k not in ("id", "owner", "tags")}
+        properties = self._writable("companies", fields)
+        if "owner" in account:
+            owner = account["owner"]
+            owner_id = owner.get("id") if isinstance(owner, dict) else owner
+            properties["hubspot_owner_id"] = "" if owner_id in (None, "") else str(owner_id)
+        if self._by_hubspot_id:
+            try:
+                self._patch_company(account_id, properties)
+            except NotFoundError as err:
+                hint = ("with account_id_property=hs_object_id an event can only update companies HubSpot has: "
+                        "create a unique company property for the account ids to let events create companies")
+                raise NotFoundError(f"{err.message}; {hint}", provider=self.name, status=err.status) from err
+            company_id = account_id
+        else:
+            body = {"inputs": [{"idProperty": self.account_id_property, "id": account_id, "properties": properties}]}
+            answer = self._request("POST", "/crm/v3/objects/companies/batch/upsert", json=body)
+            company_id = str((answer.get("results") or [{}])[0].get("id") or "")
+            if not company_id:
+                raise TransientError(f"HubSpot's upsert of account {account_id!r} answered no company id",
+                                     provider=self.name)
+            with self._lock:
+                self._hubspot_ids[account_id] = company_id
+        if contacts:
+            self._associate_contacts(company_id, self._upsert_contacts(contacts))
 
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None:
         # ``at`` is not sent: HubSpot stamps hs_lastmodifieddate itself and refuses writes to it.
@@ -211,6 +314,7 @@ class HubSpotCrm:
                 raise ConfigurationError(f"{err.message}; {hint}", provider=self.name, status=err.status) from err
             if found.get("total") or found.get("results"):
                 return
+        company_id = self._company_id(account_id)  # a note is associated by HubSpot's id
         properties = {
             # hs_note_body is HTML: our text is data, so it is escaped, never interpreted
             "hs_note_body": html.escape(text).replace("\n", "<br>"),
@@ -225,7 +329,7 @@ class HubSpotCrm:
                 "properties": properties,
                 "associations": [
                     {
-                        "to": {"id": str(account_id)},
+                        "to": {"id": company_id},
                         "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": NOTE_TO_COMPANY}],
                     }
                 ],
@@ -237,7 +341,7 @@ class HubSpotCrm:
         if not tag or ";" in tag:
             raise RejectedError(f"tag {tag!r}: a HubSpot tag must be non-empty and without ';'", provider=self.name)
         company = self._request(
-            "GET", f"/crm/v3/objects/companies/{_segment(account_id)}", params={"properties": self.tags_property}
+            "GET", self._company_path(account_id), params={**self._id_params(), "properties": self.tags_property}
         )
         tags = _split((company.get("properties") or {}).get(self.tags_property))
         if tag not in tags:
@@ -245,6 +349,8 @@ class HubSpotCrm:
 
     def set_owner(self, account_id: str, csm_id: str, at: datetime) -> None:
         self._patch_company(account_id, {"hubspot_owner_id": str(csm_id)})
+
+    # CrmProvider: the team -------------------------------------------------------------------------
 
     def team(self) -> list[Candidate]:
         owners = self._all_owners()
@@ -257,13 +363,14 @@ class HubSpotCrm:
             if profile is not None and not profile.active:
                 continue
             members.append((owner, profile))
+        loads = self._loads([str(owner["id"]) for owner, _ in members])
         return [
             Candidate(
                 str(owner["id"]),
                 profile.languages if profile else (),
                 (profile.role if profile and profile.role else None) or _primary_team(owner),
                 profile.capacity if profile else None,
-                self._owned_count(str(owner["id"])),
+                loads.get(str(owner["id"]), 0),
             )
             for owner, profile in sorted(members, key=lambda m: str(m[0]["id"]))
         ]
@@ -272,28 +379,112 @@ class HubSpotCrm:
         owner = self._owner(str(csm_id))
         return self._csm_dict(owner) if owner else None
 
-    # companies, contacts, owners ------------------------------------------------------------------
+    # companies ------------------------------------------------------------------------------------
+
+    def _company_path(self, account_id: str) -> str:
+        return f"/crm/v3/objects/companies/{_segment(account_id)}"
+
+    def _id_params(self) -> dict[str, str]:
+        """The query parameter that makes HubSpot take the path's id as the account id property's value."""
+        return {} if self._by_hubspot_id else {"idProperty": self.account_id_property}
 
     def _patch_company(self, account_id: str, properties: dict[str, str]) -> None:
-        self._request("PATCH", f"/crm/v3/objects/companies/{_segment(account_id)}", json={"properties": properties})
+        self._request("PATCH", self._company_path(account_id), params=self._id_params() or None,
+                      json={"properties": properties})
 
-    def _account(self, company: dict[str, Any], account_id: str, schema: dict[str, _Property]) -> dict[str, Any]:
-        """A company as playbooks see an account (its contacts aside)."""
-        props = _typed(company.get("properties") or {}, schema)
+    def _company_wanted(self, schema: dict[str, _Property]) -> list[str]:
+        required = [*COMPANY_REQUIRED, self.tags_property]
+        if not self._by_hubspot_id:
+            required.append(self.account_id_property)
+        return self._wanted(schema, required, COMPANY_STANDARD, self.company_properties)
+
+    def _read_companies(self, account_ids: list[str], properties: list[str]) -> dict[str, dict[str, Any]]:
+        """Account id → company, by batch reads of 100 on the account id property."""
+        companies: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(account_ids, BATCH_LIMIT):
+            body: dict[str, Any] = {"properties": properties, "inputs": [{"id": i} for i in chunk]}
+            body.update(self._id_params())
+            # ids HubSpot does not have come back in "errors" with a 207 (a 404 when none is found): not in results
+            answer = self._request("POST", "/crm/v3/objects/companies/batch/read", json=body, missing_ok=True) or {}
+            results = answer.get("results") or []
+            self._remember_ids(results)
+            for company in results:
+                account_id = self._account_id_of(company)
+                if account_id is not None:
+                    companies[account_id] = company
+        return companies
+
+    def _account_id_of(self, company: dict[str, Any]) -> str | None:
+        if self._by_hubspot_id:
+            return str(company["id"])
+        value = (company.get("properties") or {}).get(self.account_id_property)
+        return str(value) if value not in (None, "") else None
+
+    def _remember_ids(self, companies: list[dict[str, Any]]) -> None:
+        if self._by_hubspot_id:
+            return
+        ids = {a: str(c["id"]) for c in companies if (a := self._account_id_of(c)) is not None}
+        with self._lock:
+            if len(self._hubspot_ids) > 100_000:  # a bound, not an LRU: ids are cheap to read again
+                self._hubspot_ids.clear()
+            self._hubspot_ids.update(ids)
+
+    def _company_id(self, account_id: str) -> str:
+        """HubSpot's id of the account's company (read once, then remembered: it does not change)."""
+        account_id = str(account_id)
+        if self._by_hubspot_id:
+            return account_id
+        with self._lock:
+            known = self._hubspot_ids.get(account_id)
+        if known is not None:
+            return known
+        if account_id not in self._read_companies([account_id], [self.account_id_property]):
+            raise NotFoundError(f"HubSpot has no company with {self.account_id_property} {account_id!r}",
+                                provider=self.name, status=404)
+        with self._lock:
+            return self._hubspot_ids[account_id]
+
+    def _account(self, company: dict[str, Any], schema: dict[str, _Property], asked: list[str]) -> dict[str, Any]:
+        """A company as playbooks see an account (its contacts aside): the properties asked for, typed."""
+        props = _typed(_only(company.get("properties") or {}, asked), schema)
         tags = _split(company.get("properties", {}).get(self.tags_property))
         props.pop(self.tags_property, None)
+        if not self._by_hubspot_id:
+            props.pop(self.account_id_property, None)  # it is the account's "id"
         owner_id = props.get("hubspot_owner_id")
         return {
             **props,
-            "id": str(company.get("id", account_id)),
+            "id": self._account_id_of(company) or str(company["id"]),
             "name": props.get("name") or "",
             "owner": self._owner_summary(str(owner_id)) if owner_id not in (None, "") else None,
             "tags": tags,
         }
 
-    def _contacts(self, ids: list[str]) -> list[dict[str, Any]]:
-        by_id = self._contacts_by_id(ids)
-        return [by_id[i] for i in ids if i in by_id]  # one archived or deleted since the association was read: left out
+    # contacts -------------------------------------------------------------------------------------
+
+    def _contact_links(self, company_ids: list[str]) -> dict[str, list[str]]:
+        """Company id → its contacts' ids, primary first, through every page of HubSpot's associations (v4 batch
+        reads: a company's page ends with ``paging.next.after`` when it has more contacts)."""
+        links: dict[str, list[dict[str, Any]]] = {}
+        pending: list[dict[str, str]] = [{"id": i} for i in company_ids]
+        seen: set[tuple[str, str]] = set()
+        while pending:
+            following: list[dict[str, str]] = []
+            for chunk in _chunks(pending, BATCH_LIMIT):
+                # a company without contacts is in "errors" (NO_ASSOCIATIONS_FOUND) with a 207, or all are with a 404
+                answer = self._request(
+                    "POST", "/crm/v4/associations/companies/contacts/batch/read", json={"inputs": chunk},
+                    missing_ok=True,
+                ) or {}
+                for result in answer.get("results") or []:
+                    company_id = str((result.get("from") or {}).get("id"))
+                    links.setdefault(company_id, []).extend(result.get("to") or [])
+                    after = ((result.get("paging") or {}).get("next") or {}).get("after")
+                    if after and (company_id, str(after)) not in seen:  # a cursor seen twice would loop forever
+                        seen.add((company_id, str(after)))
+                        following.append({"id": company_id, "after": str(after)})
+            pending = following
+        return {company_id: _contact_ids(to) for company_id, to in links.items()}
 
     def _contacts_by_id(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         if not ids:
@@ -301,26 +492,123 @@ class HubSpotCrm:
         schema = self._schema("contacts")
         wanted = self._wanted(schema, CONTACT_REQUIRED, CONTACT_STANDARD, self.contact_properties)
         by_id: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), BATCH_LIMIT):
+        for chunk in _chunks(ids, BATCH_LIMIT):
             answer = self._request(
                 "POST",
                 "/crm/v3/objects/contacts/batch/read",
-                json={"properties": wanted, "inputs": [{"id": i} for i in ids[start : start + BATCH_LIMIT]]},
+                json={"properties": wanted, "inputs": [{"id": i} for i in chunk]},
             )
             for result in answer.get("results") or []:
                 by_id[str(result["id"])] = result
         contacts = {}
         for contact_id, result in by_id.items():  # callers order them: HubSpot's batch answer is unordered
-            props = _typed(result.get("properties") or {}, schema)
+            props = _typed(_only(result.get("properties") or {}, wanted), schema)
             contact = {CONTACT_RENAMES.get(k, k): v for k, v in props.items()}
             contact.update(id=contact_id, email=contact.get("email") or "", first_name=contact.get("first_name") or "")
             contacts[contact_id] = contact
         return contacts
 
+    def _upsert_contacts(self, contacts: list[dict[str, Any]]) -> list[str]:
+        """Contacts created or updated by email (HubSpot's unique contact property) in batches of 100; their ids."""
+        by_email: dict[str, tuple[str, dict[str, str]]] = {}
+        without_email = 0
+        for contact in contacts:
+            email = str(contact.get("email") or "").strip()
+            if not email:
+                without_email += 1
+                continue
+            fields = {CONTACT_WRITE_NAMES.get(k, k): v for k, v in contact.items() if k not in ("id", "email")}
+            # HubSpot compares addresses without case: one input per address (a batch with two is refused)
+            by_email[email.lower()] = (email, self._writable("contacts", fields))
+        if without_email:
+            log.warning("%d contact(s) without an email address left out of a HubSpot upsert", without_email)
+        ids: list[str] = []
+        for chunk in _chunks(list(by_email.values()), BATCH_LIMIT):
+            inputs = [{"idProperty": "email", "id": email, "properties": props} for email, props in chunk]
+            answer = self._request("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs},
+                                   redact=True)
+            ids += [str(result["id"]) for result in answer.get("results") or []]
+        return ids
+
+    def _associate_contacts(self, company_id: str, contact_ids: list[str]) -> None:
+        """HubSpot's default company → contact association (v4), 100 a call; associating twice changes nothing."""
+        for chunk in _chunks(contact_ids, BATCH_LIMIT):
+            inputs = [{"from": {"id": company_id}, "to": {"id": c}} for c in chunk]
+            self._request("POST", "/crm/v4/associations/companies/contacts/batch/associate/default",
+                          json={"inputs": inputs})
+
+    def _writable(self, object_type: str, fields: dict[str, Any]) -> dict[str, str]:
+        """The fields HubSpot has a writable property for, as HubSpot text; the others left out, logged by name."""
+        schema = self._schema(object_type)
+        properties: dict[str, str] = {}
+        for name, value in fields.items():
+            prop = schema.get(name)
+            if prop is not None and not prop.read_only:
+                properties[name] = _to_hubspot(name, value)
+                continue
+            with self._lock:
+                first = (object_type, name) not in self._skipped
+                self._skipped.add((object_type, name))
+            if first:  # the name only: a value can be personal
+                why = "is read-only" if prop is not None else "does not exist"
+                log.warning("HubSpot %s property %r %s: the field is left out of upserts", object_type, name, why)
+        return properties
+
+    # searches -------------------------------------------------------------------------------------
+
+    def _search(
+        self, object_type: str, filters: list[dict[str, Any]], properties: list[str], cursor: str | None, limit: int
+    ) -> tuple[dict[str, Any], str | None]:
+        """One search page sorted by hs_object_id, and the cursor of the next (None after the last).
+
+        The cursor is ``"<floor>:<after>"``: HubSpot's ``after`` within a query filtered ``hs_object_id > floor``.
+        HubSpot answers at most 10,000 results of a query, so before ``after`` would pass them the next cursor
+        starts a new query above the page's last id, with no ``after``."""
+        floor, _, after = (cursor or ":").partition(":")
+        every = [*filters, *([{"propertyName": HUBSPOT_ID, "operator": "GT", "value": floor}] if floor else [])]
+        body: dict[str, Any] = {
+            "filterGroups": [{"filters": every}] if every else [],
+            "sorts": [{"propertyName": HUBSPOT_ID, "direction": "ASCENDING"}],
+            "properties": properties,
+            "limit": limit,
+        }
+        if after:
+            body["after"] = after
+        answer = self._request("POST", f"/crm/v3/objects/{object_type}/search", json=body)
+        results = answer.get("results") or []
+        next_after = ((answer.get("paging") or {}).get("next") or {}).get("after")
+        if not next_after or not results:
+            return answer, None
+        if int(next_after) + limit > SEARCH_CAP:
+            return answer, f"{results[-1]['id']}:"
+        return answer, f"{floor}:{next_after}"
+
+    def _loads(self, owner_ids: list[str]) -> dict[str, int]:
+        """Companies owned per owner: one paged search of the owned companies counted here, or, when the first
+        page shows that would take more searches than there are owners to count, one count search per owner."""
+        if not owner_ids:
+            return {}
+        owned = [{"propertyName": "hubspot_owner_id", "operator": "HAS_PROPERTY"}]
+        answer, cursor = self._search("companies", owned, ["hubspot_owner_id"], None, SEARCH_LIMIT)
+        pages_left = math.ceil(int(answer.get("total") or 0) / SEARCH_LIMIT) - 1
+        if cursor is not None and pages_left > len(owner_ids):
+            return {owner_id: self._owned_count(owner_id) for owner_id in owner_ids}
+        loads: dict[str, int] = {}
+        while True:
+            for company in answer.get("results") or []:
+                owner_id = (company.get("properties") or {}).get("hubspot_owner_id")
+                if owner_id:
+                    loads[str(owner_id)] = loads.get(str(owner_id), 0) + 1
+            if cursor is None:
+                return loads
+            answer, cursor = self._search("companies", owned, ["hubspot_owner_id"], cursor, SEARCH_LIMIT)
+
     def _owned_count(self, owner_id: str) -> int:
         query = _search_eq("hubspot_owner_id", owner_id)
         answer = self._request("POST", "/crm/v3/objects/companies/search", json=query)
         return int(answer.get("total") or 0)
+
+    # owners ---------------------------------------------------------------------------------------
 
     def _all_owners(self) -> list[dict[str, Any]]:
         owners: list[dict[str, Any]] = []
@@ -375,7 +663,12 @@ class HubSpotCrm:
             return cached
         answer = self._request("GET", f"/crm/v3/properties/{object_type}")
         schema = {
-            p["name"]: _Property(p.get("type", "string"), p.get("fieldType", "text"), not p.get("hubspotDefined"))
+            p["name"]: _Property(
+                p.get("type", "string"),
+                p.get("fieldType", "text"),
+                not p.get("hubspotDefined"),
+                bool((p.get("modificationMetadata") or {}).get("readOnlyValue")),
+            )
             for p in answer.get("results") or []
         }
         with self._lock:
@@ -438,9 +731,14 @@ class HubSpotCrm:
         params: dict[str, Any] | None = None,
         json: Any = None,
         missing_ok: bool = False,
+        redact: bool = False,
     ) -> Any:
-        """Every call to HubSpot goes through here: httpx's and HubSpot's errors become ProviderError kinds."""
+        """Every call to HubSpot goes through here: searches paced, httpx's and HubSpot's errors made ProviderError
+        kinds. ``redact``: HubSpot's error text is left out of the message (it can quote a contact's address)."""
         what = f"{method} {path}"
+        searching = path.endswith("/search")
+        if searching:
+            self._search_pacer.wait()
         try:
             response = self._http.request(method, path, params=params, json=json)
         except httpx.TimeoutException as err:
@@ -452,7 +750,10 @@ class HubSpotCrm:
         if response.status_code == 404 and missing_ok:
             return None
         if not response.is_success:
-            raise _http_error(what, response, self.name)
+            error = _http_error(what, response, self.name, self.daily_reset, redact=redact)
+            if searching and error.status == 429 and error.retry_after is not None:
+                self._search_pacer.hold(min(error.retry_after, max(RATE_WINDOWS.values())))
+            raise error
         if not response.content:
             return {}
         try:
@@ -462,26 +763,68 @@ class HubSpotCrm:
             raise TransientError(message, provider=self.name) from err
 
 
-def _http_error(what: str, response: httpx.Response, provider: str) -> ProviderError:
+def _http_error(
+    what: str, response: httpx.Response, provider: str, daily_reset: ZoneInfo, *, redact: bool = False
+) -> ProviderError:
+    body: dict[str, Any] = {}
     try:
-        body = response.json()
-        detail = body.get("message") or json.dumps(body)[:300]
-        category = body.get("category")
-        correlation = body.get("correlationId")
+        parsed = response.json()
+        body = parsed if isinstance(parsed, dict) else {}
+        detail = body.get("message") or json.dumps(parsed)[:300]
     except ValueError:
-        detail, category, correlation = response.text[:300] or response.reason_phrase, None, None
-    message = f"{what}: HubSpot answered {response.status_code}: {detail}"
-    if category:
-        message += f" [{category}]"
-    if correlation:
-        message += f" (correlationId {correlation})"
+        detail = response.text[:300] or response.reason_phrase
+    message = f"{what}: HubSpot answered {response.status_code}"
+    if not redact:
+        message += f": {detail}"
+    if body.get("category"):
+        message += f" [{body['category']}]"
+    if body.get("correlationId"):
+        message += f" (correlationId {body['correlationId']})"
+    retry_after = None
     if response.status_code == 429:
-        retry_after = response.headers.get("Retry-After")
-        message += f"; retry after {retry_after} s" if retry_after else "; rate limited"
-    return from_http_status(response.status_code, message, provider)
+        policy = str(body.get("policyName") or "")
+        retry_after = _rate_limit_wait(policy, response.headers, daily_reset)
+        message += f"; rate limited ({policy or 'no policy named'})"
+        if retry_after is not None:
+            message += f", retry after {retry_after:g} s"
+    return from_http_status(response.status_code, message, provider, retry_after=retry_after)
+
+
+def _rate_limit_wait(policy: str, headers: httpx.Headers, daily_reset: ZoneInfo) -> float | None:
+    """Seconds until HubSpot takes requests again, from the 429's policy and headers; None when nothing says.
+
+    DAILY: until midnight in the portal's time zone, when HubSpot resets the daily count (retrying sooner only
+    spends the attempts). The short windows: Retry-After when sent, else the window
+    (X-HubSpot-RateLimit-Interval-Milliseconds, or the policy's own)."""
+    retry_after = _seconds(headers.get("Retry-After"))
+    if policy == "DAILY":
+        now = datetime.now(daily_reset)
+        midnight = datetime.combine(now.date() + timedelta(days=1), clock_time(0), tzinfo=daily_reset)
+        # aware datetimes of one tzinfo subtract as wall times: through UTC, a DST night counts right
+        until = (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+        return max(until, retry_after or 0.0)
+    if retry_after is not None:
+        return retry_after
+    interval = _seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+    if interval is not None and policy != "SECONDLY":
+        return interval / 1000
+    return RATE_WINDOWS.get(policy)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 # values --------------------------------------------------------------------------------------------
+
+
+def _only(properties: dict[str, Any], asked: list[str]) -> dict[str, Any]:
+    """The properties asked for: HubSpot adds a few to every answer (hs_object_id; in searches more)."""
+    return {name: properties.get(name) for name in asked if name in properties}
 
 
 def _typed(properties: dict[str, Any], schema: dict[str, _Property]) -> dict[str, Any]:
@@ -554,10 +897,22 @@ def _segment(value: str) -> str:
 
 
 def _contact_ids(links: list[dict[str, Any]]) -> list[str]:
-    """Contact ids in order, primary associations first, each once (HubSpot lists one per type)."""
-    primary = [str(link["id"]) for link in links if link.get("type") == "company_to_contact"]
-    rest = [str(link["id"]) for link in links]
-    return list(dict.fromkeys([*primary, *rest]))
+    """Contact ids in HubSpot's order, those whose primary company this is first, each once (v4 lists a contact
+    once with all its association types)."""
+
+    def primary(link: dict[str, Any]) -> bool:
+        return any(
+            t.get("category") == "HUBSPOT_DEFINED" and t.get("typeId") == COMPANY_TO_CONTACT_PRIMARY
+            for t in link.get("associationTypes") or []
+        )
+
+    first = [str(link["toObjectId"]) for link in links if primary(link)]
+    return list(dict.fromkeys([*first, *(str(link["toObjectId"]) for link in links)]))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _primary_team(owner: dict[str, Any]) -> str | None:

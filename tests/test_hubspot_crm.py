@@ -37,6 +37,7 @@ def hub(fake_hubspot: FakeHubSpot) -> FakeHubSpot:
     fake_hubspot.add_owner("104", "old@vendor.example", "Old", "Timer", archived=True)
     fake_hubspot.add_company(
         "5001",
+        playbook_account_id="acme",
         name="Acme GmbH",
         domain="acme.example",
         website="https://acme.example",
@@ -51,8 +52,8 @@ def hub(fake_hubspot: FakeHubSpot) -> FakeHubSpot:
     fake_hubspot.add_contact("701", "5001", email="anna@acme.example", firstname="Anna", lastname="Alt", jobtitle="CEO")
     fake_hubspot.add_contact("702", "5001", email="bo@acme.example", firstname="Bo")
     fake_hubspot.add_contact("703", "5001", email="cy@acme.example", firstname="Cy", lastname="Cole")
-    fake_hubspot.add_company("5002", name="Beta Ltd", hubspot_owner_id="101")
-    fake_hubspot.add_company("5003", name="Gamma Inc", hubspot_owner_id="103")
+    fake_hubspot.add_company("5002", playbook_account_id="beta", name="Beta Ltd", hubspot_owner_id="101")
+    fake_hubspot.add_company("5003", playbook_account_id="gamma", name="Gamma Inc", hubspot_owner_id="103")
     return fake_hubspot
 
 
@@ -65,27 +66,31 @@ def crm(hub: FakeHubSpot):
 # reading -----------------------------------------------------------------------------------------
 
 
-def test_get_account_asks_for_standard_and_custom_properties_and_the_contacts(crm, hub):
-    crm.get_account("5001")
+def test_get_account_reads_by_the_account_id_property_in_a_batch_post(crm, hub):
+    crm.get_account("acme")
 
-    company = hub.requests_to("GET", "/crm/v3/objects/companies/5001")[0]
+    [company] = hub.requests_to("POST", "/crm/v3/objects/companies/batch/read")
     assert company.headers["authorization"] == f"Bearer {TOKEN}"
-    asked = company.query["properties"][0].split(",")
-    assert asked[:3] == ["name", "hubspot_owner_id", "playbook_tags"]
+    assert company.query == {}  # the properties are in the body, never in a query string (414 past ~8 KB)
+    assert company.json["idProperty"] == "playbook_account_id" and company.json["inputs"] == [{"id": "acme"}]
+    asked = company.json["properties"]
+    assert asked[:4] == ["name", "hubspot_owner_id", "playbook_tags", "playbook_account_id"]
     assert {"domain", "industry", "health_score", "mrr", "cancelled", "renewal_date", "language"} <= set(asked)
     assert "website" not in asked  # a standard property nobody asked for
-    assert company.query["associations"] == ["contacts"]
+    [links] = hub.requests_to("POST", "/crm/v4/associations/companies/contacts/batch/read")
+    assert links.json == {"inputs": [{"id": "5001"}]}  # associations are read by HubSpot's id
     [batch] = hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")
     assert batch.json["inputs"] == [{"id": "701"}, {"id": "702"}, {"id": "703"}]
     assert {"email", "firstname", "lastname", "jobtitle"} <= set(batch.json["properties"])
 
 
 def test_get_account_returns_typed_fields_owner_tags_and_contacts_in_order(crm):
-    snapshot = crm.get_account("5001")
+    snapshot = crm.get_account("acme")
 
     account = snapshot.account
     assert snapshot.found
-    assert (account["id"], account["name"]) == ("5001", "Acme GmbH")
+    assert (account["id"], account["name"]) == ("acme", "Acme GmbH")  # the product's id, not HubSpot's
+    assert "playbook_account_id" not in account
     # typed from HubSpot's property definitions, so `account.health_score >= 70` works in a playbook
     assert account["health_score"] == 85 and account["mrr"] == 1200.5 and account["cancelled"] is False
     assert account["renewal_date"] == "2025-01-31" and account["language"] == "de"
@@ -112,21 +117,21 @@ def test_get_account_returns_typed_fields_owner_tags_and_contacts_in_order(crm):
 
 
 def test_property_definitions_and_owners_are_fetched_once(crm, hub):
-    crm.get_account("5001")
-    crm.get_account("5001")
+    crm.get_account("acme")
+    crm.get_account("acme")
     assert len(hub.requests_to("GET", "/crm/v3/properties/companies")) == 1
     assert len(hub.requests_to("GET", "/crm/v3/properties/contacts")) == 1
     assert len(hub.requests_to("GET", "/crm/v3/owners/101")) == 1
-    assert len(hub.requests_to("GET", "/crm/v3/objects/companies/5001")) == 2
+    assert len(hub.requests_to("POST", "/crm/v3/objects/companies/batch/read")) == 2
 
 
 def test_chosen_properties_replace_the_default_set(hub):
     with HubSpotCrm(TOKEN, base_url=hub.url, company_properties=["website"], contact_properties=[]) as crm:
-        snapshot = crm.get_account("5001")
+        snapshot = crm.get_account("acme")
     assert snapshot.account["website"] == "https://acme.example"
     assert "health_score" not in snapshot.account
-    asked = hub.requests_to("GET", "/crm/v3/objects/companies/5001")[0].query["properties"][0]
-    assert asked == "name,hubspot_owner_id,playbook_tags,website"
+    asked = hub.requests_to("POST", "/crm/v3/objects/companies/batch/read")[0].json["properties"]
+    assert asked == ["name", "hubspot_owner_id", "playbook_tags", "playbook_account_id", "website"]
     assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")[0].json["properties"] == [
         "email", "firstname", "lastname"
     ]
@@ -144,56 +149,57 @@ def test_an_unknown_company_is_not_found_and_the_activity_says_so(crm):
 
 def test_an_owner_gone_from_hubspot_keeps_its_id(crm, hub):
     hub.companies["5001"]["hubspot_owner_id"] = "104"  # archived: /owners/104 answers 404
-    assert crm.get_account("5001").account["owner"] == {
+    assert crm.get_account("acme").account["owner"] == {
         "id": "104", "name": "", "email": "", "languages": [], "role": None
     }
 
 
 def test_a_company_without_owner_or_contacts(crm, hub):
-    hub.add_company("5009", name="Solo")
-    snapshot = crm.get_account("5009")
+    hub.add_company("5009", playbook_account_id="solo", name="Solo")
+    snapshot = crm.get_account("solo")
     assert snapshot.account["owner"] is None and snapshot.account["tags"] == [] and snapshot.contacts == []
     assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read") == []
 
 
 def test_get_accounts_reads_a_page_as_get_account_reads_each(crm, hub):
-    hub.add_company("5009", name="Solo")
+    hub.add_company("5009", playbook_account_id="solo", name="Solo")
     hub.add_contact("704", "5002", email="dee@beta.example", firstname="Dee")
-    ids = ["5003", "5001", "999", "5009", "5002"]  # 999: no such company
+    ids = ["gamma", "acme", "nope", "solo", "beta"]  # nope: no such company
 
     many = crm.get_accounts(ids)
 
-    assert list(many) == ["5003", "5001", "5009", "5002"]  # the order asked, without the unknown one
+    assert list(many) == ["gamma", "acme", "solo", "beta"]  # the order asked, without the unknown one
     with HubSpotCrm(TOKEN, base_url=hub.url, timeout=2) as fresh:
         assert many == {i: fresh.get_account(i) for i in many}
 
 
 def test_get_accounts_makes_batch_calls_of_100_not_calls_per_account(crm, hub):
     for n in range(250):
-        hub.add_company(str(6000 + n), name=f"Shop {n}", hubspot_owner_id="101" if n % 2 else "103")
+        hub.add_company(str(6000 + n), playbook_account_id=f"shop-{n}", name=f"Shop {n}",
+                        hubspot_owner_id="101" if n % 2 else "103")
         hub.add_contact(str(8000 + n), str(6000 + n), email=f"o{n}@shop.example", firstname=f"O{n}")
     hub.requests.clear()
 
-    many = crm.get_accounts([str(6000 + n) for n in range(250)])
+    many = crm.get_accounts([f"shop-{n}" for n in range(250)])
 
-    assert len(many) == 250 and many["6007"].contacts[0]["email"] == "o7@shop.example"
-    assert many["6007"].account["owner"]["id"] == "101" and many["6008"].account["owner"]["id"] == "103"
+    assert len(many) == 250 and many["shop-7"].contacts[0]["email"] == "o7@shop.example"
+    assert many["shop-7"].account["owner"]["id"] == "101" and many["shop-8"].account["owner"]["id"] == "103"
     paths = [r.path for r in hub.requests if r.method == "POST"]
     assert paths.count("/crm/v3/objects/companies/batch/read") == 3
-    assert paths.count("/crm/v3/associations/companies/contacts/batch/read") == 3
+    assert paths.count("/crm/v4/associations/companies/contacts/batch/read") == 3
     assert paths.count("/crm/v3/objects/contacts/batch/read") == 3
     assert all(len(r.json["inputs"]) <= 100 for r in hub.requests if r.method == "POST")
-    assert not [r for r in hub.requests if r.path.startswith("/crm/v3/objects/companies/6")]  # no single reads
+    assert not [r for r in hub.requests if r.path.startswith("/crm/v3/objects/companies/shop")]  # no single reads
     assert len(hub.requests) <= 9 + 2 + 2  # + property definitions, + the two owners
 
 
 def test_get_accounts_of_companies_none_of_which_exists_or_none(crm, hub):
-    assert crm.get_accounts(["998", "999"]) == {}
+    assert crm.get_accounts(["nope", "none"]) == {}
     assert crm.get_accounts([]) == {}
 
 
 def test_get_accounts_of_companies_without_contacts(crm, hub):
-    many = crm.get_accounts(["5002", "5003"])
+    many = crm.get_accounts(["beta", "gamma"])
     assert [s.contacts for s in many.values()] == [[], []]
     assert hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read") == []
 
@@ -203,16 +209,16 @@ def test_get_accounts_of_companies_without_contacts(crm, hub):
 
 def test_update_fields_patches_text_values_and_skips_what_is_not_a_property(crm, hub):
     crm.update_fields(
-        "5001",
+        "acme",
         {"name": "Acme AG", "health_score": 70, "cancelled": True, "renewal_date": "2025-03-01", "language": None,
          "id": "x", "owner": {"id": "1"}, "tags": ["x"]},
         AT,
     )
-    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")
+    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/acme")
     assert patch.json == {"properties": {
         "name": "Acme AG", "health_score": "70", "cancelled": "true", "renewal_date": "2025-03-01", "language": ""
     }}
-    account = crm.get_account("5001").account
+    account = crm.get_account("acme").account
     assert (account["name"], account["health_score"], account["cancelled"], account["language"]) == (
         "Acme AG", 70, True, None
     )
@@ -220,14 +226,14 @@ def test_update_fields_patches_text_values_and_skips_what_is_not_a_property(crm,
 
 def test_update_fields_with_an_unknown_property_is_rejected(crm):
     with pytest.raises(RejectedError, match='Property "renewal_stage" does not exist') as caught:
-        crm.update_fields("5001", {"renewal_stage": "90_days"}, AT)
+        crm.update_fields("acme", {"renewal_stage": "90_days"}, AT)
     assert caught.value.status == 400
     assert to_application_error(caught.value).non_retryable
 
 
 def test_add_note_searches_by_key_then_creates_it_on_the_company_once(crm, hub):
-    crm.add_note("wf-1/4/0", "5001", "Called <Anna>:\nall good & happy", AT)
-    crm.add_note("wf-1/4/0", "5001", "Called <Anna>:\nall good & happy", AT)  # a retry
+    crm.add_note("wf-1/4/0", "acme", "Called <Anna>:\nall good & happy", AT)
+    crm.add_note("wf-1/4/0", "acme", "Called <Anna>:\nall good & happy", AT)  # a retry
 
     searches = hub.requests_to("POST", "/crm/v3/objects/notes/search")
     assert len(searches) == 2
@@ -250,7 +256,7 @@ def test_add_note_searches_by_key_then_creates_it_on_the_company_once(crm, hub):
 
 def test_add_note_without_a_key_property_just_creates(hub):
     with HubSpotCrm(TOKEN, base_url=hub.url, note_key_property=None) as crm:
-        crm.add_note("k", "5001", "hello", AT)
+        crm.add_note("k", "acme", "hello", AT)
     assert hub.requests_to("POST", "/crm/v3/objects/notes/search") == []
     [note] = hub.notes.values()
     assert note["properties"] == {"hs_note_body": "hello", "hs_timestamp": "2024-05-01T10:00:00.000Z"}
@@ -259,41 +265,41 @@ def test_add_note_without_a_key_property_just_creates(hub):
 def test_add_note_without_the_key_property_in_hubspot_is_a_configuration_error(crm, hub):
     hub.note_properties.discard("playbook_key")
     with pytest.raises(ConfigurationError, match="create the note property 'playbook_key'") as caught:
-        crm.add_note("wf-1/4/0", "5001", "hello", AT)
+        crm.add_note("wf-1/4/0", "acme", "hello", AT)
     assert caught.value.status == 400 and not caught.value.retryable
     assert hub.notes == {}
 
 
 def test_add_tag_reads_modifies_and_writes_the_multi_select(crm, hub):
-    crm.add_tag("5001", "onboarding")  # already there: nothing to write
-    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/5001") == []
+    crm.add_tag("acme", "onboarding")  # already there: nothing to write
+    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/acme") == []
 
-    crm.add_tag("5001", "at-risk")
-    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")
+    crm.add_tag("acme", "at-risk")
+    [patch] = hub.requests_to("PATCH", "/crm/v3/objects/companies/acme")
     assert patch.json == {"properties": {"playbook_tags": "vip;onboarding;at-risk"}}
-    assert crm.get_account("5001").account["tags"] == ["vip", "onboarding", "at-risk"]
+    assert crm.get_account("acme").account["tags"] == ["vip", "onboarding", "at-risk"]
 
 
 def test_add_tag_that_is_not_an_option_is_rejected(crm):
     with pytest.raises(RejectedError, match="not one of the allowed options"):
-        crm.add_tag("5001", "brand-new-tag")
+        crm.add_tag("acme", "brand-new-tag")
     with pytest.raises(RejectedError):
-        crm.add_tag("5001", "a;b")
+        crm.add_tag("acme", "a;b")
 
 
 def test_set_owner_patches_hubspot_owner_id(crm, hub):
-    crm.set_owner("5001", "103", AT)
-    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")[0].json == {
+    crm.set_owner("acme", "103", AT)
+    assert hub.requests_to("PATCH", "/crm/v3/objects/companies/acme")[0].json == {
         "properties": {"hubspot_owner_id": "103"}
     }
-    assert crm.get_account("5001").account["owner"]["name"] == "Cleo Diaz"
+    assert crm.get_account("acme").account["owner"]["name"] == "Cleo Diaz"
     with pytest.raises(RejectedError, match="not a valid owner"):
-        crm.set_owner("5001", "999", AT)
+        crm.set_owner("acme", "999", AT)
 
 
 def test_update_crm_activity_tags_through_hubspot(crm):
     activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
-    ref = RunRef(workflow_id="wf-1", playbook_id="renewal", account_id="5001", step_id="flag")
+    ref = RunRef(workflow_id="wf-1", playbook_id="renewal", account_id="acme", step_id="flag")
     request = CrmRequest(key="wf-1/2/0", ref=ref, action="tag", at=AT.isoformat(), text="renewal")
     snapshot = activities.update_crm(request)
     assert snapshot.account["tags"] == ["vip", "onboarding", "renewal"]
@@ -313,10 +319,11 @@ def test_team_without_local_profiles_is_every_active_owner_with_its_load(crm, hu
     pages = hub.requests_to("GET", "/crm/v3/owners")
     assert [p.query.get("after") for p in pages] == [None, ["2"]]  # followed HubSpot's paging
     assert pages[0].query["archived"] == ["false"]
-    search = hub.requests_to("POST", "/crm/v3/objects/companies/search")[0].json
-    assert search["filterGroups"][0]["filters"] == [
-        {"propertyName": "hubspot_owner_id", "operator": "EQ", "value": "101"}
+    [search] = hub.requests_to("POST", "/crm/v3/objects/companies/search")  # one search, not one per owner
+    assert search.json["filterGroups"] == [
+        {"filters": [{"propertyName": "hubspot_owner_id", "operator": "HAS_PROPERTY"}]}
     ]
+    assert search.json["properties"] == ["hubspot_owner_id"] and search.json["limit"] == 100
 
 
 def test_team_file_gives_languages_roles_capacity_and_limits_the_team(hub, tmp_path):
@@ -379,12 +386,12 @@ def test_http_errors_map_to_provider_error_kinds(crm, hub, status, kind, retryab
     body = {"status": "error", "message": f"nope {status}", "category": "X", "correlationId": "c-1"}
     hub.fail_next(1, status, body=body)
     with pytest.raises(ProviderError) as caught:
-        crm.update_fields("5001", {"health_score": 1}, AT)
+        crm.update_fields("acme", {"health_score": 1}, AT)
 
     err = caught.value
     assert type(err) is kind
     assert (err.status, err.retryable, err.provider) == (status, retryable, "hubspot")
-    expected = f"PATCH /crm/v3/objects/companies/5001: HubSpot answered {status}: nope {status} [X] (correlationId c-1)"
+    expected = f"PATCH /crm/v3/objects/companies/acme: HubSpot answered {status}: nope {status} [X] (correlationId c-1)"
     assert expected in err.message
     assert TOKEN not in str(err)
     assert to_application_error(err).non_retryable is (not retryable)
@@ -401,9 +408,9 @@ def test_a_transient_failure_is_not_cached_and_the_retry_works(crm, hub):
     hub.fail_next(1, 503, path="/crm/v3/properties/companies")
     activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
     with pytest.raises(ApplicationError) as caught:
-        activities.load_account(AccountRequest(account_id="5001"))
+        activities.load_account(AccountRequest(account_id="acme"))
     assert caught.value.non_retryable is False and caught.value.type == "TransientError"
-    assert activities.load_account(AccountRequest(account_id="5001")).account["health_score"] == 85
+    assert activities.load_account(AccountRequest(account_id="acme")).account["health_score"] == 85
 
 
 def test_a_wrong_token_is_a_configuration_error_without_the_token(hub):
@@ -412,7 +419,7 @@ def test_a_wrong_token_is_a_configuration_error_without_the_token(hub):
         HubSpotCrm(wrong, base_url=hub.url) as crm,
         pytest.raises(ConfigurationError, match="Authentication credentials not found") as caught,
     ):
-        crm.get_account("5001")
+        crm.get_account("acme")
     assert wrong not in str(caught.value) and wrong not in repr(crm)
     assert hub.requests[0].headers["authorization"] == f"Bearer {wrong}"
 
@@ -422,7 +429,7 @@ def test_connection_refused_is_transient():
         HubSpotCrm(TOKEN, base_url=closed_port_url()) as crm,
         pytest.raises(TransientError, match="could not reach HubSpot") as caught,
     ):
-        crm.get_account("5001")
+        crm.get_account("acme")
     assert caught.value.retryable
 
 
