@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
@@ -29,12 +30,16 @@ class CrmProvider(Protocol):
         self, account: dict[str, Any], contacts: list[dict[str, Any]] | None, at: datetime
     ) -> None:
         """Creates or updates the account ``account["id"]`` as an event describes it: fields merged into the stored
-        ones, ``name`` and ``owner`` (a CSM id) when given; when ``contacts`` is not None they become the account's
-        contacts (each created or updated by email). What an event's intake writes, so that triggers, segments and
-        runs all read one CRM."""
+        ones, ``name`` and ``owner`` (a CSM id) when given; when ``contacts`` is not empty, each is created or
+        updated by email and becomes one of the account's contacts (the built-in CRM replaces the account's list
+        with them; None or [] leaves the contacts as they are). What an event's intake writes, so that triggers,
+        segments and runs all read one CRM. Writing the same twice changes nothing: a retried event is safe."""
         ...
     def account_page(self, after: str | None, limit: int) -> AccountPage:
-        """Up to ``limit`` accounts after the cursor ``after`` (None: from the start), for segment checks."""
+        """Up to ``limit`` accounts after the cursor ``after`` (None: from the start), for segment checks: each as
+        get_account reads it but without contacts, in a stable order; the page's ``after`` is the next cursor, None
+        after the last page. A provider may answer fewer than ``limit`` before the last page (HubSpot: 100 at most);
+        the cursor, not the count, says whether there is more."""
         ...
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None: ...
     def add_note(self, key: str, account_id: str, text: str, at: datetime) -> None: ...
@@ -66,6 +71,22 @@ class BuiltinCrm:
     def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
         with session(self.db_url) as s:
             return read_accounts(s, account_ids)
+
+    def upsert_account(
+        self, account: dict[str, Any], contacts: list[dict[str, Any]] | None, at: datetime
+    ) -> None:
+        # Two writers creating the same account at once: the one the unique id refuses runs again and updates it.
+        try:
+            with session(self.db_url) as s:
+                write_account(s, account, contacts)
+        except IntegrityError:
+            with session(self.db_url) as s:
+                write_account(s, account, contacts)
+
+    def account_page(self, after: str | None, limit: int) -> AccountPage:
+        """Keyset by id: the accounts with ids after ``after``, their owners and tags (two queries; no contacts)."""
+        with session(self.db_url) as s:
+            return read_account_page(s, after or "", limit)
 
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None:
         with session(self.db_url) as s:
@@ -149,12 +170,16 @@ _CSM_ROW = select(_CSMS.c.id, _CSMS.c.name, _CSMS.c.email, _CSMS.c.languages, _C
 )
 _TAG_ROWS = select(_TAGS.c.tag).where(_TAGS.c.account_id == bindparam("account_id")).order_by(_TAGS.c.tag)
 # read_accounts: a page of accounts with their owners, their contacts, their tags (an expanding IN each)
-_ACCOUNT_ROWS = (
+_WITH_OWNERS = (
     select(_ACCOUNTS.c.id, _ACCOUNTS.c.name, _ACCOUNTS.c.fields, _CSMS.c.id.label("owner_id"),
            _CSMS.c.name.label("owner_name"), _CSMS.c.email.label("owner_email"),
            _CSMS.c.languages.label("owner_languages"), _CSMS.c.role.label("owner_role"))
     .select_from(_ACCOUNTS.outerjoin(_CSMS, _CSMS.c.id == _ACCOUNTS.c.owner_id))
-    .where(_ACCOUNTS.c.id.in_(bindparam("account_ids", expanding=True)))
+)
+_ACCOUNT_ROWS = _WITH_OWNERS.where(_ACCOUNTS.c.id.in_(bindparam("account_ids", expanding=True)))
+# account_page: the next accounts by id, with their owners (keyset: no OFFSET, every page costs the same)
+_ACCOUNT_PAGE = (
+    _WITH_OWNERS.where(_ACCOUNTS.c.id > bindparam("after")).order_by(_ACCOUNTS.c.id).limit(bindparam("limit"))
 )
 _CONTACTS_OF = (
     select(_CONTACTS.c.account_id, _CONTACTS.c.email, _CONTACTS.c.first_name, _CONTACTS.c.fields)
@@ -213,18 +238,28 @@ def read_accounts(s: Session, account_ids: Sequence[str]) -> dict[str, AccountSn
             contacts.setdefault(c.account_id, []).append(_contact_dict(c))
         for account_id in chunk["account_ids"]:
             row = rows.get(account_id)
-            if row is None:
-                continue
-            owner = None
-            if row.owner_id is not None:
-                owner = {"id": row.owner_id, "name": row.owner_name, "email": row.owner_email,
-                         "languages": list(row.owner_languages or []), "role": row.owner_role}
-            found[account_id] = AccountSnapshot(
-                account={**(row.fields or {}), "id": account_id, "name": row.name, "owner": owner,
-                         "tags": tags.get(account_id, [])},
-                contacts=contacts.get(account_id, []),
-            )
+            if row is not None:
+                found[account_id] = AccountSnapshot(_account_dict(row, tags), contacts.get(account_id, []))
     return found
+
+
+def read_account_page(s: Session, after: str, limit: int) -> AccountPage:
+    """The accounts with ids after ``after`` (up to ``limit``, in id order) as read_accounts reads them, without
+    their contacts: two queries (accounts with their owners, tags). The next cursor is the last id of a full page."""
+    rows = s.execute(_ACCOUNT_PAGE, {"after": after, "limit": limit}).all()
+    tags: dict[str, list[str]] = {}
+    if rows:
+        for account_id, tag in s.execute(_TAGS_OF, {"account_ids": [r.id for r in rows]}):
+            tags.setdefault(account_id, []).append(tag)
+    return AccountPage([_account_dict(r, tags) for r in rows], rows[-1].id if rows and len(rows) == limit else None)
+
+
+def _account_dict(row: Any, tags: dict[str, list[str]]) -> dict[str, Any]:  # a row of _WITH_OWNERS
+    owner = None
+    if row.owner_id is not None:
+        owner = {"id": row.owner_id, "name": row.owner_name, "email": row.owner_email,
+                 "languages": list(row.owner_languages or []), "role": row.owner_role}
+    return {**(row.fields or {}), "id": row.id, "name": row.name, "owner": owner, "tags": tags.get(row.id, [])}
 
 
 def _contact_dict(c: Any) -> dict[str, Any]:
