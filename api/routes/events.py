@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from engine.interpreter.messages import Event
-from engine.runtime.intake import UnknownOwner, take_event
+from engine.runtime.intake import CrmRefused, CrmUnavailable, UnknownOwner, take_event
 from engine.runtime.settings import reveal
 
 from ..deps import StateDep
-from ..problems import UPSTREAM, Problem, documented
+from ..problems import RETRY_AFTER_SECONDS, UPSTREAM, Problem, documented
 from ..schemas import EventIn, EventOut
 from ..security import SIGNATURE_HEADER, bearer_token, caller_for, check_signature
 
 router = APIRouter(tags=["events"])
+
+# What POST /events may answer besides 2xx: the CRM of record (PLAYBOOK_CRM_PROVIDER) takes the event's account first.
+EVENT_ERRORS = {
+    401: "Unsigned, badly signed, or replayed",
+    422: "Not a valid event, or the CRM of record refused the account it describes (the reason is in the detail)",
+    **UPSTREAM,
+    503: (
+        "Temporal, the engine's database or the CRM of record (HubSpot) does not answer or failed: nothing was "
+        "started and the event id is not remembered; send the same event again after Retry-After seconds"
+    ),
+}
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -51,7 +63,7 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     openapi_extra={
         "requestBody": {"content": {"application/json": {"schema": inline_schema(EventIn)}}, "required": True}
     },
-    responses=documented({401: "Unsigned, badly signed, or replayed", 422: "Not a valid event", **UPSTREAM}),
+    responses=documented(EVENT_ERRORS),
 )
 async def post_event(
     request: Request,
@@ -91,9 +103,19 @@ async def post_event(
     )
     try:
         answer = await take_event(
-            state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts
+            state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts,
+            crm=state.crm,
         )
     except UnknownOwner as err:
         errors = [{"location": "account.owner", "message": str(err)}]
         raise Problem(422, "Invalid event", f"account.owner: {err}", errors=errors) from None
+    except CrmRefused as err:
+        raise Problem(422, "Invalid event", str(err), errors=[{"location": "account", "message": str(err)}]) from None
+    except CrmUnavailable as err:
+        # HubSpot's rate-limit wait when it said one (a DAILY limit: until its midnight), else the usual few seconds
+        wait = RETRY_AFTER_SECONDS if err.retry_after is None else max(1, math.ceil(err.retry_after))
+        raise Problem(
+            503, "Service Unavailable", f"{err}. Nothing was started: send the same event again in a moment.",
+            headers={"Retry-After": str(wait)},
+        ) from None
     return EventOut.model_validate(answer.as_json())

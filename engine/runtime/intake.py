@@ -4,6 +4,11 @@ Temporal does the bookkeeping: a run's workflow id is its playbook and enrollmen
 run per key" is Temporal's own id conflict policy, and "never again" its id reuse policy. The event id
 is remembered in the engine's database, so the same event posted twice answers the same and starts
 nothing new.
+
+The account lives in the CRM of record (PLAYBOOK_CRM_PROVIDER): the event's account and contacts are upserted
+there and triggers judge the account as that CRM reads it back, the same account the runs will read. With the
+built-in CRM that is one transaction of the engine's database; with another (HubSpot) the CRM's calls, and the
+event ids and enrolled runs stay in the engine's database.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.crm import csm_exists, read_account, write_account
+from activities.crm import BuiltinCrm, CrmProvider, csm_exists, read_account, write_account
+from activities.errors import NotFoundError, ProviderError, RejectedError
 from activities.types import AccountSnapshot
 from engine.interpreter.messages import EVENT_SIGNAL, Event, event_context
 from engine.language import expressions as ex
@@ -129,6 +136,21 @@ class UnknownOwner(ValueError):
     """The event names as the account's owner a CSM the engine does not know."""
 
 
+class CrmRefused(ValueError):
+    """The CRM of record refused what the event says about the account (a property it does not have, an owner it
+    does not know, a company it cannot create): sending the same event again will not help."""
+
+
+class CrmUnavailable(Exception):
+    """The CRM of record failed while the event was taken (down, slow, rate limiting, refusing the engine's
+    credentials). Nothing was started and the event id is not remembered: the same event may be sent again, after
+    ``retry_after`` seconds when the CRM said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 _RECEIVED = t.ReceivedEvent.__table__
 _ANSWER_OF = select(_RECEIVED.c.answer).where(_RECEIVED.c.id == bindparam("event_id"))
 _REMEMBER = insert(_RECEIVED)
@@ -166,15 +188,8 @@ def _before_starts(
     contacts: list[dict[str, Any]] | None, listening: frozenset[str],
 ) -> EventAnswer | Before:
     with session(db_url) as s:
-        if event_id:
-            answer = s.scalar(_ANSWER_OF, {"event_id": event_id})
-            if answer is not None:
-                return EventAnswer(
-                    event_id=event_id,
-                    runs=[StartedRun(**r) for r in answer.get("runs", [])],
-                    delivered_to=list(answer.get("delivered_to", [])),
-                    duplicate=True,
-                )
+        if event_id and (seen := _answer_of(s, event_id)) is not None:
+            return seen
         if account and account.get("owner") is not None and not csm_exists(s, account["owner"]):
             raise UnknownOwner(f"no CSM {account['owner']!r} is known to the engine")
         if account or contacts:
@@ -183,6 +198,58 @@ def _before_starts(
         runs = enrolled.run_ids(s, account_id, listening)
     snapshot = snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
     return Before(snapshot, runs)
+
+
+def before_starts_in(
+    crm: CrmProvider, db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
+    contacts: list[dict[str, Any]] | None, listening: frozenset[str] = frozenset(),
+) -> EventAnswer | Before:
+    """before_starts for a CRM of record other than the built-in one: the answer of an event seen before (the
+    engine's database); else the account and contacts upserted in the CRM, the account read back from it as the
+    runs will read it (one the CRM does not have: its id only), and the account's runs of the ``listening``
+    playbooks (the engine's database). Synchronous (the providers are): call it in a thread.
+
+    Raises CrmRefused when the CRM refuses the event's data, CrmUnavailable when it fails otherwise; either way
+    nothing is remembered, and an upsert that did land is written the same again when the event is sent again.
+    """
+    if event_id:
+        with session(db_url) as s:
+            seen = _answer_of(s, event_id)
+        if seen is not None:
+            return seen
+    try:
+        if account or contacts:
+            crm.upsert_account({**(account or {}), "id": account_id}, contacts, datetime.now(UTC))
+    except (RejectedError, NotFoundError) as err:
+        raise CrmRefused(f"the CRM ({crm.name}) refused the account: {err.message}") from err
+    except ProviderError as err:
+        raise _unavailable(crm, "writing", err) from err
+    try:
+        snapshot = crm.get_account(account_id)
+    except NotFoundError:
+        snapshot = AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
+    except ProviderError as err:
+        raise _unavailable(crm, "reading", err) from err
+    with session(db_url) as s:
+        runs = enrolled.run_ids(s, account_id, listening)
+    return Before(snapshot, runs)
+
+
+def _unavailable(crm: CrmProvider, doing: str, err: ProviderError) -> CrmUnavailable:
+    return CrmUnavailable(f"the CRM ({crm.name}) failed {doing} the account: {err.message}", err.retry_after)
+
+
+def _answer_of(s: Session, event_id: str) -> EventAnswer | None:
+    """The answer the event got the first time, if its id was seen before."""
+    answer = s.scalar(_ANSWER_OF, {"event_id": event_id})
+    if answer is None:
+        return None
+    return EventAnswer(
+        event_id=event_id,
+        runs=[StartedRun(**r) for r in answer.get("runs", [])],
+        delivered_to=list(answer.get("delivered_to", [])),
+        duplicate=True,
+    )
 
 
 def remember(db_url: str, event: Event, answer: EventAnswer, ended: Sequence[str] = ()) -> None:
@@ -213,16 +280,24 @@ async def take_event(
     event: Event,
     account: dict[str, Any] | None = None,
     contacts: list[dict[str, Any]] | None = None,
+    crm: CrmProvider | None = None,
 ) -> EventAnswer:
     """The whole of POST /events: idempotent by event id.
 
-    The database work (a few milliseconds of SQLite) runs in a thread, so the event loop goes on serving other
-    requests meanwhile. The account's live runs are looked up while the triggered playbooks start: an event that
-    starts a run is its trigger, not something it waits for, so it is delivered to every live run but those.
+    ``crm`` is the CRM of record (None: the built-in one in ``db_url``). The database work (a few milliseconds of
+    SQLite) and the CRM's calls run in a thread, so the event loop goes on serving other requests meanwhile. The
+    account's live runs are looked up while the triggered playbooks start: an event that starts a run is its
+    trigger, not something it waits for, so it is delivered to every live run but those.
     """
     account_id = event.account_id or ""
     listening = listeners(library).get(event.type, frozenset())
-    before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts, listening)
+    if crm is None or (isinstance(crm, BuiltinCrm) and crm.db_url == db_url):
+        # the built-in CRM: dedupe, upsert, read back and the listening runs in one transaction
+        before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts, listening)
+    else:
+        before = await asyncio.to_thread(
+            before_starts_in, crm, db_url, event.id, account_id, account, contacts, listening
+        )
     if isinstance(before, EventAnswer):
         return before
     account_data, contact_data = before.snapshot.account, before.snapshot.contacts
