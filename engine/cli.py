@@ -195,6 +195,8 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
     import asyncio
     import signal
 
+    from .runtime.codec import EncryptionCodec
+    from .runtime.connect import data_converter
     from .runtime.demo import seed_demo
     from .runtime.devstack import DevServer
     from .runtime.logs import configure
@@ -203,7 +205,7 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
     console = Console()
     configure(settings.logs_as_json)
     home = Path(settings.home)
-    server = DevServer(home, port, ui_port, settings.temporal_namespace)
+    server = DevServer(home, port, ui_port, settings.temporal_namespace, data_converter=data_converter(settings))
     console.print(f"starting Temporal dev server (state in {home / 'temporal.db'}) ...", markup=False)
     client = await server.start()
     try:
@@ -228,6 +230,11 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
         console.print(f"Temporal:  {server.address} (namespace {settings.temporal_namespace})", markup=False)
         console.print(f"Web UI:    {server.ui_url}", markup=False)
         console.print(f"Database:  {settings.db_url}", markup=False)
+        keys = server.data_converter.payload_codec if server.data_converter else None
+        console.print(
+            f"Payloads:  encrypted (key {keys.key_id})" if isinstance(keys, EncryptionCodec) else "Payloads:  in clear",
+            markup=False,
+        )
         from .runtime.workers import versioning
 
         version = versioning(settings)
@@ -307,6 +314,27 @@ def token_create(
         Console(stderr=True).print(str(err), markup=False)
         raise typer.Exit(2) from None
     print(token)
+
+
+keys_app = typer.Typer(help="Keys of encrypted Temporal payloads (PLAYBOOK_PAYLOAD_KEYS, docs/encryption.md).",
+                        no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="The key's id (letters, digits, . _ -); default: a random one.")
+    ] = None,
+) -> None:
+    """Print a new AES-256 key as KEY_ID:BASE64, ready for PLAYBOOK_PAYLOAD_KEYS (put it first to encrypt with it)."""
+    from .runtime.codec import new_key
+
+    try:
+        print(new_key(key_id))
+    except ValueError as err:
+        print(f"playbook keys new: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +26,16 @@ with workflow.unsafe.imports_passed_through():
 
 from engine.interpreter.core import PendingAsk, Scope, StepFailed, activity_failure
 from engine.interpreter.waiting import WaitingSteps
+
+# Since this patch an email step's result (steps.ID, the run's result and its state query) keeps the message id,
+# status and subject, not the body: the body is in the outbox / provider row of that message id, and a run's result
+# repeated every body it sent. A step whose body a later step reads (`steps.ID.body`, documented) keeps it.
+# Runs recorded before the patch replay with their bodies.
+RESULT_WITHOUT_BODIES_PATCH = "result-without-bodies"
+ALL_STEPS = "*"  # body_readers(): a template reads some step's body in a way the pattern does not name
+_BODY_READ = re.compile(
+    r"""steps\s*(?:\.\s*([A-Za-z_][\w-]*)|\[\s*['"]([^'"]+)['"]\s*\])\s*(?:\.\s*body\b|\[\s*['"]body['"]\s*\])"""
+)
 
 
 @dataclass
@@ -54,7 +66,41 @@ def _governed(rules: EmailRules | None) -> dict[str, Any]:
     }
 
 
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _texts(v)
+
+
+def body_readers(playbook: m.Playbook) -> frozenset[str]:
+    """Ids of the email steps whose body some template or expression of the playbook reads (steps.ID.body,
+    steps['ID']['body']); ALL_STEPS in it when a text names both `steps` and `body` some other way (kept, to be
+    safe). Text scanning of the model's strings only: no template is parsed."""
+    readers: set[str] = set()
+    for text in _texts(m.to_data(playbook.steps)):
+        if "body" not in text or "steps" not in text:
+            continue
+        named = [a or b for a, b in _BODY_READ.findall(text)]
+        readers.update(named or [ALL_STEPS])
+    return frozenset(readers)
+
+
 class EffectSteps(WaitingSteps):
+    _body_readers: frozenset[str] | None = None  # body_readers(self.playbook), worked out once per run
+
+    def keeps_body(self, step: m.EmailStep) -> bool:
+        """Whether the email step's result keeps its body (see RESULT_WITHOUT_BODIES_PATCH)."""
+        if not workflow.patched(RESULT_WITHOUT_BODIES_PATCH):
+            return True
+        if self._body_readers is None:
+            self._body_readers = body_readers(self.playbook)
+        return ALL_STEPS in self._body_readers or step.id in self._body_readers
+
     async def step_email(self, step: m.EmailStep, scope: Scope) -> dict[str, Any]:
         rules = self.playbook.policy.for_email(step.category) if self.playbook.policy is not None else None
         # the draft in one render (one context); the rest as it is sent, after any approval or quiet hours
@@ -107,7 +153,9 @@ class EffectSteps(WaitingSteps):
                 self.note(step, "waiting", f"capped until {sent.retry_at}")
                 await self.sleep_until(step, _utc(sent.retry_at), may_roll=step.approval is None)
                 sent = await self.send(step, scope, dataclasses.replace(request, at=self.now().isoformat()))
-        outcome = {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject, "body": body}
+        outcome = {**result, "message_id": sent.message_id, "status": sent.status, "subject": subject}
+        if self.keeps_body(step):
+            outcome["body"] = body
         if sent.left_out:
             outcome["left_out"] = [{"address": o.address, "reason": o.reason} for o in sent.left_out]
         return outcome

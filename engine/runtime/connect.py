@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, TLSConfig
+from temporalio.client import Client, Interceptor, TLSConfig
+from temporalio.converter import DataConverter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from activities.crm import BuiltinCrm, CrmProvider
@@ -15,9 +16,11 @@ from activities.library import LibraryActivities
 from activities.playbook_activities import Listener, PlaybookActivities
 from activities.segments import SegmentActivities
 
+from .codec import codec, with_codec
 from .messaging import unsubscribe_links
 from .schedules import ScheduleActivities
 from .settings import Settings, reveal
+from .workers import DATA_CONVERTER
 
 SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "AccountId": "Keyword"}
 
@@ -35,6 +38,27 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """The engine's converter (its payload converter), with the AES-256-GCM codec when PLAYBOOK_PAYLOAD_KEYS is
+    set: every client made from the settings (worker, API, CLI, dev stack) reads and writes the same payloads."""
+    return with_codec(DATA_CONVERTER, codec(reveal(settings.payload_keys)))
+
+
+def tracing_interceptors(settings: Settings) -> list[Interceptor]:
+    """temporalio's OpenTelemetry interceptor when PLAYBOOK_TRACING is on (a worker built from the client inherits
+    it); the opentelemetry packages are the optional "tracing" extra, imported only then."""
+    if not settings.tracing:
+        return []
+    try:
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+    except ImportError as err:  # the SDK's contrib module imports opentelemetry
+        raise RuntimeError(
+            f"PLAYBOOK_TRACING=true needs OpenTelemetry: install the tracing extra "
+            f"(pip install 'playbook-engine[tracing]'); {err}"
+        ) from None
+    return [TracingInterceptor()]
+
+
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     tls: bool | TLSConfig = False
     if settings.temporal_tls or settings.temporal_tls_cert or settings.temporal_api_key:
@@ -43,7 +67,10 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
             client_private_key=_read(settings.temporal_tls_key),
             server_root_ca_cert=_read(settings.temporal_tls_ca),
         )
-    kwargs: dict[str, Any] = {"namespace": settings.temporal_namespace, "tls": tls}
+    kwargs: dict[str, Any] = {
+        "namespace": settings.temporal_namespace, "tls": tls, "data_converter": data_converter(settings),
+        "interceptors": tracing_interceptors(settings),
+    }
     if settings.temporal_api_key:
         kwargs["api_key"] = reveal(settings.temporal_api_key)
     if runtime is not None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
 from .connect import SEARCH_ATTRIBUTES, quiet_runtime
 
@@ -65,8 +66,13 @@ class DevServer:
         ui_port: int = 8233,
         namespace: str = "default",
         dynamic_config: dict[str, str] | None = None,
+        data_converter: DataConverter | None = None,
     ) -> None:
-        """``dynamic_config``: more --dynamic-config-value settings (values as JSON text), over DYNAMIC_CONFIG."""
+        """``dynamic_config``: more --dynamic-config-value settings (values as JSON text), over DYNAMIC_CONFIG.
+        ``data_converter``: the converter of the client start() returns (connect.data_converter(settings) in
+        `playbook dev`, so what it writes, schedules included, is encrypted when PLAYBOOK_PAYLOAD_KEYS is set);
+        default: temporalio's."""
+        self.data_converter = data_converter
         self.home = home
         self.dynamic_config = {**DYNAMIC_CONFIG, **(dynamic_config or {})}
         self.port = port
@@ -139,7 +145,10 @@ class DevServer:
                     f"temporal dev server exited ({self.process.returncode}); see {log_path}:\n{log_tail(log_path)}"
                 )
             try:
-                return await Client.connect(self.address, namespace=self.namespace, runtime=quiet_runtime())
+                return await Client.connect(
+                    self.address, namespace=self.namespace, runtime=quiet_runtime(),
+                    data_converter=self.data_converter or DataConverter.default,
+                )
             except Exception:  # noqa: BLE001 - not up yet
                 if asyncio.get_running_loop().time() > deadline:
                     self.stop()
