@@ -410,12 +410,21 @@ async def make_current(
     loop = asyncio.get_running_loop()
     started = loop.time()
     last_refusal = ""
+    current: str | None = None
     while True:
-        described = await _describe(client, versioning.deployment_name)
-        current = _current(described)
-        if current == versioning.build_id or (only_if_none and current):
-            return Promotion(current, current, False, loop.time() - started)
-        if described is not None and await is_polling(client, versioning, task_queue):
+        try:
+            described = await _describe(client, versioning.deployment_name)
+            current = _current(described)
+            if current == versioning.build_id or (only_if_none and current):
+                return Promotion(current, current, False, loop.time() - started)
+            polling = described is not None and await is_polling(client, versioning, task_queue)
+        except RPCError as e:
+            # Workers started together all ask at once, and the server rate-limits requests per Worker Deployment
+            # ("too many requests issued to Worker Deployment"): the next round asks again.
+            if e.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+                raise
+            described, polling, last_refusal = None, False, e.message
+        if polling:
             request = SetWorkerDeploymentCurrentVersionRequest(
                 namespace=client.namespace,
                 deployment_name=versioning.deployment_name,
@@ -427,9 +436,12 @@ async def make_current(
             try:
                 response = await client.workflow_service.set_worker_deployment_current_version(request)
             except RPCError as e:
-                # NOT_FOUND: the server has the poller but not yet the version; the others: a race with
-                # another deploy or worker (the next round sees who won)
-                if e.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.ABORTED):
+                # NOT_FOUND: the server has the poller but not yet the version; RESOURCE_EXHAUSTED: as above; the
+                # others: a race with another deploy or worker (the next round sees who won)
+                if e.status not in (
+                    RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.ABORTED,
+                    RPCStatusCode.RESOURCE_EXHAUSTED,
+                ):
                     raise DeployError(f"the server refused to make {versioning.label} current: {e.message}") from e
                 last_refusal = e.message
             else:
