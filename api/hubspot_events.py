@@ -33,13 +33,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from engine.interpreter.messages import Event
-from engine.runtime.intake import EventAnswer
+from engine.runtime.intake import CrmUnavailable, EventAnswer
 
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
@@ -107,14 +107,23 @@ def check_signature(secret: str, method: str, uri: str, body: bytes, given: str 
 # ---------------------------------------------------------------------------------------------- the body
 
 
+def _as_text(value: Any) -> Any:
+    """HubSpot sends property values as text; a number or boolean is taken as the text it would be."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
 class HubSpotEvent(BaseModel):
-    """One event as HubSpot posts it (camelCase on the wire). Fields HubSpot adds later are ignored."""
+    """One event as HubSpot posts it (camelCase on the wire). Fields HubSpot adds later are ignored, and so is the
+    shape of events the engine does not take (an associationChange has fromObjectId and toObjectId, no objectId):
+    one subscription the engine ignores must not make HubSpot's whole request a 400 it retries for a day."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     event_id: int = Field(description="HubSpot's id of the event")
     subscription_type: str = Field(min_length=1, description="company.creation, company.propertyChange, ...")
-    object_id: int = Field(description="The HubSpot id of the record (a company's id for company.*)")
+    object_id: int | None = Field(default=None, description="The HubSpot id of the record (company.*: the company)")
     portal_id: int | None = Field(default=None, description="The HubSpot account the event is from")
     subscription_id: int | None = None
     app_id: int | None = None
@@ -122,7 +131,7 @@ class HubSpotEvent(BaseModel):
     attempt_number: int | None = None
     object_type_id: str | None = Field(default=None, description="object.* subscriptions: 0-2 companies, 0-1 contacts")
     property_name: str | None = None
-    property_value: str | None = None
+    property_value: Annotated[str | None, BeforeValidator(_as_text)] = None
     change_source: str | None = None
 
 
@@ -131,7 +140,7 @@ _BATCH = TypeAdapter(list[HubSpotEvent])
 
 def parse_batch(body: bytes) -> list[HubSpotEvent]:
     try:
-        return _BATCH.validate_json(body)
+        events = _BATCH.validate_json(body)
     except ValidationError as err:
         errors = []
         for e in err.errors(include_input=False, include_url=False):  # no values: they may be personal data
@@ -142,6 +151,11 @@ def parse_batch(body: bytes) -> list[HubSpotEvent]:
         if any(e["type"] == "list_type" and not e["loc"] for e in err.errors(include_input=False, include_url=False)):
             raise BadBatch("the body must be a JSON array of HubSpot events", errors) from None
         raise BadBatch("; ".join(f"{e['location']}: {e['message']}" for e in errors), errors) from None
+    missing = [{"location": f"[{i}].objectId", "message": f"Field required for {e.subscription_type}"}
+               for i, e in enumerate(events) if e.object_id is None and engine_type(e) is not None]
+    if missing:
+        raise BadBatch("; ".join(f"{e['location']}: {e['message']}" for e in missing), missing)
+    return events
 
 
 def kind_of(event: HubSpotEvent) -> tuple[str, str]:
@@ -201,19 +215,27 @@ class MapsCompanies(Protocol):
 
 def account_ids(crm: object, company_ids: Sequence[str]) -> dict[str, str]:
     """HubSpot company id → the engine's account id. With a CRM that maps them (HubSpot), one batch read; with the
-    built-in CRM, HubSpot's objectId is the account id."""
+    built-in CRM, HubSpot's objectId is the account id. Raises CrmUnavailable when the CRM fails (as the intake
+    does), so the request is a 503 HubSpot sends again."""
     wanted = list(dict.fromkeys(company_ids))
     if not wanted:
         return {}
-    if isinstance(crm, MapsCompanies):
+    if not isinstance(crm, MapsCompanies):
+        return {i: i for i in wanted}
+    try:
         return dict(crm.account_ids_for(wanted))
-    return {i: i for i in wanted}
+    except Exception as err:
+        if not _provider_failure(err):
+            raise
+        message = getattr(err, "message", str(err))
+        raise CrmUnavailable(f"the CRM ({getattr(crm, 'name', 'crm')}) failed reading the companies' account ids: "
+                             f"{message}", getattr(err, "retry_after", None)) from err
 
 
-def provider_failure(err: BaseException) -> bool:
+def _provider_failure(err: Exception) -> bool:
     """Whether err is the CRM's ProviderError (activities/errors.py, which the api does not import: the layering of
     tests/test_architecture.py), known by the fields every one of them has."""
-    return isinstance(err, Exception) and hasattr(err, "retryable") and hasattr(err, "provider")
+    return hasattr(err, "retryable") and hasattr(err, "provider")
 
 
 # ------------------------------------------------------------------------------------------- the batch
@@ -274,4 +296,4 @@ async def take_batch(events: list[HubSpotEvent], mapping: dict[str, str], take: 
 
 def company_ids(events: list[HubSpotEvent]) -> list[str]:
     """The HubSpot ids of the companies the events the engine takes name."""
-    return [str(e.object_id) for e in events if engine_type(e) is not None]
+    return [str(e.object_id) for e in events if engine_type(e) is not None and e.object_id is not None]

@@ -30,6 +30,8 @@ from api.app import create_app
 from engine.runtime.settings import Settings
 from engine.storage.db import migrate
 from tests.asgi import call
+from tests.fakes import FakeHubSpot, closed_port_url, fake_hubspot_fixture  # noqa: F401 - the fixture
+from tests.fakes.fake_hubspot import TOKEN
 from tests.paths import PLAYBOOKS
 
 SECRET = "3e0f7a2c-5b1d-4c8e-9f6a-1d2b3c4d5e6f"  # a HubSpot app's client secret
@@ -118,11 +120,14 @@ def test_a_valid_signature_is_accepted(app: Any) -> None:
         {"eventId": 1, "subscriptionType": "deal.creation", "objectId": 77, "portalId": 62515},
         {"eventId": 2, "subscriptionType": "contact.propertyChange", "objectId": 78, "propertyName": "email",
          "propertyValue": "anna@kraus.example"},
+        # an association change has no objectId (fromObjectId, toObjectId): ignored, not a 400 for the request
+        {"eventId": 3, "subscriptionType": "contact.associationChange", "fromObjectId": 78, "toObjectId": 4711,
+         "associationType": "CONTACT_TO_COMPANY", "associationRemoved": False},
     ]).encode()
     answer = post(app, body)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"events": 2, "taken": 0, "runs_started": 0, "delivered_to_runs": 0, "duplicates": 0,
-                             "skipped": 0, "ignored": 2}
+    assert answer.json() == {"events": 3, "taken": 0, "runs_started": 0, "delivered_to_runs": 0, "duplicates": 0,
+                             "skipped": 0, "ignored": 3}
     # a request HubSpot signed four minutes ago (a slow delivery) is still taken
     assert post(app, body, sign(body, at_ms=now_ms() - 240_000)).status_code == 200
     assert post(app, b"[]").json()["events"] == 0
@@ -165,6 +170,7 @@ def test_without_a_secret_the_webhook_is_refused_with_a_reason(tmp_path: Path) -
     (b'{"eventId": 1}', "the body must be a JSON array of HubSpot events"),
     (b"[1]", "[0]: Input should be an object"),
     (b'[{"subscriptionType": "company.creation", "objectId": 5}]', "[0].eventId: Field required"),
+    (b'[{"eventId": 1, "subscriptionType": "company.creation"}]', "[0].objectId: Field required for company.creation"),
     (b'[{"eventId": 1, "subscriptionType": "company.creation", "objectId": "acme"}]', "[0].objectId: Input should be"),
     (b'[{"eventId": 1, "subscriptionType": "", "objectId": 5}]', "[0].subscriptionType: String should have"),
     (b'[{"eventId": 1, "subscriptionType": "company.creation", "objectId": 5, "occurredAt": "today"}]',
@@ -206,6 +212,9 @@ def test_the_event_id_is_the_same_for_every_delivery_and_differs_between_events(
                                           "objectTypeId": "0-2"}]).encode())[0]
     assert hs.engine_type(generic) == "crm.company_changed"
     assert hs.engine_type(generic.model_copy(update={"object_type_id": "0-1"})) is None  # a contact: ignored
+    # HubSpot sends values as text; should a number come, it is the text it would be
+    number = hs.parse_batch(json.dumps([{**change(4711, "health_score", "x"), "propertyValue": 42}]).encode())[0]
+    assert hs.to_event(number, "acc-kraus").data["value"] == "42"
 
 
 # ------------------------------------------------------------------------------- events that start runs
@@ -347,3 +356,50 @@ def test_a_property_value_is_text_that_a_trigger_can_read_as_a_number(temporal, 
     assert loop.run_until_complete(scenario()) == {"events": 4, "taken": 4, "runs_started": 1,
                                                    "delivered_to_runs": 0, "duplicates": 0, "skipped": 0,
                                                    "ignored": 0}
+
+
+# ------------------------------------------------------------------------------------- with HubSpot as the CRM
+
+
+@pytest.mark.timeout(120)
+def test_with_hubspot_a_company_is_its_account_id_property_and_one_without_is_skipped(  # type: ignore[no-untyped-def]
+    temporal, fake_hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    loop, client = temporal
+    fake_hubspot.add_company("4711", name="Kraus GmbH", playbook_account_id="acc-kraus", lifecyclestage="customer")
+    fake_hubspot.add_company("4712", name="No Id AG", lifecyclestage="customer")  # not (yet) known to the product
+    app = engine_app(tmp_path, client, crm_provider="hubspot", hubspot_token=TOKEN,
+                     hubspot_base_url=fake_hubspot.url)
+    body = json.dumps([change(4711, "lifecyclestage", "customer"), change(4712, "lifecyclestage", "customer"),
+                       change(4711, "name", "Kraus GmbH & Co. KG")]).encode()
+
+    async def scenario() -> dict[str, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+                assert answer.status_code == 200, answer.text
+                run = client.get_workflow_handle("lifecycle-stage/acc-kraus")
+                assert (await run.describe()).status.name == "RUNNING"
+                assert await signals_of(client, run.id) == 1  # the name change reached it
+                return dict(answer.json())
+
+    assert loop.run_until_complete(scenario()) == {"events": 3, "taken": 2, "runs_started": 1,
+                                                   "delivered_to_runs": 1, "duplicates": 0, "skipped": 1,
+                                                   "ignored": 0}
+    # the account ids of the request's companies came from one batch read
+    reads = [r for r in fake_hubspot.requests if r.path == "/crm/v3/objects/companies/batch/read"
+             and [i["id"] for i in (r.json or {}).get("inputs", [])] == ["4711", "4712"]]
+    assert len(reads) == 1, [(r.method, r.path) for r in fake_hubspot.requests]
+
+
+def test_when_hubspot_does_not_answer_the_request_is_a_503_hubspot_retries(tmp_path: Path) -> None:
+    app = app_for(tmp_path, crm_provider="hubspot", hubspot_token=TOKEN, hubspot_base_url=closed_port_url())
+    body = json.dumps([change(4711, "lifecyclestage", "customer")]).encode()
+    answer = post(app, body)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] and "HubSpot sends the request again" in answer.json()["detail"]
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    # events that need no account id do not need HubSpot
+    ignored = json.dumps([{"eventId": 9, "subscriptionType": "contact.creation", "objectId": 5}]).encode()
+    assert post(app, ignored).status_code == 200

@@ -6,6 +6,7 @@ What each event becomes is in api/hubspot_events.py; here: the signature, the bo
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated
 
 import structlog
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 
 from engine.interpreter.messages import Event
-from engine.runtime.intake import EventAnswer, take_event
+from engine.runtime.intake import CrmUnavailable, EventAnswer, take_event
 from engine.runtime.settings import reveal
 
 from .. import hubspot_events as hs
@@ -61,15 +62,6 @@ BATCH_SCHEMA = {
 }
 
 
-def _crm_problem(err: Exception) -> Problem:
-    retryable = bool(getattr(err, "retryable", True))
-    what = f"the CRM ({getattr(err, 'provider', '') or 'provider'}) "
-    if retryable:
-        return Problem(503, "Service Unavailable", what + f"did not answer: {err}. HubSpot sends the request again.",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    return Problem(502, "Bad Gateway", what + f"refused the request: {err}")
-
-
 @router.post(
     "/webhooks/hubspot",
     response_model=HubSpotWebhookOut,
@@ -110,23 +102,19 @@ async def hubspot_webhook(
         events = hs.parse_batch(body)
     except hs.BadBatch as err:
         raise Problem(400, "Bad Request", str(err), errors=err.errors) from None
-    try:
-        mapping = await asyncio.to_thread(hs.account_ids, state.crm, hs.company_ids(events))
-    except Exception as err:
-        if hs.provider_failure(err):
-            raise _crm_problem(err) from None
-        raise
 
     async def take(event: Event) -> EventAnswer:
         return await take_event(
-            state.client, state.settings.task_queue, state.settings.db_url, state.library, event
+            state.client, state.settings.task_queue, state.settings.db_url, state.library, event, crm=state.crm
         )
 
     try:
+        mapping = await asyncio.to_thread(hs.account_ids, state.crm, hs.company_ids(events))
         summary = await hs.take_batch(events, mapping, take)
-    except Exception as err:
-        if hs.provider_failure(err):  # the intake reads the account from the CRM
-            raise _crm_problem(err) from None
-        raise
+    except CrmUnavailable as err:  # reading the account ids, or the intake reading an account
+        # HubSpot's rate-limit wait when it said one, else the usual few seconds
+        wait = RETRY_AFTER_SECONDS if err.retry_after is None else max(1, math.ceil(err.retry_after))
+        raise Problem(503, "Service Unavailable", f"{err}. HubSpot sends the request again.",
+                      headers={"Retry-After": str(wait)}) from None
     log.info("hubspot events", **summary.as_json())  # counts only: property values may be personal data
     return HubSpotWebhookOut(**summary.as_json())
