@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import copy
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -467,3 +473,283 @@ def test_the_transport_seam_takes_an_httpx_mock_transport():
         with pytest.raises(TransientError, match="ConnectError"):
             crm.csm("102")
     assert seen[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+# the CRM of record: ids, upserts, pages (issue 12) ----------------------------------------------
+
+
+def _companies(hub: FakeHubSpot, count: int, *, first: int = 20000, owners: tuple[str, ...] = ()) -> None:
+    for n in range(count):
+        owner = {"hubspot_owner_id": owners[n % len(owners)]} if owners else {}
+        hub.add_company(str(first + n), playbook_account_id=f"acct-{n:05d}", name=f"Company {n}", **owner)
+
+
+def test_a_company_with_250_contacts_has_them_all_through_the_association_pages(crm, hub):
+    hub.add_company("5100", playbook_account_id="big", name="Big Corp")
+    for n in range(250):
+        hub.add_contact(str(30000 + n), "5100", email=f"p{n}@big.example", firstname=f"P{n}")
+
+    snapshot = crm.get_account("big")
+
+    assert [c["email"] for c in snapshot.contacts] == [f"p{n}@big.example" for n in range(250)]
+    reads = hub.requests_to("POST", "/crm/v4/associations/companies/contacts/batch/read")
+    assert len(reads) == 3  # pages of 100, each asked with HubSpot's opaque cursor of the one before
+    assert reads[0].json == {"inputs": [{"id": "5100"}]}
+    assert [list(r.json["inputs"][0]) for r in reads[1:]] == [["id", "after"], ["id", "after"]]
+    assert len(hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")) == 3
+
+
+def test_account_page_pages_250_companies_by_100_with_the_search_cursor(crm, hub):
+    _companies(hub, 250)
+    seen, after, calls = [], None, 0
+    while True:
+        page = crm.account_page(after, 500)  # more than HubSpot takes: capped at 100
+        calls += 1
+        seen += [a["id"] for a in page.accounts]
+        after = page.after
+        if after is None:
+            break
+
+    assert calls == 3
+    assert sorted(seen) == sorted(["acme", "beta", "gamma", *(f"acct-{n:05d}" for n in range(250))])
+    searches = hub.requests_to("POST", "/crm/v3/objects/companies/search")
+    assert [s.json["limit"] for s in searches] == [100, 100, 100]
+    assert [s.json.get("after") for s in searches] == [None, "100", "200"]
+    assert searches[0].json["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+    assert searches[0].json["filterGroups"] == [
+        {"filters": [{"propertyName": "playbook_account_id", "operator": "HAS_PROPERTY"}]}
+    ]
+    first = crm.account_page(None, 100).accounts
+    acme = next(a for a in first if a["id"] == "acme")
+    assert acme == {**crm.get_account("acme").account}  # as get_account shows it (contacts aside)
+
+
+def test_account_page_goes_past_hubspots_10000_search_results(crm, hub):
+    _companies(hub, 10_150)
+    # every company in hs_object_id order (the fixture's three first), as the pages must give them
+    in_order = [c["playbook_account_id"] for _, c in sorted(hub.companies.items(), key=lambda kv: int(kv[0]))]
+    seen: list[str] = []
+    after: str | None = ":9800"  # the cursor 98 pages in (docs/hubspot.md): the test pages the last 353 only
+    while after is not None:
+        page = crm.account_page(after, 100)
+        seen += [a["id"] for a in page.accounts]
+        after = page.after
+
+    assert seen == in_order[9800:]  # each once, none skipped, across the new query at the 10,000th
+    searches = hub.requests_to("POST", "/crm/v3/objects/companies/search")
+    assert [s.json.get("after") for s in searches] == ["9800", "9900", None, "100"]
+    assert max(int(s.json.get("after") or 0) + s.json["limit"] for s in searches) <= 10_000
+    assert searches[2].json["filterGroups"][0]["filters"][1] == {
+        "propertyName": "hs_object_id", "operator": "GT", "value": hub.company_by("playbook_account_id", seen[199])
+    }
+    deep = httpx.post(f"{hub.url}/crm/v3/objects/companies/search", headers={"Authorization": f"Bearer {TOKEN}"},
+                      json={"limit": 100, "after": "10000"})
+    assert deep.status_code == 400  # what a client paging on by `after` alone would meet
+
+
+def test_searches_are_paced_across_threads_under_the_search_rate(hub):
+    hub.search_per_second = 50  # HubSpot's limit, scaled up so the test is fast: more is refused with a 429
+    searches, rate = 21, 50.0
+    with HubSpotCrm(TOKEN, base_url=hub.url, search_per_second=rate) as crm:
+        crm.account_page(None, 1)  # the property definitions, read once
+        hub.searches_refused = 0
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: crm.account_page(None, 1), range(searches)))
+        elapsed = time.monotonic() - started
+    assert elapsed >= (searches - 1) / rate
+    assert hub.searches_refused == 0
+
+
+def test_unpaced_searches_meet_hubspots_secondly_limit_and_wait_a_second(hub):
+    hub.search_per_second = 5
+    with (
+        HubSpotCrm(TOKEN, base_url=hub.url, search_per_second=1000) as crm,
+        pytest.raises(TransientError, match="SECONDLY") as caught,
+    ):
+        for _ in range(10):
+            crm.account_page(None, 1)
+    assert caught.value.retry_after == 1.0 and caught.value.status == 429
+    assert to_application_error(caught.value).next_retry_delay == timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"X-HubSpot-RateLimit-Interval-Milliseconds": "10000", "X-HubSpot-RateLimit-Max": "100",
+          "X-HubSpot-RateLimit-Remaining": "0"}, 10.0),
+        ({"Retry-After": "3", "X-HubSpot-RateLimit-Interval-Milliseconds": "10000"}, 3.0),
+        ({}, 10.0),
+    ],
+)
+def test_a_ten_secondly_429_waits_what_headers_or_window_say(crm, hub, headers, expected):
+    body = {"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+            "errorType": "RATE_LIMIT", "correlationId": "c-2", "policyName": "TEN_SECONDLY_ROLLING"}
+    hub.fail_next(1, 429, body=body, headers=headers)
+    with pytest.raises(TransientError, match="TEN_SECONDLY_ROLLING") as caught:
+        crm.csm("101")
+    assert caught.value.retry_after == expected
+    assert to_application_error(caught.value).next_retry_delay == timedelta(seconds=expected)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Tokyo"])
+def test_a_daily_429_waits_until_midnight_in_the_portals_time_zone(hub, zone):
+    body = {"status": "error", "message": "You have reached your daily limit.", "errorType": "RATE_LIMIT",
+            "correlationId": "c-3", "policyName": "DAILY"}
+    hub.fail_next(1, 429, body=body, headers={"Retry-After": "1"})  # not through the night every second
+    with (
+        HubSpotCrm(TOKEN, base_url=hub.url, daily_reset_timezone=zone) as crm,
+        pytest.raises(TransientError, match="DAILY") as caught,
+    ):
+        crm.csm("101")
+    now = datetime.now(ZoneInfo(zone))
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=ZoneInfo(zone))
+    expected = (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+    assert abs(caught.value.retry_after - expected) < 5
+
+
+def test_an_unknown_time_zone_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="not a time zone"):
+        HubSpotCrm(TOKEN, daily_reset_timezone="Mars/Olympus")
+
+
+def test_long_property_lists_never_go_in_a_query_string(hub):
+    for n in range(300):  # a portal with many custom properties and long names: ~20 KB of names
+        hub.company_properties[f"custom_property_with_a_rather_long_name_{n:04d}"] = ("string", "text", False, [])
+        hub.contact_properties[f"contact_property_with_a_rather_long_name_{n:04d}"] = ("string", "text", False, [])
+    refused = httpx.get(f"{hub.url}/crm/v3/objects/companies/5001", headers={"Authorization": f"Bearer {TOKEN}"},
+                        params={"properties": ",".join(hub.company_properties)})
+    assert refused.status_code == 414  # what HubSpot answers, and what the old GET read would have met
+    hub.requests.clear()
+
+    with HubSpotCrm(TOKEN, base_url=hub.url) as crm:
+        snapshot = crm.get_account("acme")
+        crm.account_page(None, 10)
+        crm.add_tag("acme", "renewal")
+    assert "custom_property_with_a_rather_long_name_0299" in snapshot.account and len(snapshot.contacts) == 3
+    assert all(len(urlencode(r.query, doseq=True)) < 1024 for r in hub.requests)
+    batch = hub.requests_to("POST", "/crm/v3/objects/contacts/batch/read")[0]
+    assert "contact_property_with_a_rather_long_name_0299" in batch.json["properties"]
+
+
+def test_upsert_account_creates_the_company_and_its_contacts_and_twice_writes_the_same(crm, hub, caplog):
+    account = {"id": "acct-new", "name": "Newco", "health_score": 70, "cancelled": False, "owner": "103",
+               "plan": "gold", "tags": ["vip"]}
+    contacts = [
+        {"email": "Ada@Newco.example", "first_name": "Ada", "last_name": "Lovelace", "jobtitle": "CTO"},
+        {"email": "bob@newco.example", "first_name": "Bob", "seat": "admin"},
+    ]
+    caplog.set_level(logging.WARNING, logger="activities.hubspot_crm")
+
+    crm.upsert_account(account, contacts, AT)
+    state = (copy.deepcopy(hub.companies), copy.deepcopy(hub.contacts), copy.deepcopy(hub.company_contacts))
+    crm.upsert_account(account, contacts, AT)  # the same event again
+
+    assert (hub.companies, hub.contacts, hub.company_contacts) == state
+    company_id = hub.company_by("playbook_account_id", "acct-new")
+    assert company_id is not None and len(hub.companies) == 4
+    assert hub.companies[company_id]["health_score"] == "70" and hub.companies[company_id]["hubspot_owner_id"] == "103"
+    assert [c["email"] for c in hub.contacts_of(company_id)] == ["ada@newco.example", "bob@newco.example"]
+    assert hub.company_contacts[company_id] == list(dict.fromkeys(hub.company_contacts[company_id]))  # once each
+
+    upsert = hub.requests_to("POST", "/crm/v3/objects/companies/batch/upsert")[0].json
+    assert upsert == {"inputs": [{"idProperty": "playbook_account_id", "id": "acct-new", "properties": {
+        "name": "Newco", "health_score": "70", "cancelled": "false", "hubspot_owner_id": "103"}}]}
+    people = hub.requests_to("POST", "/crm/v3/objects/contacts/batch/upsert")[0].json["inputs"]
+    assert people[0] == {"idProperty": "email", "id": "Ada@Newco.example",
+                         "properties": {"firstname": "Ada", "lastname": "Lovelace", "jobtitle": "CTO"}}
+    [link, _] = hub.requests_to("POST", "/crm/v4/associations/companies/contacts/batch/associate/default")
+    assert link.json["inputs"][0] == {"from": {"id": company_id}, "to": {"id": hub.company_contacts[company_id][0]}}
+
+    snapshot = crm.get_account("acct-new")
+    assert (snapshot.account["name"], snapshot.account["health_score"], snapshot.account["owner"]["id"]) == (
+        "Newco", 70, "103")
+    assert [(c["first_name"], c["last_name"]) for c in snapshot.contacts] == [("Ada", "Lovelace"), ("Bob", None)]
+    # fields HubSpot has no property for are left out and logged by name, once, never with values or addresses
+    skipped = [r.getMessage() for r in caplog.records]
+    assert sum("'plan'" in m for m in skipped) == 1 and sum("'seat'" in m for m in skipped) == 1
+    assert not [m for m in skipped if "gold" in m or "admin" in m or "@" in m]
+
+
+def test_upsert_account_updates_a_known_company_and_keeps_its_other_contacts(crm, hub):
+    crm.upsert_account({"id": "acme", "health_score": 40}, [{"email": "new@acme.example", "first_name": "Nia"}], AT)
+
+    assert hub.companies["5001"]["health_score"] == "40" and hub.companies["5001"]["name"] == "Acme GmbH"
+    assert len(hub.companies) == 3
+    snapshot = crm.get_account("acme")
+    assert [c["email"] for c in snapshot.contacts] == [
+        "anna@acme.example", "bo@acme.example", "cy@acme.example", "new@acme.example"
+    ]
+
+
+def test_upsert_account_with_250_contacts_upserts_and_associates_in_batches_of_100(crm, hub):
+    people = [{"email": f"u{n}@many.example", "first_name": f"U{n}"} for n in range(250)]
+    crm.upsert_account({"id": "many", "name": "Many"}, [*people, {"first_name": "No address"}], AT)
+
+    company_id = hub.company_by("playbook_account_id", "many")
+    assert len(hub.contacts_of(company_id)) == 250
+    upserts = hub.requests_to("POST", "/crm/v3/objects/contacts/batch/upsert")
+    links = hub.requests_to("POST", "/crm/v4/associations/companies/contacts/batch/associate/default")
+    assert [len(r.json["inputs"]) for r in upserts] == [100, 100, 50]
+    assert [len(r.json["inputs"]) for r in links] == [100, 100, 50]
+
+
+def test_a_refused_contact_upsert_does_not_repeat_hubspots_text(crm, hub):
+    body = {"status": "error", "message": "Property values were not valid: ada@newco.example is invalid",
+            "category": "VALIDATION_ERROR", "correlationId": "c-4"}
+    hub.fail_next(1, 400, body=body, path="/crm/v3/objects/contacts/batch/upsert")
+    with pytest.raises(RejectedError) as caught:
+        crm.upsert_account({"id": "acct-new"}, [{"email": "ada@newco.example"}], AT)
+    assert "ada@newco.example" not in str(caught.value) and "VALIDATION_ERROR" in str(caught.value)
+
+
+def test_the_fake_refuses_an_upsert_on_a_property_without_unique_values(hub):
+    with HubSpotCrm(TOKEN, base_url=hub.url, account_id_property="name") as crm:
+        with pytest.raises(RejectedError, match="not a unique identifier property"):
+            crm.upsert_account({"id": "Acme GmbH"}, None, AT)
+        with pytest.raises(RejectedError, match="not a unique identifier property"):
+            crm.get_account("Acme GmbH")
+
+
+def test_account_ids_for_maps_hubspot_ids_in_one_batch_read(crm, hub):
+    hub.add_company("5010", name="No account id")
+    assert crm.account_ids_for(["5001", "5003", "5010", "424242"]) == {"5001": "acme", "5003": "gamma"}
+    [read] = hub.requests_to("POST", "/crm/v3/objects/companies/batch/read")
+    assert "idProperty" not in read.json and read.json["properties"] == ["playbook_account_id"]
+    assert crm.account_ids_for([]) == {}
+
+
+def test_hubspot_ids_as_account_ids_keep_working(hub):
+    with HubSpotCrm(TOKEN, base_url=hub.url, account_id_property="hs_object_id") as crm:
+        snapshot = crm.get_account("5001")
+        assert snapshot.account["id"] == "5001" and len(snapshot.contacts) == 3
+        assert "idProperty" not in hub.requests_to("POST", "/crm/v3/objects/companies/batch/read")[0].json
+        crm.update_fields("5001", {"health_score": 12}, AT)
+        assert hub.requests_to("PATCH", "/crm/v3/objects/companies/5001")[0].query == {}
+        crm.upsert_account({"id": "5002", "name": "Beta AG"}, [{"email": "x@beta.example"}], AT)
+        assert hub.companies["5002"]["name"] == "Beta AG" and len(hub.contacts_of("5002")) == 1
+        with pytest.raises(NotFoundError, match="can only update companies HubSpot has"):
+            crm.upsert_account({"id": "777", "name": "Nope"}, None, AT)
+        assert [a["id"] for a in crm.account_page(None, 10).accounts] == ["5001", "5002", "5003"]
+        assert crm.account_ids_for(["5001"]) == {"5001": "5001"}
+        crm.add_note("k-1", "5003", "hi", AT)
+    assert [n["associations"][0]["to"]["id"] for n in hub.notes.values()] == ["5003"]
+
+
+def test_add_note_for_an_unknown_account_is_not_found(crm, hub):
+    with pytest.raises(NotFoundError, match="no company with playbook_account_id 'nope'"):
+        crm.add_note("k-2", "nope", "hello", AT)
+    assert hub.notes == {}
+
+
+@pytest.mark.parametrize(("owned", "searches"), [(250, 3), (450, 4)])
+def test_team_loads_take_the_fewest_paced_searches(crm, hub, owned, searches):
+    # 250 owned companies: 3 pages counted here; 450: 5 pages would be more than 1 + one count per owner (3)
+    _companies(hub, owned - 3, owners=("101", "102", "103"))
+    owners = [c.get("hubspot_owner_id") for c in hub.companies.values()]
+    expected = {o: owners.count(o) for o in ("101", "102", "103")}
+
+    team = crm.team()
+
+    assert {c.id: c.load for c in team} == expected
+    assert len(hub.requests_to("POST", "/crm/v3/objects/companies/search")) == searches

@@ -23,6 +23,10 @@ import re
 import threading
 import time
 from collections import deque
+from operator import ge as operator_ge
+from operator import gt as operator_gt
+from operator import le as operator_le
+from operator import lt as operator_lt
 from typing import Any
 from urllib.parse import urlencode
 
@@ -429,10 +433,8 @@ class FakeHubSpot(FakeServer):
                     return _error(400, f"There was a problem with the request: unknown property {f['propertyName']}",
                                   "VALIDATION_ERROR")
 
-        def keep(props: dict[str, Any]) -> bool:
-            return not groups or any(all(_matches(props, f, definitions) for f in g["filters"]) for g in groups)
-
-        found = [(k, v) for k, v in objects.items() if keep(v)]
+        tests = [[_predicate(f, definitions) for f in g["filters"]] for g in groups]
+        found = [(k, v) for k, v in objects.items() if not tests or any(all(t(v) for t in g) for g in tests)]
         for sort in (query.get("sorts") or [])[:1]:
             name = sort["propertyName"]
             numeric = (definitions.get(name) or ("string",))[0] == "number"
@@ -493,30 +495,31 @@ class FakeHubSpot(FakeServer):
         return Reply(200, body)
 
 
-def _matches(props: dict[str, Any], search_filter: dict[str, Any], definitions: dict) -> bool:
+def _predicate(search_filter: dict[str, Any], definitions: dict) -> Any:
+    """The filter as a test of an object's properties (built once per search: 10,000 objects are searched)."""
     operator = search_filter.get("operator")
     name = search_filter["propertyName"]
-    have = _text(props.get(name))
+    numeric = definitions[name][0] == "number"
     if operator == "HAS_PROPERTY":
-        return have not in (None, "")
+        return lambda props: props.get(name) not in (None, "")
     if operator == "NOT_HAS_PROPERTY":
-        return have in (None, "")
+        return lambda props: props.get(name) in (None, "")
     if operator in ("EQ", "NEQ"):
-        return (have == search_filter.get("value")) is (operator == "EQ")
+        wanted, equal = search_filter.get("value"), operator == "EQ"
+        return lambda props: (_text(props.get(name)) == wanted) is equal
     if operator in ("GT", "GTE", "LT", "LTE"):
-        if have in (None, ""):
-            return False
-        numeric = definitions[name][0] == "number"
-        left, right = _sort_key(have, numeric), _sort_key(search_filter.get("value"), numeric)
-        return {"GT": left > right, "GTE": left >= right, "LT": left < right, "LTE": left <= right}[operator]
+        compare = {"GT": operator_gt, "GTE": operator_ge, "LT": operator_lt, "LTE": operator_le}[operator]
+        value = float if numeric else str
+        right = value(search_filter.get("value"))
+        return lambda props: (have := props.get(name)) not in (None, "") and compare(value(have), right)
     raise ValueError(f"the fake does not know the operator {operator}")
 
 
 def _sort_key(value: Any, numeric: bool) -> Any:
-    text = _text(value)
-    if numeric:
-        return (text is None, float(text) if text not in (None, "") else 0.0)
-    return (text is None, text or "")
+    """Unset values last, as HubSpot sorts them."""
+    if value in (None, ""):
+        return (True, 0.0 if numeric else "")
+    return (False, float(value) if numeric else str(value))
 
 
 def _key(id_property: str, value: str) -> str:
