@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 from google.protobuf.message import Message
+from sqlalchemy import select
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
@@ -51,7 +52,8 @@ from engine.runtime.devstack import DevServer, free_port, temporal_binary
 from engine.runtime.runs import start_run
 from engine.runtime.settings import Settings
 from engine.runtime.workers import DATA_CONVERTER, build_worker
-from engine.storage.db import migrate
+from engine.storage import models as t
+from engine.storage.db import migrate, session
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -353,6 +355,17 @@ def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec
             assert welcome["status"] == "sent" and welcome["subject"] == "Welcome, Evangeline"
             assert welcome["message_id"] and "body" not in welcome
 
+            # a later step that reads steps.ID.body (documented) still gets it; a step nobody reads keeps none
+            reads = await start_run(client, stack.queue, playbook(READS_BODY), ACCOUNT["id"])
+            compatible = await client.get_workflow_handle(reads.id, result_type=RunResult).result()
+            assert compatible.steps["hello"]["result"]["body"] == "Hello there"
+            assert "body" not in compatible.steps["again"]["result"]
+            with session(stack.settings.db_url) as s:
+                sent = s.scalars(select(t.OutboxEmail.body).where(
+                    t.OutboxEmail.workflow_id == reads.id, t.OutboxEmail.step_id == "again"
+                )).all()
+            assert [b.split("\n")[0] for b in sent] == ["You got: Hello there"], sent
+
             # the API (its own connection, from the settings) shows the run over HTTP
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
                 shown = await http.get(f"/runs/{wid}", headers={"Authorization": f"Bearer {stack.ops_token}"})
@@ -371,7 +384,9 @@ def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec
 
             # the `temporal` CLI: without a codec it shows ciphertext; with the API's /codec, the values
             tctl = [temporal_binary(), "workflow", "show", "-w", wid, "--address", stack.server.address, "-o", "json"]
-            codec_flags = ["--codec-endpoint", f"{stack.api_url}/codec", "--codec-auth", f"Bearer {stack.ops_token}"]
+            # (the endpoint as a template: the CLI puts the namespace in)
+            codec_flags = ["--codec-endpoint", f"{stack.api_url}/codec/{{namespace}}",
+                           "--codec-auth", f"Bearer {stack.ops_token}"]
             plain, decoded = await asyncio.gather(
                 asyncio.to_thread(subprocess.run, tctl, capture_output=True, text=True, timeout=60, check=False),
                 asyncio.to_thread(
@@ -406,6 +421,10 @@ def test_codec_endpoint_round_trip_needs_an_ops_token(stack: Stack):
         assert decoded.status_code == 200, decoded.text
         assert decoded.headers["content-type"] == "application/json"
         assert decoded.json() == body
+        # under a namespace segment (an endpoint written as .../codec/{namespace}): ours only
+        assert http.post("/codec/default/decode", json=encoded.json(), headers=ops).json() == body
+        elsewhere = http.post("/codec/other/decode", json=encoded.json(), headers=ops)
+        assert elsewhere.status_code == 404 and "namespace default, not other" in elsewhere.json()["detail"]
 
         # who may not
         anonymous = http.post("/codec/decode", json=encoded.json())

@@ -132,6 +132,16 @@ _BODY = {
 }
 
 
+def _namespace_problem(request: Request, namespace: str) -> Response | None:
+    served = get_state(request).settings.temporal_namespace
+    if namespace == served:
+        return None
+    return problem_response(
+        404, "Not Found", f"this API decodes the payloads of namespace {served}, not {namespace}",
+        headers=_cors_headers(request),
+    )
+
+
 @router.post(
     "/encode", summary="Encrypt payloads (Temporal remote codec)", responses=_RESPONSES, openapi_extra=_BODY,
     response_class=Response,
@@ -152,8 +162,21 @@ async def decode(request: Request) -> Response:
     return await _apply(request, lambda c: c.decode)
 
 
+# The same under a namespace segment, for a codec endpoint written as https://.../codec/{namespace} (the CLI and the
+# UI fill it in); a namespace other than PLAYBOOK_TEMPORAL_NAMESPACE is a 404.
+@router.post("/{namespace}/encode", include_in_schema=False, response_class=Response)
+async def encode_in(namespace: str, request: Request) -> Response:
+    return _namespace_problem(request, namespace) or await _apply(request, lambda c: c.encode)
+
+
+@router.post("/{namespace}/decode", include_in_schema=False, response_class=Response)
+async def decode_in(namespace: str, request: Request) -> Response:
+    return _namespace_problem(request, namespace) or await _apply(request, lambda c: c.decode)
+
+
 @router.options("/encode", include_in_schema=False)
 @router.options("/decode", include_in_schema=False)
+@router.options("/{namespace}/encode", include_in_schema=False)
+@router.options("/{namespace}/decode", include_in_schema=False)
 async def preflight(request: Request) -> Response:
     return _preflight(request)
-
