@@ -259,9 +259,11 @@ class _KeepAliveInbound(ActivityInboundInterceptor):
             beating.cancel()
 
     async def _beat(self, every: float) -> None:
+        # The first beat after `every`, not at the start: most activities end in milliseconds, and a beat is a call
+        # to the server; the server counts the timeout from the start until the first beat comes.
         while True:
-            self._outbound.heartbeat(*self._outbound.details)
             await asyncio.sleep(every)
+            self._outbound.heartbeat(*self._outbound.details)
 
 
 class _LastDetails(ActivityOutboundInterceptor):
