@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from engine.runtime import connect as rt
 from engine.runtime.logs import configure
+from engine.runtime.metrics import WorkerMetrics, worker_runtime
 from engine.runtime.settings import Settings, SettingsError, load_settings
 from engine.runtime.workers import (
     DeployError,
@@ -43,7 +44,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
     only if the deployment has no current version yet (the first versioned worker ever)."""
     if settings.is_dev:
         migrate(settings.db_url)  # in production, `playbook migrate` runs once per deploy (docs/operations.md)
-    client = await rt.connect(settings)
+    # the runtime serves the SDK's metrics and the engine's worker counters on PLAYBOOK_WORKER_METRICS_ADDRESS
+    client = await rt.connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
     version = versioning(settings)
     worker = build_worker(
         client,
@@ -51,6 +53,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
         rt.activities(settings, client),
         max_concurrent_activities=settings.max_concurrent_activities,
         versioning=version,
+        interceptors=[WorkerMetrics()],
     )
     tune_garbage_collection()
     async with worker:
@@ -58,6 +61,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
             "address": settings.temporal_address,
             "namespace": settings.temporal_namespace,
             "task_queue": settings.task_queue,
+            "metrics": f"http://{address}/metrics" if (address := settings.worker_metrics_address) else "off",
         }
         if version is None:
             log.info("worker started", **where, versioning="off")

@@ -1,0 +1,247 @@
+"""Metrics (docs/metrics.md): GET /metrics on the API, read from the engine's tables, and the worker's Prometheus
+endpoint (Temporal's SDK metrics and the engine's worker counters), scraped after a scenario that really runs.
+
+The scenario: a real worker (`worker.run_worker`, as `python worker.py` runs it, with
+PLAYBOOK_WORKER_METRICS_ADDRESS on a free port) on a Temporal dev server (DevServer on free ports), the real API in
+process (httpx over its ASGI app), SendGrid played by tests/fakes/fake_sendgrid.py. One signed-up event starts two
+playbooks: metrics-welcome sends an email (SendGrid answers its first try with a 500, the retry goes out) and ends;
+metrics-offer creates a call task and then waits for the approval of an email. Then /metrics must say: one event
+of its type, one email sent, one call task and one approval pending, and the worker: two runs started, one ended
+(completed), one TransientError of the email activity, and Temporal's own temporal_* series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from api.security import create_token
+from engine.runtime.devstack import DevServer, free_port
+from engine.runtime.settings import Settings
+from engine.storage.db import migrate
+from tests.asgi import call
+from tests.fakes.fake_sendgrid import API_KEY, FakeSendGrid
+from tests.paths import PLAYBOOKS
+from worker import run_worker
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "metrics-token-for-the-tests-0123456789"
+CONTACT = {"email": "greta.metrics@kunde.example", "first_name": "Greta"}
+ACCOUNT_ID = "acc-metrics-4711"
+
+TRIGGER = """\
+trigger:
+  event: account.signed_up
+  when: event.data.product == "metrics"
+"""
+WELCOME = f"""\
+id: metrics-welcome
+title: A welcome email
+{TRIGGER}steps:
+  - id: welcome
+    retry: {{ initial_interval: 1s }}
+    email:
+      category: onboarding
+      to: "{{{{ contact.email }}}}"
+      subject: "Welcome, {{{{ contact.first_name }}}}"
+      body: "Glad you are here."
+"""
+OFFER = f"""\
+id: metrics-offer
+title: A call, then an offer that waits for approval
+{TRIGGER}steps:
+  - id: call
+    call_task:
+      assignee: user:csm-1
+      title: "Call {{{{ account.name }}}}"
+  - id: offer
+    email:
+      category: onboarding
+      to: "{{{{ contact.email }}}}"
+      subject: "An offer for {{{{ account.name }}}}"
+      body: "Hi {{{{ contact.first_name }}}}, 15% off."
+      approval:
+        approvers: user:csm-1
+        timeout: 2d
+"""
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus text page by (name, labels)."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(page: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    """The sum of the samples of `name` that carry these labels (the SDK adds its own: namespace, task_queue...);
+    None when there is none."""
+    found = [v for (n, have), v in page.items() if n == name and frozenset(labels.items()) <= have]
+    return sum(found) if found else None
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
+
+
+def library(tmp: Path) -> Path:
+    folder = tmp / "library"
+    folder.mkdir()
+    shutil.copy(PLAYBOOKS / "policy.yaml", folder / "policy.yaml")
+    (folder / "metrics-welcome.yaml").write_text(WELCOME, encoding="utf-8")
+    (folder / "metrics-offer.yaml").write_text(OFFER, encoding="utf-8")
+    return folder
+
+
+def test_metrics_count_what_a_scenario_did(tmp_path: Path) -> None:
+    gc_thresholds = gc.get_threshold()  # run_worker tunes the collector for a worker process; this one is pytest's
+
+    async def scenario() -> tuple[str, str, list[int]]:
+        server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
+        client = await server.start()
+        with FakeSendGrid() as sendgrid:
+            sendgrid.fail_next(1, 500, path="/v3/mail/send")
+            metrics_port = free_port()
+            settings = Settings(
+                environment="dev", home=str(tmp_path / "home"), library=str(library(tmp_path)),
+                temporal_address=server.address,
+                task_queue=f"metrics-{uuid.uuid4().hex[:8]}", worker_versioning=False,
+                email_provider="sendgrid", sendgrid_api_key=API_KEY, sendgrid_host=sendgrid.url,
+                worker_metrics_address=f"127.0.0.1:{metrics_port}", metrics_token=TOKEN,
+            )
+            migrate(settings.db_url)
+            system = create_token(settings.db_url, "backend", "system")
+            stop = asyncio.Event()
+            worker = asyncio.create_task(run_worker(settings, stop))
+            app = create_app(settings, client=client)
+            try:
+                async with app.router.lifespan_context(app):
+                    transport = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+                        event = {
+                            "id": f"evt-{uuid.uuid4().hex[:10]}", "type": "account.signed_up",
+                            "account_id": ACCOUNT_ID, "data": {"product": "metrics"},
+                            "account": {"name": "Kunde GmbH"}, "contacts": [CONTACT],
+                        }
+                        posted = await api.post("/events", json=event, headers={"Authorization": f"Bearer {system}"})
+                        assert posted.status_code == 200, posted.text
+                        assert len(posted.json()["runs"]) == 2, posted.text
+
+                        refusals = [
+                            (await api.get("/metrics")).status_code,
+                            (await api.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code,
+                            (await api.get("/metrics", headers={"Authorization": f"Bearer {system}"})).status_code,
+                        ]
+
+                        async def scraped() -> str | None:
+                            answer = await api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+                            assert answer.status_code == 200, answer.text
+                            assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+                            page = samples(answer.text)
+                            done = (
+                                value(page, "playbook_emails_total", playbook="metrics-welcome", status="sent") == 1
+                                and value(page, "playbook_approvals_pending", playbook="metrics-offer") == 1
+                            )
+                            return answer.text if done else None
+
+                        api_page = await until(scraped)
+                        assert api_page, "the email and the approval did not show in /metrics within 30 s"
+
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as http:
+
+                    async def worker_scraped() -> str | None:
+                        answer = await http.get("/metrics")
+                        page = samples(answer.text)
+                        ended = {"playbook": "metrics-welcome", "outcome": "completed"}
+                        return answer.text if value(page, "playbook_runs_ended_total", **ended) == 1 else None
+
+                    worker_page = await until(worker_scraped)
+                    last = (await http.get("/metrics")).text
+                    assert worker_page, f"the worker's endpoint did not count the ended run within 30 s: {last}"
+            finally:
+                stop.set()
+                await worker
+                server.stop()
+        return api_page, worker_page, refusals
+
+    try:
+        api_text, worker_text, refusals = asyncio.run(scenario())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*gc_thresholds)
+
+    # the token is required: none, a wrong one, and another API token are all refused
+    assert refusals == [401, 401, 401]
+
+    api = samples(api_text)
+    assert value(api, "playbook_events_total", type="account.signed_up") == 1
+    assert value(api, "playbook_emails_total", playbook="metrics-welcome", status="sent") == 1
+    assert value(api, "playbook_call_tasks_pending", playbook="metrics-offer") == 1
+    assert value(api, "playbook_approvals_pending", playbook="metrics-offer") == 1
+    age = value(api, "playbook_approval_oldest_age_seconds", playbook="metrics-offer")
+    assert age is not None and 0 <= age < 600
+    assert value(api, "playbook_metrics_scrape_seconds") is not None
+    # nothing personal, and no account id, in any label or value
+    for secret in (CONTACT["email"], CONTACT["first_name"], ACCOUNT_ID, "Kunde"):
+        assert secret not in api_text and secret not in worker_text
+
+    work = samples(worker_text)
+    assert value(work, "playbook_runs_started_total", playbook="metrics-welcome") == 1
+    assert value(work, "playbook_runs_started_total", playbook="metrics-offer") == 1
+    assert value(work, "playbook_runs_ended_total", playbook="metrics-welcome", outcome="completed") == 1
+    assert value(work, "playbook_runs_ended_total", playbook="metrics-offer") is None  # it waits for its approval
+    errors = {
+        (dict(k[1])["activity_type"], dict(k[1])["error"]): v
+        for k, v in work.items() if k[0] == "playbook_activity_errors_total"
+    }
+    assert errors == {("send_email", "TransientError"): 1}
+    # Temporal's own metrics are served beside ours
+    names = {name for name, _labels in work}
+    assert any(n.startswith("temporal_workflow_completed") for n in names), sorted(names)
+    assert any(n.startswith("temporal_activity_schedule_to_start_latency") for n in names), sorted(names)
+
+
+def test_metrics_are_open_without_a_token_and_say_503_when_the_database_is_down(tmp_path: Path) -> None:
+    settings = Settings(environment="dev", home=str(tmp_path), library=str(PLAYBOOKS))
+    migrate(settings.db_url)
+    app = create_app(settings, client=object())  # type: ignore[arg-type]
+
+    async def steps(http: httpx.AsyncClient) -> tuple[int, str]:
+        answer = await http.get("/metrics")
+        return answer.status_code, answer.text
+
+    status, text = call(app, steps)
+    assert status == 200
+    page = samples(text)
+    assert value(page, "playbook_metrics_scrape_seconds") is not None
+    assert not [k for k in page if k[0] == "playbook_emails_total"]  # nothing happened: no series, no error
+
+    down = settings.replace(database_url="postgresql+psycopg://metrics:x@127.0.0.1:1/none?connect_timeout=2")
+    app = create_app(down, client=object())  # type: ignore[arg-type]
+
+    async def down_steps(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.get("/metrics")
+
+    answer = call(app, down_steps)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "database" in answer.json()["detail"] and answer.headers["retry-after"]
