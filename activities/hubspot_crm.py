@@ -239,6 +239,10 @@ class HubSpotCrm:
         """Up to ``limit`` (at most 100) accounts from HubSpot's search, in ``hs_object_id`` order (unique, numeric
         and never edited, unlike the account id property); ``after`` is this provider's cursor (see _search)."""
         schema = self._schema("companies")
+        floor, colon, offset = (after or ":").partition(":")
+        if not colon or not (floor.isdigit() or not floor) or not (offset.isdigit() or not offset):
+            raise RejectedError(f"{after!r} is not a page cursor of the HubSpot provider (None, or one it returned)",
+                                provider=self.name)
         filters = [] if self._by_hubspot_id else [{"propertyName": self.account_id_property,
                                                    "operator": "HAS_PROPERTY"}]
         properties = self._company_wanted(schema)
@@ -258,12 +262,11 @@ class HubSpotCrm:
         for chunk in _chunks(wanted, BATCH_LIMIT):
             body = {"properties": [self.account_id_property], "inputs": [{"id": i} for i in chunk]}
             answer = self._request("POST", "/crm/v3/objects/companies/batch/read", json=body, missing_ok=True) or {}
-            for company in answer.get("results") or []:
-                account_id = (company.get("properties") or {}).get(self.account_id_property)
-                if account_id:
-                    found[str(company["id"])] = str(account_id)
-        with self._lock:
-            self._hubspot_ids.update({a: c for c, a in found.items()})
+            results = answer.get("results") or []
+            self._remember_ids(results)
+            for company in results:
+                if (account_id := self._account_id_of(company)) is not None:
+                    found[str(company["id"])] = account_id
         return {i: found[i] for i in wanted if i in found}
 
     # CrmProvider: writing --------------------------------------------------------------------------
@@ -289,6 +292,7 @@ class HubSpotCrm:
         else:
             body = {"inputs": [{"idProperty": self.account_id_property, "id": account_id, "properties": properties}]}
             answer = self._request("POST", "/crm/v3/objects/companies/batch/upsert", json=body)
+            _refuse_batch_errors(answer, f"upsert of account {account_id!r}")
             company_id = str((answer.get("results") or [{}])[0].get("id") or "")
             if not company_id:
                 raise TransientError(f"HubSpot's upsert of account {account_id!r} answered no company id",
@@ -438,11 +442,11 @@ class HubSpotCrm:
             known = self._hubspot_ids.get(account_id)
         if known is not None:
             return known
-        if account_id not in self._read_companies([account_id], [self.account_id_property]):
+        company = self._read_companies([account_id], [self.account_id_property]).get(account_id)
+        if company is None:
             raise NotFoundError(f"HubSpot has no company with {self.account_id_property} {account_id!r}",
                                 provider=self.name, status=404)
-        with self._lock:
-            return self._hubspot_ids[account_id]
+        return str(company["id"])
 
     def _account(self, company: dict[str, Any], schema: dict[str, _Property], asked: list[str]) -> dict[str, Any]:
         """A company as playbooks see an account (its contacts aside): the properties asked for, typed."""
@@ -527,6 +531,7 @@ class HubSpotCrm:
             inputs = [{"idProperty": "email", "id": email, "properties": props} for email, props in chunk]
             answer = self._request("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs},
                                    redact=True)
+            _refuse_batch_errors(answer, "contact upsert")
             ids += [str(result["id"]) for result in answer.get("results") or []]
         return ids
 
@@ -534,8 +539,9 @@ class HubSpotCrm:
         """HubSpot's default company → contact association (v4), 100 a call; associating twice changes nothing."""
         for chunk in _chunks(contact_ids, BATCH_LIMIT):
             inputs = [{"from": {"id": company_id}, "to": {"id": c}} for c in chunk]
-            self._request("POST", "/crm/v4/associations/companies/contacts/batch/associate/default",
-                          json={"inputs": inputs})
+            answer = self._request("POST", "/crm/v4/associations/companies/contacts/batch/associate/default",
+                                   json={"inputs": inputs})
+            _refuse_batch_errors(answer, f"association of company {company_id}'s contacts")
 
     def _writable(self, object_type: str, fields: dict[str, Any]) -> dict[str, str]:
         """The fields HubSpot has a writable property for, as HubSpot text; the others left out, logged by name."""
@@ -579,7 +585,7 @@ class HubSpotCrm:
         next_after = ((answer.get("paging") or {}).get("next") or {}).get("after")
         if not next_after or not results:
             return answer, None
-        if int(next_after) + limit > SEARCH_CAP:
+        if str(next_after).isdigit() and int(next_after) + limit > SEARCH_CAP:
             return answer, f"{results[-1]['id']}:"
         return answer, f"{floor}:{next_after}"
 
@@ -788,6 +794,16 @@ def _http_error(
         if retry_after is not None:
             message += f", retry after {retry_after:g} s"
     return from_http_status(response.status_code, message, provider, retry_after=retry_after)
+
+
+def _refuse_batch_errors(answer: Any, what: str) -> None:
+    """A batch write answered 207 with errors did not write them all: a RejectedError with the errors' categories
+    (their messages can quote values, an address)."""
+    errors = (answer or {}).get("errors") or []
+    if errors:
+        categories = sorted({str(e.get("category") or "?") for e in errors})
+        raise RejectedError(f"{what}: HubSpot refused {len(errors)} input(s) [{', '.join(categories)}]",
+                            provider="hubspot")
 
 
 def _rate_limit_wait(policy: str, headers: httpx.Headers, daily_reset: ZoneInfo) -> float | None:

@@ -753,3 +753,18 @@ def test_team_loads_take_the_fewest_paced_searches(crm, hub, owned, searches):
 
     assert {c.id: c.load for c in team} == expected
     assert len(hub.requests_to("POST", "/crm/v3/objects/companies/search")) == searches
+
+
+def test_a_batch_write_answered_207_with_errors_is_refused_without_their_text(crm, hub):
+    body = {"status": "COMPLETE", "results": [], "numErrors": 1, "errors": [
+        {"status": "error", "category": "VALIDATION_ERROR", "message": "ada@newco.example: INVALID_EMAIL"}]}
+    hub.fail_next(1, 207, body=body, path="/crm/v3/objects/contacts/batch/upsert")
+    with pytest.raises(RejectedError, match=r"refused 1 input\(s\) \[VALIDATION_ERROR\]") as caught:
+        crm.upsert_account({"id": "acct-new"}, [{"email": "ada@newco.example"}], AT)
+    assert "ada@" not in str(caught.value)
+
+
+def test_a_page_cursor_the_provider_did_not_give_is_refused(crm, hub):
+    with pytest.raises(RejectedError, match="not a page cursor"):
+        crm.account_page("acct-00042", 100)
+    assert hub.requests_to("POST", "/crm/v3/objects/companies/search") == []
