@@ -492,3 +492,22 @@ def test_codec_endpoint_answers_cors_for_the_ui_origins_only(stack: Stack):
         foreign = http.post("/codec/decode", json={"payloads": []},
                             headers={"Origin": "https://evil.example", "Authorization": f"Bearer {stack.ops_token}"})
         assert "access-control-allow-origin" not in foreign.headers
+
+
+# ------------------------------------------------------------------------------------------ the rest of connect.py
+
+
+def test_connect_hands_the_hubspot_settings_to_the_provider_and_adds_tracing_when_asked():
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    from engine.runtime.connect import crm_provider, tracing_interceptors
+
+    settings = Settings(
+        environment="dev", crm_provider="hubspot", hubspot_token="pat-test", hubspot_account_id_property="product_id",
+        hubspot_search_per_second=2.0,
+    )
+    crm = crm_provider(settings)
+    assert crm.account_id_property == "product_id"  # type: ignore[attr-defined]
+    assert crm._search_pacer.interval == 0.5  # type: ignore[attr-defined]
+    assert tracing_interceptors(settings) == []
+    assert [type(i) for i in tracing_interceptors(settings.replace(tracing=True))] == [TracingInterceptor]

@@ -94,7 +94,11 @@ def crm_provider(settings: Settings) -> CrmProvider:
         from activities.hubspot_crm import HubSpotCrm
 
         # HubSpot owners have no languages, roles or capacity: those come from the engine's csms table.
-        return HubSpotCrm(reveal(settings.hubspot_token), base_url=settings.hubspot_base_url, db_url=settings.db_url)
+        return HubSpotCrm(
+            reveal(settings.hubspot_token), base_url=settings.hubspot_base_url, db_url=settings.db_url,
+            account_id_property=settings.hubspot_account_id_property,
+            search_per_second=settings.hubspot_search_per_second,
+        )
     return BuiltinCrm(settings.db_url)
 
 
