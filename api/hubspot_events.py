@@ -108,7 +108,10 @@ def check_signature(secret: str, method: str, uri: str, body: bytes, given: str 
 
 
 def _as_text(value: Any) -> Any:
-    """HubSpot sends property values as text; a number or boolean is taken as the text it would be."""
+    """HubSpot sends property values as text, and a cleared one as empty text: that is None here (one way to say
+    "no value" for playbooks to test). A number or boolean is taken as the text HubSpot would send."""
+    if value == "":
+        return None
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value) if isinstance(value, (int, float)) else value

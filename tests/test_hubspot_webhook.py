@@ -216,6 +216,8 @@ def test_the_event_id_is_the_same_for_every_delivery_and_differs_between_events(
     # HubSpot sends values as text; should a number come, it is the text it would be
     number = hs.parse_batch(json.dumps([{**change(4711, "health_score", "x"), "propertyValue": 42}]).encode())[0]
     assert hs.to_event(number, "acc-kraus").data["value"] == "42"
+    cleared = hs.parse_batch(json.dumps([change(4711, "health_score", "")]).encode())[0]
+    assert hs.to_event(cleared, "acc-kraus").data["value"] is None
 
 
 # ------------------------------------------------------------------------------- events that start runs
@@ -341,9 +343,10 @@ def test_a_lifecycle_stage_change_starts_its_playbook_once(temporal, tmp_path: P
 def test_a_property_value_is_text_that_a_trigger_can_read_as_a_number(temporal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     loop, client = temporal
     app = engine_app(tmp_path, client)
-    # HubSpot sends every value as text, and null when a property is cleared
+    # HubSpot sends every value as text, and empty text when a property is cleared (null here)
     body = json.dumps([change(815, "health_score", "42"), change(816, "health_score", "80"),
-                       change(817, "health_score", None), change(818, "mrr", "12")]).encode()
+                       change(817, "health_score", ""), change(818, "mrr", "12"),
+                       change(819, "health_score", None)]).encode()
 
     async def scenario() -> dict[str, int]:
         async with app.router.lifespan_context(app):
@@ -354,7 +357,7 @@ def test_a_property_value_is_text_that_a_trigger_can_read_as_a_number(temporal, 
                 assert (await client.get_workflow_handle("health-drop/815").describe()).status.name == "RUNNING"
                 return dict(answer.json())
 
-    assert loop.run_until_complete(scenario()) == {"events": 4, "taken": 4, "runs_started": 1,
+    assert loop.run_until_complete(scenario()) == {"events": 5, "taken": 5, "runs_started": 1,
                                                    "delivered_to_runs": 0, "duplicates": 0, "skipped": 0,
                                                    "ignored": 0}
 

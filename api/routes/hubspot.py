@@ -42,7 +42,7 @@ BATCH_SCHEMA = {
     "description": "HubSpot webhook events, as HubSpot posts them (up to 100 per request).",
     "items": {
         "type": "object",
-        "required": ["eventId", "subscriptionType", "objectId"],
+        "required": ["eventId", "subscriptionType"],
         "properties": {
             "eventId": {"type": "integer"},
             "subscriptionId": {"type": "integer"},
@@ -53,7 +53,7 @@ BATCH_SCHEMA = {
                                  "examples": ["company.creation", "company.propertyChange", "object.propertyChange"]},
             "objectTypeId": {"type": "string", "examples": ["0-2"]},
             "attemptNumber": {"type": "integer"},
-            "objectId": {"type": "integer"},
+            "objectId": {"type": "integer", "description": "required for the company events the engine takes"},
             "propertyName": {"type": "string"},
             "propertyValue": {"type": "string"},
             "changeSource": {"type": "string"},
