@@ -50,7 +50,7 @@ from engine.runtime.codec import (
 from engine.runtime.connect import connect, data_converter, quiet_runtime
 from engine.runtime.devstack import DevServer, free_port, temporal_binary
 from engine.runtime.runs import start_run
-from engine.runtime.settings import Settings
+from engine.runtime.settings import Settings, SettingsError
 from engine.runtime.workers import DATA_CONVERTER, build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
@@ -511,3 +511,13 @@ def test_connect_hands_the_hubspot_settings_to_the_provider_and_adds_tracing_whe
     assert crm._search_pacer.interval == 0.5  # type: ignore[attr-defined]
     assert tracing_interceptors(settings) == []
     assert [type(i) for i in tracing_interceptors(settings.replace(tracing=True))] == [TracingInterceptor]
+
+
+
+def test_a_bad_keys_setting_is_a_settings_error_naming_it():
+    with pytest.raises(SettingsError) as err:
+        data_converter(Settings(environment="dev", payload_keys="2026-12:" + base64.b64encode(b"short").decode()))
+    assert str(err.value) == (
+        "PLAYBOOK_PAYLOAD_KEYS: the key of id '2026-12' is 5 bytes; AES-256 needs 32 "
+        "(make one with `playbook keys new`)"
+    )

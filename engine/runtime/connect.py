@@ -19,7 +19,7 @@ from activities.segments import SegmentActivities
 from .codec import codec, with_codec
 from .messaging import unsubscribe_links
 from .schedules import ScheduleActivities
-from .settings import Settings, reveal
+from .settings import Settings, SettingsError, reveal
 from .workers import DATA_CONVERTER
 
 SEARCH_ATTRIBUTES = {"PlaybookId": "Keyword", "PlaybookVersion": "Keyword", "AccountId": "Keyword"}
@@ -41,7 +41,11 @@ def _read(path: str | None) -> bytes | None:
 def data_converter(settings: Settings) -> DataConverter:
     """The engine's converter (its payload converter), with the AES-256-GCM codec when PLAYBOOK_PAYLOAD_KEYS is
     set: every client made from the settings (worker, API, CLI, dev stack) reads and writes the same payloads."""
-    return with_codec(DATA_CONVERTER, codec(reveal(settings.payload_keys)))
+    try:
+        payload_codec = codec(reveal(settings.payload_keys))
+    except ValueError as err:  # one line naming the setting (never a key), as every other settings problem
+        raise SettingsError(str(err)) from None
+    return with_codec(DATA_CONVERTER, payload_codec)
 
 
 def tracing_interceptors(settings: Settings) -> list[Interceptor]:
