@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import hubspot_events as hs
 from api.app import create_app
@@ -247,6 +248,18 @@ enrollment:
 steps:
   - wait: 30d
 """
+AT_RISK = """\
+id: at-risk
+title: Health score under 50, as the CRM has it
+trigger:
+  event: crm.company_changed
+  when: event.data.property == "health_score" and account.health_score < 50
+enrollment:
+  key: "{{ account.id }}"
+  reenroll: never
+steps:
+  - wait: 30d
+"""
 WELCOME = """\
 id: new-company
 title: A new company in the CRM
@@ -282,6 +295,7 @@ def engine_app(tmp_path: Path, client: Any, **settings: Any) -> Any:
     (library / "lifecycle-stage.yaml").write_text(LIFECYCLE)
     (library / "new-company.yaml").write_text(WELCOME)
     (library / "health-drop.yaml").write_text(HEALTH)
+    (library / "at-risk.yaml").write_text(AT_RISK)
     config = Settings(environment="dev", home=str(tmp_path), library=str(library),
                       task_queue=f"hubspot-{uuid.uuid4().hex[:6]}", hubspot_webhook_secret=SECRET, **settings)
     migrate(config.db_url)
@@ -407,3 +421,34 @@ def test_when_hubspot_does_not_answer_the_request_is_a_503_hubspot_retries(tmp_p
     # events that need no account id do not need HubSpot
     ignored = json.dumps([{"eventId": 9, "subscriptionType": "contact.creation", "objectId": 5}]).encode()
     assert post(app, ignored).status_code == 200
+
+
+@pytest.mark.timeout(120)
+def test_with_hubspot_a_trigger_sees_the_account_as_hubspot_has_it_typed(  # type: ignore[no-untyped-def]
+    temporal, fake_hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    loop, client = temporal
+    fake_hubspot.add_company("5001", name="Low GmbH", playbook_account_id="acc-low", health_score="42")
+    fake_hubspot.add_company("5002", name="High AG", playbook_account_id="acc-high", health_score="91")
+    app = engine_app(tmp_path, client, crm_provider="hubspot", hubspot_token=TOKEN,
+                     hubspot_base_url=fake_hubspot.url)
+    body = json.dumps([change(5001, "health_score", "42"), change(5002, "health_score", "91")]).encode()
+
+    async def scenario() -> list[str]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["runs_started"] == 2, answer.json()  # at-risk and health-drop, for acc-low
+                started = []
+                for workflow_id in ("at-risk/acc-low", "at-risk/acc-high"):
+                    try:
+                        await client.get_workflow_handle(workflow_id).describe()
+                        started.append(workflow_id)
+                    except RPCError as err:
+                        assert err.status == RPCStatusCode.NOT_FOUND, err
+                return started
+
+    # account.health_score is HubSpot's number, read through the CRM when the event was taken
+    assert loop.run_until_complete(scenario()) == ["at-risk/acc-low"]
