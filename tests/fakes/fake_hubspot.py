@@ -107,11 +107,13 @@ class FakeHubSpot(FakeServer):
     # seeding ---------------------------------------------------------------------------------
 
     def add_company(self, company_id: str, **properties: Any) -> None:
+        _numeric_id(company_id)
         created = "2024-01-02T03:04:05.000Z"
         self.companies[company_id] = {"hs_object_id": company_id, "createdate": created, **properties}
         self.company_contacts.setdefault(company_id, [])
 
     def add_contact(self, contact_id: str, company_id: str, **properties: Any) -> None:
+        _numeric_id(contact_id)
         self.contacts[contact_id] = {"hs_object_id": contact_id, **properties}
         self._associate(company_id, contact_id)
 
@@ -520,6 +522,11 @@ def _sort_key(value: Any, numeric: bool) -> Any:
     if value in (None, ""):
         return (True, 0.0 if numeric else "")
     return (False, float(value) if numeric else str(value))
+
+
+def _numeric_id(object_id: str) -> None:
+    if not str(object_id).isdigit():  # searches sort and filter hs_object_id as a number
+        raise ValueError(f"HubSpot object ids are numbers (hs_object_id), not {object_id!r}")
 
 
 def _key(id_property: str, value: str) -> str:
