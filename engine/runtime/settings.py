@@ -100,6 +100,21 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
 
 
+def _is_time_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError; a path-like name a ValueError
+        return False
+    return True
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def _is_ec_public_key(text: str) -> bool:
     """Whether text is an elliptic-curve public key as SendGrid shows it (base64 DER, without the PEM lines)."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -161,6 +176,8 @@ class Settings(BaseSettings):
     hubspot_account_id_property: str = "playbook_account_id"
     # HubSpot's search API allows 5 requests a second per account: segment pages and team loads stay under this
     hubspot_search_per_second: float = 4.0
+    # HubSpot's daily API limit resets at midnight in the portal's time zone: a DAILY 429 waits until then
+    hubspot_daily_reset_timezone: str = "UTC"
     # verifies POST /webhooks/hubspot (v3 signatures): the HubSpot app's client secret
     hubspot_webhook_secret: SecretStr | None = None
 
@@ -246,6 +263,20 @@ class Settings(BaseSettings):
             problems.append(
                 "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key (paste the base64 text SendGrid shows)"
             )
+        if self.hubspot_search_per_second <= 0:
+            problems.append(
+                f"PLAYBOOK_HUBSPOT_SEARCH_PER_SECOND must be above 0, not {self.hubspot_search_per_second!r}"
+            )
+        if not _is_time_zone(self.hubspot_daily_reset_timezone):
+            problems.append(
+                "PLAYBOOK_HUBSPOT_DAILY_RESET_TIMEZONE must be an IANA time zone such as America/New_York, "
+                f"not {self.hubspot_daily_reset_timezone!r}"
+            )
+        if self.worker_metrics_address is not None and not _is_host_port(self.worker_metrics_address):
+            problems.append(
+                "PLAYBOOK_WORKER_METRICS_ADDRESS must be host:port, such as 0.0.0.0:9464, "
+                f"not {self.worker_metrics_address!r}"
+            )
         if self.worker_versioning and (not self.deployment_name or "." in self.deployment_name):
             # Temporal writes a version as <deployment>.<build id>
             problems.append(
@@ -276,7 +307,7 @@ class Settings(BaseSettings):
                 )
             for name in (
                 "inbox_secret", "event_signing_secret", "temporal_api_key", "unsubscribe_secret",
-                "unsubscribe_previous_secret",
+                "unsubscribe_previous_secret", "hubspot_webhook_secret", "metrics_token",
             ):
                 value = getattr(self, name)
                 if value is not None and reveal(value).lower() in PLACEHOLDERS:
