@@ -97,7 +97,7 @@ def test_production_with_real_providers_needs_no_opt_in() -> None:
     "name",
     [
         "PLAYBOOK_INBOX_SECRET", "PLAYBOOK_EVENT_SIGNING_SECRET", "PLAYBOOK_TEMPORAL_API_KEY",
-        "PLAYBOOK_UNSUBSCRIBE_SECRET",
+        "PLAYBOOK_UNSUBSCRIBE_SECRET", "PLAYBOOK_HUBSPOT_WEBHOOK_SECRET", "PLAYBOOK_METRICS_TOKEN",
     ],
 )
 def test_production_refuses_placeholder_secrets(name: str) -> None:
@@ -105,6 +105,23 @@ def test_production_refuses_placeholder_secrets(name: str) -> None:
         "PLAYBOOK_DATABASE_URL": POSTGRES, "PLAYBOOK_ALLOW_OUTBOX": "1", "PLAYBOOK_ALLOW_BUILTIN_CRM": "yes", **LINKS
     }
     assert f"{name} is a placeholder" in refusal(load_settings({**environ, name: "changeme"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("PLAYBOOK_HUBSPOT_DAILY_RESET_TIMEZONE", "Mars/Olympus", "must be an IANA time zone"),
+        ("PLAYBOOK_HUBSPOT_DAILY_RESET_TIMEZONE", "../../etc/passwd", "must be an IANA time zone"),
+        ("PLAYBOOK_HUBSPOT_SEARCH_PER_SECOND", "0", "must be above 0"),
+        ("PLAYBOOK_WORKER_METRICS_ADDRESS", "9464", "must be host:port"),
+        ("PLAYBOOK_WORKER_METRICS_ADDRESS", "0.0.0.0:99999", "must be host:port"),
+    ],
+)
+def test_unusable_values_are_refused_in_every_environment(name: str, value: str, says: str) -> None:
+    assert says in refusal(load_settings({"PLAYBOOK_ENVIRONMENT": "dev", name: value}))
+    fine = {"PLAYBOOK_HUBSPOT_DAILY_RESET_TIMEZONE": "America/New_York", "PLAYBOOK_HUBSPOT_SEARCH_PER_SECOND": "2.5",
+            "PLAYBOOK_WORKER_METRICS_ADDRESS": "0.0.0.0:9464"}
+    load_settings({"PLAYBOOK_ENVIRONMENT": "dev", name: fine[name]}).check()
 
 
 def production_with(**changes: str) -> dict[str, str]:
