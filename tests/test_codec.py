@@ -30,7 +30,7 @@ from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from typer.testing import CliRunner
 
 from activities.crm import BuiltinCrm, seed
-from activities.email import OutboxProvider
+from activities.email import OutboxProvider, OutgoingEmail
 from activities.playbook_activities import PlaybookActivities
 from api.app import create_app
 from api.security import create_token
@@ -222,6 +222,28 @@ steps:
 SECRETS = (CONTACT["email"].encode(), CONTACT["first_name"].encode(), BODY.encode())
 
 
+class RefusingOutbox(OutboxProvider):
+    """The outbox, except that an email whose subject starts with "Refused" fails with an error quoting its
+    recipients (as a provider's error text may): the failure's message is in the history too."""
+
+    def send(self, email: OutgoingEmail) -> str:
+        if email.subject.startswith("Refused"):
+            raise RuntimeError(f"the provider refused {', '.join(email.to)}")
+        return super().send(email)
+
+
+REFUSED = """\
+id: refused-email
+title: An email the provider refuses
+trigger: { manual: true }
+steps:
+  - id: refused
+    retry: { max_attempts: 1 }
+    on_error: continue
+    email: { to: "{{ contact.email }}", subject: "Refused, {{ contact.first_name }}", body: Hi }
+"""
+
+
 @dataclass
 class Stack:
     server: DevServer
@@ -320,7 +342,7 @@ def cli(settings: Settings, *args: str, keys: bool = True) -> subprocess.Complet
 def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec_show_it(stack: Stack):
     async def go() -> None:
         client = await connect(stack.settings, runtime=quiet_runtime())
-        activities = PlaybookActivities(stack.settings.db_url, BuiltinCrm(stack.settings.db_url), OutboxProvider())
+        activities = PlaybookActivities(stack.settings.db_url, BuiltinCrm(stack.settings.db_url), RefusingOutbox())
         async with build_worker(client, stack.queue, activities.all()):
             handle = await start_run(client, stack.queue, playbook(WELCOME), ACCOUNT["id"])
             wid = handle.id
@@ -365,6 +387,17 @@ def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec
                     t.OutboxEmail.workflow_id == reads.id, t.OutboxEmail.step_id == "again"
                 )).all()
             assert [b.split("\n")[0] for b in sent] == ["You got: Hello there"], sent
+
+            # a failure's message is encrypted too (an error text can quote an address); the worker reads it
+            refused = await start_run(client, stack.queue, playbook(REFUSED), ACCOUNT["id"])
+            failed = await client.get_workflow_handle(refused.id, result_type=RunResult).result()
+            assert CONTACT["email"] in failed.steps["refused"]["result"]["error"], failed.steps
+            events = (await raw_client.get_workflow_handle(refused.id).fetch_history()).events
+            failures = [e.activity_task_failed_event_attributes.failure for e in events
+                        if e.HasField("activity_task_failed_event_attributes")]
+            assert failures and all(f.message == "Encoded failure" and f.HasField("encoded_attributes")
+                                    for f in failures), failures
+            assert all(CONTACT["email"].encode() not in e.SerializeToString() for e in events)
 
             # the API (its own connection, from the settings) shows the run over HTTP
             async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
