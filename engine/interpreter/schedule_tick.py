@@ -18,7 +18,6 @@ with workflow.unsafe.imports_passed_through():
 
 TICK_WORKFLOW_NAME = "PlaybookScheduleTick"
 PAGES_PER_RUN = 20
-START_HEARTBEAT_TIMEOUT = timedelta(minutes=1)
 
 
 @dataclass
@@ -60,9 +59,11 @@ class PlaybookScheduleTick:
                     StartRunsRequest(tick.playbook_id, page.account_ids, tick.tick, tick.task_queue),
                     result_type=StartRunsResult,
                     start_to_close_timeout=timedelta(minutes=5),
-                    # a page heartbeats as its starts complete: a worker lost midway is noticed within a minute,
-                    # and the retry resumes after the last account done (no new command: replay is unaffected)
-                    heartbeat_timeout=START_HEARTBEAT_TIMEOUT,
+                    # a page heartbeats its progress as its starts complete, and the worker beats it in between
+                    # (engine.runtime.workers.KeepAlive): a worker lost midway is noticed within the heartbeat
+                    # timeout, and the retry resumes after the last account done (timeouts are not compared on
+                    # replay: tests/test_replay.py)
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=retry,
                 )
                 tick.started += done.started
