@@ -554,3 +554,11 @@ def test_a_bad_keys_setting_is_a_settings_error_naming_it():
         "PLAYBOOK_PAYLOAD_KEYS: the key of id '2026-12' is 5 bytes; AES-256 needs 32 "
         "(make one with `playbook keys new`)"
     )
+
+
+def test_tracing_without_opentelemetry_says_what_to_install(monkeypatch):
+    from engine.runtime.connect import tracing_interceptors
+
+    monkeypatch.setitem(sys.modules, "temporalio.contrib.opentelemetry", None)  # as if the extra were not installed
+    with pytest.raises(SettingsError, match=r"install the tracing extra \(pip install 'playbook-engine\[tracing\]'\)"):
+        tracing_interceptors(Settings(environment="dev", tracing=True))

@@ -55,9 +55,9 @@ def tracing_interceptors(settings: Settings) -> list[Interceptor]:
         return []
     try:
         from temporalio.contrib.opentelemetry import TracingInterceptor
-    except ImportError as err:  # the SDK's contrib module imports opentelemetry
-        raise RuntimeError(
-            f"PLAYBOOK_TRACING=true needs OpenTelemetry: install the tracing extra "
+    except ImportError as err:  # the SDK's contrib module imports opentelemetry: one line, as a settings problem
+        raise SettingsError(
+            "PLAYBOOK_TRACING=true needs OpenTelemetry: install the tracing extra "
             f"(pip install 'playbook-engine[tracing]'); {err}"
         ) from None
     return [TracingInterceptor()]
