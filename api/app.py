@@ -24,7 +24,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         state = AppState(settings=settings, client=client or await connect(settings))
         state.reload_library()
         app.state.engine = state
-        yield
+        try:
+            yield
+        finally:
+            close = getattr(state.crm, "close", None)  # HubSpot's provider holds an HTTP connection pool
+            if close is not None:
+                close()
 
     app = FastAPI(
         title="Playbook engine",
