@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from engine.runtime import connect as rt
 from engine.runtime.logs import configure
-from engine.runtime.metrics import WorkerMetrics, worker_runtime
+from engine.runtime.metrics import TracingError, WorkerMetrics, start_tracing, worker_runtime
 from engine.runtime.settings import Settings, SettingsError, load_settings
 from engine.runtime.workers import (
     DeployError,
@@ -44,6 +44,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
     only if the deployment has no current version yet (the first versioned worker ever)."""
     if settings.is_dev:
         migrate(settings.db_url)  # in production, `playbook migrate` runs once per deploy (docs/operations.md)
+    # PLAYBOOK_TRACING: where the spans of the client's tracing interceptor go (OTEL_* variables, docs/metrics.md)
+    stop_tracing = start_tracing("playbook-worker") if settings.tracing else None
+    try:
+        await _serve(settings, stop, current=current)
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # flushes the spans not yet exported
+    log.info("worker stopped")
+
+
+async def _serve(settings: Settings, stop: asyncio.Event, *, current: bool) -> None:
     # the runtime serves the SDK's metrics and the engine's worker counters on PLAYBOOK_WORKER_METRICS_ADDRESS
     client = await rt.connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
     version = versioning(settings)
@@ -72,7 +83,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, current: bool =
                 current_build_id=current_build,
             )
         await stop.wait()
-    log.info("worker stopped")
 
 
 async def _take_current(client: Client, task_queue: str, version: Versioning, *, force: bool) -> str | None:
@@ -118,7 +128,10 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except TracingError as err:  # PLAYBOOK_TRACING without an exporter to send to: one line, as settings errors
+        sys.exit(f"worker.py: refusing to start: {err}")
 
 
 if __name__ == "__main__":

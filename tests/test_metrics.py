@@ -7,14 +7,18 @@ process (httpx over its ASGI app), SendGrid played by tests/fakes/fake_sendgrid.
 playbooks: metrics-welcome sends an email (SendGrid answers its first try with a 500, the retry goes out) and ends;
 metrics-offer creates a call task and then waits for the approval of an email. Then /metrics must say: one event
 of its type, one email sent, one call task and one approval pending, and the worker: two runs started, one ended
-(completed), one TransientError of the email activity, and Temporal's own temporal_* series.
+(completed), one TransientError of the email activity, and Temporal's own temporal_* series. With PLAYBOOK_TRACING
+on, the event's trace goes from the API's start to the worker's workflows and activities.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +27,10 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
@@ -112,12 +120,25 @@ def library(tmp: Path) -> Path:
     return folder
 
 
+def spans_kept() -> InMemorySpanExporter:
+    """The spans this process exports from now on, kept in memory. The global tracer provider can be set once per
+    process: an SDK provider already there (another test's) gets the exporter added; start_tracing leaves it."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    kept = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    return kept
+
+
 def test_metrics_count_what_a_scenario_did(tmp_path: Path) -> None:
     gc_thresholds = gc.get_threshold()  # run_worker tunes the collector for a worker process; this one is pytest's
+    spans = spans_kept()
 
     async def scenario() -> tuple[str, str, list[int]]:
         server = DevServer(tmp_path / "temporal", port=0, ui_port=0)
-        client = await server.start()
+        await server.start()
         with FakeSendGrid() as sendgrid:
             sendgrid.fail_next(1, 500, path="/v3/mail/send")
             metrics_port = free_port()
@@ -126,13 +147,13 @@ def test_metrics_count_what_a_scenario_did(tmp_path: Path) -> None:
                 temporal_address=server.address,
                 task_queue=f"metrics-{uuid.uuid4().hex[:8]}", worker_versioning=False,
                 email_provider="sendgrid", sendgrid_api_key=API_KEY, sendgrid_host=sendgrid.url,
-                worker_metrics_address=f"127.0.0.1:{metrics_port}", metrics_token=TOKEN,
+                worker_metrics_address=f"127.0.0.1:{metrics_port}", metrics_token=TOKEN, tracing=True,
             )
             migrate(settings.db_url)
             system = create_token(settings.db_url, "backend", "system")
             stop = asyncio.Event()
             worker = asyncio.create_task(run_worker(settings, stop))
-            app = create_app(settings, client=client)
+            app = create_app(settings)  # its client from the settings, as `playbook api` connects (tracing on)
             try:
                 async with app.router.lifespan_context(app):
                     transport = httpx.ASGITransport(app=app)
@@ -223,6 +244,17 @@ def test_metrics_count_what_a_scenario_did(tmp_path: Path) -> None:
     # send_email twice, create_call_task, create_approval at least
     assert (value(work, "temporal_activity_schedule_to_start_latency_seconds_count") or 0) >= 4
 
+    # PLAYBOOK_TRACING: the worker's workflows and activities are traced (temporalio's interceptor, on the client)
+    finished = spans.get_finished_spans()
+    names = {span.name for span in finished}
+    assert {"StartWorkflow:PlaybookRun", "RunWorkflow:PlaybookRun", "RunActivity:send_email"} <= names, sorted(names)
+    # one trace from the API's POST /events (both starts) to the worker's workflows and activities
+    starts = [span.context.trace_id for span in finished if span.name == "StartWorkflow:PlaybookRun"]
+    ran = {span.context.trace_id for span in finished if span.name.startswith(("RunWorkflow:", "RunActivity:"))}
+    assert len(starts) == 2 and ran == set(starts) and len(ran) == 1
+    attributes = " ".join(str(dict(span.attributes or {})) for span in finished)
+    assert CONTACT["email"] not in attributes and CONTACT["first_name"] not in attributes
+
 
 def test_metrics_are_open_without_a_token_and_say_503_when_the_database_is_down(tmp_path: Path) -> None:
     settings = Settings(environment="dev", home=str(tmp_path), library=str(PLAYBOOKS))
@@ -249,3 +281,36 @@ def test_metrics_are_open_without_a_token_and_say_503_when_the_database_is_down(
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert "database" in answer.json()["detail"] and answer.headers["retry-after"]
+
+
+TRACING_SCRIPT = """
+import os
+from opentelemetry import trace
+from engine.runtime.metrics import TracingError, start_tracing
+
+os.environ["OTEL_TRACES_EXPORTER"] = "nonesuch"
+try:
+    start_tracing("playbook-worker")
+except TracingError as err:
+    print("REFUSED", err)
+os.environ["OTEL_TRACES_EXPORTER"] = "console"
+stop = start_tracing("playbook-worker")
+with trace.get_tracer("test").start_as_current_span("one-span"):
+    pass
+stop()
+print("AGAIN", start_tracing("playbook-worker"))  # a provider is set: left as it is
+"""
+
+
+def test_tracing_exports_through_the_exporter_opentelemetry_variables_name(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_SERVICE_NAME"] = "playbook-worker-eu-1"
+    done = subprocess.run(
+        [sys.executable, "-c", TRACING_SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "REFUSED OTEL_TRACES_EXPORTER=nonesuch: no such span exporter is installed" in done.stdout
+    assert '"name": "one-span"' in done.stdout  # the console exporter's JSON
+    assert '"service.name": "playbook-worker-eu-1"' in done.stdout  # OTEL_SERVICE_NAME wins over the default
+    assert "AGAIN None" in done.stdout

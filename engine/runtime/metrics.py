@@ -18,8 +18,9 @@ kinds only; never an address, a name or an account id.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -257,3 +258,45 @@ class WorkerMetrics(Interceptor):
         self, input: WorkflowInterceptorClassInput
     ) -> type[WorkflowInboundInterceptor] | None:
         return _CountRuns
+
+
+# ------------------------------------------------------------------------------------------ tracing
+
+
+class TracingError(Exception):
+    """PLAYBOOK_TRACING is on but traces cannot be exported; the message says what to install or set."""
+
+
+def start_tracing(service_name: str) -> Callable[[], None] | None:
+    """With PLAYBOOK_TRACING on, the OpenTelemetry tracer provider the Temporal interceptor's spans go to
+    (connect.tracing_interceptors adds the interceptor). Configured by OpenTelemetry's own variables:
+    OTEL_TRACES_EXPORTER (default otlp; console; none; several comma-separated), and what the SDK and the
+    exporter read themselves (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
+    OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS...). Exporters are found by the entry points they
+    register, as OpenTelemetry's auto-configuration finds them. A provider already set (the process runs under
+    `opentelemetry-instrument`) is left as it is. Returns what flushes and stops it, or None."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as err:
+        raise TracingError(
+            f"PLAYBOOK_TRACING needs the tracing extra (pip install 'playbook-engine[tracing]'): {err}"
+        ) from None
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return None
+    from importlib.metadata import entry_points
+
+    # the default name only: Resource.create lets given attributes win over OTEL_SERVICE_NAME, which must win
+    given = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    provider = TracerProvider(resource=Resource.create(given))
+    names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    for name in (n for n in names if n and n != "none"):
+        found = list(entry_points(group="opentelemetry_traces_exporter", name=name))
+        if not found:
+            hint = " (pip install opentelemetry-exporter-otlp)" if name.startswith("otlp") else ""
+            raise TracingError(f"OTEL_TRACES_EXPORTER={name}: no such span exporter is installed{hint}")
+        provider.add_span_processor(BatchSpanProcessor(found[0].load()()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
