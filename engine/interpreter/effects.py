@@ -67,6 +67,7 @@ def _governed(rules: EmailRules | None) -> dict[str, Any]:
 
 
 def _texts(value: Any) -> Iterator[str]:
+    """Every string in a model object (its dataclasses, tuples and dicts), keys of free-form maps excluded."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
@@ -75,6 +76,9 @@ def _texts(value: Any) -> Iterator[str]:
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _texts(v)
+    elif dataclasses.is_dataclass(value):
+        for v in vars(value).values():
+            yield from _texts(v)
 
 
 def body_readers(playbook: m.Playbook) -> frozenset[str]:
@@ -82,7 +86,7 @@ def body_readers(playbook: m.Playbook) -> frozenset[str]:
     steps['ID']['body']); ALL_STEPS in it when a text names both `steps` and `body` some other way (kept, to be
     safe). Text scanning of the model's strings only: no template is parsed."""
     readers: set[str] = set()
-    for text in _texts(m.to_data(playbook.steps)):
+    for text in _texts(playbook.steps):
         if "body" not in text or "steps" not in text:
             continue
         named = [a or b for a, b in _BODY_READ.findall(text)]
