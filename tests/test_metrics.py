@@ -14,6 +14,7 @@ on, the event's trace goes from the API's start to the worker's workflows and ac
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -36,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.security import create_token
 from engine.runtime.devstack import DevServer, free_port
-from engine.runtime.settings import Settings
+from engine.runtime.settings import Settings, SettingsError, load_settings
 from engine.storage.db import migrate
 from tests.asgi import call
 from tests.fakes.fake_sendgrid import API_KEY, FakeSendGrid
@@ -314,3 +316,82 @@ def test_tracing_exports_through_the_exporter_opentelemetry_variables_name(tmp_p
     assert '"name": "one-span"' in done.stdout  # the console exporter's JSON
     assert '"service.name": "playbook-worker-eu-1"' in done.stdout  # OTEL_SERVICE_NAME wins over the default
     assert "AGAIN None" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------ deploy/k8s
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+
+
+def manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text(encoding="utf-8"))
+    listed = kustomization["resources"]
+    # every manifest of the folder is applied, and nothing listed is missing
+    assert sorted(listed) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+    return [doc for name in listed for doc in yaml.safe_load_all((DEPLOY / name).read_text(encoding="utf-8")) if doc]
+
+
+def containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for d in docs if d["kind"] in ("Deployment", "Job") for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> None:
+    from engine.cli import app as cli
+
+    docs = manifests()
+    by_kind = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert by_kind == [
+        ("ConfigMap", "playbook-settings"), ("Deployment", "playbook-api"), ("Deployment", "playbook-worker"),
+        ("Job", "playbook-migrate"), ("Secret", "playbook-secrets"), ("Service", "playbook-api"),
+    ]
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    secrets = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+
+    # a PLAYBOOK_* variable that names no setting is silently ignored by pydantic-settings (only a settings file's
+    # unknown key is refused): a typo here would be a setting that never applies
+    names = [*settings, *secrets, *(e["name"] for c in containers(docs) for e in c.get("env", []))]
+    unknown = [n for n in names if not n.startswith("PLAYBOOK_") or n[9:].lower() not in Settings.model_fields]
+    assert names and unknown == []
+
+    commands = {c.name or c.callback.__name__ for c in cli.registered_commands if c.callback}
+    for container in containers(docs):
+        assert container["image"] == "playbook-engine"  # kustomization.yaml's images: sets the registry and tag
+        assert container["command"][0] == "playbook" and container["command"][1] in commands, container["command"]
+        assert [r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r] == ["playbook-settings"]
+        assert [r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r] == ["playbook-secrets"]
+
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    app_routes = set(create_app(Settings(environment="dev")).openapi()["paths"])
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]
+        [container] = pod["spec"]["containers"]
+        ports = {p["containerPort"] for p in container["ports"]}
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) in ports, name
+        assert annotations["prometheus.io/path"] in app_routes or name == "playbook-worker"
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert settings["PLAYBOOK_LIBRARY"] in mounts, name  # the library ConfigMap is where the settings look
+    worker_port = int(settings["PLAYBOOK_WORKER_METRICS_ADDRESS"].rsplit(":", 1)[1])
+    assert worker_port == int(deployments["playbook-worker"]["spec"]["template"]["metadata"]["annotations"]
+                              ["prometheus.io/port"])
+    api = deployments["playbook-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/health" and "/health" in app_routes
+
+    # as shipped, the placeholders keep the engine from starting (one line naming them) ...
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environ={**settings, **secrets}).check()
+    for name in ("PLAYBOOK_SENDGRID_API_KEY", "PLAYBOOK_HUBSPOT_TOKEN", "PLAYBOOK_UNSUBSCRIBE_SECRET"):
+        assert name in str(refused.value)
+    # ... and with real values in the Secret, the settings of the ConfigMap pass production's checks
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    key = public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    real = {name: f"not-a-placeholder-{i}-0123456789abcdef" for i, name in enumerate(secrets)}
+    real |= {
+        "PLAYBOOK_DATABASE_URL": "postgresql+psycopg://playbooks:pw@db.internal/playbooks",
+        "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY": base64.b64encode(key).decode(),
+    }
+    checked = load_settings(environ={**settings, **real}).check()
+    assert checked.worker_metrics_address == "0.0.0.0:9464" and not checked.is_dev
