@@ -702,6 +702,7 @@ def _expect_item() -> dict[str, Any]:
             },
             "to": _s("The recipient."),
             "subject_contains": _s("Text the subject contains."),
+            "body_contains": _s("Text the body contains (the body as sent, after any edits)."),
             "after": offset("Sent at or after this offset from the start."),
             "within": offset("Sent at or before this offset from the start."),
         },

@@ -358,6 +358,8 @@ def _expectation(
             problems.append(f"email {item['email']}: sent to {', '.join(email.to)}, expected {item['to']}")
         if "subject_contains" in item and item["subject_contains"] not in email.subject:
             problems.append(f"email {item['email']}: subject {email.subject!r} lacks {item['subject_contains']!r}")
+        if "body_contains" in item and item["body_contains"] not in email.body:
+            problems.append(f"email {item['email']}: its body lacks {item['body_contains']!r}")
         sent_at = admitted.get(email.key, email.created_at)
         problems.extend(_timing(item, _offset(sent_at, start_at), f"email {item['email']} {status}"))
         return problems
