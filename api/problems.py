@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.runtime.codec import PayloadDecryptError
+
 from .schemas import ProblemDetails
 
 MEDIA_TYPE = "application/problem+json"
@@ -117,6 +119,17 @@ def install(app: FastAPI) -> None:
             "Service Unavailable",
             "the engine's database is unavailable or busy. Send the request again in a moment.",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    @app.exception_handler(PayloadDecryptError)
+    async def _undecryptable(request: Request, exc: PayloadDecryptError) -> JSONResponse:
+        # This process lacks a key the run's data was encrypted with (PLAYBOOK_PAYLOAD_KEYS differs between
+        # processes): the operators' problem, which another process may not have. The message names the key id.
+        log.error("cannot decrypt run data", path=request.url.path, error=str(exc))
+        return problem_response(
+            503, "Service Unavailable",
+            f"this API process cannot read the run's data: {exc}. Every worker and API process needs the same "
+            "PLAYBOOK_PAYLOAD_KEYS (docs/encryption.md).",
         )
 
     @app.exception_handler(Exception)

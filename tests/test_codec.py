@@ -406,6 +406,16 @@ def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec
             details = [e["detail"] for e in shown.json()["timeline"] if e["step"] == "welcome"]
             assert any("subject=Welcome, Evangeline" in d for d in details), details
 
+            # an API process whose keys differ cannot read the run: a 503 naming the key id it lacks, not a 500
+            other = stack.settings.replace(payload_keys="2027-01:" + base64.b64encode(b"x" * 32).decode())
+            app = create_app(other, client=await connect(other, runtime=quiet_runtime()))
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                    lacking = await http.get(f"/runs/{wid}", headers={"Authorization": f"Bearer {stack.ops_token}"})
+            assert lacking.status_code == 503, lacking.text
+            assert "2026-07" in lacking.json()["detail"] and "PLAYBOOK_PAYLOAD_KEYS" in lacking.json()["detail"]
+
             # `playbook runs show` with the keys shows the timeline; without them it cannot read the run
             shown_cli, unreadable = await asyncio.gather(
                 asyncio.to_thread(cli, stack.settings, "runs", "show", wid),

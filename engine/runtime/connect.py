@@ -102,6 +102,7 @@ def crm_provider(settings: Settings) -> CrmProvider:
             reveal(settings.hubspot_token), base_url=settings.hubspot_base_url, db_url=settings.db_url,
             account_id_property=settings.hubspot_account_id_property,
             search_per_second=settings.hubspot_search_per_second,
+            daily_reset_timezone=settings.hubspot_daily_reset_timezone,
         )
     return BuiltinCrm(settings.db_url)
 

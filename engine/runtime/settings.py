@@ -263,6 +263,13 @@ class Settings(BaseSettings):
             problems.append(
                 "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key (paste the base64 text SendGrid shows)"
             )
+        if self.payload_keys is not None:
+            from .codec import parse_payload_keys
+
+            try:
+                parse_payload_keys(reveal(self.payload_keys))
+            except ValueError as err:  # its message names a key id or an entry's position, never a key
+                problems.append(str(err))
         if self.hubspot_search_per_second <= 0:
             problems.append(
                 f"PLAYBOOK_HUBSPOT_SEARCH_PER_SECOND must be above 0, not {self.hubspot_search_per_second!r}"
