@@ -85,7 +85,7 @@ from tests.postgres import postgres_server  # noqa: E402
 
 EVENT_TYPE = "bench.cluster"
 EVENT_SECRET = secrets.token_hex(24)
-CSM = TEAM[0]["id"]
+CSM = str(TEAM[0]["id"])
 EMAIL_STEPS = ("welcome", "offer", "thanks")
 PLAYBOOK = f"""\
 id: bench-cluster
@@ -489,7 +489,7 @@ async def report(
     results = [
         verdict(
             set(per_account) == set(accounts)
-            and all(sorted(r.step_id for r in per_account[a]) == sorted(EMAIL_STEPS) for a in accounts)
+            and all(sorted(str(r.step_id) for r in per_account[a]) == sorted(EMAIL_STEPS) for a in accounts)
             and {r.status for r in rows} == {"sent"} and max(keys.values(), default=0) == 1,
             f"every email once: {len(rows)} outbox rows for {len(accounts)} runs x {len(EMAIL_STEPS)} emails, "
             f"statuses {dict(Counter(r.status for r in rows))}, keys twice: {sum(1 for n in keys.values() if n > 1)}",
