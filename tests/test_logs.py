@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import structlog
 
 from engine.runtime.logs import configure, mask_email
@@ -37,3 +38,21 @@ def test_json_logs_mask_people_and_keep_context(capsys):
     assert ours["to"] == ["a***@k***.example"]
     assert ours["first_name"] == "***" and ours["name"] == "***"
     assert "jonas@" not in json.dumps(theirs) and "j***@s***.example" in theirs["event"]
+
+
+@pytest.mark.parametrize("json_output", [True, False])
+def test_an_address_in_a_logged_exception_is_masked(capsys, json_output):
+    # Temporal's worker logs a failed activity with its exception; a provider's error can quote the recipient
+    configure(json_output=json_output)
+    try:
+        try:
+            raise RuntimeError("SendGrid refused anna.kraus@kraus.example: bounced")
+        except RuntimeError:
+            logging.getLogger("temporalio.activity").warning("Completing activity as failed", exc_info=True)
+            structlog.get_logger("test").exception("send failed")
+        err = capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert "anna.kraus@" not in err
+    assert err.count("RuntimeError: SendGrid refused a***@k***.example: bounced") == 2

@@ -54,6 +54,9 @@ def configure(json_output: bool, level: int = logging.INFO) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # a traceback becomes text before redact, so an address in an exception's message (a provider's error,
+        # logged by Temporal's worker when an activity fails) is masked like any other
+        structlog.processors.format_exc_info,
         redact,
     ]
     # default=repr: a value JSON cannot hold is shown, not rendered through structlog's fallback, whose lazy
