@@ -339,10 +339,14 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
     from engine.cli import app as cli
 
     docs = manifests()
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text(encoding="utf-8"))
+    release = kustomization["images"][0]["newTag"].replace(".", "-")
     by_kind = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    # one worker Deployment and one pair of Jobs per release (runs are pinned to the release that started them)
     assert by_kind == [
-        ("ConfigMap", "playbook-settings"), ("Deployment", "playbook-api"), ("Deployment", "playbook-worker"),
-        ("Job", "playbook-migrate"), ("Secret", "playbook-secrets"), ("Service", "playbook-api"),
+        ("ConfigMap", "playbook-settings"), ("Deployment", "playbook-api"),
+        ("Deployment", f"playbook-worker-{release}"), ("Job", f"playbook-deploy-{release}"),
+        ("Job", f"playbook-migrate-{release}"), ("Secret", "playbook-secrets"), ("Service", "playbook-api"),
     ]
     settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     secrets = next(d for d in docs if d["kind"] == "Secret")["stringData"]
@@ -360,7 +364,9 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
         assert [r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r] == ["playbook-settings"]
         assert [r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r] == ["playbook-secrets"]
 
-    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/name"]: d for d in docs if d["kind"] == "Deployment"}
+    worker_labels = deployments["playbook-worker"]["spec"]["selector"]["matchLabels"]
+    assert worker_labels["app.kubernetes.io/version"] == kustomization["images"][0]["newTag"]
     app_routes = set(create_app(Settings(environment="dev")).openapi()["paths"])
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]
@@ -376,6 +382,9 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
                               ["prometheus.io/port"])
     api = deployments["playbook-api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/health" and "/health" in app_routes
+    deploy = next(c for c in containers(docs) if c["command"][1] == "deploy")
+    assert deploy["command"][deploy["command"].index("--library") + 1] == settings["PLAYBOOK_LIBRARY"]
+    assert {m["mountPath"] for m in deploy["volumeMounts"]} == {settings["PLAYBOOK_LIBRARY"]}
 
     # as shipped, the placeholders keep the engine from starting (one line naming them) ...
     with pytest.raises(SettingsError) as refused:
@@ -392,6 +401,7 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
     real |= {
         "PLAYBOOK_DATABASE_URL": "postgresql+psycopg://playbooks:pw@db.internal/playbooks",
         "PLAYBOOK_SENDGRID_WEBHOOK_PUBLIC_KEY": base64.b64encode(key).decode(),
+        "PLAYBOOK_PAYLOAD_KEYS": f"k1:{base64.b64encode(os.urandom(32)).decode()}",
     }
     checked = load_settings(environ={**settings, **real}).check()
     assert checked.worker_metrics_address == "0.0.0.0:9464" and not checked.is_dev
