@@ -348,6 +348,10 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
         ("Deployment", f"playbook-worker-{release}"), ("Job", f"playbook-deploy-{release}"),
         ("Job", f"playbook-migrate-{release}"), ("Secret", "playbook-secrets"), ("Service", "playbook-api"),
     ]
+    # docs/deployment.md's release applies them by these labels, in four steps: every resource is in one
+    steps = {"playbook-settings", "playbook-secrets", "playbook-migrate", "playbook-worker", "playbook-api",
+             "playbook-deploy"}
+    assert {d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs} == steps
     settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     secrets = next(d for d in docs if d["kind"] == "Secret")["stringData"]
 
