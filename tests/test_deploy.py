@@ -138,11 +138,11 @@ async def _deploy_while_runs_wait(tmp: Path) -> None:
     db_url = f"sqlite:///{tmp / 'playbook.db'}"
     accounts = seed_accounts(db_url, 6)
     task_queue = f"deploy-{uuid.uuid4().hex[:6]}"
-    env = _env(tmp, server, library, db_url, task_queue)
     workers: list[WorkerProcess] = []
     observed: dict[str, Any] = {}
     try:
-        client = await server.start()
+        client = await server.start()  # first: the server's free port is chosen as it starts
+        env = _env(tmp, server, library, db_url, task_queue)
         worker_a = WorkerProcess({**env, "PLAYBOOK_BUILD_ID": "build-a"}, tmp / "worker-a.log").start()
         workers.append(worker_a)
         observed["worker_a_ready_and_current_s"] = round(await worker_a.wait_ready(60), 2)

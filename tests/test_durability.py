@@ -5,9 +5,9 @@ fake SendGrid on 127.0.0.1, so what reached "the provider" can be counted next t
 
 Waits are seconds long because the dev server runs in real time. What the timings come from:
 
-* An activity whose worker died is retried only when its 30 s start-to-close timeout expires
-  (ACTIVITY_TIMEOUT in engine/interpreter/workflow.py; no heartbeat timeout is set), so the in-flight
-  test takes over half a minute by itself.
+* An activity whose worker died is retried when its 10 s heartbeat timeout expires (HEARTBEAT_TIMEOUT in
+  engine/interpreter/core.py: a live worker beats for every running activity), then after the step's retry
+  interval: about 11 s in the in-flight test, not the 30 s start-to-close timeout.
 * A workflow task queued for the dead worker's sticky queue waits out the sticky schedule-to-start timeout
   (10 s, the SDK default) before the new worker gets it: runs resume about 10 s after a worker's crash.
 
@@ -77,16 +77,18 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     logs = tmp_path / "logs"
     logs.mkdir()
     task_queue = f"durability-{tmp_path.name}"
-    env = worker_env(
-        address=server.address, db_url=db_url, library=library, task_queue=task_queue, home=tmp_path / "home",
-        sendgrid_url=fake.url,
-    )
-    workers = Workers(env, logs)
+    workers: Workers | None = None
     try:
-        asyncio.run(server.start())
+        asyncio.run(server.start())  # first: the server's free port is chosen as it starts
+        env = worker_env(
+            address=server.address, db_url=db_url, library=library, task_queue=task_queue, home=tmp_path / "home",
+            sendgrid_url=fake.url,
+        )
+        workers = Workers(env, logs)
         yield Stack(tmp_path, library, db_url, server, fake, workers, task_queue)
     finally:
-        workers.kill_all()
+        if workers is not None:
+            workers.kill_all()
         server.stop(kill=True)
         fake.stop()
 
@@ -268,9 +270,9 @@ async def _in_flight(stack: Stack) -> None:
     # The outbox: every email exactly once, 'sent'.
     _assert_every_email_once(stack, handles, ["first", "second"])
 
-    # Why the retry came so late: attempt 2 of send_email, after attempt 1's 30 s start-to-close timeout.
+    # Why the retry came when it did: attempt 2 of send_email, after attempt 1 stopped heartbeating (10 s).
     facts = [await history_facts(h) for h in handles]
-    assert all(f["activity_retries"] == [(2, "TIMEOUT_TYPE_START_TO_CLOSE")] for f in facts), facts
+    assert all(f["activity_retries"] == [(2, "TIMEOUT_TYPE_HEARTBEAT")] for f in facts), facts
 
     # The provider: the in-flight emails arrived twice and were accepted twice; the others once.
     requests = provider_message_ids(stack.fake)
