@@ -263,11 +263,16 @@ def test_metrics_are_open_without_a_token_and_say_503_when_the_database_is_down(
     migrate(settings.db_url)
     app = create_app(settings, client=object())  # type: ignore[arg-type]
 
-    async def steps(http: httpx.AsyncClient) -> tuple[int, str]:
+    async def steps(http: httpx.AsyncClient) -> tuple[int, str, httpx.Response]:
         answer = await http.get("/metrics")
-        return answer.status_code, answer.text
+        # a scraper that asks for OpenMetrics gets it (prometheus_client chooses the format from Accept)
+        open_metrics = await http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        return answer.status_code, answer.text, open_metrics
 
-    status, text = call(app, steps)
+    status, text, open_metrics = call(app, steps)
+    assert open_metrics.status_code == 200
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert open_metrics.text.endswith("# EOF\n")
     assert status == 200
     page = samples(text)
     assert value(page, "playbook_metrics_scrape_seconds") is not None
