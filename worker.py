@@ -9,6 +9,10 @@ Each worker is one version of the engine's Worker Deployment (PLAYBOOK_DEPLOYMEN
 by default a hash of the code) and the runs it starts stay pinned to that version; `playbook deploy` makes
 a new version current (docs/operations.md, "Deploying new engine code"). PLAYBOOK_WORKER_VERSIONING=false
 turns that off.
+
+With PLAYBOOK_WORKER_METRICS_ADDRESS (host:port) it serves Prometheus metrics there: Temporal's SDK metrics and the
+engine's worker counters (runs started and ended, activity errors); with PLAYBOOK_TRACING, OpenTelemetry traces
+(docs/metrics.md).
 """
 
 from __future__ import annotations
