@@ -284,10 +284,21 @@ def api(
     from api.app import create_app
 
     from .runtime.logs import configure
+    from .runtime.metrics import TracingError, start_tracing
 
     settings = _settings_to_start("api")
     configure(settings.logs_as_json)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    try:
+        # PLAYBOOK_TRACING: the spans of workflow starts and signals go where OTEL_* says (docs/metrics.md)
+        stop_tracing = start_tracing("playbook-api") if settings.tracing else None
+    except TracingError as err:
+        typer.echo(f"playbook api: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # flushes the spans not yet exported
 
 
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)

@@ -414,3 +414,14 @@ def test_the_kubernetes_manifests_name_real_settings_commands_and_ports() -> Non
     }
     checked = load_settings(environ={**settings, **real}).check()
     assert checked.worker_metrics_address == "0.0.0.0:9464" and not checked.is_dev
+
+
+@pytest.mark.parametrize("command", [["-m", "engine.cli", "api", "--port", "0"], ["worker.py"]])
+def test_tracing_with_an_exporter_that_is_not_installed_refuses_to_start_in_one_line(tmp_path: Path, command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLAYBOOK_", "OTEL_"))}
+    env |= {"PLAYBOOK_ENVIRONMENT": "dev", "PLAYBOOK_HOME": str(tmp_path), "PLAYBOOK_TRACING": "1",
+            "PLAYBOOK_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "OTEL_TRACES_EXPORTER": "no_such_exporter"}
+    done = subprocess.run([sys.executable, *command], cwd=Path(__file__).parent.parent, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode in (1, 2), done.stderr
+    assert "no_such_exporter" in done.stderr and "Traceback" not in done.stderr, done.stderr
