@@ -13,7 +13,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,14 +85,6 @@ class SlowOutbox(OutboxProvider):
         return super().send(email)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    dev = DevServer(tmp_path_factory.mktemp("caps-temporal"), port=0, ui_port=0)
-    try:
-        asyncio.run(dev.start())
-        yield dev
-    finally:
-        dev.stop(kill=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -105,7 +96,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return empty(request.getfixturevalue("postgres"))
 
 
-def test_twenty_runs_on_two_workers_send_exactly_the_cap(server: DevServer, db_url: str) -> None:
+def test_twenty_runs_on_two_workers_send_exactly_the_cap(dev_server: DevServer, db_url: str) -> None:
     seed(db_url, dict(ACCOUNT), [dict(c) for c in CONTACTS], [dict(m) for m in TEAM])
     checked = validate_playbook_text(PLAYBOOK, "<caps-race>")
     assert checked.ok and checked.playbook is not None, [p.header() for p in checked.problems]
@@ -115,7 +106,7 @@ def test_twenty_runs_on_two_workers_send_exactly_the_cap(server: DevServer, db_u
 
     async def race() -> list[RunResult]:
         # a client each, as two worker processes have (Temporal allows one worker per client and task queue)
-        clients = [await Client.connect(server.address, runtime=quiet_runtime()) for _ in crms]
+        clients = [await Client.connect(dev_server.address, runtime=quiet_runtime()) for _ in crms]
         client = clients[0]
         queue = f"caps-{uuid.uuid4().hex[:8]}"
         workers = [

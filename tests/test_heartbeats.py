@@ -89,14 +89,6 @@ class HoldingSendGrid(FakeSendGrid):
         self._released.set()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    dev = DevServer(tmp_path_factory.mktemp("temporal"), port=0, ui_port=0)
-    try:
-        asyncio.run(dev.start())
-        yield dev
-    finally:
-        dev.stop(kill=True)
 
 
 @pytest.fixture
@@ -111,9 +103,9 @@ def fake() -> Iterator[HoldingSendGrid]:
 
 
 def test_a_killed_workers_activity_moves_to_another_worker_within_the_heartbeat_timeout(
-    tmp_path: Path, server: DevServer, fake: HoldingSendGrid
+    tmp_path: Path, dev_server: DevServer, fake: HoldingSendGrid
 ) -> None:
-    asyncio.run(_killed_mid_send(tmp_path, server, fake))
+    asyncio.run(_killed_mid_send(tmp_path, dev_server, fake))
 
 
 async def _killed_mid_send(tmp_path: Path, server: DevServer, fake: HoldingSendGrid) -> None:
@@ -229,10 +221,10 @@ class SilentProbe:
         return result
 
 
-def test_the_worker_keeps_a_silent_activity_alive_and_its_progress_for_the_retry(server: DevServer) -> None:
+def test_the_worker_keeps_a_silent_activity_alive_and_its_progress_for_the_retry(dev_server: DevServer) -> None:
     """A sync activity silent for three heartbeat timeouts is not timed out (the worker beats for it), and the beats
     in between keep the progress it reported: the retry reads it."""
-    asyncio.run(_silent(server))
+    asyncio.run(_silent(dev_server))
 
 
 async def _silent(server: DevServer) -> None:

@@ -233,13 +233,20 @@ class FakeHubSpot(FakeServer):
             return value if value in self.companies else None
         return self.company_by(id_property, value)
 
-    def _get_company(self, value: str, request: Recorded) -> Reply:
+    def _company_in_path(self, value: str, request: Recorded) -> str | Reply:
+        """The company a /companies/{value} path names (by ?idProperty= when given), or HubSpot's error answer."""
         id_property = (request.query.get("idProperty") or [None])[0]
         if (refused := self._id_property(self.company_properties, id_property)) is not None:
             return refused
         company_id = self._find_company(value, id_property)
         if company_id is None:
             return _error(404, "Object not found.  objectId are usually numeric.", "OBJECT_NOT_FOUND")
+        return company_id
+
+    def _get_company(self, value: str, request: Recorded) -> Reply:
+        company_id = self._company_in_path(value, request)
+        if isinstance(company_id, Reply):
+            return company_id
         asked = ",".join(request.query.get("properties", [])).split(",")
         return Reply(200, self._company(company_id, [n for n in asked if n]))
 
@@ -355,12 +362,9 @@ class FakeHubSpot(FakeServer):
         return problems
 
     def _patch_company(self, value: str, request: Recorded, payload: dict) -> Reply:
-        id_property = (request.query.get("idProperty") or [None])[0]
-        if (refused := self._id_property(self.company_properties, id_property)) is not None:
-            return refused
-        company_id = self._find_company(value, id_property)
-        if company_id is None:
-            return _error(404, "Object not found.  objectId are usually numeric.", "OBJECT_NOT_FOUND")
+        company_id = self._company_in_path(value, request)
+        if isinstance(company_id, Reply):
+            return company_id
         properties = payload.get("properties") or {}
         problems = self._problems(self.company_properties, properties)
         if problems:
