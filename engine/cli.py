@@ -610,6 +610,159 @@ def test(
     raise typer.Exit(0 if all(r.passed for r in reports) else 1)
 
 
+# ------------------------------------------------------------------------------ diff
+
+
+class _DiffError(Exception):
+    """One line for stderr; the command exits 2."""
+
+
+def _git_text(file: Path, rev: str) -> tuple[str, str]:
+    """The text of ``file`` at Git revision ``rev`` of the repository holding it, and a label "REV:path"."""
+    import subprocess
+
+    folder = file.resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise _DiffError("git is not installed (needed for --rev)") from None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise _DiffError(f"{file} is not in a Git repository (needed for --rev)")
+    root = Path(top.stdout.decode().strip())
+    relative = file.resolve().relative_to(root.resolve()).as_posix()
+    if git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").returncode != 0:
+        raise _DiffError(f"Git does not know the revision {rev!r} (in {root})")
+    shown = git("show", f"{rev}:{relative}")
+    if shown.returncode != 0:
+        raise _DiffError(f"{relative} does not exist at revision {rev} (in {root})")
+    return shown.stdout.decode("utf-8", errors="replace"), f"{rev}:{relative}"
+
+
+def _diff_side(file: Path, rev: str | None = None):  # type: ignore[no-untyped-def]
+    """A validated side of the diff (its PlaybookResult); a broken one is reported as validate reports it."""
+    from .language.policy import DEFAULT_POLICY
+    from .language.policy_file import PolicyFinder
+    from .language.validator import validate_playbook_file, validate_playbook_text
+
+    if rev is None:
+        result = validate_playbook_file(file)
+    else:
+        text, label = _git_text(file, rev)
+        # the policy that applies to the file now: the one its runs would be checked against
+        found = PolicyFinder().result_for(file)
+        result = validate_playbook_text(text, label, DEFAULT_POLICY if found is None else found.policy)
+    if not result.ok:
+        err = Console(stderr=True)
+        err.print(format_text(result.problems, {result.file: result.text}), markup=False, highlight=False)
+        err.print(f"{result.file}: not a valid playbook; nothing compared", markup=False)
+        raise typer.Exit(2)
+    return result
+
+
+@app.command()
+def diff(
+    old: Annotated[
+        Path, typer.Argument(help="The old playbook file (with --rev: the file, compared with itself at REV).")
+    ],
+    new: Annotated[Path | None, typer.Argument(help="The new playbook file (not with --rev).")] = None,
+    rev: Annotated[
+        str | None, typer.Option("--rev", help="Compare OLD as it was at this Git revision with the file as it is.")
+    ] = None,
+    scenarios: Annotated[
+        bool, typer.Option("--scenarios", help="Run the library's scenarios of the playbook on both versions.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the diff as JSON (docs/diff.md).")] = False,
+) -> None:
+    """What a change to a playbook changes: steps, timing, audience, content, approvals, settings; with
+    --scenarios, what its scenarios do differently. Exits 0: same behaviour, 1: behaviour changes, 2: errors."""
+    import json
+
+    from .language.diff import diff_playbooks
+
+    err = Console(stderr=True)
+    if (new is None) == (rev is None):
+        err.print("give two playbook files (OLD NEW), or one and --rev REV", markup=False)
+        raise typer.Exit(2)
+    missing = [p for p in (old, new) if p is not None and not p.is_file()]
+    if missing:
+        err.print(f"no such file: {', '.join(map(str, missing))}", markup=False)
+        raise typer.Exit(2)
+    try:
+        before = _diff_side(old, rev)
+    except _DiffError as error:
+        err.print(f"playbook diff: {error}", markup=False)
+        raise typer.Exit(2) from None
+    new_file = new if new is not None else old
+    after = _diff_side(new_file)
+    assert before.playbook is not None and after.playbook is not None
+    changes = diff_playbooks(before.playbook, after.playbook)
+    scenario_diffs = None
+    if scenarios:
+        from .testing.diff_scenarios import diff_scenarios, scenarios_of
+
+        found = scenarios_of(new_file, after.playbook.id)
+        scenario_diffs = asyncio.run(diff_scenarios(found, before.playbook, after.playbook, new_file.resolve().parent))
+    behaviour = changes.behaviour_changed or any(d.differs for d in scenario_diffs or [])
+    sides = [
+        {"file": r.file, "id": r.playbook.id, "version": r.playbook.version} for r in (before, after) if r.playbook
+    ]
+    if json_output:
+        document = {
+            "old": sides[0],
+            "new": sides[1],
+            "summary": changes.summary,
+            "behaviour_changed": behaviour,
+            "changes": [c.as_json() for c in changes.changes],
+            "scenarios": None if scenario_diffs is None else [d.as_json() for d in scenario_diffs],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        _print_diff(sides, changes, scenario_diffs)
+    raise typer.Exit(1 if behaviour else 0)
+
+
+def _print_diff(sides, changes, scenario_diffs) -> None:  # type: ignore[no-untyped-def]
+    console = _console()
+    old, new = sides
+    console.print(
+        f"{old['file']} ({old['id']} {old['version'][:8]}) → {new['file']} ({new['id']} {new['version'][:8]})",
+        markup=False,
+    )
+    if changes.changes:
+        table = Table(title=f"Changes: {changes.summary}", title_justify="left")
+        for column in ("kind", "change", "what"):
+            table.add_column(column, overflow="fold", no_wrap=column != "what")
+        for kind, group in changes.by_kind().items():
+            for c in group:
+                table.add_row(kind, c.change, c.text)
+        console.print(table)
+    else:
+        console.print("no change to the playbook's model (only formatting or comments, if anything)", markup=False)
+    for d in scenario_diffs if scenario_diffs is not None else []:
+        if not d.differs:
+            console.print(f"scenario {d.file}: same behaviour (outcome {d.new.outcome})", markup=False)
+            continue
+        table = Table(title=f"scenario {d.file}: behaves differently", title_justify="left")
+        table.add_column("difference (old → new)", overflow="fold")
+        for line in d.differences:
+            table.add_row(line)
+        console.print(table)
+        missed = [f for f in d.new.failures if f not in d.old.failures]
+        for failure in missed:
+            console.print(f"  expectation missed on the new version: {failure}", markup=False, highlight=False)
+    if scenario_diffs == []:
+        console.print("no scenario of this playbook in its library", markup=False)
+    differs = sum(d.differs for d in scenario_diffs or [])
+    verdict = "behaviour changes" if changes.behaviour_changed or differs else "behaviour unchanged"
+    console.print(
+        f"{verdict}: {changes.summary}" + (f"; {differs} scenario(s) differ" if differs else ""), markup=False
+    )
+
+
 # ------------------------------------------------------------------------------ consent and suppressions
 
 suppressions_app = typer.Typer(help="The suppression list: addresses no email reaches.", no_args_is_help=True)
