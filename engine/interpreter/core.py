@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from engine.language import expressions as ex
     from engine.language import model as m
     from engine.language.durations import DurationError, parse_duration
+    from engine.language.meaning import RESULT_FIELDS
 
 # Providers time out after 10 s: an attempt that has not ended after this long is given up and retried.
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
@@ -56,6 +57,9 @@ TIMELINE_LIMIT = 2000
 # one activity and one timer per item, every event forwarded to children); runs started since get slots per
 # effect, batched email sends, shared timers, and large for_each slices run side by side (docs/playbook-language.md).
 FANOUT_PATCH = "for-each-slots-batches"
+# The step kinds a run of the control group (settings.control) skips with the reason "control": every effect on
+# the world. Waits, wait_for, set, switch, split, for_each and stop run as in a treated run, and goals still count.
+CONTROL_SKIPPED = frozenset({"email", "call_task", "crm", "assign", "approval", "run_playbook"})
 
 
 def cancelled(err: BaseException) -> bool:
@@ -241,6 +245,8 @@ class InterpreterCore:
         self.fixed_run_info: dict[str, Any] | None = None  # see run_info()
         self.today_at: tuple[datetime, Any] | None = None  # see today()
         self.today_text = ""
+        self.control = False  # held out (settings.control): every effect is skipped, see CONTROL_SKIPPED
+        self.enrollment_key: str | None = None  # rendered once the account is loaded, when a split or control needs it
 
     def use_fanout(self) -> None:
         """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
@@ -582,6 +588,10 @@ class InterpreterCore:
         except Exception as err:  # noqa: BLE001 - content errors fail the step, never the workflow task
             self.fail(step, scope, f"when: {_reason(err)}")
             return
+        if self.control and step.kind in CONTROL_SKIPPED:
+            self.record(step, scope, "skipped", self.control_result(step))
+            self.note(step, "skipped", "control group: no effect")
+            return
         label = step.id or step.path
         self.current[label] += 1
         self.note(step, "started")
@@ -608,6 +618,18 @@ class InterpreterCore:
         self.record(step, scope, "done", result)
         if self.keeps_timeline:  # a for_each slice keeps none: no summary to make per item
             self.note(step, "done", _summary(result))
+
+    def control_result(self, step: m.Step) -> dict[str, Any]:
+        """The result of an effect a held-out run skips: every field of the kind's result is there, none (so
+        `steps.call.outcome == "reached"` is false instead of failing on an undefined field), except what the run
+        already knows without the effect: a crm step's account and an assign step's owner are the account as the
+        run last saw it."""
+        result: dict[str, Any] = {name: None for name in RESULT_FIELDS.get(step.kind, ())}
+        if step.kind == "crm":
+            result["account"] = self.account
+        elif step.kind == "assign":
+            result["owner"] = self.account.get("owner")
+        return {**result, "status": "skipped", "reason": "control"}
 
     def fail(self, step: m.Step, scope: Scope, message: str) -> None:
         self.unpin(step, scope)

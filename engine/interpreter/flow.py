@@ -1,4 +1,4 @@
-"""Steps that shape the run's path: `switch`, `parallel`, `for_each`, `run_playbook` and `stop`."""
+"""Steps that shape the run's path: `switch`, `parallel`, `split`, `for_each`, `run_playbook` and `stop`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
     )
     from engine.language import model as m
+    from engine.language.groups import split_index
     from engine.language.uses import uses_of
 
 from engine.interpreter.core import CURRENT_ITEM, InterpreterCore, ItemMark, Scope, StepFailed, StopRun, cancelled
@@ -65,6 +66,22 @@ class FlowSteps(InterpreterCore):
         if failures:
             raise failures[0]
         return {}
+
+    async def step_split(self, step: m.SplitStep, scope: Scope) -> dict[str, Any]:
+        """One path, drawn from a stable hash of the playbook id, the step id and the key: the same key takes the
+        same path in every run, replay and worker (engine/language/groups.py)."""
+        if step.key is not None:
+            key = str(self.render(step.key, scope)).strip()
+        else:
+            key = self.enrollment_key if self.enrollment_key is not None else self.account_id
+        index = split_index(self.playbook.id, step.id or step.path, key, [p.weight for p in step.paths])
+        chosen = step.paths[index]
+        for i, other in enumerate(step.paths):
+            if i != index:
+                self.mark_not_run(other.steps, scope)
+        self.note(step, "info", f"path {chosen.name}")  # the timeline says it while the path's steps run
+        await self.run_steps(chosen.steps, scope)
+        return {"path": chosen.name}
 
     async def step_for_each(self, step: m.ForEachStep, scope: Scope) -> dict[str, Any]:
         items = self.evaluate(step.items, scope)
@@ -149,6 +166,7 @@ class FlowSteps(InterpreterCore):
                 "steps": scope.steps,
                 "locals": scope.locals,
                 "key_suffix": scope.key_suffix,
+                **self.group_context(),
             }
             chunk = self.slice_input(step, start, items[start : start + FOR_EACH_CHUNK], context)
             handle = await workflow.start_child_workflow(
@@ -291,7 +309,18 @@ class FlowSteps(InterpreterCore):
             "locals": {k: v for k, v in scope.locals.items() if k in uses.names},
             "key_suffix": scope.key_suffix,
             "run": self.run_info(),
+            **self.group_context(),
         }
+
+    def group_context(self) -> dict[str, Any]:
+        """What a for_each slice needs to hold out effects and draw split paths as this run does; empty for
+        playbooks without control or split (their slices' input is what it was before both existed)."""
+        extra: dict[str, Any] = {}
+        if self.control:
+            extra["control"] = True
+        if self.enrollment_key is not None:
+            extra["enrollment_key"] = self.enrollment_key
+        return extra
 
     async def step_run_playbook(self, step: m.RunPlaybookStep, scope: Scope) -> dict[str, Any]:
         target: m.Playbook = await self.call(

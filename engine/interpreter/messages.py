@@ -53,6 +53,8 @@ class Carried:
     # when the step is started again (it was waiting): the sequence number at which it first started
     step_started: int | None = None
     started_at: str | None = None  # when the chain's first run started (`run.started_at`)
+    control: bool = False  # held out of every effect (settings.control)
+    enrollment_key: str | None = None  # as rendered when the chain's first run started (split, control)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class RunResult:
     reason: str | None = None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     timeline: list[TimelineEntry] = field(default_factory=list)
+    control: bool = False  # the run was in the playbook's control group: it performed no effect
 
 
 @dataclass
@@ -130,6 +133,7 @@ class RunState:
     timeline: list[TimelineEntry] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    control: bool = False  # in the playbook's control group (settings.control)
 
 
 @dataclass

@@ -45,7 +45,9 @@ with workflow.unsafe.imports_passed_through():
         TimelineEntry,
         event_context,
     )
+    from engine.language import expressions as ex
     from engine.language import model as m
+    from engine.language.groups import held_out
 
 from engine.interpreter.core import (
     ACTIVITY_TIMEOUT,
@@ -72,6 +74,7 @@ RUNNERS: dict[type, Runner] = {
     m.ApprovalStep: EffectSteps.step_approval,
     m.SwitchStep: FlowSteps.step_switch,
     m.ParallelStep: FlowSteps.step_parallel,
+    m.SplitStep: FlowSteps.step_split,
     m.ForEachStep: FlowSteps.step_for_each,
     m.RunPlaybookStep: FlowSteps.step_run_playbook,
     m.StopStep: FlowSteps.step_stop,
@@ -161,6 +164,7 @@ class PlaybookRun(Interpreter):
             failure = await self.prepare(run, scope)
             if failure is not None:
                 return self.finish("failed", failure)
+            self.join_groups(run)
         if self.exit is not None:  # an exit event came before the first step: nothing is done
             return self.finish(*self.exit_outcome())
         start, since, resumed = (carried.next_step, carried.since, carried.step_started) if carried else (0, 0, None)
@@ -249,6 +253,31 @@ class PlaybookRun(Interpreter):
             return f"could not start: {err}"
         return None
 
+    def join_groups(self, run: RunInput) -> None:
+        """For playbooks with a control group or split steps: the run's enrollment key, and whether the run is
+        held out. Nothing here for other playbooks: their runs (and their histories) are what they were."""
+        playbook = run.playbook
+        uses_split = any(isinstance(s, m.SplitStep) for s in playbook.walk())
+        if playbook.settings.control <= 0 and not uses_split:
+            return
+        self.enrollment_key = self.key_of_enrollment(playbook)
+        if held_out(playbook.id, self.enrollment_key, playbook.settings.control):
+            self.control = True
+            detail = f"control group ({playbook.settings.control:g}% held out): every effect is skipped"
+            self.add_entry(TimelineEntry(self.now().isoformat(), "settings.control", None, "run", "info", detail))
+            # Searchable in the Web UI and the run listing without a query (upsert_memo is a command: only the
+            # held-out runs of playbooks that have a control group write it).
+            workflow.upsert_memo({"control": True})
+
+    def key_of_enrollment(self, playbook: m.Playbook) -> str:
+        """The enrollment key as the intake renders it (account, contact, event); the account id if it cannot."""
+        context = {"account": self.account, "event": self.event, "contact": self.contacts[0] if self.contacts else {}}
+        try:
+            key = str(ex.render(playbook.enrollment.key, context)).strip()
+        except Exception:  # noqa: BLE001 - the intake could not have enrolled the run under a key it cannot render
+            return self.account_id
+        return key or self.account_id
+
     async def run_top(self, scope: Scope, start: int, since: int, resumed: int | None) -> None:
         """The top-level steps from ``start``; between two of them, or while one waits, a long history
         continues the run as new. ``resumed``: the step at ``start`` is started again; it first started when
@@ -290,6 +319,8 @@ class PlaybookRun(Interpreter):
             continued=self.continued + 1,
             step_started=at.step_started,
             started_at=self.run_info()["started_at"],
+            control=self.control,
+            enrollment_key=self.enrollment_key,
         )
 
     def restore(self, c: Carried, scope: Scope) -> None:
@@ -305,6 +336,7 @@ class PlaybookRun(Interpreter):
         self.seq = c.seq
         self.continued = c.continued
         self.started_at = c.started_at
+        self.control, self.enrollment_key = c.control, c.enrollment_key
 
     def stopping(self) -> bool:
         return self.exit is not None
@@ -317,7 +349,13 @@ class PlaybookRun(Interpreter):
     def finish(self, outcome: str, reason: str | None) -> RunResult:
         self.status = outcome
         self.add_entry(TimelineEntry(self.now().isoformat(), "", None, "run", outcome, reason or ""))
-        return RunResult(outcome=outcome, reason=reason, steps=dict(self.statuses), timeline=list(self.timeline))
+        return RunResult(
+            outcome=outcome,
+            reason=reason,
+            steps=dict(self.statuses),
+            timeline=list(self.timeline),
+            control=self.control,
+        )
 
     @workflow.signal(name=EVENT_SIGNAL)
     async def on_event(self, event: Event) -> None:
@@ -358,6 +396,7 @@ class PlaybookRun(Interpreter):
             timeline=list(self.timeline),
             pending=[a.info for a in self.pending.values()],
             steps=dict(self.statuses),
+            control=self.control,
         )
 
 
@@ -380,6 +419,8 @@ class PlaybookForEachChunk(Interpreter):
         self.contacts = ctx["contacts"]
         self.event = ctx["event"]
         self.parent_run = ctx.get("run")
+        self.control = bool(ctx.get("control", False))
+        self.enrollment_key = ctx.get("enrollment_key")
         self.tz = calendar.zone(chunk.timezone)
         step = next((s for s in self.playbook.walk() if s.path == chunk.step_path), None)
         if not isinstance(step, m.ForEachStep):

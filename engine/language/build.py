@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import model as m
+from .groups import parse_percent
 from .policy import Policy
 from .step_tree import kind_of, path_text
 
@@ -106,6 +107,15 @@ def _step(step: dict[str, Any], path: tuple[Any, ...]) -> m.Step:
                 m.Branch(name=b.get("name"), steps=_steps(b["steps"], kp + (i, "steps"))) for i, b in enumerate(spec)
             ),
         )
+    if kind == "split":
+        return m.SplitStep(
+            **common,
+            key=spec.get("key"),
+            paths=tuple(
+                m.SplitPath(name=p["name"], weight=p["weight"], steps=_steps(p["steps"], kp + ("paths", i, "steps")))
+                for i, p in enumerate(spec["paths"])
+            ),
+        )
     if kind == "for_each":
         return m.ForEachStep(
             **common,
@@ -155,7 +165,11 @@ def build_playbook(data: dict[str, Any], text: str, policy: Policy | None = None
             m.ExitRule(event=r["event"], match=r.get("match"), goal=bool(r.get("goal", False)))
             for r in data.get("exit_when") or []
         ),
-        settings=m.Settings(timezone=settings.get("timezone", "UTC"), quiet_hours=settings.get("quiet_hours")),
+        settings=m.Settings(
+            timezone=settings.get("timezone", "UTC"),
+            quiet_hours=settings.get("quiet_hours"),
+            control=parse_percent(settings.get("control", 0)),
+        ),
         vars=dict(data.get("vars") or {}),
         steps=_steps(data["steps"], ("steps",)),
         policy=policy,

@@ -34,7 +34,7 @@ JINJA_GLOBALS = ("range", "dict", "true", "false", "none", "True", "False", "Non
 RUN_FIELDS = ("id", "playbook", "version", "started_at")
 EVENT_FIELDS = ("id", "type", "data", "occurred_at", "account_id")
 
-COMMON_RESULT = ("status", "error")
+COMMON_RESULT = ("status", "error", "reason")
 RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "email": ("message_id", "subject", "body", "decision", "by", "comment", "edits"),
     "call_task": ("task_id", "outcome", "assignee"),
@@ -45,6 +45,7 @@ RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "approval": ("decision", "by", "comment", "edits"),
     "switch": ("case",),
     "parallel": (),
+    "split": ("path",),
     "for_each": ("count", "failed"),
     "set": (),
     "run_playbook": ("run_id", "outcome"),
@@ -291,6 +292,14 @@ class Checker:
             for j, case in enumerate(spec):
                 if isinstance(case, dict) and "when" in case:
                     self.check_expression(spec_path + (j, "when"), case["when"], names, scope, self_id=step_id)
+        if kind == "split" and step_id is None:
+            # the path a key takes is drawn from the step id: without one, the groups could not be told apart
+            # nor kept when steps are added before it
+            self.at_key(
+                path + ("split",),
+                "a split step needs an id: it decides the path each key takes, and its result (steps.<id>.path) "
+                "says which one was taken",
+            )
         if kind == "set" and isinstance(spec, dict):
             self.declared_vars.update(k for k in spec if isinstance(k, str))
         shape_check = getattr(self, f"check_{kind}", None)
@@ -304,6 +313,7 @@ class Checker:
         nested = {
             "switch": ("steps", "else", "when"),
             "parallel": ("steps",),
+            "split": ("paths",),
             "for_each": ("steps", "items"),
             "email": ("category",),  # a name from the policy, never a template (check_email says so)
         }
@@ -335,6 +345,26 @@ class Checker:
                 self.at_key(
                     path + (j, "else"), "'else' must be the last item of a switch; the cases after it never run"
                 )
+
+    def check_split(self, spec: Any, path: Path) -> None:
+        if not isinstance(spec, dict):
+            return
+        paths = spec.get("paths")
+        if not isinstance(paths, list):
+            return
+        first: dict[str, int] = {}
+        for j, item in enumerate(paths):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                line = self.doc.pos(path + ("paths", first[name], "name")).value_line
+                self.at_value(
+                    path + ("paths", j, "name"),
+                    f"duplicate path name '{name}' (first used at line {line}); each path of a split has its own name",
+                )
+            else:
+                first[name] = j
 
     def check_wait(self, spec: Any, path: Path) -> None:
         if isinstance(spec, str):

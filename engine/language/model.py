@@ -142,6 +142,20 @@ class ParallelStep(StepBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SplitPath:
+    name: str
+    weight: int
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitStep(StepBase):
+    kind: Literal["split"] = "split"
+    key: str | None = None  # a template; None: the run's enrollment key
+    paths: tuple[SplitPath, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ForEachStep(StepBase):
     kind: Literal["for_each"] = "for_each"
     items: Expression
@@ -181,6 +195,7 @@ Step = (
     | ApprovalStep
     | SwitchStep
     | ParallelStep
+    | SplitStep
     | ForEachStep
     | SetStep
     | RunPlaybookStep
@@ -216,6 +231,7 @@ class ExitRule:
 class Settings:
     timezone: str = "UTC"
     quiet_hours: str | None = None
+    control: float = 0.0  # the percentage of enrolled accounts held out of every effect (0-50)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +268,9 @@ def iter_steps(steps: tuple[Step, ...]) -> typing.Iterator[Step]:
         elif isinstance(step, ParallelStep):
             for branch in step.branches:
                 yield from iter_steps(branch.steps)
+        elif isinstance(step, SplitStep):
+            for path in step.paths:
+                yield from iter_steps(path.steps)
         elif isinstance(step, ForEachStep):
             yield from iter_steps(step.steps)
 

@@ -25,6 +25,7 @@ STEP_KINDS: tuple[str, ...] = (
     "approval",
     "switch",
     "parallel",
+    "split",
     "for_each",
     "set",
     "run_playbook",
@@ -49,6 +50,8 @@ STEP_ID_MESSAGE = "a step id is snake_case: lowercase letters, digits and _, sta
 PLAYBOOK_ID_MESSAGE = "a playbook id is kebab-case: lowercase letters and digits joined by single dashes"
 EVENT_TYPE_MESSAGE = "an event type is a dotted lowercase name like account.signed_up"
 NAME_MESSAGE = "a name is a letter or _ followed by letters, digits or _"
+CONTROL_PATTERN = r"^\s*(50(\.0+)?|[1-4]?[0-9](\.[0-9]+)?)\s*%$"
+CONTROL_MESSAGE = "control is a percentage from 0% to 50%, like 10%"
 
 
 def _s(description: str, **extra: Any) -> dict[str, Any]:
@@ -279,6 +282,40 @@ def _kind_specs() -> dict[str, dict[str, Any]]:
                 ["steps"],
             ),
         },
+        "split": _obj(
+            "Sends each account down one of weighted paths, chosen by a stable hash of the key: the same key always "
+            "takes the same path. Result: path (the name of the path taken).",
+            {
+                "key": _s(
+                    "What decides the path; a template (default: the run's enrollment key, `enrollment.key`)."
+                ),
+                "paths": {
+                    "type": "array",
+                    "description": "The paths, at least two; each account takes one.",
+                    "minItems": 2,
+                    "items": _obj(
+                        "A path: its name, its weight and its steps.",
+                        {
+                            "name": _s(
+                                "The path's name, unique in the split; the step's result says it.",
+                                pattern=STEP_ID_PATTERN,
+                                errorMessage="a path name is snake_case: lowercase letters, digits and _, "
+                                "starting with a letter",
+                            ),
+                            "weight": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "description": "A positive whole number: the path's share is its weight over the "
+                                "sum of the weights (50 and 50: half each).",
+                            },
+                            "steps": _steps("The steps run on this path."),
+                        },
+                        ["name", "weight", "steps"],
+                    ),
+                },
+            },
+            ["paths"],
+        ),
         "for_each": _obj(
             "Runs steps once per item. Result: count, failed.",
             {
@@ -505,6 +542,17 @@ def playbook_schema() -> dict[str, Any]:
                         pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
                         errorMessage="quiet_hours is HH:MM-HH:MM, e.g. 20:00-08:00",
                     ),
+                    "control": {
+                        "type": ["string", "number"],
+                        "description": "A control group: this share of enrolled accounts (0% to 50%, e.g. 10%) is "
+                        "held out, chosen by a stable hash of the enrollment key. Their runs go through the steps "
+                        "with every email, call_task, crm, assign, approval and run_playbook skipped (reason "
+                        "control), so their goals can be compared with the treated accounts'.",
+                        "pattern": CONTROL_PATTERN,
+                        "errorMessage": CONTROL_MESSAGE,
+                        "minimum": 0,
+                        "maximum": 50,
+                    },
                 },
             ),
             "vars": {
@@ -724,6 +772,12 @@ def _expect_item() -> dict[str, Any]:
                 "enum": ["completed", "exited", "goal", "failed", "not_started"],
                 "description": "How the run ended.",
             }
+        },        "control": {
+            "control": {
+                "type": "boolean",
+                "description": "Whether the run was in the playbook's control group (settings.control): true, every "
+                "effect was skipped; false, it was treated.",
+            }
         },
     }
     # `status` means a step's status or an email's: each form checks its own, the merged one lists both for editors
@@ -746,7 +800,7 @@ def _expect_item() -> dict[str, Any]:
     return {
         "type": "object",
         "description": "An expectation: {step, status, result}, {email, ...}, {call_task, ...}, {no_email}, {account}, "
-        "or {outcome}.",
+        "{outcome} or {control}.",
         "properties": merged,
         "allOf": all_of,
     }

@@ -2,7 +2,7 @@
 
 Shared by the schema translator, the meaning checks and the model builder, so the three agree on
 the shape: steps under ``steps``, ``switch[i].steps``, ``switch[i].else``, ``parallel[i].steps`` and
-``for_each.steps``.
+``for_each.steps`` and ``split.paths[i].steps``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class ChildList:
 
     path: Path
     steps: list[Any]
-    role: str  # "case", "else", "branch", "for_each"
-    index: int = 0  # case or branch index
+    role: str  # "case", "else", "branch", "for_each", "split"
+    index: int = 0  # case, branch or split path index
 
 
 def child_lists(step: dict[str, Any], path: Path) -> Iterator[ChildList]:
@@ -52,6 +52,10 @@ def child_lists(step: dict[str, Any], path: Path) -> Iterator[ChildList]:
         for i, branch in enumerate(spec):
             if isinstance(branch, dict) and isinstance(branch.get("steps"), list):
                 yield ChildList(path + (kind, i, "steps"), branch["steps"], "branch", i)
+    elif kind == "split" and isinstance(spec, dict) and isinstance(spec.get("paths"), list):
+        for i, split_path in enumerate(spec["paths"]):
+            if isinstance(split_path, dict) and isinstance(split_path.get("steps"), list):
+                yield ChildList(path + (kind, "paths", i, "steps"), split_path["steps"], "split", i)
     elif kind == "for_each" and isinstance(spec, dict) and isinstance(spec.get("steps"), list):
         yield ChildList(path + (kind, "steps"), spec["steps"], "for_each")
 

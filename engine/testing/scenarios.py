@@ -251,6 +251,7 @@ def failed_result(err: WorkflowFailureError) -> RunResult:
             reason=data.get("reason"),
             steps=data.get("steps") or {},
             timeline=[TimelineEntry(**e) for e in data.get("timeline") or []],
+            control=bool(data.get("control", False)),
         )
     return RunResult(outcome="failed", reason=str(getattr(cause, "message", cause) or err))
 
@@ -332,6 +333,11 @@ def _expectation(
         if result.outcome != item["outcome"]:
             why = f" ({result.reason})" if result.reason else ""
             return [f"outcome: expected {item['outcome']}, got {result.outcome}{why}"]
+        return []
+    if "control" in item:
+        if result.control != item["control"]:
+            group = "the control group" if result.control else "the treated group"
+            return [f"control: expected {str(item['control']).lower()}, the run was in {group}"]
         return []
     if "step" in item:
         # A step the run never reached (it ended first, or its branch was not taken) did not run.
