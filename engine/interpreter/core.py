@@ -597,7 +597,7 @@ class InterpreterCore:
         self.note(step, "started")
         try:
             runner = self.runners[type(step)]
-            if step.timeout and step.kind in ("switch", "parallel", "for_each", "run_playbook"):
+            if step.timeout and step.kind in ("switch", "parallel", "split", "for_each", "run_playbook"):
                 limit = self.span(step, step.timeout, scope, "timeout")
                 result = await asyncio.wait_for(runner(self, step, scope), limit.total_seconds())
             else:

@@ -34,7 +34,10 @@ JINJA_GLOBALS = ("range", "dict", "true", "false", "none", "True", "False", "Non
 RUN_FIELDS = ("id", "playbook", "version", "started_at")
 EVENT_FIELDS = ("id", "type", "data", "occurred_at", "account_id")
 
-COMMON_RESULT = ("status", "error", "reason")
+COMMON_RESULT = ("status", "error")
+# Fields some results have: `reason` says why an effect was skipped (control, for a run of the control group). Accepted,
+# not listed in the hint of an unknown field (most results never have it).
+OCCASIONAL_RESULT = ("reason",)
 RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "email": ("message_id", "subject", "body", "decision", "by", "comment", "edits"),
     "call_task": ("task_id", "outcome", "assignee"),
@@ -611,7 +614,7 @@ class Checker:
             return
         if len(attrs) > 1 and info.kind:
             fields = RESULT_FIELDS.get(info.kind, ()) + COMMON_RESULT
-            if attrs[1] not in fields:
+            if attrs[1] not in fields + OCCASIONAL_RESULT:
                 close = suggest(attrs[1], fields)
                 hint = f"did you mean '{close}'? " if close else ""
                 self.at_value(
