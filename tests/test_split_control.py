@@ -257,6 +257,46 @@ def fan_out_scenario(folder: Path) -> Path:
     return scenario
 
 
+def enrollment_key_scenario(folder: Path) -> Path:
+    """A split without `key` draws by the enrollment key (here the account's domain), not the account id."""
+    (folder / "enrolled.yaml").write_text(
+        textwrap.dedent(
+            """\
+            id: edge-split-enrolled
+            title: Split by the enrollment key
+            trigger: { manual: true }
+            enrollment: { key: "{{ account.domain }}" }
+            steps:
+              - id: by_domain
+                split:
+                  paths:
+                    - { name: first, weight: 1, steps: [ { crm: { tag: first } } ] }
+                    - { name: second, weight: 1, steps: [ { crm: { tag: second } } ] }
+            """
+        ),
+        encoding="utf-8",
+    )
+    by_domain = split_index("edge-split-enrolled", "by_domain", "lindqvist.example", [1, 1])
+    assert by_domain != split_index("edge-split-enrolled", "by_domain", "acc-7", [1, 1])  # tells the two apart
+    name = ["first", "second"][by_domain]
+    scenario = folder / "enrolled.scenario.yaml"
+    scenario.write_text(
+        textwrap.dedent(
+            f"""\
+            playbook: enrolled.yaml
+            start: {{ at: 2026-03-02T09:00:00Z, manual: true }}
+            account: {{ id: acc-7, domain: lindqvist.example, owner: csm-1 }}
+            team: [ {{ id: csm-1, name: Jonas }} ]
+            expect:
+              - {{ step: by_domain, result: {{ path: {name} }} }}
+              - {{ account: {{ tags: [{name}] }} }}
+            """
+        ),
+        encoding="utf-8",
+    )
+    return scenario
+
+
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, ScenarioReport]:
     files = [
@@ -265,6 +305,7 @@ def reports(tmp_path_factory) -> dict[str, ScenarioReport]:
         SCENARIOS / "control-held-out.scenario.yaml",
         SCENARIOS / "control-treated.scenario.yaml",
         fan_out_scenario(tmp_path_factory.mktemp("fan")),
+        enrollment_key_scenario(tmp_path_factory.mktemp("enrolled")),
     ]
     return {Path(r.file).name: r for r in asyncio.run(run_scenarios(files))}
 
@@ -283,6 +324,7 @@ def explain(report: ScenarioReport) -> str:
         "control-held-out.scenario.yaml",
         "control-treated.scenario.yaml",
         "fan.scenario.yaml",
+        "enrolled.scenario.yaml",
     ],
 )
 def test_the_run_takes_the_drawn_path_and_a_control_run_performs_no_effect(reports, name):
