@@ -207,6 +207,7 @@ async def _run(
         extra_workflows=[ScenarioDriver],
     )
     result: RunResult | None = None
+    memo_control: bool | None = None
     async with worker:
         server_now = await _server_now(env)
         offset = (start_at - server_now).total_seconds()
@@ -225,6 +226,9 @@ async def _run(
             result = await handle.result()
         except WorkflowFailureError as err:
             result = failed_result(err)
+        # what ops see in the listing and the Web UI: the run's memo says it was held out
+        with contextlib.suppress(RPCError):
+            memo_control = bool((await (await handle.describe()).memo()).get("control", False))
         with contextlib.suppress(RPCError):  # it may have ended by itself after the run did
             await driver.terminate("scenario finished")
         driver_errors = list(driver_activities.refused)
@@ -236,7 +240,7 @@ async def _run(
              "status": entry.status, "detail": entry.detail}
         )
     report.failures.extend(f"script: {e}" for e in driver_errors)
-    _check(report, data, playbook, db_url, start_at, result)
+    _check(report, data, playbook, db_url, start_at, result, memo_control)
     return report
 
 
@@ -304,7 +308,13 @@ def _subset(expected: Any, actual: Any) -> bool:
 
 
 def _check(
-    report: ScenarioReport, data: dict[str, Any], playbook: Playbook, db_url: str, start_at: datetime, result: RunResult
+    report: ScenarioReport,
+    data: dict[str, Any],
+    playbook: Playbook,
+    db_url: str,
+    start_at: datetime,
+    result: RunResult,
+    memo_control: bool | None = None,
 ) -> None:
     with session(db_url) as s:
         emails = s.scalars(select(t.OutboxEmail).order_by(t.OutboxEmail.id)).all()
@@ -315,6 +325,8 @@ def _check(
         )
     for item in data.get("expect") or []:
         failure = _expectation(item, emails, tasks, db_url, data, start_at, result, admitted)
+        if "control" in item and not failure and memo_control is not None and memo_control != item["control"]:
+            failure = [f"control: the run's result says {str(result.control).lower()}, its memo the opposite"]
         report.failures.extend(failure)
     report.passed = not report.failures
 
