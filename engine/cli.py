@@ -702,7 +702,12 @@ def diff(
     changes = diff_playbooks(before.playbook, after.playbook)
     scenario_diffs = None
     if scenarios:
+        import logging
+
+        from .runtime.logs import configure
         from .testing.diff_scenarios import diff_scenarios, scenarios_of
+
+        configure(json_output=False, level=logging.WARNING)  # on stderr, and only what goes wrong: stdout is the diff
 
         found = scenarios_of(new_file, after.playbook.id)
         scenario_diffs = asyncio.run(diff_scenarios(found, before.playbook, after.playbook, new_file.resolve().parent))
@@ -715,6 +720,7 @@ def diff(
             "old": sides[0],
             "new": sides[1],
             "summary": changes.summary,
+            "kinds": list(changes.by_kind()),
             "behaviour_changed": behaviour,
             "changes": [c.as_json() for c in changes.changes],
             "scenarios": None if scenario_diffs is None else [d.as_json() for d in scenario_diffs],
@@ -746,7 +752,8 @@ def _print_diff(sides, changes, scenario_diffs) -> None:  # type: ignore[no-unty
         if not d.differs:
             console.print(f"scenario {d.file}: same behaviour (outcome {d.new.outcome})", markup=False)
             continue
-        table = Table(title=f"scenario {d.file}: behaves differently", title_justify="left")
+        console.print(f"scenario {d.file}: behaves differently", markup=False)
+        table = Table(show_header=False)
         table.add_column("difference (old → new)", overflow="fold")
         for line in d.differences:
             table.add_row(line)
@@ -757,10 +764,12 @@ def _print_diff(sides, changes, scenario_diffs) -> None:  # type: ignore[no-unty
     if scenario_diffs == []:
         console.print("no scenario of this playbook in its library", markup=False)
     differs = sum(d.differs for d in scenario_diffs or [])
-    verdict = "behaviour changes" if changes.behaviour_changed or differs else "behaviour unchanged"
-    console.print(
-        f"{verdict}: {changes.summary}" + (f"; {differs} scenario(s) differ" if differs else ""), markup=False
-    )
+    kinds = ", ".join(changes.by_kind()) or "none"
+    scenario_note = f"; {differs} of {len(scenario_diffs or [])} scenario(s) behave differently" if differs else ""
+    if changes.behaviour_changed or differs:
+        console.print(f"behaviour changes ({changes.summary}; kinds: {kinds}{scenario_note})", markup=False)
+    else:
+        console.print(f"behaviour unchanged ({changes.summary})", markup=False)
 
 
 # ------------------------------------------------------------------------------ consent and suppressions

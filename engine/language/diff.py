@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,16 +132,38 @@ class _Placed:
 
 
 def _label(step: Step) -> str:
-    return step.id or f"{step.kind} at {step.path}"
+    if step.id:
+        return step.id
+    return f"{step.kind} '{step.name}'" if step.name else f"{step.kind} at {step.path}"
 
 
-def _place(steps: tuple[Step, ...], container: str) -> Iterator[_Placed]:
+def _keys(steps: tuple[Step, ...]) -> dict[str, str]:
+    """How each step (by path) is matched across versions: its id; else its kind and name when no other step has
+    both, so inserting a step above it does not make it "removed and added"; else its kind and position."""
+    placed = list(_walk(steps, "top"))
+    names = Counter((s.kind, s.name) for s, _c, _i in placed if not s.id and s.name)
+    keys = {}
+    for step, _container, _index in placed:
+        if step.id:
+            keys[step.path] = f"id:{step.id}"
+        elif step.name and names[(step.kind, step.name)] == 1:
+            keys[step.path] = f"name:{step.kind}:{step.name}"
+        else:
+            keys[step.path] = f"at:{step.kind}@{step.path}"
+    return keys
+
+
+def _place(steps: tuple[Step, ...]) -> dict[str, _Placed]:
+    keys = _keys(steps)
+    return {keys[s.path]: _Placed(s, keys[s.path], c, i) for s, c, i in _walk(steps, "top")}
+
+
+def _walk(steps: tuple[Step, ...], container: str) -> Iterator[tuple[Step, str, int]]:
     for i, step in enumerate(steps):
-        key = f"id:{step.id}" if step.id else f"{step.kind}@{step.path}"
-        yield _Placed(step, key, container, i)
+        yield step, container, i
         name = step.id or step.path
         for child_container, children in _child_lists(step, name):
-            yield from _place(children, child_container)
+            yield from _walk(children, child_container)
 
 
 def _child_lists(step: Step, name: str) -> Iterator[tuple[str, tuple[Step, ...]]]:
@@ -173,6 +197,17 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _shown(value: Any) -> str:
     return "(none)" if value is None else _short(value)
+
+
+def _pair(old: Any, new: Any, limit: int = 60) -> str:
+    """old → new; two long texts are shown from a little before where they first differ, so the change is seen."""
+    if isinstance(old, str) and isinstance(new, str) and max(len(old), len(new)) > limit:
+        a, b = " ".join(old.split()), " ".join(new.split())
+        common = len(os.path.commonprefix([a, b]))
+        start = max(0, common - 20)
+        lead = "…" if start else ""
+        return f"{_short(lead + a[start:], limit)} → {_short(lead + b[start:], limit)}"
+    return f"{_shown(old)} → {_shown(new)}"
 
 
 def _same(field: str, old: Any, new: Any) -> bool:
@@ -219,7 +254,7 @@ def _value_changes(
             dotted,
             to_data(a),
             to_data(b),
-            f"{subject}: {dotted} {_shown(a)} → {_shown(b)}",
+            f"{subject}: {dotted} {_pair(a, b)}",
         )
 
 
@@ -239,8 +274,7 @@ def _asks_approval(step: Step) -> bool:
 
 
 def _step_changes(old: Playbook, new: Playbook) -> Iterator[Change]:
-    old_placed = {p.key: p for p in _place(old.steps, "top")}
-    new_placed = {p.key: p for p in _place(new.steps, "top")}
+    old_placed, new_placed = _place(old.steps), _place(new.steps)
     for key, p in old_placed.items():
         if key not in new_placed:
             s = p.step
@@ -358,7 +392,7 @@ def _branch_conditions(subject: str, a: Step, b: Step) -> Iterator[Change]:
 
 
 def _moves(old: dict[str, _Placed], new: dict[str, _Placed]) -> Iterator[Change]:
-    common = [k for k in old if k in new and k.startswith("id:")]  # a step without id is matched by position
+    common = [k for k in old if k in new and not k.startswith("at:")]  # the others are matched by position
     for key in common:
         p, q = old[key], new[key]
         if p.container != q.container:

@@ -226,7 +226,9 @@ def _effect_lines(
 
 
 def _value(value: Any) -> str:
-    return ", ".join(value) if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, list):
+        return ", ".join(value)
+    return repr(value) if isinstance(value, str) and not value.startswith(("+", "-")) else str(value)
 
 
 def _describe(item: dict[str, Any]) -> str:
