@@ -657,8 +657,9 @@ def _diff_side(file: Path, rev: str | None = None):  # type: ignore[no-untyped-d
         result = validate_playbook_text(text, label, DEFAULT_POLICY if found is None else found.policy)
     if not result.ok:
         err = Console(stderr=True)
-        err.print(format_text(result.problems, {result.file: result.text}), markup=False, highlight=False)
-        err.print(f"{result.file}: not a valid playbook; nothing compared", markup=False)
+        sources = {result.file: result.text}
+        err.print(format_text(result.problems, sources), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{result.file}: not a valid playbook; nothing compared", markup=False, soft_wrap=True)
         raise typer.Exit(2)
     return result
 
@@ -694,7 +695,7 @@ def diff(
     try:
         before = _diff_side(old, rev)
     except _DiffError as error:
-        err.print(f"playbook diff: {error}", markup=False)
+        err.print(f"playbook diff: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     new_file = new if new is not None else old
     after = _diff_side(new_file)
