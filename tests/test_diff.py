@@ -259,3 +259,46 @@ def test_scenarios_report_the_emails_that_change(tmp_path):
     assert scenario["old"]["failures"] == []
     assert scenario["new"]["failures"] == ["email nudge sent at +5d, expected at or before +4d"]
     assert scenario["new"]["steps"]["welcome"] == scenario["old"]["steps"]["welcome"]
+
+
+SWITCH = """\
+id: routing-demo
+title: Routing demo
+steps:
+  - id: route
+    switch:
+      - when: account.sku_count > 100
+        steps:
+          - id: big
+            email: { to: "{{ contact.email }}", subject: Big catalogue, body: Hello }
+      - else:
+          - id: small
+            call_task: { title: Call the seller }
+  - id: fan
+    parallel:
+      - name: mail
+        steps:
+          - { id: settle, wait: 1d }
+      - name: crm
+        steps:
+          - { id: tag_trial, crm: { tag: trial } }
+"""
+
+
+def test_steps_moved_between_branches_are_named_with_their_path(tmp_path):
+    changed = (
+        SWITCH.replace("account.sku_count > 100", "account.sku_count > 500")
+        .replace(
+            "      - else:\n          - id: small\n            call_task: { title: Call the seller }\n",
+            "          - id: small\n            call_task: { title: Call the seller }\n",
+        )
+        .replace("name: crm", "name: hubspot")
+    )
+    code, data = as_json(tmp_path, changed, SWITCH)
+    assert code == 1
+    assert [c["text"] for c in data["changes"]] == [
+        "moved step small: route else #1 → route case 1 #2",
+        "step route: case 1.when account.sku_count > 100 → account.sku_count > 500",
+        "step route: else branch removed",
+        "step fan: branch 2.name crm → hubspot",  # renaming a branch moves none of its steps
+    ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .durations import DurationError, parse_duration
-from .model import Playbook, Step, to_data
+from .model import STEP_CLASSES, Playbook, Step, to_data
 
 METADATA = "metadata"
 BEHAVIOUR_KINDS = ("identity", "audience", "timing", "flow", "approval", "content", "settings", "vars", "policy")
@@ -29,6 +29,8 @@ KINDS = (*BEHAVIOUR_KINDS, METADATA)  # the order changes are grouped in
 
 # Fields of a step that hold its child steps: compared through the steps themselves, not as values.
 _CHILD_FIELDS = {"cases", "otherwise", "branches", "steps"}
+_STEP_TYPES = tuple(STEP_CLASSES.values())
+_ITEM_LABELS = {"cases": "case", "branches": "branch", "otherwise": "else"}
 _IGNORED_STEP_FIELDS = {"path", "kind", "id"}
 
 # The kind of a change to a step's field; a field not listed is "flow".
@@ -166,20 +168,49 @@ def _walk(steps: tuple[Step, ...], container: str) -> Iterator[tuple[Step, str, 
             yield from _walk(children, child_container)
 
 
+def _is_steps(value: Any) -> bool:
+    return isinstance(value, tuple) and bool(value) and all(isinstance(v, _STEP_TYPES) for v in value)
+
+
+def _is_paths(value: Any) -> bool:
+    """Cases, branches, a split's paths: objects that each hold a list of steps."""
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(dataclasses.is_dataclass(v) and isinstance(getattr(v, "steps", None), tuple) for v in value)
+    )
+
+
+def _child_fields(*steps: Step) -> set[str]:
+    """The fields holding nested steps, found by their values rather than by name, so that a container step kind
+    added to the language later is walked and compared too."""
+    found = set(_CHILD_FIELDS)
+    for step in steps:
+        for f in dataclasses.fields(step):
+            value = getattr(step, f.name)
+            if _is_steps(value) or _is_paths(value):
+                found.add(f.name)
+    return found
+
+
+def _path_label(step_name: str, field_name: str, index: int) -> str:
+    # by position, not by a branch's name: renaming a branch does not move the steps in it
+    return f"{step_name} {_ITEM_LABELS.get(field_name, field_name)} {index + 1}"
+
+
 def _child_lists(step: Step, name: str) -> Iterator[tuple[str, tuple[Step, ...]]]:
-    # by field name rather than by class, so a container step kind added later is walked too
-    for i, case in enumerate(getattr(step, "cases", None) or ()):
-        yield f"{name} case {i + 1}", case.steps
-    otherwise = getattr(step, "otherwise", None)
-    if otherwise:
-        yield f"{name} else", otherwise
-    for i, branch in enumerate(getattr(step, "branches", None) or ()):
-        steps = getattr(branch, "steps", None)
-        if steps is not None:
-            yield f"{name} branch {getattr(branch, 'name', None) or i + 1}", steps
-    own = getattr(step, "steps", None)
-    if isinstance(own, tuple):
-        yield f"{name} {step.kind}", own
+    for field_name in sorted(_child_fields(step), key=_field_order(step)):
+        value: Any = getattr(step, field_name, None)
+        if _is_paths(value):
+            for i, item in enumerate(value):
+                yield _path_label(name, field_name, i), item.steps
+        elif _is_steps(value):
+            yield f"{name} {_ITEM_LABELS.get(field_name, step.kind)}", value
+
+
+def _field_order(step: Step) -> Callable[[str], int]:
+    order = {f.name: i for i, f in enumerate(dataclasses.fields(step))}
+    return lambda name: order.get(name, len(order))
 
 
 def _where(placed: _Placed) -> str:
@@ -332,7 +363,7 @@ def _step_changes(old: Playbook, new: Playbook) -> Iterator[Change]:
             )
             continue
         yield from _approval_presence(subject, a, b)
-        skip = _IGNORED_STEP_FIELDS | _CHILD_FIELDS | {"approval"}
+        skip = _IGNORED_STEP_FIELDS | _child_fields(a, b) | {"approval"}
         yield from _value_changes(subject, _fields(a, skip), _fields(b, skip), _step_field_kind)
         had, has = getattr(a, "approval", None), getattr(b, "approval", None)
         if had is not None and has is not None:
@@ -357,38 +388,26 @@ def _approval_presence(subject: str, a: Step, b: Step) -> Iterator[Change]:
 
 
 def _branch_conditions(subject: str, a: Step, b: Step) -> Iterator[Change]:
-    """A switch's case conditions and count, a parallel's branch names: the shape of the paths."""
-    old_cases, new_cases = getattr(a, "cases", None) or (), getattr(b, "cases", None) or ()
-    for i in range(max(len(old_cases), len(new_cases))):
-        x = old_cases[i].when if i < len(old_cases) else None
-        y = new_cases[i].when if i < len(new_cases) else None
-        if x != y:
-            what = "added" if x is None else "removed" if y is None else "changed"
-            yield Change(
-                "flow",
-                what,
-                subject,
-                f"case {i + 1}.when",
-                x,
-                y,
-                f"{subject}: case {i + 1} condition {_short(x) if x is not None else '(none)'} → "
-                f"{_short(y) if y is not None else '(none)'}",
-            )
-    if (getattr(a, "otherwise", None) is None) != (getattr(b, "otherwise", None) is None):
-        what = "added" if getattr(b, "otherwise", None) is not None else "removed"
-        yield Change("flow", what, subject, "else", None, None, f"{subject}: else branch {what}")
-    old_names = [getattr(x, "name", None) for x in getattr(a, "branches", None) or ()]
-    new_names = [getattr(x, "name", None) for x in getattr(b, "branches", None) or ()]
-    if old_names != new_names:
-        yield Change(
-            "flow",
-            "changed",
-            subject,
-            "branches",
-            old_names,
-            new_names,
-            f"{subject}: branches {old_names} → {new_names}",
-        )
+    """The shape of the paths: a switch's cases and their conditions, its else, a parallel's branches (and any
+    container's items), compared item by item on everything but their steps."""
+    for field_name in sorted(_child_fields(a, b)):
+        old, new = getattr(a, field_name, None), getattr(b, field_name, None)
+        label = _ITEM_LABELS.get(field_name, field_name)
+        if _is_paths(old) or _is_paths(new):
+            old_items, new_items = old or (), new or ()
+            for i in range(max(len(old_items), len(new_items))):
+                x = old_items[i] if i < len(old_items) else None
+                y = new_items[i] if i < len(new_items) else None
+                where = f"{subject}: {label} {i + 1}"
+                if x is None or y is None:
+                    what = "added" if x is None else "removed"
+                    yield Change("flow", what, subject, f"{label} {i + 1}", to_data(x), to_data(y), f"{where} {what}")
+                    continue
+                old_fields, new_fields = _fields(x, {"steps"}), _fields(y, {"steps"})
+                yield from _value_changes(subject, old_fields, new_fields, lambda _f: "flow", f"{label} {i + 1}.")
+        elif (old is None or old == ()) != (new is None or new == ()):
+            what = "added" if old is None or old == () else "removed"
+            yield Change("flow", what, subject, field_name, None, None, f"{subject}: {label} branch {what}")
 
 
 def _moves(old: dict[str, _Placed], new: dict[str, _Placed]) -> Iterator[Change]:

@@ -120,10 +120,14 @@ async def run_on(
     folder = Path(tempfile.mkdtemp(prefix="scenario-diff-"))
     db_url = database(folder)
     try:
-        async with await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=test_server_path(), runtime=quiet_runtime()
-        ) as env:
-            report = await _run(path, checked.data, checked.playbook, env, db_url, library)
+        try:
+            async with await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=test_server_path(), runtime=quiet_runtime()
+            ) as env:
+                report = await _run(path, checked.data, checked.playbook, env, db_url, library)
+        except Exception as err:  # noqa: BLE001 - one scenario that cannot run is reported, the others still run
+            behaviour.error = f"{type(err).__name__}: {err}"
+            return behaviour
         behaviour.outcome = report.outcome
         behaviour.failures.extend(report.failures)
         for entry in report.timeline:
