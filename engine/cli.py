@@ -654,6 +654,8 @@ def _diff_side(file: Path, rev: str | None = None):  # type: ignore[no-untyped-d
         text, label = _git_text(file, rev)
         # the policy that applies to the file now: the one its runs would be checked against
         found = PolicyFinder().result_for(file)
+        if found is not None and found.policy is None:
+            raise _DiffError(f"the messaging policy {found.file} that applies to {file} has problems; fix it first")
         result = validate_playbook_text(text, label, DEFAULT_POLICY if found is None else found.policy)
     if not result.ok:
         err = Console(stderr=True)
@@ -694,7 +696,7 @@ def diff(
         raise typer.Exit(2)
     try:
         before = _diff_side(old, rev)
-    except _DiffError as error:
+    except _DiffError as error:  # the Git side; a side that is not a valid playbook was reported by _diff_side
         err.print(f"playbook diff: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     new_file = new if new is not None else old

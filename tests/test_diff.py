@@ -302,3 +302,14 @@ def test_steps_moved_between_branches_are_named_with_their_path(tmp_path):
         "step route: else branch removed",
         "step fan: branch 2.name crm → hubspot",  # renaming a branch moves none of its steps
     ]
+
+
+def test_steps_without_ids_are_matched_by_name_then_by_place(tmp_path):
+    unnamed = BASE.replace("  - id: pause\n    wait: 3d\n", "  - name: Give them time\n    wait: 3d\n")
+    renamed = unnamed.replace("Give them time", "Let them settle in")
+    code, data = as_json(tmp_path, renamed, unnamed)
+    assert (code, data["summary"]) == (0, "metadata only")
+    inserted = unnamed.replace("  - name: Give", "  - id: tag\n    crm: { tag: onboarding }\n  - name: Give")
+    code, data = as_json(tmp_path, inserted, unnamed)
+    assert code == 1
+    assert [c["text"] for c in data["changes"]] == ["added crm step tag at top #2"]

@@ -300,12 +300,26 @@ def _step_field_kind(dotted: str) -> str:
 # ------------------------------------------------------------------ steps
 
 
+def _pair_unmatched(old: dict[str, _Placed], new: dict[str, _Placed]) -> tuple[dict[str, _Placed], dict[str, _Placed]]:
+    """A step without an id that matched nothing (its name was edited, say) is the same step as an unmatched one
+    without an id of the same kind at the same place: it is compared with it, not removed and added."""
+    spare = {(p.container, p.index, p.step.kind): k for k, p in old.items() if k not in new and not p.step.id}
+    renamed = {}
+    for key, q in new.items():
+        if key in old or q.step.id:
+            continue
+        old_key = spare.pop((q.container, q.index, q.step.kind), None)
+        if old_key is not None:
+            renamed[key] = old_key
+    return old, {renamed.get(k, k): q for k, q in new.items()}
+
+
 def _asks_approval(step: Step) -> bool:
     return step.kind == "approval" or getattr(step, "approval", None) is not None
 
 
 def _step_changes(old: Playbook, new: Playbook) -> Iterator[Change]:
-    old_placed, new_placed = _place(old.steps), _place(new.steps)
+    old_placed, new_placed = _pair_unmatched(_place(old.steps), _place(new.steps))
     for key, p in old_placed.items():
         if key not in new_placed:
             s = p.step
