@@ -155,6 +155,22 @@ def _keys(steps: tuple[Step, ...]) -> dict[str, str]:
     return keys
 
 
+def step_names(playbook: Playbook) -> dict[str, str]:
+    """Each step's path -> how the diff names it (its id, else its kind and name when no other step has both, else
+    its kind and path): names that survive a step inserted above, for comparing what two versions did."""
+    return {path: _label_of_key(key, path) for path, key in _keys(playbook.steps).items()}
+
+
+def _label_of_key(key: str, path: str) -> str:
+    how, _, rest = key.partition(":")
+    if how == "id":
+        return rest
+    if how == "name":
+        kind, _, name = rest.partition(":")
+        return f"{kind} '{name}'"
+    return path
+
+
 def _place(steps: tuple[Step, ...]) -> dict[str, _Placed]:
     keys = _keys(steps)
     return {keys[s.path]: _Placed(s, keys[s.path], c, i) for s, c, i in _walk(steps, "top")}

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from temporalio.testing import WorkflowEnvironment
 
+from engine.language.diff import step_names
 from engine.language.documents import load_document, read_text
 from engine.language.library import discover, is_scenario
 from engine.language.model import Playbook
@@ -130,9 +131,10 @@ async def run_on(
             return behaviour
         behaviour.outcome = report.outcome
         behaviour.failures.extend(report.failures)
+        names = step_names(checked.playbook)  # a step without an id is known by its path, which an edit can shift
         for entry in report.timeline:
             if entry["step"]:
-                behaviour.steps[str(entry["step"])] = entry["status"]
+                behaviour.steps[names.get(str(entry["step"]), str(entry["step"]))] = entry["status"]
         start = _start_of(checked.data)
         behaviour.emails, behaviour.tasks = _effects(db_url, start)
     finally:
