@@ -313,3 +313,24 @@ def test_steps_without_ids_are_matched_by_name_then_by_place(tmp_path):
     code, data = as_json(tmp_path, inserted, unnamed)
     assert code == 1
     assert [c["text"] for c in data["changes"]] == ["added crm step tag at top #2"]
+
+
+POLICY = """\
+default_category: marketing
+categories:
+  onboarding: {}
+  marketing: {}
+caps:
+  - { channel: email, max: 3, per: 7d }
+"""
+
+
+def test_the_messaging_policy_is_compared_not_where_it_was_read(tmp_path):
+    old, new = two(tmp_path, BASE)
+    (old.parent / "policy.yaml").write_text(POLICY)
+    (new.parent / "policy.yaml").write_text(POLICY)
+    assert cli(old, new)[0] == 0  # two libraries, one policy
+    (new.parent / "policy.yaml").write_text(POLICY.replace("max: 3", "max: 2"))
+    code, out, _ = cli(old, new, "--json")
+    assert code == 1
+    assert [(c["kind"], c["field"]) for c in json.loads(out)["changes"]] == [("policy", "caps")]

@@ -556,18 +556,14 @@ def diff_playbooks(old: Playbook, new: Playbook) -> PlaybookDiff:
         )
     )
     changes.extend(_dict_changes("vars", "vars", old.vars, new.vars))
-    if to_data(old.policy) != to_data(new.policy):
-        changes.append(
-            Change(
-                "policy",
-                "changed",
-                "policy",
-                None,
-                None,
-                None,
-                "the messaging policy that applies differs (categories, caps or quiet hours)",
+    if old.policy != new.policy:  # equal policies read from two files are the same policy (`file` is not compared)
+        if old.policy is not None and new.policy is not None:
+            before, after = _fields(old.policy, {"file"}), _fields(new.policy, {"file"})
+            changes.extend(_value_changes("messaging policy", before, after, lambda _f: "policy"))
+        else:
+            changes.append(
+                Change("policy", "changed", "messaging policy", None, None, None, "messaging policy differs")
             )
-        )
     changes.extend(_step_changes(old, new))
     order = {k: i for i, k in enumerate(KINDS)}
     changes.sort(key=lambda c: order.get(c.kind, len(KINDS)))  # stable: within a kind, document order
