@@ -141,6 +141,8 @@ def test_suppressions_refuse_bad_input(api) -> None:  # type: ignore[no-untyped-
         assert (await http.delete("/suppressions/nobody", headers=ops)).status_code == 422
         assert (await http.get("/suppressions?email=nobody", headers=ops)).status_code == 422
         assert (await http.get("/suppressions?limit=0", headers=ops)).status_code == 422
+        for padded in ("1%0C", "%201", "1_0", "+1"):  # pydantic alone would read these as numbers
+            assert (await http.get(f"/suppressions?limit={padded}", headers=ops)).status_code == 422, padded
 
     call(app, steps)
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BeforeValidator
 
 from engine.storage import governance as gov
 from engine.storage.db import session
@@ -98,6 +99,16 @@ def put_consent(
     return _consent_of(state.settings.db_url, address)
 
 
+def _whole_number(value: object) -> object:
+    """A query's number as written: digits only (pydantic would take " 1", "1\\f" or "1_0" for a number)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written with digits only")
+    return value
+
+
+Digits = BeforeValidator(_whole_number)
+
+
 @router.get("/suppressions", response_model=SuppressionsOut, summary="The suppression list, a page at a time",
             responses=ERRORS)
 def get_suppressions(
@@ -106,8 +117,8 @@ def get_suppressions(
     email: Annotated[
         str, Query(max_length=254, description="Only this address", json_schema_extra=EMAIL_OR_NOTHING)
     ] = "",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000), Digits] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000), Digits] = 0,
 ) -> SuppressionsOut:
     if email:
         _address(email, "query.email")
