@@ -440,20 +440,19 @@ def _branch_conditions(subject: str, a: Step, b: Step) -> Iterator[Change]:
             yield Change("flow", what, subject, field_name, None, None, f"{subject}: {label} branch {what}")
 
 
+def _moved(verb: str, p: _Placed, q: _Placed) -> Change:
+    """A step found at another place (``moved``: into another list; ``reordered``: within its list)."""
+    where = f"{_where(p)} → {_where(q)}"
+    return Change("flow", "moved", f"step {_label(p.step)}", "position", _where(p), _where(q),
+                  f"{verb} step {_label(p.step)}: {where}")
+
+
 def _moves(old: dict[str, _Placed], new: dict[str, _Placed]) -> Iterator[Change]:
     common = [k for k in old if k in new and not k.startswith("at:")]  # the others are matched by position
     for key in common:
         p, q = old[key], new[key]
         if p.container != q.container:
-            yield Change(
-                "flow",
-                "moved",
-                f"step {_label(p.step)}",
-                "position",
-                _where(p),
-                _where(q),
-                f"moved step {_label(p.step)}: {_where(p)} → {_where(q)}",
-            )
+            yield _moved("moved", p, q)
     # within one list: the steps outside the longest common order are the ones that moved
     containers = {old[k].container for k in common if old[k].container == new[k].container}
     for container in sorted(containers):
@@ -466,15 +465,7 @@ def _moves(old: dict[str, _Placed], new: dict[str, _Placed]) -> Iterator[Change]
         for key in after:
             if key not in kept:
                 p, q = old[key], new[key]
-                yield Change(
-                    "flow",
-                    "moved",
-                    f"step {_label(p.step)}",
-                    "position",
-                    _where(p),
-                    _where(q),
-                    f"reordered step {_label(p.step)}: {_where(p)} → {_where(q)}",
-                )
+                yield _moved("reordered", p, q)
 
 
 # ------------------------------------------------------------------ the playbook around the steps
