@@ -30,7 +30,7 @@ from engine.runtime.connect import quiet_runtime
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .scenarios import DEFAULT_START, _run, offset_text, sqlite_database, test_server_path
+from .scenarios import DEFAULT_START, offset_text, run_checked, sqlite_database, test_server_path
 
 
 @dataclass
@@ -125,7 +125,7 @@ async def run_on(
             async with await WorkflowEnvironment.start_time_skipping(
                 test_server_existing_path=test_server_path(), runtime=quiet_runtime()
             ) as env:
-                report = await _run(path, checked.data, checked.playbook, env, db_url, library)
+                report = await run_checked(path, checked.data, checked.playbook, env, db_url, library)
         except Exception as err:  # noqa: BLE001 - one scenario that cannot run is reported, the others still run
             behaviour.error = f"{type(err).__name__}: {err}"
             return behaviour

@@ -128,14 +128,14 @@ async def run_scenario(
         return ScenarioReport(str(path), False, [p.header() for p in checked.problems] or ["playbook not found"])
     tmp = Path(tempfile.mkdtemp(prefix="scenario-"))
     try:
-        report = await _run(path, checked.data, checked.playbook, env, database(tmp), library_root)
+        report = await run_checked(path, checked.data, checked.playbook, env, database(tmp), library_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report.seconds = loop.time() - started
     return report
 
 
-async def _run(
+async def run_checked(
     path: Path,
     data: dict[str, Any],
     playbook: Playbook,
@@ -143,6 +143,8 @@ async def _run(
     db_url: str,
     library_root: Path | None,
 ) -> ScenarioReport:
+    """A validated scenario on the given server and database, which it leaves as they are (playbook diff reads the
+    emails and tasks a run made from them)."""
     migrate(db_url)
     if data.get("policy"):  # the scenario's own policy replaces the library's for this run
         playbook = dataclasses.replace(playbook, policy=build_policy(data["policy"], str(path)))
