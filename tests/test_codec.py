@@ -54,6 +54,7 @@ from engine.runtime.settings import Settings, SettingsError
 from engine.runtime.workers import DATA_CONVERTER, build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
+from tests.asgi import serving
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -409,10 +410,8 @@ def test_history_holds_no_personal_data_in_clear_but_the_engine_and_the_ui_codec
             # an API process whose keys differ cannot read the run: a 503 naming the key id it lacks, not a 500
             other = stack.settings.replace(payload_keys="2027-01:" + base64.b64encode(b"x" * 32).decode())
             app = create_app(other, client=await connect(other, runtime=quiet_runtime()))
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                    lacking = await http.get(f"/runs/{wid}", headers={"Authorization": f"Bearer {stack.ops_token}"})
+            async with serving(app) as http:
+                lacking = await http.get(f"/runs/{wid}", headers={"Authorization": f"Bearer {stack.ops_token}"})
             assert lacking.status_code == 503, lacking.text
             assert "2026-07" in lacking.json()["detail"] and "PLAYBOOK_PAYLOAD_KEYS" in lacking.json()["detail"]
 
@@ -496,10 +495,8 @@ def test_codec_endpoint_is_404_when_encryption_is_off(stack: Stack):
 
     async def go() -> httpx.Response:
         app = create_app(settings, client=await Client.connect(stack.server.address, runtime=quiet_runtime()))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                return await steps(http)
+        async with serving(app) as http:
+            return await steps(http)
 
     answer = asyncio.run(go())
     assert answer.status_code == 404 and "PLAYBOOK_PAYLOAD_KEYS is not set" in answer.json()["detail"]

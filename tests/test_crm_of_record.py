@@ -40,6 +40,7 @@ from engine.runtime.schedules import ScheduleActivities
 from engine.runtime.settings import Settings
 from engine.runtime.workers import sandbox_runner
 from engine.storage.db import migrate, session
+from tests.asgi import serving
 from tests.fakes import FakeHubSpot
 from tests.fakes.fake_hubspot import TOKEN
 
@@ -96,10 +97,8 @@ class World:
         app = create_app(self.settings, self.client)
 
         async def go() -> Any:
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                    return await steps(http)
+            async with serving(app) as http:
+                return await steps(http)
 
         return self.loop.run_until_complete(go())
 

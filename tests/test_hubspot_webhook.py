@@ -30,7 +30,7 @@ from api import hubspot_events as hs
 from api.app import create_app
 from engine.runtime.settings import Settings
 from engine.storage.db import migrate
-from tests.asgi import call
+from tests.asgi import call, serving
 from tests.fakes import FakeHubSpot, closed_port_url, fake_hubspot_fixture  # noqa: F401 - the fixture
 from tests.fakes.fake_hubspot import TOKEN
 from tests.paths import PLAYBOOKS
@@ -321,34 +321,32 @@ def test_a_lifecycle_stage_change_starts_its_playbook_once(temporal, tmp_path: P
     body = json.dumps(batch).encode()
 
     async def scenario() -> None:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                started = time.monotonic()
-                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
-                took = time.monotonic() - started
-                assert answer.status_code == 200, answer.text
-                assert answer.json() == {"events": 4, "taken": 3, "runs_started": 2, "delivered_to_runs": 1,
-                                         "duplicates": 0, "skipped": 0, "ignored": 1}
-                assert took < 5, took  # HubSpot waits five seconds for the answer
-                run = client.get_workflow_handle(f"lifecycle-stage/{company}")
-                assert (await run.describe()).status.name == "RUNNING"
-                assert (await client.get_workflow_handle(f"new-company/{company + 1}").describe()).status.name == \
-                    "RUNNING"
-                assert await signals_of(client, run.id) == 1  # the name change, after the stage change started it
+        async with serving(app) as http:
+            started = time.monotonic()
+            answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+            took = time.monotonic() - started
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"events": 4, "taken": 3, "runs_started": 2, "delivered_to_runs": 1,
+                                     "duplicates": 0, "skipped": 0, "ignored": 1}
+            assert took < 5, took  # HubSpot waits five seconds for the answer
+            run = client.get_workflow_handle(f"lifecycle-stage/{company}")
+            assert (await run.describe()).status.name == "RUNNING"
+            assert (await client.get_workflow_handle(f"new-company/{company + 1}").describe()).status.name == \
+                "RUNNING"
+            assert await signals_of(client, run.id) == 1  # the name change, after the stage change started it
 
-                # HubSpot redelivers the request (attempt 1, signed afresh): nothing starts, nothing reaches the run
-                again = json.dumps([{**e, "attemptNumber": 1} for e in batch]).encode()
-                answer = await http.post("/webhooks/hubspot", content=again, headers=sign(again))
-                assert answer.json() == {"events": 4, "taken": 0, "runs_started": 0, "delivered_to_runs": 0,
-                                         "duplicates": 3, "skipped": 0, "ignored": 1}
-                assert await signals_of(client, run.id) == 1
+            # HubSpot redelivers the request (attempt 1, signed afresh): nothing starts, nothing reaches the run
+            again = json.dumps([{**e, "attemptNumber": 1} for e in batch]).encode()
+            answer = await http.post("/webhooks/hubspot", content=again, headers=sign(again))
+            assert answer.json() == {"events": 4, "taken": 0, "runs_started": 0, "delivered_to_runs": 0,
+                                     "duplicates": 3, "skipped": 0, "ignored": 1}
+            assert await signals_of(client, run.id) == 1
 
-                # another stage change later is a new event: it reaches the live run, and starts nothing
-                later = json.dumps([change(company, "lifecyclestage", "evangelist", event_id=601)]).encode()
-                answer = await http.post("/webhooks/hubspot", content=later, headers=sign(later))
-                assert answer.json()["runs_started"] == 0 and answer.json()["delivered_to_runs"] == 1
-                assert await signals_of(client, run.id) == 2
+            # another stage change later is a new event: it reaches the live run, and starts nothing
+            later = json.dumps([change(company, "lifecyclestage", "evangelist", event_id=601)]).encode()
+            answer = await http.post("/webhooks/hubspot", content=later, headers=sign(later))
+            assert answer.json()["runs_started"] == 0 and answer.json()["delivered_to_runs"] == 1
+            assert await signals_of(client, run.id) == 2
 
     loop.run_until_complete(scenario())
 
@@ -363,13 +361,11 @@ def test_a_property_value_is_text_that_a_trigger_can_read_as_a_number(temporal, 
                        change(819, "health_score", None)]).encode()
 
     async def scenario() -> dict[str, int]:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
-                assert answer.status_code == 200, answer.text
-                assert (await client.get_workflow_handle("health-drop/815").describe()).status.name == "RUNNING"
-                return dict(answer.json())
+        async with serving(app) as http:
+            answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+            assert answer.status_code == 200, answer.text
+            assert (await client.get_workflow_handle("health-drop/815").describe()).status.name == "RUNNING"
+            return dict(answer.json())
 
     assert loop.run_until_complete(scenario()) == {"events": 5, "taken": 5, "runs_started": 1,
                                                    "delivered_to_runs": 0, "duplicates": 0, "skipped": 0,
@@ -392,15 +388,13 @@ def test_with_hubspot_a_company_is_its_account_id_property_and_one_without_is_sk
                        change(4711, "name", "Kraus GmbH & Co. KG")]).encode()
 
     async def scenario() -> dict[str, int]:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
-                assert answer.status_code == 200, answer.text
-                run = client.get_workflow_handle("lifecycle-stage/acc-kraus")
-                assert (await run.describe()).status.name == "RUNNING"
-                assert await signals_of(client, run.id) == 1  # the name change reached it
-                return dict(answer.json())
+        async with serving(app) as http:
+            answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+            assert answer.status_code == 200, answer.text
+            run = client.get_workflow_handle("lifecycle-stage/acc-kraus")
+            assert (await run.describe()).status.name == "RUNNING"
+            assert await signals_of(client, run.id) == 1  # the name change reached it
+            return dict(answer.json())
 
     assert loop.run_until_complete(scenario()) == {"events": 3, "taken": 2, "runs_started": 1,
                                                    "delivered_to_runs": 1, "duplicates": 0, "skipped": 1,
@@ -435,20 +429,18 @@ def test_with_hubspot_a_trigger_sees_the_account_as_hubspot_has_it_typed(  # typ
     body = json.dumps([change(5001, "health_score", "42"), change(5002, "health_score", "91")]).encode()
 
     async def scenario() -> list[str]:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
-                assert answer.status_code == 200, answer.text
-                assert answer.json()["runs_started"] == 2, answer.json()  # at-risk and health-drop, for acc-low
-                started = []
-                for workflow_id in ("at-risk/acc-low", "at-risk/acc-high"):
-                    try:
-                        await client.get_workflow_handle(workflow_id).describe()
-                        started.append(workflow_id)
-                    except RPCError as err:
-                        assert err.status == RPCStatusCode.NOT_FOUND, err
-                return started
+        async with serving(app) as http:
+            answer = await http.post("/webhooks/hubspot", content=body, headers=sign(body))
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["runs_started"] == 2, answer.json()  # at-risk and health-drop, for acc-low
+            started = []
+            for workflow_id in ("at-risk/acc-low", "at-risk/acc-high"):
+                try:
+                    await client.get_workflow_handle(workflow_id).describe()
+                    started.append(workflow_id)
+                except RPCError as err:
+                    assert err.status == RPCStatusCode.NOT_FOUND, err
+            return started
 
     # account.health_score is HubSpot's number, read through the CRM when the event was taken
     assert loop.run_until_complete(scenario()) == ["at-risk/acc-low"]
