@@ -243,3 +243,39 @@ class ReceivedEvent(Base):
     account_id: Mapped[str] = mapped_column(String(200), index=True)
     received_at: Mapped[datetime]
     answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RunProgress(Base):
+    """The funnel's projection (docs/funnel.md): one row per run, an enrollment, kept by the run itself as it
+    moves (the record_progress local activity), never rebuilt from histories. ``run_key`` is the run id of the
+    chain's first Temporal run: continue-as-new keeps it, a re-enrollment under the same workflow id gets a new
+    one. No personal data: ids, step ids, statuses and event types only."""
+
+    __tablename__ = "run_progress"
+    __table_args__ = (Index("ix_run_progress_playbook", "playbook_id", "version", "started_at"),)
+    run_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(500), index=True)
+    playbook_id: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))  # the playbook's full content version
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    control: Mapped[bool] = mapped_column(Boolean, default=False)  # held out (settings.control)
+    paths: Mapped[dict[str, Any]] = mapped_column(default=dict)  # split step id -> the path the run took
+    # running | completed | exited | goal | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    reason: Mapped[str] = mapped_column(Text, default="")  # failed: the message (at most 500 characters)
+    exit_event: Mapped[str | None] = mapped_column(String(200), default=None)  # exited / goal: the event type
+    current: Mapped[list[Any]] = mapped_column(default=list)  # the steps the run is in now (waiting there)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime]
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # the newest report applied; an older one changes nothing
+
+
+class RunStepProgress(Base):
+    """Each step a run has finished one way or another (by step id, nested steps included)."""
+
+    __tablename__ = "run_step_progress"
+    run_key: Mapped[str] = mapped_column(ForeignKey("run_progress.run_key", ondelete="CASCADE"), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))  # done | skipped | failed | not_run
+    at: Mapped[datetime]
