@@ -13,7 +13,7 @@ from engine.runtime.settings import Settings, load_settings
 
 from . import problems
 from .deps import AppState
-from .routes import codec, events, hubspot, inbox, messaging, metrics, people, runs, unsubscribe, webhooks
+from .routes import codec, events, funnel, hubspot, inbox, messaging, metrics, ops, people, runs, unsubscribe, webhooks
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -41,7 +41,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(events.router)
     app.include_router(people.router)
     app.include_router(runs.router)
+    app.include_router(funnel.router)
     app.include_router(inbox.router)
+    app.include_router(ops.router)
     app.include_router(messaging.router)
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .commands.runs_cancel import runs_cancel
+from .commands.stats import stats
 from .language.library import FileResult, discover, is_scenario, validate_paths
 from .language.model import Playbook
 from .language.policy_file import PolicyResult
@@ -449,6 +451,10 @@ def runs_list(
             r.started_at.strftime("%Y-%m-%d %H:%M") if r.started_at else "",
         )
     _console().print(table)
+
+
+runs_app.command("cancel")(runs_cancel)
+app.command("stats")(stats)
 
 
 @runs_app.command("show")

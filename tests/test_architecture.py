@@ -39,9 +39,13 @@ ALLOWED: dict[str, frozenset[str]] = {
             "activities",
             "engine.runtime",
             "engine.testing",
+            "engine.commands",
             "api",
             "worker",
         }
+    ),
+    "engine.commands": frozenset(
+        {"engine.storage", "engine.language", "engine.interpreter", "activities", "engine.runtime", "engine.testing"}
     ),
     "engine": frozenset(),
 }
