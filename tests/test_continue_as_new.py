@@ -52,6 +52,7 @@ from engine.interpreter.messages import (
     RunState,
     TimelineEntry,
 )
+from engine.language.groups import held_out, split_index
 from engine.language.model import Playbook
 from engine.language.validator import validate_playbook_text
 from engine.runtime.connect import quiet_runtime
@@ -677,3 +678,71 @@ async def _until(check: Any, timeout: float = 20) -> None:
     while not await check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------- groups (settings.control, split)
+
+
+GROUPS = """\
+id: {id}
+title: A control group and a split across continue-as-new
+trigger: {{ manual: true }}
+settings:
+  control: 50%
+steps:
+  - id: hello
+    email:
+      to: "{{{{ contact.email }}}}"
+      subject: "Hello"
+      body: "..."
+  - id: hold
+    wait: 8s
+  - id: offer
+    split:
+      paths:
+        - name: a
+          weight: 1
+          steps:
+            - id: offer_a
+              email: {{ to: "{{{{ contact.email }}}}", subject: "Offer A", body: "..." }}
+        - name: b
+          weight: 1
+          steps:
+            - id: offer_b
+              email: {{ to: "{{{{ contact.email }}}}", subject: "Offer B", body: "..." }}
+"""
+
+
+def test_the_control_group_and_the_split_hold_across_continue_as_new(server: DevServer, tmp_path: Path) -> None:
+    """acc-can is held out of `can-held-out` and treated by `can-treated` (50% each, drawn by the account id as the
+    enrollment key), and draws path a of the first's split and b of the second's. Both runs continue as new
+    twice while they wait, before the split: the held-out run still sends nothing and the treated one sends its
+    path's offer once: the group and the key are carried, not drawn again."""
+    assert held_out("can-held-out", ACCOUNT["id"], 50) and not held_out("can-treated", ACCOUNT["id"], 50)
+    paths = {pid: "ab"[split_index(pid, "offer", ACCOUNT["id"], [1, 1])] for pid in ("can-held-out", "can-treated")}
+    assert paths == {"can-held-out": "a", "can-treated": "b"}
+
+    async def body() -> None:
+        async with lab(server, tmp_path) as L:
+            held = await L.start(GROUPS.format(id="can-held-out"))
+            treated = await L.start(GROUPS.format(id="can-treated"))
+            for wid in (held, treated):
+                await _until(lambda wid=wid: _waiting(L, wid, "hold"))
+                await L.feed_until_continued(wid, times=2)
+            results = dict(zip((held, treated), await asyncio.gather(L.result(held), L.result(treated)), strict=True))
+            for wid in (held, treated):
+                assert await L.runs(wid) >= 3
+            held_result, treated_result = results[held], results[treated]
+            assert held_result.control is True and treated_result.control is False
+            assert held_result.steps["offer"]["result"]["path"] == "a"
+            assert treated_result.steps["offer"]["result"]["path"] == "b"
+            assert held_result.steps["offer_a"]["status"] == "skipped"
+            assert held_result.steps["offer_a"]["result"]["reason"] == "control"
+            assert held_result.steps["offer_b"]["status"] == "not_run"
+            assert L.rows(t.OutboxEmail, held) == []
+            assert [(e.step_id, e.subject) for e in L.rows(t.OutboxEmail, treated)] == [
+                ("hello", "Hello"), ("offer_b", "Offer B")
+            ]
+            assert all(n == 1 for n in L.outbox.sent.values()), L.outbox.sent
+
+    asyncio.run(body())
