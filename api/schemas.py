@@ -263,3 +263,60 @@ class SuppressionIn(BaseModel):
     email: str = Field(min_length=6, max_length=254, json_schema_extra=EMAIL_FORMAT)
     reason: str = Field(default="manual", min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*$")
     detail: str = Field(default="", max_length=2000)
+
+
+class FunnelStepOut(BaseModel):
+    step_id: str
+    kind: str = Field(description="The step's kind; empty for a step the library's version no longer has")
+    depth: int = Field(description="Nesting: 0 at the top, 1 inside a switch, parallel, split or for_each, ...")
+    done: int
+    skipped: int
+    failed: int
+    not_run: int
+    waiting: int = Field(description="Live runs in this step now")
+
+
+class FunnelGoalOut(BaseModel):
+    event: str = Field(description="The goal's event type (an exit_when rule with goal: true)")
+    reached: int
+    rate: float = Field(description="reached / entered")
+    median_seconds: float | None = Field(description="Median time from a run's start to the goal; null: none yet")
+
+
+class ConversionOut(BaseModel):
+    group: str = Field(description="treated or control; for a split, the path")
+    runs: int
+    converted: int = Field(description="Runs that reached a goal")
+    rate: float = Field(description="converted / runs (0 for an empty group)")
+    low: float = Field(description="Wilson 95% interval of the rate, low end")
+    high: float
+
+
+class ComparisonOut(BaseModel):
+    name: str = Field(description="control, or the split step's id")
+    groups: list[ConversionOut] = Field(description="control: [treated, control]; a split: one per path")
+    difference: float | None = Field(
+        description="treated - control, or path 2 - path 1 for a two-path split; null when a group is empty"
+    )
+    low: float | None = Field(description="Newcombe's 95% interval of the difference, low end")
+    high: float | None
+
+
+class FunnelOut(BaseModel):
+    playbook_id: str
+    version: str | None = Field(description="The full version counted; null: every version")
+    versions: list[str] = Field(description="The playbook's versions with runs (newest first), and the library's")
+    since: UtcDatetime | None = Field(description="Only runs started at or after this time")
+    conversion: Literal["entered"] = Field(
+        description="The denominator of every rate: all runs entered, live ones included (intention to treat)"
+    )
+    entered: int
+    live: int = Field(description="Runs still running (waiting or working)")
+    completed: int
+    goal: int = Field(description="Runs that ended by reaching a goal")
+    failed: int
+    cancelled: int
+    exited: dict[str, int] = Field(description="Runs that exited without a goal, by event type ((stop): a stop step)")
+    steps: list[FunnelStepOut] = Field(description="In the playbook's order, then steps only older versions have")
+    goals: list[FunnelGoalOut]
+    comparisons: list[ComparisonOut]

@@ -36,7 +36,19 @@ Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal distribu
 
 
 class FunnelError(ValueError):
-    """A version that names no run of the playbook (or more than one version)."""
+    """A version that cannot be used: too short, unknown or ambiguous."""
+
+
+class UnknownPlaybook(FunnelError):
+    """The playbook is neither in the library nor in any run."""
+
+
+class UnknownVersion(FunnelError):
+    """No version of the playbook starts with the one given."""
+
+
+class AmbiguousVersion(FunnelError):
+    """More than one version of the playbook starts with the one given."""
 
 
 @dataclass(frozen=True)
@@ -208,10 +220,14 @@ def resolve_version(s: Session, playbook_id: str, version: str, known: Iterable[
         return version
     matches = sorted(v for v in candidates if v.startswith(version))
     if not matches:
-        raise FunnelError(f"playbook {playbook_id!r} has no version {version!r}")
+        raise UnknownVersion(f"playbook {playbook_id!r} has no version {version!r}")
     if len(matches) > 1:
-        raise FunnelError(f"version {version!r} of {playbook_id!r} is ambiguous: {', '.join(matches)}")
+        raise AmbiguousVersion(f"version {version!r} of {playbook_id!r} is ambiguous: {', '.join(matches)}")
     return matches[0]
+
+
+def has_runs(s: Session, playbook_id: str) -> bool:
+    return s.scalar(select(RP.c.run_key).where(RP.c.playbook_id == playbook_id).limit(1)) is not None
 
 
 def versions_of(s: Session, playbook_id: str) -> list[str]:
@@ -367,6 +383,34 @@ def funnel(
         steps=step_funnels,
         goals=goal_funnels,
         comparisons=comparisons,
+    )
+
+
+def playbook_funnel(
+    s: Session,
+    playbook_id: str,
+    playbook: Playbook | None,
+    *,
+    version: str | None = None,
+    since: datetime | None = None,
+) -> Funnel:
+    """The funnel as the API and `playbook stats` show it: ``playbook`` is the library's (None: not in it); its
+    steps, goals and control setting are used when the version asked is its own or none is asked. Raises
+    UnknownPlaybook (in neither the library nor a run), UnknownVersion, AmbiguousVersion or FunnelError."""
+    if playbook is None and not has_runs(s, playbook_id):
+        raise UnknownPlaybook(f"no playbook {playbook_id!r} in the library or in any run")
+    known = [playbook.version] if playbook is not None else []
+    full = resolve_version(s, playbook_id, version, known) if version is not None else None
+    library = playbook if playbook is not None and full in (None, playbook.version) else None
+    return funnel(
+        s,
+        playbook_id,
+        version=full,
+        since=since,
+        steps=steps_of(library) if library is not None else (),
+        goals=goals_of(library) if library is not None else (),
+        control=library is not None and library.settings.control > 0,
+        known_versions=known,
     )
 
 
