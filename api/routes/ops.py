@@ -1,7 +1,395 @@
-"""The ops page: server-rendered beside the inbox (docs/ops.md)."""
+"""The ops page: server-rendered beside the inbox (docs/ops.md).
+
+/ops is the library (each valid playbook: version, trigger, title, live runs), /ops/playbooks/{id} a playbook's
+funnel (a server-drawn SVG chart and its numbers, control versus treated and split paths with 95% intervals, its
+live and failed runs) and /ops/runs/{run_key} one run: its progress and its timeline (a Temporal query).
+
+Signing in works as the inbox's does (api/web_session.py: a signed cookie holding the token's hash, checked
+again on every request, CSRF tokens on the sign-in and sign-out forms), with cookies of its own under /ops and
+for ops tokens only. Everything but the run's timeline is read from the run_progress projection: fast, no
+Temporal visibility scan. The page shows account ids and step ids, never email addresses or email bodies.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-router = APIRouter(tags=["ops page"], include_in_schema=False)
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func, select
+from starlette.templating import Jinja2Templates
+
+from engine.interpreter.messages import RunState
+from engine.language.model import Playbook
+from engine.runtime import runs as run_service
+from engine.storage import models as t
+from engine.storage.db import session as db_session
+from engine.storage.funnel import STOP_EXIT, Funnel, FunnelError, funnel, goals_of, steps_of
+
+from .. import ops_chart
+from ..deps import get_state
+from ..security import Caller, caller_for, caller_for_hash, hash_token
+from ..web_session import Signer, signer_for
+from .inbox import HEADERS, LOGIN_MAX_AGE, SESSION_MAX_AGE
+
+router = APIRouter(prefix="/ops", tags=["ops page"], include_in_schema=False)
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
+SESSION_COOKIE = "pb_ops_session"
+LOGIN_COOKIE = "pb_ops_login"
+FLASH_COOKIE = "pb_ops_flash"
+FLASH_MAX_AGE = 120
+ROLE = "ops"
+LIST_LIMIT = 50  # live and failed runs shown on a playbook's page (newest first)
+QUERY_SECONDS = 5.0  # how long the run page waits for a worker to answer the timeline query
+PLAYBOOK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,199}$")
+VERSION = re.compile(r"^[0-9A-Za-z]{4,100}$")
+RUN_KEY = re.compile(r"^[0-9A-Za-z_.:-]{1,200}$")
+EMAIL = re.compile(r"[^\s@<>\"',;()]+@[^\s@<>\"',;()]+\.[A-Za-z]{2,}")
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ filters
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: datetime | str | None) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        moment = value
+    return _utc(moment).strftime("%d %b %Y, %H:%M UTC")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes = int(round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def redact(text: str) -> str:
+    """A timeline detail without email addresses (the page shows ids, not people)."""
+    return EMAIL.sub("[email address]", text)
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
+)
+_env.filters["when"] = _when
+_env.filters["duration"] = _duration
+_env.filters["pct"] = ops_chart.pct
+_env.filters["signed_pct"] = ops_chart.signed_pct
+_env.filters["redact"] = redact
+templates = Jinja2Templates(env=_env)
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+
+
+def _signer(request: Request) -> Signer:
+    return signer_for(get_state(request).settings)
+
+
+def _db(request: Request) -> str:
+    return get_state(request).settings.db_url
+
+
+def _session(request: Request) -> tuple[Caller, str] | None:
+    """The signed-in ops caller and their session's nonce, or None."""
+    data = _signer(request).loads("ops-session", request.cookies.get(SESSION_COOKIE), SESSION_MAX_AGE)
+    if not data or not isinstance(data.get("h"), str) or not isinstance(data.get("n"), str):
+        return None
+    caller = caller_for_hash(_db(request), data["h"])
+    if caller is None or caller.role != ROLE:
+        return None
+    return caller, data["n"]
+
+
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/ops", httponly=True, samesite="lax", secure=request.url.scheme == "https"
+    )
+
+
+def _forget(response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/ops", httponly=True, samesite="lax")
+
+
+def _secure(response: Response) -> Response:
+    response.headers.update(HEADERS)
+    return response
+
+
+def _redirect(request: Request, to: str, message: str | None = None, kind: str = "ok") -> Response:
+    response = RedirectResponse(to, status_code=303)
+    if message:
+        _cookie(request, response, FLASH_COOKIE, _signer(request).dumps("ops-flash", {"m": message, "k": kind}),
+                FLASH_MAX_AGE)
+    return _secure(response)
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    flash = _signer(request).loads("ops-flash", request.cookies.get(FLASH_COOKIE), FLASH_MAX_AGE)
+    session = context.get("session")
+    csrf = _signer(request).csrf_token(session[1]) if session else ""
+    caller = session[0] if session else None
+    response = templates.TemplateResponse(
+        request, name, {**context, "flash": flash, "caller": caller, "csrf": context.get("csrf", csrf)},
+        status_code=status,
+    )
+    if FLASH_COOKIE in request.cookies:
+        _forget(response, FLASH_COOKIE)
+    return _secure(response)
+
+
+def _error(request: Request, session: tuple[Caller, str] | None, status: int, title: str, message: str) -> Response:
+    return _page(request, "ops/error.html", {"session": session, "status": status, "title": title,
+                                             "message": message}, status)
+
+
+# --------------------------------------------------------------------------------------- sign in/out
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> Response:
+    if _session(request):
+        return _redirect(request, "/ops")
+    signer = _signer(request)
+    data = signer.loads("ops-login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
+    nonce = data["n"] if data and isinstance(data.get("n"), str) else secrets.token_urlsafe(16)
+    response = _page(request, "ops/login.html", {"csrf": signer.csrf_token(nonce)})
+    _cookie(request, response, LOGIN_COOKIE, signer.dumps("ops-login", {"n": nonce}), LOGIN_MAX_AGE)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    signer = _signer(request)
+    data = signer.loads("ops-login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
+    if not signer.csrf_ok(data.get("n") if data else None, form.get("csrf")):
+        return _redirect(request, "/ops/login", "The sign-in form had expired: paste your token again.", "error")
+    token = str(form.get("token") or "").strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    caller = caller_for(_db(request), token) if token else None
+    if caller is None:
+        return _redirect(request, "/ops/login", "That API token is unknown or revoked.", "error")
+    if caller.role != ROLE:
+        where = " The CSM inbox is at /inbox." if caller.role == "csm" else ""
+        return _error(request, None, 403, "Forbidden",
+                      f"A {caller.role} token cannot open the ops page: sign in with an ops token.{where}")
+    response = _redirect(request, "/ops", f"Signed in as {caller.name}.")
+    _cookie(request, response, SESSION_COOKIE,
+            signer.dumps("ops-session", {"h": hash_token(token), "n": secrets.token_urlsafe(16)}), SESSION_MAX_AGE)
+    _forget(response, LOGIN_COOKIE)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await request.form()
+    session = _session(request)
+    if session is not None and not _signer(request).csrf_ok(session[1], form.get("csrf")):
+        return _redirect(request, "/ops", "Sign out did not come from this page: still signed in.", "error")
+    response = _redirect(request, "/ops/login", "Signed out.")
+    _forget(response, SESSION_COOKIE)
+    return response
+
+
+@router.get("/ops.css")
+def stylesheet() -> Response:
+    return Response((TEMPLATE_DIR / "ops" / "ops.css").read_bytes(), media_type="text/css",
+                    headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"})
+
+
+# ------------------------------------------------------------------------------------------ the library
+
+
+def _trigger(p: Playbook) -> str:
+    if p.trigger.type == "event":
+        return f"event {p.trigger.event}"
+    if p.trigger.type == "schedule":
+        return f"schedule {p.trigger.cron}"
+    return "manual"
+
+
+@router.get("", response_class=HTMLResponse)
+def library(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _redirect(request, "/ops/login")
+    state = get_state(request)
+    RP = t.RunProgress
+    with db_session(_db(request)) as s:
+        rows = s.execute(select(RP.playbook_id, RP.status, func.count()).group_by(RP.playbook_id, RP.status)).all()
+    counts: dict[str, dict[str, int]] = {}
+    for playbook_id, status, n in rows:
+        counts.setdefault(playbook_id, {})[status] = n
+    playbooks = [
+        {
+            "id": p.id, "title": p.title, "version": p.version[:8], "trigger": _trigger(p),
+            "live": counts.get(p.id, {}).get("running", 0), "failed": counts.get(p.id, {}).get("failed", 0),
+            "entered": sum(counts.get(p.id, {}).values()), "control": p.settings.control,
+        }
+        for p in sorted(state.library.values(), key=lambda p: p.id)
+    ]
+    others = sorted(set(counts) - set(state.library))  # runs of playbooks no longer valid in the library
+    return _page(request, "ops/library.html", {"session": session, "playbooks": playbooks, "others": others})
+
+
+# ------------------------------------------------------------------------------------------ a playbook
+
+
+@dataclass(frozen=True)
+class Filters:
+    version: str | None
+    since: datetime | None
+    since_text: str
+
+
+def _filters(request: Request) -> Filters | str:
+    """The version and since filters of the query string, or what is wrong with them."""
+    version = request.query_params.get("version", "").strip() or None
+    since_text = request.query_params.get("since", "").strip()
+    if version is not None and not VERSION.match(version):
+        return "version: give a playbook version (at least 4 of its letters and digits), or none for all versions"
+    since = None
+    if since_text:
+        try:
+            if len(since_text) > 40:
+                raise ValueError
+            since = _utc(datetime.fromisoformat(since_text))
+        except ValueError:
+            return f"since: {since_text[:40]!r} is not a date (YYYY-MM-DD) or a time (YYYY-MM-DDTHH:MM, UTC)"
+    return Filters(version, since, since_text)
+
+
+def _run_rows(s: Any, playbook_id: str, f: Funnel, status: str) -> tuple[list[t.RunProgress], int]:
+    RP = t.RunProgress
+    where = [RP.playbook_id == playbook_id, RP.status == status]
+    if f.version is not None:
+        where.append(RP.version == f.version)
+    if f.since is not None:
+        bound = f.since.replace(tzinfo=None) if s.get_bind().dialect.name == "sqlite" else f.since
+        where.append(RP.started_at >= bound)
+    order = RP.started_at.desc() if status == "running" else RP.ended_at.desc()
+    total = s.scalar(select(func.count()).select_from(RP).where(*where)) or 0
+    rows = list(s.scalars(select(RP).where(*where).order_by(order, RP.run_key).limit(LIST_LIMIT)))
+    s.expunge_all()
+    return rows, total
+
+
+@router.get("/playbooks/{playbook_id}", response_class=HTMLResponse)
+def playbook_page(playbook_id: str, request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _redirect(request, "/ops/login")
+    state = get_state(request)
+    playbook = state.library.get(playbook_id)
+    filters = _filters(request)
+    with db_session(_db(request)) as s:
+        known = playbook is not None or (
+            PLAYBOOK_ID.match(playbook_id) is not None
+            and s.scalar(select(t.RunProgress.run_key).where(t.RunProgress.playbook_id == playbook_id).limit(1))
+        )
+        if not known:
+            return _error(request, session, 404, "Not Found", f"The library has no valid playbook {playbook_id!r}.")
+        if isinstance(filters, str):
+            return _error(request, session, 422, "Invalid request", filters)
+        try:
+            f = funnel(
+                s, playbook_id, version=filters.version, since=filters.since,
+                steps=steps_of(playbook) if playbook else (), goals=goals_of(playbook) if playbook else (),
+                control=bool(playbook and playbook.settings.control > 0),
+                known_versions=[playbook.version] if playbook else (),
+            )
+        except FunnelError as err:
+            return _error(request, session, 422, "Invalid request", f"version: {err}")
+        live, live_total = _run_rows(s, playbook_id, f, "running")
+        failed, failed_total = _run_rows(s, playbook_id, f, "failed")
+    steps, ended = ops_chart.funnel_rows(f)
+    context = {
+        "session": session, "playbook": playbook, "playbook_id": playbook_id, "f": f, "filters": filters,
+        "trigger": _trigger(playbook) if playbook else "", "steps": steps, "ended": ended,
+        "chart": ops_chart.funnel_chart(f),
+        "comparisons": [(c, ops_chart.interval_chart(c, f"interval-{i}")) for i, c in enumerate(f.comparisons)],
+        "difference_words": ops_chart.difference_words, "live": live, "live_total": live_total,
+        "failed": failed, "failed_total": failed_total, "limit": LIST_LIMIT, "stop_exit": STOP_EXIT,
+        "describe": ops_chart.describe,
+    }
+    return _page(request, "ops/playbook.html", context)
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+async def _timeline(request: Request, workflow_id: str) -> tuple[RunState | None, str, str]:
+    """The run's state from its workflow (a query a worker answers), its Temporal status, or why not."""
+    try:
+        state, status = await asyncio.wait_for(
+            run_service.run_state(get_state(request).client, workflow_id), QUERY_SECONDS
+        )
+        return state, status, ""
+    except TimeoutError:
+        return None, "", (f"No worker answered within {QUERY_SECONDS:g} s: the timeline shows when a worker of this "
+                          "playbook's task queue runs. The progress above is the engine's own record.")
+    except Exception as err:  # noqa: BLE001 - the page says what went wrong instead of failing
+        log.info("ops page: the timeline of %s could not be read: %s", workflow_id, err)
+        return None, "", ("The timeline could not be read from Temporal (no worker or no server answered). "
+                          "The progress above is the engine's own record.")
+
+
+@router.get("/runs/{run_key}", response_class=HTMLResponse)
+async def run_page(run_key: str, request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _redirect(request, "/ops/login")
+    RP, RSP = t.RunProgress, t.RunStepProgress
+    with db_session(_db(request)) as s:
+        run = s.get(RP, run_key) if RUN_KEY.match(run_key) else None
+        if run is None:
+            return _error(request, session, 404, "Not Found", f"No run {run_key!r} is recorded.")
+        steps = list(s.scalars(select(RSP).where(RSP.run_key == run_key).order_by(RSP.at, RSP.step_id)))
+        # a later enrollment under the same workflow id: Temporal's query would answer for that one
+        later = s.scalar(
+            select(RP.run_key).where(RP.workflow_id == run.workflow_id, RP.run_key != run_key,
+                                     RP.started_at > run.started_at).limit(1)
+        )
+        s.expunge_all()
+    state: RunState | None = None
+    temporal_status, why = "", ""
+    if later:
+        why = ("This workflow id was enrolled again later: Temporal answers for the newer run, so this run's "
+               "timeline is not read. The progress above is the engine's own record.")
+    else:
+        state, temporal_status, why = await _timeline(request, run.workflow_id)
+    playbook = get_state(request).library.get(run.playbook_id)
+    return _page(request, "ops/run.html", {
+        "session": session, "run": run, "steps": steps, "state": state, "temporal_status": temporal_status,
+        "why": why, "later": later, "in_library": playbook is not None,
+    })
