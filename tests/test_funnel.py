@@ -401,3 +401,20 @@ def test_cli_stats_bad_input_exits_2(home: Path) -> None:
         refused = stats(home, *args)
         assert refused.exit_code == 2, (args, refused.output)
         assert words in refused.output, (args, refused.output)
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def test_the_same_funnel_on_postgresql(postgres: str, db: str) -> None:
+    """The counting SQL differs by database (json_each on SQLite, json_each_text/json_array_elements_text on
+    PostgreSQL): the same rows give the same funnel on both."""
+    from tests.postgres import empty
+
+    seed(empty(postgres))
+    for version, since in [(None, None), (CURRENT, None), ("aaaa1111c", None), (None, T0 + timedelta(hours=5))]:
+        with session(db) as s:
+            expected = playbook_funnel(s, "trial-follow-up", PLAYBOOK, version=version, since=since)
+        with session(postgres) as s:
+            found = playbook_funnel(s, "trial-follow-up", PLAYBOOK, version=version, since=since)
+        assert found == expected
