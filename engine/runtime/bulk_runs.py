@@ -116,7 +116,7 @@ def resolve_version(given: str, known: Iterable[str]) -> str:
         return matches[0]
     if not matches:
         listed = ", ".join(v[:8] for v in versions) or "none"
-        raise BulkError(f"no version {given!r} of this playbook is known (live or current: {listed})")
+        raise BulkError(f"no version {given!r} of this playbook is known (its runs' and the library's: {listed})")
     raise BulkError(f"version {given!r} is ambiguous: {', '.join(matches)}; give more of it")
 
 
@@ -171,11 +171,9 @@ async def plan(
         known.add(current.version)
     known.discard("")
     wanted = version.strip().lower()
-    if wanted not in known and _VERSION.match(wanted) and len(wanted) >= 16:
-        # a full version whose runs have all closed (and the projection has not seen): Temporal knows it
-        closed = await client.count_workflows(f"{base} AND PlaybookVersion = {_quoted(wanted)}")
-        if closed.count:
-            known.add(wanted)
+    if _VERSION.match(wanted) and not any(v.startswith(wanted) for v in known):
+        # a version whose runs have all closed (and the projection has not seen): Temporal's search index knows it
+        known |= await _closed_versions(client, base, wanted)
     full = resolve_version(version, known)
     if reenroll:
         if current is None:
@@ -193,6 +191,24 @@ async def plan(
         targets += await _cancelled_not_reenrolled(client, base, full, {x.workflow_id for x in targets})
     targets.sort(key=lambda x: x.workflow_id)
     return Plan(playbook_id, full, current, reenroll, targets)
+
+
+async def _closed_versions(client: Client, base: str, prefix: str, most: int = 5) -> set[str]:
+    """The versions starting with ``prefix`` of the playbook's runs in Temporal (up to ``most``, enough to call a
+    prefix ambiguous): one look-up per version with STARTS_WITH, else every run of the playbook, filtered."""
+    found: set[str] = set()
+    try:
+        while len(found) < most:
+            query = f"{base} AND PlaybookVersion STARTS_WITH {_quoted(prefix)}" + "".join(
+                f" AND PlaybookVersion != {_quoted(v)}" for v in sorted(found)
+            )
+            versions = [_version_of(wf) async for wf in client.list_workflows(query, limit=1)]
+            if not versions:
+                break
+            found.add(versions[0])
+    except RPCError:  # a visibility store without STARTS_WITH
+        found = {v for wf in await _listed(client, base) if (v := _version_of(wf)).startswith(prefix)}
+    return found
 
 
 async def _cancelled_not_reenrolled(client: Client, base: str, version: str, live_ids: set[str]) -> list[Target]:
