@@ -32,7 +32,7 @@ from engine.language.model import Playbook
 from engine.runtime import runs as run_service
 from engine.storage import models as t
 from engine.storage.db import session as db_session
-from engine.storage.funnel import STOP_EXIT, Funnel, FunnelError, funnel, goals_of, steps_of
+from engine.storage.funnel import STOP_EXIT, Funnel, FunnelError, UnknownPlaybook, UnknownVersion, playbook_funnel
 
 from .. import ops_chart
 from ..deps import get_state
@@ -50,7 +50,6 @@ FLASH_MAX_AGE = 120
 ROLE = "ops"
 LIST_LIMIT = 50  # live and failed runs shown on a playbook's page (newest first)
 QUERY_SECONDS = 5.0  # how long the run page waits for a worker to answer the timeline query
-PLAYBOOK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,199}$")
 VERSION = re.compile(r"^[0-9A-Za-z]{4,100}$")
 RUN_KEY = re.compile(r"^[0-9A-Za-z_.:-]{1,200}$")
 EMAIL = re.compile(r"[^\s@<>\"',;()]+@[^\s@<>\"',;()]+\.[A-Za-z]{2,}")
@@ -312,22 +311,16 @@ def playbook_page(playbook_id: str, request: Request) -> Response:
     state = get_state(request)
     playbook = state.library.get(playbook_id)
     filters = _filters(request)
+    if isinstance(filters, str):
+        return _error(request, session, 422, "Invalid request", filters)
     with db_session(_db(request)) as s:
-        known = playbook is not None or (
-            PLAYBOOK_ID.match(playbook_id) is not None
-            and s.scalar(select(t.RunProgress.run_key).where(t.RunProgress.playbook_id == playbook_id).limit(1))
-        )
-        if not known:
-            return _error(request, session, 404, "Not Found", f"The library has no valid playbook {playbook_id!r}.")
-        if isinstance(filters, str):
-            return _error(request, session, 422, "Invalid request", filters)
         try:
-            f = funnel(
-                s, playbook_id, version=filters.version, since=filters.since,
-                steps=steps_of(playbook) if playbook else (), goals=goals_of(playbook) if playbook else (),
-                control=bool(playbook and playbook.settings.control > 0),
-                known_versions=[playbook.version] if playbook else (),
-            )
+            f = playbook_funnel(s, playbook_id, playbook, version=filters.version, since=filters.since)
+        except UnknownPlaybook:
+            missing = f"No playbook {playbook_id!r} in the library or in any run."
+            return _error(request, session, 404, "Not Found", missing)
+        except UnknownVersion as err:
+            return _error(request, session, 404, "Not Found", f"version: {err}")
         except FunnelError as err:
             return _error(request, session, 422, "Invalid request", f"version: {err}")
         live, live_total = _run_rows(s, playbook_id, f, "running")
