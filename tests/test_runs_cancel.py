@@ -160,7 +160,7 @@ def test_cancel_and_reenroll_a_version(dev_server: DevServer, tmp_path: Path, mo
             # cancel version 1: its runs close, their tasks leave the inbox as cancelled; version 2's stay
             code, out = await cli("--version", v1.version[:6], "--yes")
             assert code == 0, out
-            assert "bulk-demo/acc-1 (account acc-1): cancelled" in out
+            assert "bulk-demo/acc-1 (account acc-1): cancelled" in out and "acc-3" not in out
             assert "done: 2 cancelled" in out
             for w in first_runs:
                 assert await latest(w) == (first_runs[w], WorkflowExecutionStatus.CANCELED)
@@ -184,7 +184,7 @@ def test_cancel_and_reenroll_a_version(dev_server: DevServer, tmp_path: Path, mo
             assert code == 0, out
             assert "1 live run(s)" in out and "2 run(s) cancelled earlier by this command to re-enroll" in out
             assert "done: 3 reenrolled" in out
-            again = "bulk-demo/acc-1 (account acc-1): reenrolled: cancelled earlier by this command; re-enrolled on "
+            again = "bulk-demo/acc-1 (account acc-1): cancelled earlier by this command; re-enrolled on "
             assert again + v2.version[:8] in out
             new_runs = {}
             for w, old in first_runs.items():
@@ -210,5 +210,18 @@ def test_cancel_and_reenroll_a_version(dev_server: DevServer, tmp_path: Path, mo
             assert code == 0 and "nothing to do" in out, out
             for w, run_id in new_runs.items():
                 assert await latest(w) == (run_id, WorkflowExecutionStatus.RUNNING)
+
+            # a run no worker picks up does not close within --wait: it is named, exit 1
+            stuck = await start_enrolled(client, f"{queue}-nobody", v1, "acc-5", "acc-5", _event("acc-5"))
+
+            async def stuck_listed() -> bool:
+                return await count(f"PlaybookVersion = '{v1.version}' AND ExecutionStatus = 'Running'") == 1
+
+            await _eventually(stuck_listed, "the stuck run in the search index")
+            code, out = await cli("--version", v1.version[:6], "--yes", "--wait", "1")
+            assert code == 1, out
+            assert f"{stuck.run_id} (account acc-5): failed: cancel requested, still running after 1 s" in out
+            assert f"1 run(s) failed: {stuck.run_id}" in out
+            await client.get_workflow_handle(stuck.run_id).terminate("test done")
 
     asyncio.run(scenario())

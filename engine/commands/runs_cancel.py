@@ -133,7 +133,8 @@ async def _execute(client: Any, plan: Any, settings: Any, wait: float) -> list[A
         task = progress.add_task("cancelling" + (" and re-enrolling" if plan.reenroll else ""), total=len(plan.targets))
 
         def done(outcome: Any) -> None:
-            line = f"{outcome.target.label()}: {outcome.status}: {outcome.detail}"
+            said = "" if outcome.status in ("cancelled", "reenrolled", "ended") else f"{outcome.status}: "
+            line = f"{outcome.target.label()}: {said}{outcome.detail}"
             if show:  # above the bar
                 progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             else:

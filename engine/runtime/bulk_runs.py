@@ -378,8 +378,8 @@ async def act_on(
         asks = ""
         if db_url:
             tasks, approvals = await asyncio.to_thread(close_open_asks, db_url, target.workflow_id, datetime.now(UTC))
-            if tasks or approvals:
-                asks = f"; closed {tasks} call task(s), {approvals} approval(s)"
+            closed = [f"{n} {what}" for n, what in ((tasks, "call task(s)"), (approvals, "approval(s)")) if n]
+            asks = f"; closed {' and '.join(closed)} in the inbox" if closed else ""
         if not plan.reenroll:
             return Outcome(target, "cancelled", detail + asks)
         outcome = await _start_again(client, task_queue, plan, target, closed_run, db_url)
