@@ -355,10 +355,13 @@ async def _start_again(
         )
     except WorkflowAlreadyStartedError:
         return Outcome(target, "skipped", "not re-enrolled: the id already has a run started after this one")
-    if db_url:
-        with session(db_url) as s:  # an event right after reaches it by id (engine/storage/enrolled.py)
-            enrolled.register(s, [(target.workflow_id, account_id, playbook.id)], datetime.now(UTC))
     detail = f"re-enrolled on {playbook.version[:8]} (run {handle.result_run_id})"
+    if db_url:
+        try:
+            with session(db_url) as s:  # an event right after reaches it by id (engine/storage/enrolled.py)
+                enrolled.register(s, [(target.workflow_id, account_id, playbook.id)], datetime.now(UTC))
+        except SQLAlchemyError as err:  # the run records itself in its first activity anyway
+            detail += f" (not recorded in enrolled_runs yet: {type(err).__name__}; its first activity will)"
     return Outcome(target, "reenrolled", detail, handle.result_run_id)
 
 
@@ -385,7 +388,7 @@ async def act_on(
         outcome = await _start_again(client, task_queue, plan, target, closed_run, db_url)
         outcome.detail = f"{detail}{asks}; {outcome.detail}"
         return outcome
-    except (RPCError, SQLAlchemyError, TypeError, ValueError, IndexError) as err:
+    except Exception as err:  # noqa: BLE001 - one run's failure is reported with the others, not raised
         return Outcome(target, "failed", f"{type(err).__name__}: {err}")
 
 
