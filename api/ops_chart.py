@@ -15,7 +15,7 @@ escaped; the values are ids and counts (no personal data reaches a chart).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,11 +164,12 @@ def _numbers(row: Row) -> str:
 # ------------------------------------------------------------------------------------------ the funnel
 
 
-def funnel_rows(f: FunnelLike) -> tuple[list[Row], list[Row]]:
-    """The funnel's bars: one per step (in the playbook's order), then one per way runs ended."""
+def funnel_rows(f: FunnelLike, kinds: Mapping[str, str] | None = None) -> tuple[list[Row], list[Row]]:
+    """The funnel's bars: one per step (in the playbook's order), then one per way runs ended. ``kinds``: the kind
+    to show for a step the funnel knows only by its id or path (a step without id is counted by its path)."""
     steps = [
         Row(s.step_id, (("done", s.done), ("skipped", s.skipped), ("failed", s.failed), ("waiting", s.waiting)),
-            s.depth, s.kind)
+            s.depth, s.kind or (kinds or {}).get(s.step_id, ""))
         for s in f.steps
     ]
     ended = [Row(f"goal: {g.event}", (("goal", g.reached),)) for g in f.goals]
@@ -243,9 +244,9 @@ def _legend(cid: str, kinds: Sequence[str], y: float) -> str:
     return "".join(out)
 
 
-def funnel_chart(f: FunnelLike, cid: str = "funnel") -> Markup:
+def funnel_chart(f: FunnelLike, cid: str = "funnel", kinds: Mapping[str, str] | None = None) -> Markup:
     """The funnel as an accessible inline SVG: bars per step, a gap, bars per way runs ended, a legend."""
-    steps, ended = funnel_rows(f)
+    steps, ended = funnel_rows(f, kinds)
     rows = [Row("entered", (("entered", f.entered),)), *steps]
     scale = max([f.entered, 1, *(sum(n for _, n in r.segments) for r in (*rows, *ended))])
     gap = 22

@@ -98,7 +98,7 @@ def ops(tmp_path_factory):
     # two live runs (one held out), one at the split; goals, an exit, a failure, a run of an older version
     add_run(db, "r1", version, "running", account="acc-live-1", current=["usage"], steps={"csm": "done"})
     add_run(
-        db, "r2", version, "running", account="acc-live-2", control=True, current=["usage"], steps={"csm": "skipped"}
+        db, "r2", version, "running", account="acc-live-2", control=True, current=["steps.1"], steps={"csm": "skipped"}
     )
     add_run(
         db,
@@ -227,17 +227,23 @@ def test_the_library_and_a_playbooks_funnel_show_the_projections_numbers(ops):
     table = _cells(text, "funnel-table")
     for step in expected.steps:
         assert table[step.step_id] == [str(step.done), str(step.skipped), str(step.failed), str(step.waiting)]
-    assert table["usage"] == ["3", "0", "1", "2"] and table[EVIL] == ["1", "0", "0", "0"]  # an old version's step
+    assert table["usage"] == ["3", "0", "1", "1"] and table[EVIL] == ["1", "0", "0", "0"]  # an old version's step
+    assert table["steps.1"] == ["0", "0", "0", "1"]  # a step without id, by its path, named from the library
+    row = text.split('<tr data-step="steps.1">', 1)[1].split("</th>", 1)[0]
+    assert '<span class="kind">wait, no id: Wait until three days before the trial ends</span>' in row
+    assert 'steps.1 <tspan class="kind" fill="#5b6576">(wait, no id)</tspan>' in text  # and in the chart
     ends = _cells(text, "ends-table")
     assert ends["goal:subscription.activated"] == ["2", "25.0%", "3 d"]  # median of 48 h and 96 h
     assert ends["exit:account.cancelled"][0] == "1" and ends["failed"][0] == "1"
 
+    ids = re.findall(r' id="([^"]+)"', text)
+    assert len(ids) == len(set(ids))  # aria-labelledby finds the chart's own title, not a heading's
     # the chart: an accessible SVG whose bars carry the same numbers
     chart = text.split("<svg", 1)[1].split("</svg>", 1)[0]
     assert 'role="img"' in chart and '<title id="funnel-title">Funnel of trial-follow-up</title>' in chart
-    assert "usage: 3 done, 1 failed, 2 waiting there now" in html.unescape(chart)
+    assert "usage: 3 done, 1 failed, 1 waiting there now" in html.unescape(chart)
     usage = chart.split('data-label="usage"', 1)[1].split("</g>", 1)[0]
-    assert re.findall(r'seg-(\w+)" data-count="(\d+)"', usage) == [("done", "3"), ("failed", "1"), ("waiting", "2")]
+    assert re.findall(r'seg-(\w+)" data-count="(\d+)"', usage) == [("done", "3"), ("failed", "1"), ("waiting", "1")]
 
     # control versus treated, and the split's paths, with their intervals
     control = next(c for c in expected.comparisons if c.name == "control")

@@ -80,6 +80,8 @@ def _when(value: datetime | str | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
+    if seconds < 60:
+        return "< 1 min"
     minutes = int(round(seconds / 60))
     if minutes < 60:
         return f"{minutes} min"
@@ -325,11 +327,17 @@ def playbook_page(playbook_id: str, request: Request) -> Response:
             return _error(request, session, 422, "Invalid request", f"version: {err}")
         live, live_total = _run_rows(s, playbook_id, f, "running")
         failed, failed_total = _run_rows(s, playbook_id, f, "failed")
-    steps, ended = ops_chart.funnel_rows(f)
+    # steps without an id are counted by their path (steps.1): say what they are, from the library's version
+    unnamed = {}
+    if playbook is not None and f.version in (None, playbook.version):
+        unnamed = {step.path: (step.kind, step.name or "") for step in playbook.walk() if not step.id}
+    kinds = {path: f"{kind}, no id" for path, (kind, _) in unnamed.items()}
+    steps, ended = ops_chart.funnel_rows(f, kinds)
     context = {
         "session": session, "playbook": playbook, "playbook_id": playbook_id, "f": f, "filters": filters,
         "trigger": _trigger(playbook) if playbook else "", "steps": steps, "ended": ended,
-        "chart": ops_chart.funnel_chart(f),
+        "chart": ops_chart.funnel_chart(f, kinds=kinds),
+        "unnamed": unnamed,
         "comparisons": [(c, ops_chart.interval_chart(c, f"interval-{i}")) for i, c in enumerate(f.comparisons)],
         "difference_words": ops_chart.difference_words, "live": live, "live_total": live_total,
         "failed": failed, "failed_total": failed_total, "limit": LIST_LIMIT, "stop_exit": STOP_EXIT,
