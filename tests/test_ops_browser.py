@@ -104,7 +104,8 @@ def test_ops_see_the_library_a_funnel_and_a_runs_timeline_in_the_browser(tmp_pat
             expect(entered_bar).to_have_attribute("data-count", "5")
             goal = chart.locator('[data-label="goal: subscription.activated"] .seg-goal')
             expect(goal).to_have_attribute("data-count", "1")
-            expect(chart.locator('[data-label="exit: account.cancelled"] .seg-exit')).to_have_attribute("data-count", "1")
+            cancelled = chart.locator('[data-label="exit: account.cancelled"] .seg-exit')
+            expect(cancelled).to_have_attribute("data-count", "1")
             csm_step = next(s for s in funnel["steps"] if s["step_id"] == "csm")
             expect(page.locator('#funnel-table tr[data-step="csm"] td')).to_have_text(
                 [str(csm_step["done"]), str(csm_step["skipped"]), str(csm_step["failed"]), str(csm_step["waiting"])]
