@@ -146,6 +146,12 @@ def test_cancel_and_reenroll_a_version(dev_server: DevServer, tmp_path: Path, mo
                 assert code == 2 and says in out, (args, code, out)
             code, out = await cli("--version", "abcd", playbook="nope")
             assert code == 2 and "no playbook 'nope'" in out, out
+            # a current version that enrolls differently: re-enrolling under the old ids is refused before any cancel
+            current = (library / "bulk-demo.yaml").read_text()
+            (library / "bulk-demo.yaml").write_text(current + "enrollment: { reenroll: after_exit }\n")
+            code, out = await cli("--version", v1.version[:6], "--reenroll", "--yes")
+            assert code == 2 and "the enrollment of bulk-demo changed" in out, out
+            (library / "bulk-demo.yaml").write_text(current)
 
             # --dry-run, and a confirmation answered no: nothing changes
             code, out = await cli("--version", v1.version[:6], "--reenroll", "--dry-run")
