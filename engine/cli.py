@@ -685,9 +685,17 @@ def diff(
         bool, typer.Option("--scenarios", help="Run the library's scenarios of the playbook on both versions.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the diff as JSON (docs/diff.md).")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live", help="Replay every live run of the playbook (PLAYBOOK_TEMPORAL_* settings) on both versions."
+        ),
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", help="With --live: at most this many runs (newest first).")] = 500,
 ) -> None:
     """What a change to a playbook changes: steps, timing, audience, content, approvals, settings; with
-    --scenarios, what its scenarios do differently. Exits 0: same behaviour, 1: behaviour changes, 2: errors."""
+    --scenarios, what its scenarios do differently; with --live, what its live runs would do differently.
+    Exits 0: same behaviour, 1: behaviour changes, 2: errors."""
     import json
 
     from .language.diff import diff_playbooks
@@ -695,6 +703,9 @@ def diff(
     err = Console(stderr=True)
     if (new is None) == (rev is None):
         err.print("give two playbook files (OLD NEW), or one and --rev REV", markup=False)
+        raise typer.Exit(2)
+    if limit < 1:
+        err.print("--limit must be at least 1", markup=False)
         raise typer.Exit(2)
     missing = [p for p in (old, new) if p is not None and not p.is_file()]
     if missing:
@@ -710,17 +721,29 @@ def diff(
     assert before.playbook is not None and after.playbook is not None
     changes = diff_playbooks(before.playbook, after.playbook)
     scenario_diffs = None
-    if scenarios:
+    if scenarios or live:
         import logging
 
         from .runtime.logs import configure
-        from .testing.diff_scenarios import diff_scenarios, scenarios_of
 
         configure(json_output=False, level=logging.WARNING)  # on stderr, and only what goes wrong: stdout is the diff
+    if scenarios:
+        from .testing.diff_scenarios import diff_scenarios, scenarios_of
 
         found = scenarios_of(new_file, after.playbook.id)
         scenario_diffs = asyncio.run(diff_scenarios(found, before.playbook, after.playbook, new_file.resolve().parent))
-    behaviour = changes.behaviour_changed or any(d.differs for d in scenario_diffs or [])
+    live_diff = None
+    if live:
+        try:
+            live_diff = asyncio.run(_diff_live(before.playbook, after.playbook, new_file, limit))
+        except _DiffError as error:
+            err.print(f"playbook diff --live: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    behaviour = (
+        changes.behaviour_changed
+        or any(d.differs for d in scenario_diffs or [])
+        or (live_diff is not None and live_diff.changed)
+    )
     sides = [
         {"file": r.file, "id": r.playbook.id, "version": r.playbook.version} for r in (before, after) if r.playbook
     ]
@@ -734,13 +757,41 @@ def diff(
             "changes": [c.as_json() for c in changes.changes],
             "scenarios": None if scenario_diffs is None else [d.as_json() for d in scenario_diffs],
         }
+        if live_diff is not None:  # only with --live: the shape without it is as it was
+            document["live"] = live_diff.as_json()
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
-        _print_diff(sides, changes, scenario_diffs)
+        _print_diff(sides, changes, scenario_diffs, live_diff)
     raise typer.Exit(1 if behaviour else 0)
 
 
-def _print_diff(sides, changes, scenario_diffs) -> None:  # type: ignore[no-untyped-def]
+async def _diff_live(old: Playbook, new: Playbook, new_file: Path, limit: int):  # type: ignore[no-untyped-def]
+    """The live runs of OLD's playbook on the cluster of the settings, replayed on both versions (LiveDiff)."""
+    from .language.library import find_library_root
+    from .runtime.connect import connect
+    from .runtime.settings import SettingsError, load_settings
+    from .testing.diff_live import LiveError, diff_live
+
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        raise _DiffError(str(error)) from None
+    try:
+        client = await connect(settings)
+    except SettingsError as error:
+        raise _DiffError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - refused, a name that does not resolve, TLS, ...
+        raise _DiffError(
+            f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace}; "
+            f"PLAYBOOK_TEMPORAL_ADDRESS): {error}"
+        ) from None
+    try:
+        return await diff_live(client, old, new, limit=limit, library=find_library_root(new_file.resolve()))
+    except LiveError as error:
+        raise _DiffError(str(error)) from None
+
+
+def _print_diff(sides, changes, scenario_diffs, live_diff=None) -> None:  # type: ignore[no-untyped-def]
     console = _console()
     old, new = sides
     console.print(
@@ -772,13 +823,68 @@ def _print_diff(sides, changes, scenario_diffs) -> None:  # type: ignore[no-unty
             console.print(f"  expectation missed on the new version: {failure}", markup=False, highlight=False)
     if scenario_diffs == []:
         console.print("no scenario of this playbook in its library", markup=False)
+    if live_diff is not None:
+        _print_live(console, live_diff)
     differs = sum(d.differs for d in scenario_diffs or [])
     kinds = ", ".join(changes.by_kind()) or "none"
     scenario_note = f"; {differs} of {len(scenario_diffs or [])} scenario(s) behave differently" if differs else ""
-    if changes.behaviour_changed or differs:
+    live_changed = sum(r.changed for r in live_diff.runs) if live_diff is not None else 0
+    if live_changed:
+        scenario_note += f"; {live_changed} of {len(live_diff.runs)} live run(s) would behave differently"
+    if changes.behaviour_changed or differs or live_changed:
         console.print(f"behaviour changes ({changes.summary}; kinds: {kinds}{scenario_note})", markup=False)
     else:
         console.print(f"behaviour unchanged ({changes.summary})", markup=False)
+
+
+def _print_live(console: Console, live) -> None:  # type: ignore[no-untyped-def]
+    """The live runs: one row each, then what differs for each run that would behave differently."""
+    from datetime import timedelta
+
+    from .testing.scenarios import offset_text
+
+    if live.more:
+        console.print(
+            f"live runs of {live.playbook_id}: {live.total}; the {live.replayed} most recently started replayed "
+            f"(--limit {live.limit}); the others are not shown",
+            markup=False,
+        )
+    else:
+        console.print(f"live runs of {live.playbook_id}: {live.total}", markup=False)
+    if not live.runs:
+        return
+    table = Table(title="Live runs replayed on both versions", title_justify="left")
+    for column in ("run", "account", "version", "age", "now (old version)", "verdict"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("version", "age"))
+    for r in live.runs:
+        version = r.version[:8] + (" (third)" if r.third_version else "")
+        now = r.old.where() if r.old is not None else ""
+        table.add_row(r.workflow_id, r.account_id, version, offset_text(timedelta(seconds=int(r.age))), now, r.verdict)
+    console.print(table)
+    for r in live.runs:
+        if r.problem:
+            console.print(f"run {r.workflow_id}: not replayed: {r.problem}", markup=False, highlight=False)
+            continue
+        if r.third_version:
+            console.print(
+                f"run {r.workflow_id}: on version {r.version[:8]}, neither side's: compared from its own version",
+                markup=False,
+            )
+        if r.changed:
+            console.print(f"run {r.workflow_id}: {r.verdict}", markup=False)
+            details = Table(show_header=False)
+            details.add_column("difference (old → new)", overflow="fold")
+            for kind in r.kinds:
+                for line in r.details[kind]:
+                    details.add_row(line)
+            console.print(details)
+        if r.unfaithful:
+            console.print(
+                f"  note: the replay of its own version does not do what run {r.workflow_id} did "
+                f"({'; '.join(r.unfaithful)}): its providers' answers were simulated",
+                markup=False,
+                highlight=False,
+            )
 
 
 # ------------------------------------------------------------------------------ consent and suppressions

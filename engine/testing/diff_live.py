@@ -110,6 +110,10 @@ class LiveRun:
     problem: str | None = None  # why it cannot be replayed
 
 
+class LiveError(Exception):
+    """The live runs cannot be listed (one line; the command exits 2)."""
+
+
 class HistoryProblem(Exception):
     """A history this module cannot replay from (one line)."""
 
@@ -636,8 +640,11 @@ async def diff_live(
 ) -> LiveDiff:
     """Every live run of OLD's playbook, read from ``client``'s cluster and replayed on both versions."""
     query = f"WorkflowType = '{WORKFLOW_NAME}' AND PlaybookId = '{old.id}' AND ExecutionStatus = 'Running'"
-    total = (await client.count_workflows(query)).count
-    listed = [(wf.id, wf.run_id) async for wf in client.list_workflows(query, limit=limit)]
+    try:
+        total = (await client.count_workflows(query)).count
+        listed = [(wf.id, wf.run_id) async for wf in client.list_workflows(query, limit=limit)]
+    except Exception as err:  # noqa: BLE001 - a cluster without the PlaybookId search attribute, no permission, ...
+        raise LiveError(f"cannot list the live runs of {old.id}: {err}") from None
     now = datetime.now(UTC)
     gate = asyncio.Semaphore(READ_CONCURRENCY)
 
