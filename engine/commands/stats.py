@@ -99,11 +99,16 @@ def stats(
     if json_output:
         print(json.dumps(dataclasses.asdict(result), default=_as_json, indent=2))
         return
-    show(result, Console())
+    unnamed: dict[str, str] = {}
+    if playbook is not None and result.version in (None, playbook.version):
+        unnamed = {step.path: step.kind for step in playbook.walk() if not step.id}
+    show(result, Console(), unnamed)
 
 
-def show(f: Funnel, console: Console) -> None:
-    """The funnel as rich tables: summary, steps, goals, comparisons."""
+def show(f: Funnel, console: Console, unnamed: dict[str, str] | None = None) -> None:
+    """The funnel as rich tables: summary, steps, goals, comparisons. ``unnamed``: the kind of each step without
+    id by its path (a live run waiting in one is counted by the path)."""
+    unnamed = unnamed or {}
     which = f"version {f.version}" if f.version else f"all versions ({len(f.versions)})"
     when = f", runs started since {f.since.isoformat()}" if f.since else ""
     console.print(f"[bold]{f.playbook_id}[/bold]: {which}{when}", highlight=False)
@@ -127,7 +132,7 @@ def show(f: Funnel, console: Console) -> None:
     for step in f.steps:
         steps.add_row(
             "  " * step.depth + step.step_id,
-            step.kind or "(not in this version)",
+            step.kind or (f"{unnamed[step.step_id]}, no id" if step.step_id in unnamed else "(not in this version)"),
             *(str(n) for n in (step.done, step.skipped, step.failed, step.not_run, step.waiting)),
         )
     console.print(steps if f.steps else "No steps: no run reported one yet.")

@@ -261,9 +261,10 @@ def funnel(
     """The funnel of a playbook's runs (one version's, or all), those started at or after ``since``.
 
     ``steps``: the playbook's steps in order (steps_of), listed even when no run reached them; steps seen only in
-    the runs follow, by id. ``goals``: the playbook's goal events (goals_of), listed with zeros. ``control``: the
-    playbook holds out a share (settings.control > 0), so the control comparison is given even before a held-out
-    run. ``known_versions``: versions that exist without runs yet (the library's), accepted by ``version``."""
+    the runs follow, by id or path (a live run waiting in a step without id is counted by the step's path).
+    ``goals``: the playbook's goal events (goals_of), listed with zeros. ``control``: the playbook holds out a share
+    (settings.control > 0), so the control comparison is given even before a held-out run. ``known_versions``:
+    versions that exist without runs yet (the library's), accepted by ``version``."""
     full = resolve_version(s, playbook_id, version, known_versions) if version is not None else None
     versions = versions_of(s, playbook_id)
     versions += [v for v in known_versions if v not in versions]
@@ -314,7 +315,7 @@ def funnel(
     waiting = _waiting(s, where)
 
     listed = {info.step_id for info in steps}
-    extra = sorted((set(finished) | set(waiting)) - listed)
+    extra = sorted((set(finished) | set(waiting)) - listed, key=_natural)
     infos = list(steps) + [StepInfo(step_id, "", 0) for step_id in extra]
     step_funnels = [
         StepFunnel(
@@ -412,6 +413,12 @@ def playbook_funnel(
         control=library is not None and library.settings.control > 0,
         known_versions=known,
     )
+
+
+def _natural(label: str) -> tuple[tuple[int, int, str], ...]:
+    """A step id or path in reading order: steps.2 before steps.10 (a live run in a step without id is counted by
+    the step's path)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in label.split("."))
 
 
 def _json_elements(s: Session, column: Any, *, keyed: bool) -> Any:
