@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 from temporalio import activity
 
-from engine.storage import enrolled, governance
+from engine.storage import enrolled, governance, progress
 from engine.storage import models as t
 from engine.storage.db import in_chunks, session
 
@@ -56,6 +56,7 @@ from .types import (
     EmailRequest,
     EmailResult,
     LeftOut,
+    ProgressReport,
     RunRef,
 )
 
@@ -166,6 +167,7 @@ class PlaybookActivities:
             self.close_call_task,
             self.create_approval,
             self.close_approval,
+            self.record_progress,
         ]
 
     def _notify(self, kind: str, record: dict[str, Any]) -> None:
@@ -178,9 +180,12 @@ class PlaybookActivities:
     @logged
     def load_account(self, req: AccountRequest) -> AccountSnapshot:
         if req.ref is not None:
+            at = _moment(req.at) if req.at else datetime.now(UTC)
             with session(self.db_url) as s:
-                enrolled.register(s, [(req.ref.workflow_id, req.ref.account_id, req.ref.playbook_id)],
-                                  _moment(req.at) if req.at else datetime.now(UTC))
+                enrolled.register(s, [(req.ref.workflow_id, req.ref.account_id, req.ref.playbook_id)], at)
+                if req.run_key is not None:  # the funnel counts the run as entered from now on
+                    progress.register(s, req.run_key, req.ref.workflow_id, req.ref.playbook_id, req.ref.version,
+                                      req.ref.account_id, at)
         try:
             return self.crm.get_account(req.account_id)
         except NotFoundError:
@@ -548,3 +553,16 @@ class PlaybookActivities:
                 row.edits = req.edits
                 row.decided_at = _when(req.at)
         return Done()
+
+    # the funnel's projection ---------------------------------------------------------------------
+
+    @activity.defn(name="record_progress", no_thread_cancel_exception=True)
+    @logged
+    def record_progress(self, req: ProgressReport) -> Done:
+        """The run's progress into the funnel's projection (a local activity of the run): applied whole, or not at
+        all when the row has a newer report already (engine/storage/progress.py)."""
+        with session(self.db_url) as s:
+            applied = progress.apply(s, req)
+        if not applied:
+            log.info("progress report superseded", seq=req.seq)
+        return Done(ok=applied)

@@ -29,6 +29,36 @@ class AccountRequest:
     # set by a run's first activity: the run is recorded under its workflow id, so events reach it by id
     ref: RunRef | None = None
     at: str | None = None
+    # set by the first activity of runs that report their progress: their row in run_progress is registered
+    run_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """A run's progress for the funnel's projection (engine/storage/progress.py): its whole row, and the statuses
+    of the steps that changed since its last report written. ``seq`` numbers the chain's reports: a report older
+    than the row's changes nothing. No personal data: ids, step ids, statuses and event types only."""
+
+    run_key: str  # the run id of the chain's first run
+    workflow_id: str
+    playbook_id: str
+    version: str
+    account_id: str
+    at: str  # the run's clock (ISO): updated_at, ended_at when the run has ended, the steps' `at`
+    seq: int
+    status: str = "running"  # running | completed | exited | goal | failed | cancelled
+    control: bool = False
+    paths: dict[str, str] = field(default_factory=dict)  # split step id -> the path taken
+    reason: str = ""  # failed: why
+    exit_event: str | None = None  # exited / goal: the event type that ended the run
+    current: list[str] = field(default_factory=list)  # the steps the run is in now (ids, or paths)
+    started_at: str | None = None  # when the chain's first run started (used when the row is new)
+    steps: dict[str, str] = field(default_factory=dict)  # step id -> done | skipped | failed | not_run
+
+    @property
+    def ref(self) -> RunRef:
+        """The run, as the activities' log lines name it."""
+        return RunRef(self.workflow_id, self.playbook_id, self.account_id, None, self.version)
 
 
 @dataclass(frozen=True)

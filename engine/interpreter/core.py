@@ -57,6 +57,11 @@ TIMELINE_LIMIT = 2000
 # one activity and one timer per item, every event forwarded to children); runs started since get slots per
 # effect, batched email sends, shared timers, and large for_each slices run side by side (docs/playbook-language.md).
 FANOUT_PATCH = "for-each-slots-batches"
+# Runs started since this patch keep their row of the funnel's projection (engine/storage/progress.py): registered by
+# load_account, reported by the record_progress local activity before the run blocks in a wait and when it ends
+# (engine/interpreter/workflow.py, PlaybookRun.report_progress). Runs started before it report nothing; a chain of
+# theirs that continues as new on this code reports from its next run on, everything at its first report.
+PROGRESS_PATCH = "run-progress"
 # The step kinds a run of the control group (settings.control) skips with the reason "control": every effect on
 # the world. Waits, wait_for, set, switch, split, for_each and stop run as in a treated run, and goals still count.
 CONTROL_SKIPPED = frozenset({"email", "call_task", "crm", "assign", "approval", "run_playbook"})
@@ -247,6 +252,9 @@ class InterpreterCore:
         self.today_text = ""
         self.control = False  # held out (settings.control): every effect is skipped, see CONTROL_SKIPPED
         self.enrollment_key: str | None = None  # rendered once the account is loaded, when a split or control needs it
+        self.paths: dict[str, str] = {}  # split step id (or path) -> the path the run took (not per for_each item)
+        self.reporting = False  # PROGRESS_PATCH: the run keeps its row of the funnel's projection (PlaybookRun)
+        self.blocked = 0  # while reporting: the steps blocked now in a wait (time, an event, a person, children)
 
     def use_fanout(self) -> None:
         """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
@@ -482,6 +490,23 @@ class InterpreterCore:
             or info.get_current_history_size() > HISTORY_BYTES_BUDGET
         )
 
+    def about_to_wait(self) -> None:
+        """A step of a reporting run is about to block (``blocked`` counts it already): PlaybookRun reports its
+        progress here. A for_each slice never reports (its parent's row covers the run)."""
+
+    def block(self) -> bool:
+        """The run blocks on its child workflows (a for_each's slices, a run_playbook it waits for): counted and
+        reported as a wait is. True when counted: the caller calls unblock() when it is over."""
+        if not self.reporting:
+            return False
+        self.blocked += 1
+        self.about_to_wait()
+        return True
+
+    def unblock(self, counted: bool) -> None:
+        if counted:
+            self.blocked -= 1
+
     async def wait_until(
         self, step: m.Step, done: Callable[[], bool], moment: datetime | None, *, may_roll: bool = True
     ) -> bool:
@@ -496,16 +521,25 @@ class InterpreterCore:
             return done() or self.stopping() or (roll and self.history_is_long())
 
         timeout = None if moment is None else max((moment - self.now()).total_seconds(), 0.0)
-        if self.fanout and moment is not None and timeout:
-            if not await self.wait_with_alarm(ready, moment, timeout):
-                self.stop_if_exiting()
-                return done()  # as below: an answer taken in the same activation as the alarm still counts
-        else:
-            try:
-                await workflow.wait_condition(ready, timeout=timeout)
-            except TimeoutError:
-                self.stop_if_exiting()
-                return done()  # an answer taken in the same activation as the timeout still counts
+        # reported when the step will block: not when the moment has come or the wait is over before it begins
+        blocks = self.reporting and timeout != 0 and not ready()
+        if blocks:
+            self.blocked += 1
+            self.about_to_wait()
+        try:
+            if self.fanout and moment is not None and timeout:
+                if not await self.wait_with_alarm(ready, moment, timeout):
+                    self.stop_if_exiting()
+                    return done()  # as below: an answer taken in the same activation as the alarm still counts
+            else:
+                try:
+                    await workflow.wait_condition(ready, timeout=timeout)
+                except TimeoutError:
+                    self.stop_if_exiting()
+                    return done()  # an answer taken in the same activation as the timeout still counts
+        finally:
+            if blocks:
+                self.blocked -= 1
         self.stop_if_exiting()
         if done():
             return True

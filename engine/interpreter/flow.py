@@ -76,6 +76,8 @@ class FlowSteps(InterpreterCore):
             key = self.enrollment_key if self.enrollment_key is not None else self.account_id
         index = split_index(self.playbook.id, step.id or step.path, key, [p.weight for p in step.paths])
         chosen = step.paths[index]
+        if not scope.key_suffix:  # the run's path (a for_each item's own draw is not the run's)
+            self.paths[step.id or step.path] = chosen.name
         for i, other in enumerate(step.paths):
             if i != index:
                 self.mark_not_run(other.steps, scope)
@@ -229,6 +231,7 @@ class FlowSteps(InterpreterCore):
                 stop = StopRun(result.stopped, result.reason)
 
         tasks: list[asyncio.Task[None]] = []
+        counted = self.block()  # the run waits for its slices
         try:
             for start, part in slices:
                 await workflow.wait_condition(
@@ -246,6 +249,7 @@ class FlowSteps(InterpreterCore):
                 lambda: stop is not None or problem is not None or all(t.done() for t in tasks)
             )
         finally:
+            self.unblock(counted)
             # An exit (this step cancelled), a stop or a failed slice: the slices still running are cancelled
             # and waited for, so their open approvals and call tasks are closed before the run ends.
             unfinished = [t for t in tasks if not t.done()]
@@ -351,6 +355,7 @@ class FlowSteps(InterpreterCore):
                 return {"run_id": enrolled_id, "outcome": "already_running"}
             return {"run_id": enrolled_id, "outcome": None}
         # The child records itself under its id in its first activity, so events reach it by id as they reach this run.
+        counted = self.block()  # the run waits for the child's end
         try:
             result: RunResult = await workflow.execute_child_workflow(
                 WORKFLOW_NAME, child_input, id=child_id, result_type=RunResult
@@ -360,6 +365,8 @@ class FlowSteps(InterpreterCore):
             if cancelled(err):
                 raise asyncio.CancelledError() from None  # this run is exiting: its child was cancelled with it
             return {"run_id": child_id, "outcome": "failed", "error": str(err.cause or err)}
+        finally:
+            self.unblock(counted)
 
     async def step_stop(self, step: m.StopStep, scope: Scope) -> dict[str, Any]:
         reason = self.render(step.reason, scope) if step.reason else None

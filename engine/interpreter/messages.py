@@ -31,6 +31,17 @@ def event_context(e: Event) -> dict[str, Any]:
 
 
 @dataclass
+class Reported:
+    """What a run has written of itself to the funnel's projection (engine/storage/progress.py), so that it reports
+    only what changed; carried through continue-as-new."""
+
+    steps: dict[str, str] = field(default_factory=dict)  # step id -> status
+    current: list[str] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+    control: bool = False
+
+
+@dataclass
 class Carried:
     """What a run hands to its next run in the chain when its history gets long (continue-as-new): where it
     is (the top-level step to run, started again if it was waiting), and what later steps can still use."""
@@ -55,6 +66,13 @@ class Carried:
     started_at: str | None = None  # when the chain's first run started (`run.started_at`)
     control: bool = False  # held out of every effect (settings.control)
     enrollment_key: str | None = None  # as rendered when the chain's first run started (split, control)
+    paths: dict[str, str] = field(default_factory=dict)  # split step id -> the path the chain took
+    # The funnel's projection (PROGRESS_PATCH): the chain's row, its reports so far (the next is numbered higher:
+    # one cut short by continue-as-new may still land) and what they wrote. None: the chain began before runs
+    # reported, or it has written nothing the next run can rely on (its first report then writes everything).
+    run_key: str | None = None
+    report_seq: int = 0
+    reported: Reported | None = None
 
 
 @dataclass

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -39,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ForEachChunkInput,
         ForEachChunkResult,
         Outcome,
+        Reported,
         RunInput,
         RunResult,
         RunState,
@@ -53,6 +56,7 @@ from engine.interpreter.core import (
     ACTIVITY_TIMEOUT,
     DEFAULT_RETRY,
     HEARTBEAT_TIMEOUT,
+    PROGRESS_PATCH,
     Rollover,
     Runner,
     Scope,
@@ -127,6 +131,19 @@ class Interpreter(EffectSteps, FlowSteps):
         self.open_asks.clear()
 
 
+# A progress report that cannot be written (the database is down) is retried for this long, then given up with a
+# warning in the worker's log: the run goes on, and ends, whatever becomes of its reports. A report given up while
+# the run waits loses nothing: what it carried goes with the run's next report (the diff is taken against the last
+# report written). The report of the run's end has no next one: given up, the row stays as the last report written
+# left it (running) for good. So the bound is not short: it rides out an outage as long as the run's own effects
+# would (DEFAULT_RETRY: ten attempts, about 40 minutes), and the run's end waits for it meanwhile. Retries after
+# the first minute wait on workflow timers (a few events each): an outage of that length costs a few dozen events.
+PROGRESS_GIVE_UP = timedelta(minutes=40)
+PROGRESS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5)
+)
+
+
 class ContinueAt(Exception):
     """The run goes on in a new run of its chain from this top-level step."""
 
@@ -151,6 +168,11 @@ class PlaybookRun(Interpreter):
         self.continued = 0
         self.scope = Scope(steps={}, vars={})
         self.vars = self.scope.vars  # exit_when rules see the run's vars
+        # the funnel's projection (PROGRESS_PATCH, see use_progress)
+        self.run_key = ""
+        self.report_seq = 0  # the reports numbered so far in the chain
+        self.reported: Reported | None = None  # what they wrote; None: nothing known (the next writes everything)
+        self.reporter: asyncio.Task[None] | None = None  # reporting while the run waits
         if run.carried is not None:
             # here, not in run(): an event in this run's first workflow task is judged with the carried state
             self.restore(run.carried, self.scope)
@@ -158,15 +180,25 @@ class PlaybookRun(Interpreter):
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
         self.use_fanout()
+        self.use_progress(run)
+        try:
+            return await self.play(run)
+        except asyncio.CancelledError:
+            # The run itself was cancelled (a cancel request): its row says so (a local activity still runs after
+            # the cancel), and the run ends cancelled.
+            await self.report_end("cancelled", None)
+            raise
+
+    async def play(self, run: RunInput) -> RunResult:
         scope = self.scope
         carried = run.carried
         if carried is None:
             failure = await self.prepare(run, scope)
             if failure is not None:
-                return self.finish("failed", failure)
+                return await self.end("failed", failure)
             self.join_groups(run)
         if self.exit is not None:  # an exit event came before the first step: nothing is done
-            return self.finish(*self.exit_outcome())
+            return await self.end(*self.exit_outcome())
         start, since, resumed = (carried.next_step, carried.since, carried.step_started) if carried else (0, 0, None)
         self.main = asyncio.create_task(self.run_top(scope, start, since, resumed))
         try:
@@ -175,18 +207,19 @@ class PlaybookRun(Interpreter):
             if self.exit is None:
                 raise  # the run itself was cancelled
             await self.close_open_asks()
-            return self.finish(*self.exit_outcome())
+            return await self.end(*self.exit_outcome())
         except StopRun as stop:
             await self.close_open_asks()
-            return self.finish(stop.outcome, stop.reason)
+            return await self.end(stop.outcome, stop.reason)
         except StepFailed as err:
             # Failed in Temporal's eyes too (the Web UI shows it), with the run's record as the error's details.
-            result = self.finish("failed", err.message)
+            result = await self.end("failed", err.message)
             raise ApplicationError(err.message, result, type="StepFailed", non_retryable=True) from None
         except ContinueAt as at:
             if self.exit is not None:
-                return self.finish(*self.exit_outcome())
+                return await self.end(*self.exit_outcome())
             await workflow.wait_condition(workflow.all_handlers_finished)
+            await self.stop_reporting()  # what a report cut short carried goes with the next run's first
             info = workflow.info()
             detail = f"continues as a new run: history of {info.get_current_history_length()} events"
             self.add_entry(TimelineEntry(self.now().isoformat(), "", None, "run", "info", detail))
@@ -201,8 +234,8 @@ class PlaybookRun(Interpreter):
                 )
             )
         if self.exit is not None:  # an exit event came in during the last step
-            return self.finish(*self.exit_outcome())
-        return self.finish("completed", None)
+            return await self.end(*self.exit_outcome())
+        return await self.end("completed", None)
 
     async def prepare(self, run: RunInput, scope: Scope) -> str | None:
         """The run's first moments: its event, account, timezone and vars. A reason when it cannot start."""
@@ -213,6 +246,7 @@ class PlaybookRun(Interpreter):
                 run.account_id,
                 act.RunRef(workflow.info().workflow_id, playbook.id, run.account_id, None, playbook.version),
                 self.now().isoformat(),
+                self.run_key or None,  # load_account registers the run's row: entered from its first moment
             )
             # Since FANOUT_PATCH a local activity: a read (and the run's own record) in the worker that runs the
             # workflow, with no trip through the server's task queue: a third fewer history events and server CPU
@@ -321,6 +355,10 @@ class PlaybookRun(Interpreter):
             started_at=self.run_info()["started_at"],
             control=self.control,
             enrollment_key=self.enrollment_key,
+            paths=self.paths,
+            run_key=self.run_key or None,
+            report_seq=self.report_seq,
+            reported=self.reported,
         )
 
     def restore(self, c: Carried, scope: Scope) -> None:
@@ -337,6 +375,7 @@ class PlaybookRun(Interpreter):
         self.continued = c.continued
         self.started_at = c.started_at
         self.control, self.enrollment_key = c.control, c.enrollment_key
+        self.paths = dict(c.paths)
 
     def stopping(self) -> bool:
         return self.exit is not None
@@ -345,6 +384,12 @@ class PlaybookRun(Interpreter):
         assert self.exit is not None
         outcome, event = self.exit
         return outcome, f"exit on event {event.type}"
+
+    async def end(self, outcome: str, reason: str | None) -> RunResult:
+        """The run's end: its result, once its row of the funnel's projection says how it ended."""
+        result = self.finish(outcome, reason)
+        await self.report_end(outcome, reason)
+        return result
 
     def finish(self, outcome: str, reason: str | None) -> RunResult:
         self.status = outcome
@@ -356,6 +401,103 @@ class PlaybookRun(Interpreter):
             timeline=list(self.timeline),
             control=self.control,
         )
+
+    # ----------------------------------------------------------------- the funnel's projection
+
+    def use_progress(self, run: RunInput) -> None:
+        """Whether this run keeps its row of the funnel's projection (PROGRESS_PATCH); decided once, when the
+        workflow starts. The row's key is the run id of the chain's first run: continue-as-new keeps it."""
+        self.reporting = workflow.patched(PROGRESS_PATCH)
+        if not self.reporting:
+            return
+        carried = run.carried
+        if carried is None:
+            self.run_key = workflow.info().first_execution_run_id
+            self.reported = Reported()  # the row as load_account registers it: running, nowhere yet
+        else:
+            self.run_key = carried.run_key or workflow.info().first_execution_run_id
+            self.report_seq, self.reported = carried.report_seq, carried.reported
+
+    def about_to_wait(self) -> None:
+        """A step is about to block: the run reports, unless a report is in flight (it reports again once that one
+        is written, if the run still waits and has moved meanwhile)."""
+        if self.reporter is None or self.reporter.done():
+            self.reporter = asyncio.create_task(self.report_while_waiting())
+
+    async def report_while_waiting(self) -> None:
+        while self.blocked:
+            built = self.progress_report()
+            if built is None or not await self.send_report(*built):
+                return
+
+    async def report_end(self, outcome: str, reason: str | None) -> None:
+        """The run's last report: how it ended (a report in flight is cut short: this one carries what it did)."""
+        if not self.reporting:
+            return
+        await self.stop_reporting()
+        exit_event = self.exit[1].type if self.exit is not None and outcome in ("exited", "goal") else None
+        built = self.progress_report((outcome, (reason or "") if outcome == "failed" else "", exit_event))
+        if built is not None:
+            await self.send_report(*built)
+
+    async def stop_reporting(self) -> None:
+        task, self.reporter = self.reporter, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def progress_report(
+        self, end: tuple[str, str, str | None] | None = None
+    ) -> tuple[act.ProgressReport, Reported] | None:
+        """A report of the run's row and of the step statuses changed since the last report written, with what it
+        writes; None when nothing changed (a report of the run's ``end``, status, reason and exit event, is always
+        made)."""
+        known = self.reported
+        steps = {step_id: entry["status"] for step_id, entry in self.statuses.items()}
+        current = [] if end is not None else sorted(self.current)
+        now = Reported(steps, current, dict(self.paths), self.control)
+        changed = steps if known is None else {k: v for k, v in steps.items() if known.steps.get(k) != v}
+        if end is None and known is not None and not changed and (
+            (current, now.paths, now.control) == (known.current, known.paths, known.control)
+        ):
+            return None
+        status, reason, exit_event = end or ("running", "", None)
+        self.report_seq += 1
+        report = act.ProgressReport(
+            run_key=self.run_key,
+            workflow_id=self.ids()[0],
+            playbook_id=self.playbook.id,
+            version=self.playbook.version,
+            account_id=self.account_id,
+            at=self.now().isoformat(),
+            seq=self.report_seq,
+            status=status,
+            control=self.control,
+            paths=now.paths,
+            reason=reason[:500],
+            exit_event=exit_event,
+            current=current,
+            started_at=self.run_info()["started_at"],
+            steps=changed,
+        )
+        return report, now
+
+    async def send_report(self, report: act.ProgressReport, writes: Reported) -> bool:
+        """Records a report (a local activity, retried for PROGRESS_GIVE_UP at most); whether it was written. A
+        report that could not be written is logged and the run goes on: what it carried goes with the next."""
+        try:
+            await workflow.execute_local_activity(
+                "record_progress", report, result_type=act.Done, start_to_close_timeout=ACTIVITY_TIMEOUT,
+                schedule_to_close_timeout=PROGRESS_GIVE_UP, retry_policy=PROGRESS_RETRY,
+            )
+        except workflow.NondeterminismError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a local activity's failure comes as ActivityError or as its cause
+            cause = getattr(err, "cause", None) or err
+            workflow.logger.warning("progress report %d of run %s not recorded: %s", report.seq, self.run_key, cause)
+            return False
+        self.reported = writes
+        return True
 
     @workflow.signal(name=EVENT_SIGNAL)
     async def on_event(self, event: Event) -> None:
