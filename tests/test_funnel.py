@@ -3,7 +3,6 @@ against published values, GET /playbooks/{id}/funnel through the real app, and `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -636,9 +635,6 @@ async def _e2e(tmp_path: Path) -> None:  # noqa: C901 - one story, told in order
         assert (out["runs"], out["converted"]) == (len(runs), sum(r["status"] == "goal" for r in runs))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("engine.storage.progress") is None, reason="the runs do not keep the projection yet"
-)
 @pytest.mark.timeout(120)
 def test_real_runs_counted_one_by_one(tmp_path: Path) -> None:
     """A mix of real runs on the time-skipping server with the real activities and SQLite (finished, waiting,
