@@ -136,6 +136,20 @@ def test_ops_see_the_library_a_funnel_and_a_runs_timeline_in_the_browser(tmp_pat
             expect(page.locator("#timeline .entry-waiting").last).to_contain_text("until")
             expect(page.locator("main")).not_to_contain_text("@")
 
+            # the filters: the library's version has every run; none started after tomorrow (empty bars, no error)
+            page.get_by_role("link", name=PLAYBOOK).click()
+            library_version = page.locator("#version option", has_text="(library)").get_attribute("value") or ""
+            page.get_by_label("Version", exact=True).select_option(value=library_version)
+            page.get_by_role("button", name="Show").click()
+            expect(page).to_have_url(re.compile(rf"\?version={library_version}&since=$"))
+            expect(page.locator('[data-total="entered"]')).to_have_text("5")
+            tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+            page.get_by_label("Started since (UTC)", exact=True).fill(tomorrow)
+            page.get_by_role("button", name="Show").click()
+            expect(page.locator('[data-total="entered"]')).to_have_text("0")
+            expect(page.get_by_role("img", name=f"Funnel of {PLAYBOOK}")).to_contain_text("No runs have entered yet")
+            expect(page.get_by_text("No live runs.")).to_be_visible()
+
             page.get_by_role("button", name="Sign out").click()
             expect(page.get_by_role("status")).to_have_text("Signed out.")
         finally:

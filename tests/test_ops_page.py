@@ -58,6 +58,7 @@ def add_run(
     day: int = 0,
     hours_to_end: float | None = None,
     workflow_id: str | None = None,
+    playbook: str = PLAYBOOK,
 ) -> None:
     started = T0 + timedelta(days=day)
     ended = None if status == "running" else started + timedelta(hours=hours_to_end or 1)
@@ -65,8 +66,8 @@ def add_run(
         s.add(
             t.RunProgress(
                 run_key=key,
-                workflow_id=workflow_id or f"{PLAYBOOK}/{account}/{key}",
-                playbook_id=PLAYBOOK,
+                workflow_id=workflow_id or f"{playbook}/{account}/{key}",
+                playbook_id=playbook,
                 version=version,
                 account_id=account,
                 control=control,
@@ -146,6 +147,10 @@ def ops(tmp_path_factory):
     )
     add_run(db, "r7", version, "completed", account="acc-control", control=True, steps={"csm": "skipped"}, day=3)
     add_run(db, "r8", old, "completed", account="acc-old", steps={"csm": "done", EVIL: "done"}, day=-30)
+    # renewal: one account enrolled twice under the same workflow id (reenroll), the first run ended
+    again = {"workflow_id": "renewal/acc-again", "playbook": "renewal", "account": "acc-again"}
+    add_run(db, "r9", "17d994ae66a74ced", "completed", day=-10, **again)
+    add_run(db, "r10", "17d994ae66a74ced", "running", current=["notice"], **again)
     app = create_app(settings, client=object())  # type: ignore[arg-type] - no Temporal: a run's timeline says so
     return app, settings, version, old
 
@@ -314,9 +319,10 @@ def test_a_runs_page_without_a_worker_to_answer_says_so(ops):
 
     async def steps(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
         await sign_in(client, token)
-        return await client.get("/ops/runs/r6"), await client.get("/ops/runs/r4")
+        return await client.get("/ops/runs/r6"), await client.get("/ops/runs/r4"), await client.get("/ops/runs/r9")
 
-    failed, goal = call(app, steps)
+    failed, goal, earlier = call(app, steps)
+    assert "This workflow id was enrolled again later" in earlier.text  # Temporal would answer for r10
     assert failed.status_code == 200 and goal.status_code == 200
     assert "The timeline could not be read from Temporal" in failed.text
     assert "&lt;script&gt;alert(" in failed.text and "<script>" not in failed.text and "anna.berg" not in failed.text
