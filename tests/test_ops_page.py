@@ -1,5 +1,6 @@
 """The ops page (/ops, docs/ops.md) in process: the real app (tests/asgi.serving) on a real SQLite database whose
-run_progress rows are written through the ORM, no Temporal (the run page says its timeline cannot be read).
+run_progress rows are written through the ORM, a small library of its own, no Temporal (the run page says its
+timeline cannot be read).
 test_ops_browser.py covers it in Chromium with real runs. The SVG drawing (api/ops_chart.py) is tested here too.
 """
 
@@ -24,7 +25,6 @@ from engine.storage import models as t
 from engine.storage.db import migrate, session
 from engine.storage.funnel import Comparison, Conversion, playbook_funnel
 from tests.asgi import serving
-from tests.paths import PLAYBOOKS
 
 PLAYBOOK = "trial-follow-up"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -87,13 +87,81 @@ def add_run(
             s.add(t.RunStepProgress(run_key=key, step_id=step_id, status=how, at=started + timedelta(minutes=5)))
 
 
+# A library of its own (the bundled one changes with the playbooks): the shape of trial-follow-up, effects in the CRM
+TRIAL = """\
+id: trial-follow-up
+title: Trial follow-up and conversion
+trigger:
+  event: account.signed_up
+exit_when:
+  - event: subscription.activated
+    goal: true
+  - event: account.cancelled
+settings:
+  control: 10%
+steps:
+  - id: csm
+    assign:
+      by: owner
+  - name: Wait until three days before the trial ends
+    wait: 3d
+  - id: usage
+    crm:
+      lookup: {}
+  - id: engagement
+    switch:
+      - when: account.active_days >= 7
+        steps:
+          - id: convert_nudge
+            crm:
+              tag: engaged
+      - else:
+          - id: setup_help
+            crm:
+              tag: dormant
+  - id: trial_ended
+    crm:
+      tag: trial-ended
+  - id: win_back_offer
+    split:
+      paths:
+        - name: discount
+          weight: 50
+          steps:
+            - id: win_back
+              crm:
+                tag: discount
+        - name: longer_trial
+          weight: 50
+          steps:
+            - id: win_back_trial
+              crm:
+                tag: longer-trial
+"""
+RENEWAL = """\
+id: renewal
+title: Annual renewal
+trigger:
+  event: account.renewal_due
+steps:
+  - id: notice
+    wait: 30d
+"""
+
+
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory):
     home: Path = tmp_path_factory.mktemp("ops")
-    settings = Settings(environment="dev", home=str(home), library=str(PLAYBOOKS))
+    library = home / "playbooks"
+    library.mkdir()
+    (library / f"{PLAYBOOK}.yaml").write_text(TRIAL)
+    (library / "renewal.yaml").write_text(RENEWAL)
+    settings = Settings(environment="dev", home=str(home), library=str(library))
     migrate(settings.db_url)
     db = settings.db_url
-    version = Library.load(str(PLAYBOOKS)).playbooks[PLAYBOOK].version
+    playbooks = Library.load(str(library)).playbooks
+    assert set(playbooks) == {PLAYBOOK, "renewal"}
+    version, renewal = playbooks[PLAYBOOK].version, playbooks["renewal"].version
     old = "0ld0" + "0" * 12
     done = {"csm": "done", "usage": "done", "engagement": "done"}
     # two live runs (one held out), one at the split; goals, an exit, a failure, a run of an older version
@@ -149,10 +217,10 @@ def ops(tmp_path_factory):
     add_run(db, "r8", old, "completed", account="acc-old", steps={"csm": "done", EVIL: "done"}, day=-30)
     # renewal: one account enrolled twice under the same workflow id (reenroll), the first run ended
     again = {"workflow_id": "renewal/acc-again", "playbook": "renewal", "account": "acc-again"}
-    add_run(db, "r9", "17d994ae66a74ced", "completed", day=-10, **again)
-    add_run(db, "r10", "17d994ae66a74ced", "running", current=["notice"], **again)
+    add_run(db, "r9", renewal, "completed", day=-10, **again)
+    add_run(db, "r10", renewal, "running", current=["notice"], **again)
     app = create_app(settings, client=object())  # type: ignore[arg-type] - no Temporal: a run's timeline says so
-    return app, settings, version, old
+    return app, settings, version, old, library
 
 
 def call(app, steps):  # type: ignore[no-untyped-def]
@@ -206,9 +274,9 @@ def _cells(page: str, table_id: str) -> dict[str, list[str]]:
 
 
 def test_the_library_and_a_playbooks_funnel_show_the_projections_numbers(ops):
-    app, settings, version, old = ops
+    app, settings, version, old, library_dir = ops
     token = create_token(settings.db_url, "Olga", "ops")
-    library = Library.load(str(PLAYBOOKS)).playbooks[PLAYBOOK]
+    library = Library.load(str(library_dir)).playbooks[PLAYBOOK]
 
     async def steps(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
         await sign_in(client, token)
@@ -277,7 +345,7 @@ def test_the_library_and_a_playbooks_funnel_show_the_projections_numbers(ops):
 
 
 def test_bad_requests_get_a_page_not_a_traceback(ops):
-    app, settings, version, _ = ops
+    app, settings, version, *_ = ops
     token = create_token(settings.db_url, "Olga", "ops")
 
     async def steps(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
@@ -319,9 +387,11 @@ def test_a_runs_page_without_a_worker_to_answer_says_so(ops):
 
     async def steps(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
         await sign_in(client, token)
-        return await client.get("/ops/runs/r6"), await client.get("/ops/runs/r4"), await client.get("/ops/runs/r9")
+        runs = ("r6", "r4", "r9", "r2")
+        return [await client.get(f"/ops/runs/{key}") for key in runs]
 
-    failed, goal, earlier = call(app, steps)
+    failed, goal, earlier, waiting = call(app, steps)
+    assert 'steps.1 <span class="kind">(wait)</span>' in waiting.text  # the current step, a wait without id
     assert "This workflow id was enrolled again later" in earlier.text  # Temporal would answer for r10
     assert failed.status_code == 200 and goal.status_code == 200
     assert "The timeline could not be read from Temporal" in failed.text

@@ -390,7 +390,10 @@ async def run_page(run_key: str, request: Request) -> Response:
     else:
         state, temporal_status, why = await _timeline(request, run.workflow_id)
     playbook = get_state(request).library.get(run.playbook_id)
+    unnamed: dict[str, str] = {}  # steps without an id are reported by path: their kind, from the same version
+    if playbook is not None and playbook.version == run.version:
+        unnamed = {step.path: step.kind for step in playbook.walk() if not step.id}
     return _page(request, "ops/run.html", {
         "session": session, "run": run, "steps": steps, "state": state, "temporal_status": temporal_status,
-        "why": why, "later": later, "in_library": playbook is not None,
+        "why": why, "later": later, "unnamed": unnamed,
     })
