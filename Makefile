@@ -38,9 +38,9 @@ test: $(STAMP) bytecode lint
 lint: $(STAMP)
 	@rc=0; $(BIN)/ruff check . || rc=1; $(BIN)/mypy || rc=1; exit $$rc
 
-# docs/inbox.png: the browser test's screenshot of the CSM inbox, taken again
+# docs/inbox.png and docs/ops.png: the browser tests' screenshots of the CSM inbox and the ops page, taken again
 docs-screenshot: $(STAMP)
-	PLAYBOOK_UPDATE_DOCS=1 $(BIN)/python -m pytest -q tests/test_inbox_browser.py
+	PLAYBOOK_UPDATE_DOCS=1 $(BIN)/python -m pytest -q tests/test_inbox_browser.py tests/test_ops_browser.py
 
 bench: $(STAMP) bytecode
 	$(BIN)/python bench/validate.py
