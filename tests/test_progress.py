@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.crm import BuiltinCrm, seed
 from activities.email import OutboxProvider
@@ -29,11 +30,12 @@ from activities.playbook_activities import PlaybookActivities
 from activities.types import Done, ProgressReport
 from engine.interpreter import core
 from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Carried, Event, RunInput, RunResult
+from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 from engine.language.groups import held_out
 from engine.language.model import Playbook
 from engine.language.validator import validate_playbook_text
 from engine.runtime.connect import quiet_runtime
-from engine.runtime.workers import build_worker
+from engine.runtime.workers import DATA_CONVERTER, build_worker, sandbox_runner
 from engine.storage import models as t
 from engine.storage import progress
 from engine.storage.db import migrate, session
@@ -176,6 +178,16 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def replays(*handles: WorkflowHandle[Any, Any]) -> None:
+    """The runs' histories, reports and all, replay on the same code (the reports are deterministic)."""
+    replayer = Replayer(
+        workflows=[PlaybookRun, PlaybookForEachChunk], workflow_runner=sandbox_runner(), data_converter=DATA_CONVERTER
+    )
+    for handle in handles:
+        result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+        assert result.replay_failure is None, result.replay_failure
+
+
 # ------------------------------------------------------------------ runs as they move
 
 
@@ -226,6 +238,7 @@ def test_a_waiting_run_is_where_it_waits_then_reaches_its_goal_or_exits(tmp_path
                 assert (row.status, row.exit_event, row.current, row.reason) == (status, event, [], "")
                 assert row.ended_at is not None and row.ended_at >= row.started_at
                 assert "pause" not in world.steps(key) and "nudge" not in world.steps(key)
+            await replays(goal, exits)
 
     run(scenario())
 
@@ -253,6 +266,7 @@ def test_a_failed_step_gives_the_reason_and_a_cancelled_run_says_so(tmp_path):
             row = world.row(key)
             assert row is not None
             assert (row.status, row.current, row.exit_event) == ("cancelled", [], None) and row.ended_at is not None
+            await replays(failing, waiting)
 
     run(scenario())
 
@@ -302,6 +316,8 @@ def test_a_run_continued_as_new_keeps_one_row_and_its_statuses(tmp_path, monkeyp
             rows = world.rows(handle.id)
             assert [r.run_key for r in rows] == [key]
             assert rows[0].status == "completed" and rows[0].seq >= 2
+            first = world.client.get_workflow_handle(handle.id, run_id=key)
+            await replays(first, handle)  # the run that continued as new, and the one that ended
             assert world.steps(key) == {
                 "welcome": "done", "never": "skipped", "route": "done", "pro_tag": "done", "other_tag": "not_run",
                 "pause": "done", "nudge": "done",
