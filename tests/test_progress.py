@@ -7,6 +7,7 @@ re-enrolled under the same workflow id; and a report that cannot be written does
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -435,8 +436,14 @@ def test_an_older_report_changes_nothing_and_a_missing_row_is_inserted(database)
     with session(db_url) as s:
         row = s.get(t.RunProgress, "r1")
         assert row is not None and (row.status, row.seq) == ("completed", 3)
-        assert row.ended_at is not None
         assert row.started_at.replace(tzinfo=UTC) == datetime(2026, 3, 1, 8, tzinfo=UTC)
+        assert row.ended_at is not None
         assert row.ended_at.replace(tzinfo=UTC) == datetime(2026, 3, 3, 8, tzinfo=UTC)  # stored in UTC
+    with session(db_url) as s:  # a run reset to an earlier point numbers its reports from there, on a later clock
+        later = dataclasses.replace(report(2, "running", {"c": "failed"}), at="2026-03-04T09:00:00+00:00")
+        assert progress.apply(s, later)
+    with session(db_url) as s:
+        row = s.get(t.RunProgress, "r1")
+        assert row is not None and (row.status, row.seq, row.ended_at) == ("running", 2, None)
         steps = {r.step_id: r.status for r in s.scalars(select(t.RunStepProgress))}
-        assert steps == {"a": "done", "b": "skipped", "c": "done"}
+        assert steps == {"a": "done", "b": "skipped", "c": "failed"}

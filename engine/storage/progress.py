@@ -2,11 +2,11 @@
 own row as it moves, through the ``record_progress`` local activity (activities/playbook_activities.py).
 
 A run's row is registered by its first activity (``load_account``: the run is "entered" from its first moment),
-then updated by numbered reports: before the run blocks in a wait when something changed since its last report,
-and once when it ends. A report carries the run's whole row and the statuses of the steps that changed since the
-report before it that was written, so a report is applied whole or not at all: one older than the row's (a retry
-of a report already applied, or one cut short that landed after its successor) changes nothing, and its steps
-are in the newer report too. The read side is engine/storage/funnel.py.
+then updated by reports: before the run blocks in a wait when something changed since its last report, and once
+when it ends. A report carries the run's whole row and the statuses of the steps that changed since the last
+report written, so a report is applied whole or not at all: one older than the row's (by the run's clock, then by
+its number: a retry of a report already applied, or one cut short that landed after its successor) changes
+nothing, and its steps are in the newer report too. The read side is engine/storage/funnel.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Executable, select, update
+from sqlalchemy import CursorResult, Executable, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -84,7 +84,11 @@ def apply(s: Session, report: Report) -> bool:
         "reason": report.reason[:500], "exit_event": report.exit_event, "current": list(report.current),
         "ended_at": None if report.status == "running" else at, "updated_at": at, "seq": report.seq,
     }
-    newer = update(_RUNS).where(_RUNS.c.run_key == report.run_key, _RUNS.c.seq < report.seq).values(**values)
+    # newer: by the run's clock, then by number (reports of one activation share the clock). The clock first, so
+    # a run reset to an earlier point (its chain's run_key, its numbering from that point) overrides what its
+    # reports from before the reset wrote.
+    later = or_(_RUNS.c.updated_at < at, and_(_RUNS.c.updated_at == at, _RUNS.c.seq < report.seq))
+    newer = update(_RUNS).where(_RUNS.c.run_key == report.run_key, later).values(**values)
     if _count(s, newer) == 0:
         started = _moment(report.started_at) if report.started_at else at
         row = {
