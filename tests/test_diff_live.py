@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from activities.crm import BuiltinCrm
 from activities.email import OutboxProvider
 from activities.playbook_activities import PlaybookActivities
+from activities.types import AccountSnapshot
 from engine.cli import app
 from engine.interpreter.messages import DECIDE_UPDATE, EVENT_SIGNAL, Decision, Event
 from engine.runtime.codec import codec, new_key, with_codec
@@ -29,6 +31,7 @@ from engine.runtime.connect import quiet_runtime
 from engine.runtime.devstack import DevServer
 from engine.runtime.runs import start_run
 from engine.runtime.workers import DATA_CONVERTER, build_worker
+from engine.testing.diff_live import Given, LiveRun, replay_runs
 from tests.durability_helpers import seed_accounts, write_playbook
 
 pytestmark = pytest.mark.timeout(120)
@@ -235,3 +238,42 @@ def test_runs_on_a_third_version_are_compared_from_their_own(live: Live, tmp_pat
     assert all(run["third_version"] for run in runs.values())
     assert runs["pause"]["kinds"] == ["emails", "now"]
     assert runs["setup"]["verdict"] == "unchanged"
+
+
+def test_a_run_days_old_is_replayed_from_its_own_start_to_its_age(tmp_path: Path) -> None:
+    """No dev server: a run as its history would give it, four and a half days old, the event on its first day. Its
+    replays start on its own date and the server's clock skips to its age: on the old version it has sent its check-in
+    (three days after the event) and ended; with a five-day wait it would still be waiting."""
+    old = write_playbook(tmp_path / "old", "live-demo", BASE)
+    new = write_playbook(tmp_path / "new", "live-demo", BASE.replace("wait: 3d", "wait: 5d"))
+    owner = {"id": "csm-1", "name": "Casey", "email": "casey@success.example", "languages": ["en"], "role": None}
+    run = LiveRun(
+        "live-demo/acc-09/0a1b2c3d", version=old.version, account_id="acc-09",
+        started_at=datetime(2026, 3, 2, 9, tzinfo=UTC), age=4.5 * 86400, playbook=old,
+        event=Event(type="account.signed_up", data={}, account_id="acc-09"),
+        snapshot=AccountSnapshot(
+            account={"id": "acc-09", "name": "Nine", "plan": "starter", "owner": owner, "tags": []},
+            contacts=[{"email": "ida@nine.example", "first_name": "Ida"}],
+        ),
+        given=[Given("event", 86400.5, {"type": "setup.done", "data": {}, "id": "evt-1", "occurred_at": None,
+                                        "account_id": "acc-09"})],
+    )
+    began = time.monotonic()
+    [diff] = asyncio.run(replay_runs([run], old, new, None))
+    assert time.monotonic() - began < 20
+    assert diff.old is not None and diff.new is not None
+    assert diff.old.status == "completed" and diff.old.choices == {"route": "case else", "setup": "event came"}
+    assert [(e["step"], int(e["at"] // 3600)) for e in diff.old.emails] == [("welcome", 0), ("check_in", 4 * 24)]
+    assert diff.new.status == "running" and diff.new.current[-1] == "pause"
+    assert diff.kinds == ["emails", "now"]
+    assert diff.details["emails"][0].startswith("email check_in: only on the old version (sent at +4d to 1 recipient")
+
+
+def test_runs_already_on_the_new_version_are_not_replayed(live: Live, tmp_path: Path) -> None:
+    old = tmp_path / "old" / "live-demo.yaml"
+    old.parent.mkdir()
+    old.write_text(BASE.replace("timeout: 5d", "timeout: 6d"))
+    code, out, err = diff(Live(live.address, live.keys, old, live.runs), tmp_path, BASE, "--json")
+    assert code == 1, out + err  # the static diff: a timing change
+    document = json.loads(out)["live"]
+    assert document["changed"] == 0 and document["verdicts"] == {"on the new version already": 4}

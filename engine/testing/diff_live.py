@@ -456,6 +456,7 @@ class RunDiff:
     started_at: datetime | None
     age: float
     third_version: bool = False  # pinned to neither OLD nor NEW: compared from its own version
+    on_new: bool = False  # pinned to NEW already (not replayed)
     events: int = 0
     answers: int = 0
     problem: str | None = None  # not replayed: why
@@ -474,6 +475,8 @@ class RunDiff:
     def verdict(self) -> str:
         if self.problem:
             return "not replayed"
+        if self.on_new:
+            return "on the new version already"
         return "; ".join(KIND_TEXT[k] for k in self.kinds) if self.kinds else "unchanged"
 
     def as_json(self) -> dict[str, Any]:
@@ -482,6 +485,7 @@ class RunDiff:
             "account_id": self.account_id,
             "version": self.version,
             "third_version": self.third_version,
+            "on_new_version": self.on_new,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "age": offset_text(timedelta(seconds=self.age)),
             "events": self.events,
@@ -696,13 +700,14 @@ async def replay_runs(runs: list[LiveRun], old: Playbook, new: Playbook, library
     dbs = {side: f"sqlite:///{folder / f'{side}.db'}" for side in ("old", "new")}
     try:
         for i, run in enumerate(runs):
-            third = run.version not in ("", old.version)
+            on_new = run.version == new.version != old.version
+            third = run.version not in ("", old.version) and not on_new
             diff = RunDiff(run.workflow_id, run.account_id, run.version, run.started_at, run.age, third_version=third,
-                           events=sum(g.kind == "event" for g in run.given),
+                           on_new=on_new, events=sum(g.kind == "event" for g in run.given),
                            answers=sum(g.kind != "event" for g in run.given), problem=run.problem)
             diffs.append(diff)
-            if run.problem is not None or run.playbook is None:
-                continue
+            if run.problem is not None or run.playbook is None or on_new:
+                continue  # a run on NEW already does what NEW does: nothing to replay
             own = run.playbook if third else old
             replays.append((_Replay(run, "old", own, f"live-old/{i}", dbs["old"]),
                             _Replay(run, "new", new, f"live-new/{i}", dbs["new"])))
