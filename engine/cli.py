@@ -777,13 +777,13 @@ async def _diff_live(old: Playbook, new: Playbook, new_file: Path, limit: int): 
     except SettingsError as error:
         raise _DiffError(str(error)) from None
     try:
-        client = await connect(settings)
+        client = await asyncio.wait_for(connect(settings), timeout=30)
     except SettingsError as error:
         raise _DiffError(str(error)) from None
-    except Exception as error:  # noqa: BLE001 - refused, a name that does not resolve, TLS, ...
+    except Exception as error:  # noqa: BLE001 - refused, a name that does not resolve, TLS, no answer in 30 s, ...
         raise _DiffError(
             f"cannot reach Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace}; "
-            f"PLAYBOOK_TEMPORAL_ADDRESS): {error}"
+            f"PLAYBOOK_TEMPORAL_ADDRESS): {error or type(error).__name__}"
         ) from None
     try:
         return await diff_live(client, old, new, limit=limit, library=find_library_root(new_file.resolve()))

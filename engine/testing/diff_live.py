@@ -195,6 +195,7 @@ async def _read_chain(client: Client, run: LiveRun, chain: list[list[HistoryEven
     scheduled: dict[int, tuple[str, Any]] = {}  # activity scheduled event id -> name, decoded request
     accepted: dict[int, Given] = {}
     failed_updates: set[int] = set()
+    made: dict[str, str] = {}  # effect key -> "email <step path>": a step started again after continue-as-new is one
     load_failure: str | None = None
     for events in chain:
         for e in events:
@@ -228,12 +229,12 @@ async def _read_chain(client: Client, run: LiveRun, chain: list[list[HistoryEven
                 elif name == "create_call_task":
                     task: act.CallTaskResult = await _decode(client, attrs_c.result.payloads, act.CallTaskResult)
                     asks[task.task_id] = ("call_task", _tail(request.key, wid), request.ref.step_id, _time(e))
-                    run.effects[f"call_task {_step_path(_tail(request.key, wid))}"] += 1
+                    made.setdefault(request.key, f"call_task {_step_path(_tail(request.key, wid))}")
                 elif name == "send_email":
-                    run.effects[f"email {_step_path(_tail(request.key, wid))}"] += 1
+                    made.setdefault(request.key, f"email {_step_path(_tail(request.key, wid))}")
                 elif name == "send_emails":
                     for email in request.emails:
-                        run.effects[f"email {_step_path(_tail(email.key, wid))}"] += 1
+                        made.setdefault(email.key, f"email {_step_path(_tail(email.key, wid))}")
             elif which == "activity_task_failed_event_attributes":
                 name, _ = scheduled.get(e.activity_task_failed_event_attributes.scheduled_event_id, ("", None))
                 if name == "load_account":
@@ -261,6 +262,7 @@ async def _read_chain(client: Client, run: LiveRun, chain: list[list[HistoryEven
                 done = e.workflow_execution_update_completed_event_attributes
                 if done.outcome.HasField("failure"):
                     failed_updates.add(done.accepted_event_id)
+    run.effects = Counter(made.values())
     if run.snapshot is None:
         why = f": {load_failure}" if load_failure else " yet"
         raise HistoryProblem(f"its account was not loaded{why}; nothing to replay it with")
