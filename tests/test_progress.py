@@ -294,6 +294,42 @@ def test_held_out_and_treated_runs_and_the_paths_they_took(tmp_path):
     run(scenario())
 
 
+LARGE = """\
+id: progress-large
+title: A for_each in slices
+trigger: { manual: true }
+steps:
+  - id: many
+    for_each:
+      items: range(150) | list
+      as: n
+      steps:
+        - id: item_wait
+          wait: 1d
+        - id: item_tag
+          when: n == 0
+          crm: { tag: first-item }
+  - id: after
+    crm: { tag: after }
+"""
+
+
+def test_a_for_each_in_slices_is_the_parents_to_report(tmp_path):
+    async def scenario() -> None:
+        async with lab(tmp_path) as world:
+            handle = await world.start(playbook(LARGE))
+            key = handle.first_execution_run_id
+            assert key is not None
+            row = await world.row_when(key, lambda r: r.current == ["many"])  # the parent waits for its slices
+            assert row.status == "running"
+            assert (await handle.result()).outcome == "completed"
+            with session(world.db_url) as s:
+                assert [r.run_key for r in s.scalars(select(t.RunProgress))] == [key], "the slices write no row"
+            assert world.steps(key) == {"many": "done", "after": "done"}  # an item's steps are its own
+
+    run(scenario())
+
+
 # ------------------------------------------------------------------ chains and enrollments
 
 
