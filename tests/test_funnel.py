@@ -199,20 +199,44 @@ def test_a_playbook_without_runs_lists_its_steps_with_zeros(tmp_path: Path) -> N
     assert [g.group for g in split.groups] == ["discount", "longer_trial"]
 
 
+NO_IDS = """\
+id: no-ids
+title: Waits without an id
+trigger: { manual: true }
+steps:
+  - id: hello
+    crm: { tag: hello }
+  - wait: 1d
+  - id: again
+    crm: { tag: again }
+  - wait: 2d
+"""
+
+
 def test_live_runs_in_steps_without_id_are_counted_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # trial-follow-up's waits have no id (steps.1, steps.5, steps.8): a run waiting there says so by the path
+    # the waits of no-ids have no id (steps.1, steps.3): a run waiting there says so by the path
     for name in list(os.environ):
         if name.upper().startswith("PLAYBOOK_"):
             monkeypatch.delenv(name)
-    waits = [run(f"w{i}", "running", hour=i, current=[at]) for i, at in enumerate(["steps.8", "steps.1", "steps.8"])]
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "no-ids.yaml").write_text(NO_IDS)
+    playbook = Library.load(library).playbooks["no-ids"]
+    waits = [
+        run(f"w{i}", "running", hour=i, current=[at], version=playbook.version, playbook_id="no-ids")
+        for i, at in enumerate(["steps.3", "steps.1", "steps.3"])
+    ]
     home = tmp_path / "home"
     url = Settings(environment="dev", home=str(home)).db_url
     seed(url, waits)
     with session(url) as s:
-        f = playbook_funnel(s, "trial-follow-up", PLAYBOOK)
-    tail = [(x.step_id, x.kind, x.waiting) for x in f.steps[len(steps_of(PLAYBOOK)) :]]
-    assert tail == [("steps.1", "", 1), ("steps.8", "", 2)]  # in reading order, after the steps with ids
-    shown = stats(home, "trial-follow-up")
+        f = playbook_funnel(s, "no-ids", playbook)
+    assert [x.step_id for x in f.steps[: len(steps_of(playbook))]] == ["hello", "again"]
+    tail = [(x.step_id, x.kind, x.waiting) for x in f.steps[len(steps_of(playbook)) :]]
+    assert tail == [("steps.1", "", 1), ("steps.3", "", 2)]  # in reading order, after the steps with ids
+    env = {"PLAYBOOK_ENVIRONMENT": "dev", "PLAYBOOK_HOME": str(home), "PLAYBOOK_LIBRARY": str(library),
+           "COLUMNS": "200"}
+    shown = CliRunner().invoke(cli.app, ["stats", "no-ids"], env=env)
     assert shown.exit_code == 0 and "wait, no id" in shown.output, shown.output
 
 
@@ -220,9 +244,9 @@ def test_steps_of_nests_and_skips_steps_without_id() -> None:
     steps = steps_of(PLAYBOOK)
     assert steps[:4] == [
         StepInfo("csm", "assign", 0),
+        StepInfo("before_trial_end", "wait", 0),
         StepInfo("usage", "crm", 0),
         StepInfo("engagement", "switch", 0),
-        StepInfo("convert_nudge", "email", 1),
     ]
     assert StepInfo("win_back_offer", "split", 0, ("discount", "longer_trial")) in steps
     assert {s.step_id for s in steps} == {s.id for s in PLAYBOOK.walk() if s.id}
