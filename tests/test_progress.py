@@ -272,6 +272,48 @@ def test_a_failed_step_gives_the_reason_and_a_cancelled_run_says_so(tmp_path):
     run(scenario())
 
 
+ASKING = """\
+id: progress-asking
+title: Waits for a call and an approval at once
+trigger: { manual: true }
+steps:
+  - id: both
+    parallel:
+      - steps:
+          - id: call
+            call_task: { assignee: owner, title: Call them, wait: true, timeout: 5d, outcomes: [reached] }
+      - steps:
+          - id: ok
+            approval: { approvers: [owner], message: Go on?, timeout: 5d }
+"""
+
+
+def test_a_cancelled_run_closes_its_open_call_task_and_approval(tmp_path):
+    """A cancel request (the API, the Web UI, `playbook runs cancel`) takes the run's open call task and approval
+    out of the inbox as cancelled, as an exit does; the run's row says cancelled."""
+
+    async def scenario() -> None:
+        async with lab(tmp_path) as world:
+            handle = await world.start(playbook(ASKING))
+            key = handle.first_execution_run_id
+            assert key is not None
+            await world.row_when(key, lambda r: {"call", "ok"} <= set(r.current))
+            with session(world.db_url) as s:
+                assert [x.status for x in s.scalars(select(t.CallTask))] == ["open"]
+                assert [x.status for x in s.scalars(select(t.Approval))] == ["pending"]
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            with session(world.db_url) as s:
+                assert [x.status for x in s.scalars(select(t.CallTask))] == ["cancelled"]
+                assert [x.status for x in s.scalars(select(t.Approval))] == ["cancelled"]
+            row = world.row(key)
+            assert row is not None and row.status == "cancelled"
+            await replays(handle)
+
+    run(scenario())
+
+
 def test_held_out_and_treated_runs_and_the_paths_they_took(tmp_path):
     async def scenario() -> None:
         async with lab(tmp_path) as world:

@@ -62,6 +62,10 @@ FANOUT_PATCH = "for-each-slots-batches"
 # (engine/interpreter/workflow.py, PlaybookRun.report_progress). Runs started before it report nothing; a chain of
 # theirs that continues as new on this code reports from its next run on, everything at its first report.
 PROGRESS_PATCH = "run-progress"
+# Runs cancelled since this patch (a cancel request: API, Web UI, `playbook runs cancel`) close their open call tasks
+# and approvals as cancelled, as an exit or a stop does; before it they stayed open in the inbox. Asked only when a
+# run is cancelled, so other runs' histories do not change.
+CANCEL_CLOSES_ASKS_PATCH = "cancel-closes-asks"
 # The step kinds a run of the control group (settings.control) skips with the reason "control": every effect on
 # the world. Waits, wait_for, set, switch, split, for_each and stop run as in a treated run, and goals still count.
 CONTROL_SKIPPED = frozenset({"email", "call_task", "crm", "assign", "approval", "run_playbook"})

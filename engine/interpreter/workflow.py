@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
 
 from engine.interpreter.core import (
     ACTIVITY_TIMEOUT,
+    CANCEL_CLOSES_ASKS_PATCH,
     DEFAULT_RETRY,
     HEARTBEAT_TIMEOUT,
     PROGRESS_PATCH,
@@ -184,8 +185,10 @@ class PlaybookRun(Interpreter):
         try:
             return await self.play(run)
         except asyncio.CancelledError:
-            # The run itself was cancelled (a cancel request): its row says so (a local activity still runs after
-            # the cancel), and the run ends cancelled.
+            # The run itself was cancelled (a cancel request): its tasks and approvals leave the inbox, its row says
+            # so (activities still run after the cancel), and the run ends cancelled.
+            if workflow.patched(CANCEL_CLOSES_ASKS_PATCH):
+                await self.close_open_asks()
             await self.report_end("cancelled", None)
             raise
 
