@@ -215,6 +215,8 @@ def test_histories_it_cannot_decrypt_are_reported_not_replayed(live: Live, tmp_p
     for run in document["runs"]:
         assert run["verdict"] == "not replayed"
         assert run["problem"].startswith("its history cannot be decoded")
+        assert "'live-1'" in run["problem"] and live.keys.split(":")[1] not in out  # the key's id, never a key
+        assert run["account_id"].startswith("acc-") and len(run["version"]) == 16  # from the search index
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:

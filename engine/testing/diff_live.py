@@ -33,7 +33,13 @@ from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from activities import types as act
@@ -58,6 +64,7 @@ from engine.interpreter.messages import (
 from engine.language.diff import step_names
 from engine.language.model import Playbook
 from engine.runtime.connect import quiet_runtime
+from engine.runtime.runs import ACCOUNT_ID, PLAYBOOK_VERSION
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
 from engine.storage.db import migrate, session
@@ -160,9 +167,12 @@ async def _histories(client: Client, workflow_id: str, run_id: str | None) -> li
     raise HistoryProblem("its chain of continued runs is longer than 200")
 
 
-async def read_run(client: Client, workflow_id: str, run_id: str | None, now: datetime) -> LiveRun:
-    """What the run started with and received, from its history; a run that cannot be read says why."""
-    run = LiveRun(workflow_id, run_id)
+async def read_run(
+    client: Client, workflow_id: str, run_id: str | None, now: datetime, listed: LiveRun | None = None
+) -> LiveRun:
+    """What the run started with and received, from its history; a run that cannot be read says why (with what the
+    listing said of it: ``listed``)."""
+    run = listed or LiveRun(workflow_id, run_id)
     try:
         try:
             chain = await _histories(client, workflow_id, run_id)
@@ -647,21 +657,30 @@ async def diff_live(
 ) -> LiveDiff:
     """Every live run of OLD's playbook, read from ``client``'s cluster and replayed on both versions."""
     query = f"WorkflowType = '{WORKFLOW_NAME}' AND PlaybookId = '{old.id}' AND ExecutionStatus = 'Running'"
+    now = datetime.now(UTC)
     try:
         total = (await client.count_workflows(query)).count
-        listed = [(wf.id, wf.run_id) async for wf in client.list_workflows(query, limit=limit)]
+        listed = [_listed(wf, now) async for wf in client.list_workflows(query, limit=limit)]
     except Exception as err:  # noqa: BLE001 - a cluster without the PlaybookId search attribute, no permission, ...
         raise LiveError(f"cannot list the live runs of {old.id}: {err}") from None
-    now = datetime.now(UTC)
     gate = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def read(workflow_id: str, run_id: str) -> LiveRun:
+    async def read(run: LiveRun) -> LiveRun:
         async with gate:
-            return await read_run(client, workflow_id, run_id, now)
+            return await read_run(client, run.workflow_id, run.run_id, now, run)
 
-    runs = await asyncio.gather(*(read(w, r) for w, r in listed))
+    runs = await asyncio.gather(*(read(r) for r in listed))
     diffs = await replay_runs(runs, old, new, library)
     return LiveDiff(old.id, total, len(listed), limit, diffs)
+
+
+def _listed(wf: WorkflowExecution, now: datetime) -> LiveRun:
+    """A run as the search index lists it: what is shown of it should its history be unreadable."""
+    attributes = wf.typed_search_attributes
+    return LiveRun(
+        wf.id, wf.run_id, version=attributes.get(PLAYBOOK_VERSION) or "", account_id=attributes.get(ACCOUNT_ID) or "",
+        started_at=wf.start_time, age=max((now - wf.start_time).total_seconds(), 0.0),
+    )
 
 
 @dataclass
