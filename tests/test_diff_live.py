@@ -25,7 +25,7 @@ from activities.email import OutboxProvider
 from activities.playbook_activities import PlaybookActivities
 from activities.types import AccountSnapshot
 from engine.cli import app
-from engine.interpreter.messages import DECIDE_UPDATE, EVENT_SIGNAL, Decision, Event
+from engine.interpreter.messages import DECIDE_UPDATE, EVENT_SIGNAL, OUTCOME_UPDATE, Decision, Event, Outcome
 from engine.runtime.codec import codec, new_key, with_codec
 from engine.runtime.connect import quiet_runtime
 from engine.runtime.devstack import DevServer
@@ -279,3 +279,67 @@ def test_runs_already_on_the_new_version_are_not_replayed(live: Live, tmp_path: 
     assert code == 1, out + err  # the static diff: a timing change
     document = json.loads(out)["live"]
     assert document["changed"] == 0 and document["verdicts"] == {"on the new version already": 4}
+
+
+CALLS = """\
+id: live-calls
+title: Live calls
+trigger:
+  event: account.signed_up
+steps:
+  - id: check_in
+    call_task:
+      title: Check-in call
+      wait: true
+      timeout: 10d
+      outcomes: [happy, at_risk]
+  - id: route
+    switch:
+      - when: steps.check_in.outcome == "at_risk"
+        steps:
+          - id: rescue
+            email:
+              to: "{{ contact.email }}"
+              subject: Can we help?
+              body: Let us talk.
+  - id: later
+    wait: 7d
+"""
+
+
+def test_a_call_outcome_is_replayed(live: Live, tmp_path: Path) -> None:
+    """A call task's outcome recorded in the live run is given to the replays: the rescue email it led to is sent on
+    both versions (the replay of its own version is faithful), and the new subject is the difference."""
+    old = asyncio.run(_call_answered(live.address, live.keys, tmp_path))
+    new = tmp_path / "new" / "live-calls.yaml"
+    new.parent.mkdir()
+    new.write_text(CALLS.replace("Can we help?", "How can we help?"))
+    env = {"PLAYBOOK_TEMPORAL_ADDRESS": live.address, "PLAYBOOK_PAYLOAD_KEYS": live.keys}
+    result = CliRunner().invoke(app, ["diff", str(old), str(new), "--live", "--json"], env=env)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    [run] = json.loads(result.stdout)["live"]["runs"]
+    assert run["answers"] == 1 and run["faithful"] is True
+    assert run["old"]["choices"]["check_in"] == "outcome at_risk"
+    assert run["kinds"] == ["emails"]
+    assert run["differences"]["emails"] == ["email rescue: subject 'Can we help?' → 'How can we help?'"]
+
+
+async def _call_answered(address: str, keys: str, folder: Path) -> Path:
+    db_url = f"sqlite:///{folder / 'calls.db'}"
+    playbook = write_playbook(folder / "old", "live-calls", CALLS)
+    [account] = seed_accounts(db_url, 1, first=7)
+    converter = with_codec(DATA_CONVERTER, codec(keys))
+    client = await Client.connect(address, runtime=quiet_runtime(), data_converter=converter)
+    activities = PlaybookActivities(db_url, BuiltinCrm(db_url), OutboxProvider())
+    async with build_worker(client, "live-calls", activities.all()):
+        handle = await start_run(
+            client, "live-calls", playbook, account, Event(type="account.signed_up", data={}, account_id=account)
+        )
+        for _ in range(100):
+            try:
+                await handle.execute_update(OUTCOME_UPDATE, Outcome(outcome="at_risk", by="csm-1", step_id="check_in"))
+                break
+            except WorkflowUpdateFailedError:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+    return folder / "old" / "live-calls.yaml"
