@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     environment: str = "production"  # dev | production (anything but dev gets the production checks)
     home: str = ".playbook"  # local state: SQLite files, logs
     library: str = "playbooks"
+    # health scores (docs/health.md): the scorecards folder (None: `scorecards` beside the library folder; a folder
+    # that does not exist means no scorecards) and the cron of the nightly recompute ("" turns it off)
+    scorecards: str | None = None
+    health_nightly: str = "0 2 * * *"
 
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
@@ -236,6 +240,13 @@ class Settings(BaseSettings):
         return type(self).model_validate({**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
     @property
+    def scorecards_folder(self) -> Path:
+        """The scorecards folder: the setting, or `scorecards` beside the library folder."""
+        if self.scorecards:
+            return Path(self.scorecards)
+        return Path(self.library).resolve().parent / "scorecards"
+
+    @property
     def db_url(self) -> str:
         return self.database_url or default_url(self.home)
 
@@ -249,6 +260,11 @@ class Settings(BaseSettings):
 
     def check(self) -> Settings:
         problems = []
+        if self.health_nightly:
+            from engine.language.meaning import cron_problem
+
+            if (why := cron_problem(self.health_nightly)) is not None:
+                problems.append(f"PLAYBOOK_HEALTH_NIGHTLY: {why}")
         if self.email_provider not in ("outbox", "sendgrid"):
             problems.append(f"PLAYBOOK_EMAIL_PROVIDER must be outbox or sendgrid, not {self.email_provider!r}")
         if self.crm_provider not in ("builtin", "hubspot"):
