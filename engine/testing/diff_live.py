@@ -155,7 +155,14 @@ async def _histories(client: Client, workflow_id: str, run_id: str | None) -> li
     chain: list[list[HistoryEvent]] = []
     current = run_id
     for _ in range(200):
-        history = await client.get_workflow_handle(workflow_id, run_id=current).fetch_history()
+        try:
+            history = await client.get_workflow_handle(workflow_id, run_id=current).fetch_history()
+        except Exception:  # noqa: BLE001 - the live run's own history is reported by read_run
+            if not chain:
+                raise
+            raise HistoryProblem(
+                "an earlier run of its chain (continued as new) is no longer kept (retention): no start to replay from"
+            ) from None
         events = list(history.events)
         if not events or not events[0].HasField("workflow_execution_started_event_attributes"):
             raise HistoryProblem("its history has no start event")
