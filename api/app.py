@@ -14,6 +14,7 @@ from engine.runtime.settings import Settings, load_settings
 from . import problems
 from .deps import AppState
 from .routes import codec, events, funnel, hubspot, inbox, messaging, metrics, ops, people, runs, unsubscribe, webhooks
+from .routes import health as account_health
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(people.router)
     app.include_router(runs.router)
     app.include_router(funnel.router)
+    app.include_router(account_health.router)
     app.include_router(inbox.router)
     app.include_router(ops.router)
     app.include_router(messaging.router)

@@ -1,0 +1,7 @@
+"""GET /accounts/{id}/health: an account's health scores (docs/health.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["health"])
