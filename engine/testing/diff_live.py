@@ -75,6 +75,7 @@ from .scenarios import failed_result, offset_text, test_server_path
 DEFAULT_LIMIT = 500
 READ_CONCURRENCY = 8  # histories read at once from the live cluster
 START_CONCURRENCY = 16  # replays started at once on the test server
+READ_TIMEOUT = 60.0  # seconds a replay has to say where it stands (a worker flooded, a query stuck)
 BATCH = 25  # runs replayed together (each twice): started, then read at their ages, before the next batch starts
 SAME_MOMENT = timedelta(minutes=1)  # effects this close on both versions are at the same moment (replay jitter)
 IN_PROGRESS = frozenset({"started", "waiting"})
@@ -865,21 +866,22 @@ async def _read_and_end(client: Client, r: _Replay) -> None:
     run = r.run
     assert run.started_at is not None
     try:
-        description = await handle.describe()
+        description = await asyncio.wait_for(handle.describe(), READ_TIMEOUT)
         if description.status == WorkflowExecutionStatus.RUNNING:
-            state: RunState = await handle.query(STATE_QUERY, result_type=RunState)
+            state: RunState = await asyncio.wait_for(handle.query(STATE_QUERY, result_type=RunState), READ_TIMEOUT)
             r.standing = _standing(r.playbook, "running", None, state.current, state.timeline, state.steps)
             with contextlib.suppress(Exception):
                 await handle.terminate("replayed up to the live run's age")
         else:
             try:
-                result: RunResult = await client.get_workflow_handle(r.workflow_id, result_type=RunResult).result()
+                ended = client.get_workflow_handle(r.workflow_id, result_type=RunResult)
+                result: RunResult = await asyncio.wait_for(ended.result(), READ_TIMEOUT)
             except WorkflowFailureError as err:
                 result = failed_result(err)
             r.standing = _standing(r.playbook, result.outcome, result.reason, [], result.timeline, result.steps)
         r.standing.emails, r.standing.tasks = _effects(r.db_url, r.workflow_id, r.playbook, run.started_at)
     except Exception as err:  # noqa: BLE001 - one replay that cannot be read is reported, the others are
-        r.standing = Standing(status="failed", error=f"{type(err).__name__}: {err}")
+        r.standing = Standing(status="failed", error=f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
     if run.given:
         with contextlib.suppress(Exception):
             await client.get_workflow_handle(f"{r.workflow_id}/driver").terminate("replay observed")
