@@ -11,7 +11,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -279,3 +292,57 @@ class RunStepProgress(Base):
     step_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     status: Mapped[str] = mapped_column(String(20))  # done | skipped | failed | not_run
     at: Mapped[datetime]
+
+
+class HealthEventValue(Base):
+    """What one event gives one measure of one scorecard (docs/health.md): 1 for a count, the number for a sum or a
+    last value; once per (event id, scorecard, measure), so a repeated event counts once. No personal data: ids, the
+    time and a number."""
+
+    __tablename__ = "health_event_values"
+    __table_args__ = (
+        UniqueConstraint("event_id", "scorecard_id", "measure_id"),
+        Index("ix_health_event_values_window", "account_id", "scorecard_id", "measure_id", "at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    scorecard_id: Mapped[str] = mapped_column(String(200))
+    measure_id: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime]  # when the event happened (its occurred_at, else when it was taken)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class HealthScore(Base):
+    """An account's current score on one scorecard, its band, the measures' parts of it, and the score before the
+    last change (the trend)."""
+
+    __tablename__ = "health_scores"
+    account_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scorecard_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # None: every measure skipped
+    band: Mapped[str | None] = mapped_column(String(100), default=None)
+    components: Mapped[list[Any]] = mapped_column(default=list)  # engine.language.health.Component as dicts
+    computed_at: Mapped[datetime]
+    scorecard_version: Mapped[str] = mapped_column(String(100), default="")
+    previous_score: Mapped[float | None] = mapped_column(Float, default=None)
+    previous_band: Mapped[str | None] = mapped_column(String(100), default=None)
+
+
+class HealthHistory(Base):
+    """One row per change of an account's score on a scorecard (not per recompute): the trend's memory. ``cause`` is
+    what changed it (the event id, or nightly/<time>), so a change whose health.score_changed could not be sent is
+    sent again when the same event (or the same nightly page) is taken again."""
+
+    __tablename__ = "health_history"
+    __table_args__ = (Index("ix_health_history_account", "account_id", "scorecard_id", "computed_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(200))
+    scorecard_id: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    band: Mapped[str | None] = mapped_column(String(100), default=None)
+    computed_at: Mapped[datetime]
+    previous_score: Mapped[float | None] = mapped_column(Float, default=None)
+    previous_band: Mapped[str | None] = mapped_column(String(100), default=None)
+    reasons: Mapped[list[Any]] = mapped_column(default=list)  # engine.language.health.reasons(): measure ids, numbers
+    cause: Mapped[str] = mapped_column(String(300), default="", index=True)
