@@ -7,12 +7,13 @@ import json
 import jsonschema
 import pytest
 
-from engine.language import schema_source
+from engine.language import schema_source, scorecard_schema
 
 FILES = {
     "playbook.schema.json": schema_source.playbook_schema,
     "scenario.schema.json": schema_source.scenario_schema,
     "policy.schema.json": schema_source.policy_schema,
+    "scorecard.schema.json": scorecard_schema.scorecard_schema,
 }
 
 

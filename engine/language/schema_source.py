@@ -766,6 +766,27 @@ def _expect_item() -> dict[str, Any]:
             "no_email": _s("An email step id that sent nothing.", pattern=STEP_ID_PATTERN, errorMessage=STEP_ID_MESSAGE)
         },
         "account": {"account": {"type": "object", "description": "Fields the account has in the CRM at the end."}},
+        "health": {
+            "health": _obj(
+                "The account's health score by the library's scorecards (scorecards/ beside the playbooks): without "
+                "`at`, as stored at the end; with `at`, computed at that moment from what happened until then.",
+                {
+                    "score": {
+                        "type": ["number", "null"],
+                        "minimum": 0,
+                        "maximum": 100,
+                        "description": "The score, 0 to 100 (one decimal); null: no score (every measure skipped).",
+                    },
+                    "band": {"type": ["string", "null"], "description": "The band's name, e.g. red; null: no score."},
+                    "scorecard": _s(
+                        "The scorecard's id; needed when more than one scorecard applies to the account.",
+                        pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",
+                        errorMessage="a scorecard id is kebab-case: lowercase letters and digits joined by dashes",
+                    ),
+                },
+            ),
+            "at": offset("The moment, an offset from the start (default: the end of the scenario)."),
+        },
         "outcome": {
             "outcome": {
                 "type": "string",
@@ -800,7 +821,7 @@ def _expect_item() -> dict[str, Any]:
     return {
         "type": "object",
         "description": "An expectation: {step, status, result}, {email, ...}, {call_task, ...}, {no_email}, {account}, "
-        "{outcome} or {control}.",
+        "{health, at}, {outcome} or {control}.",
         "properties": merged,
         "allOf": all_of,
     }
@@ -826,6 +847,21 @@ def scenario_schema() -> dict[str, Any]:
                     "at": _s("Simulated start, an ISO 8601 datetime (default: a Monday 09:00 UTC)."),
                     "event": {"$ref": "#/definitions/event"},
                     "manual": {"type": "boolean", "description": "Start by hand."},
+                    "events": {
+                        "type": "array",
+                        "minItems": 1,
+                        "description": "Events the product posts before the run exists, each through the intake (and "
+                        "the library's scorecards): the run starts on the first event its trigger accepts, posted "
+                        "here or emitted by a score change (health.score_changed); none: not_started.",
+                        "items": _obj(
+                            "An event posted at an offset from start.at.",
+                            {
+                                "at": _ref("duration", "Offset from the start, e.g. 2h."),
+                                "event": {"$ref": "#/definitions/event"},
+                            },
+                            ["at", "event"],
+                        ),
+                    },
                 },
             ),
             "account": {
@@ -892,11 +928,14 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def write_files(directory: Path = SCHEMA_DIR) -> list[Path]:
+    from .scorecard_schema import scorecard_schema  # it builds on this module's patterns: imported when used
+
     written = []
     for name, schema in (
         ("playbook.schema.json", playbook_schema()),
         ("scenario.schema.json", scenario_schema()),
         ("policy.schema.json", policy_schema()),
+        ("scorecard.schema.json", scorecard_schema()),
     ):
         path = directory / name
         path.write_text(render(schema), encoding="utf-8")
