@@ -3,7 +3,9 @@
 Cross-file rules live here: playbook ids are unique in a library, ``run_playbook`` names a playbook
 of the library, a scenario's ``playbook`` resolves to a valid playbook, and each playbook is checked
 against (and carries) the messaging policy that applies to it: the library's policy.yaml, else the
-built-in default. A policy file is validated as a policy, never as a playbook.
+built-in default. A policy file is validated as a policy, never as a playbook; a health scorecard (a
+YAML file under a folder named ``scorecards``, or one declaring a top-level ``measures:`` and no
+``steps:``) as a scorecard, with scorecard ids unique among the files validated together.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ from .policy_file import PolicyFinder, PolicyResult, is_policy_file, validate_po
 from .problems import Problem
 from .scenario import ScenarioResult, validate_scenario_file
 from .schema_check import fast_schema_check, suggest
+from .scorecard import (
+    ScorecardResult,
+    check_unique_ids,
+    is_scorecard_path,
+    looks_like_scorecard,
+    validate_scorecard_file,
+)
 from .validator import PlaybookResult, validate_playbook_file
 from .yaml_source import Document
 
 SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
 
-FileResult = PlaybookResult | ScenarioResult | PolicyResult
+FileResult = PlaybookResult | ScenarioResult | PolicyResult | ScorecardResult
 
 
 def is_scenario(path: Path) -> bool:
@@ -35,7 +44,27 @@ def is_scenario(path: Path) -> bool:
 
 
 def is_playbook_file(path: Path) -> bool:
-    return path.name.endswith(YAML_SUFFIXES) and not is_scenario(path) and not is_policy_file(path)
+    return (
+        path.name.endswith(YAML_SUFFIXES)
+        and not is_scenario(path)
+        and not is_policy_file(path)
+        and not is_scorecard_path(path)
+    )
+
+
+def is_scorecard_file(path: Path) -> bool:
+    """A scorecard: a YAML file under a folder named `scorecards`, or one whose text declares a top-level
+    `measures:` and no `steps:` (read here; an unreadable file is not one)."""
+    if is_scorecard_path(path):
+        return True
+    if not path.name.endswith(YAML_SUFFIXES) or is_scenario(path) or is_policy_file(path):
+        return False
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1_000_001)
+    except OSError:
+        return False
+    return b"measures" in head and looks_like_scorecard(head.decode("utf-8", "replace"))
 
 
 def discover(paths: Iterable[Path | str]) -> list[Path]:
@@ -133,17 +162,21 @@ class Resolver:
 
 
 def validate_paths(paths: Iterable[Path | str]) -> list[FileResult]:
-    """Validates every playbook and scenario named (folders: every YAML file under them)."""
+    """Validates every playbook, scenario, policy and scorecard named (folders: every YAML file under them)."""
     files = discover(paths)
     results: list[FileResult] = []
     finder = PolicyFinder()
-    playbook_results = _validate_many([p for p in files if is_playbook_file(p)], finder)
+    scorecards = {p: validate_scorecard_file(p) for p in files if is_scorecard_file(p)}
+    check_unique_ids(list(scorecards.values()))
+    playbook_results = _validate_many([p for p in files if is_playbook_file(p) and p not in scorecards], finder)
     valid = {r.playbook.id: r.playbook for r in playbook_results if r.playbook is not None}
     _check_library(playbook_results)
     resolver = Resolver(extra=valid)
     by_file = {r.file: r for r in playbook_results}
     for path in files:
-        if is_scenario(path):
+        if path in scorecards:
+            results.append(scorecards[path])
+        elif is_scenario(path):
             results.append(validate_scenario_file(path, resolver))
         elif is_policy_file(path):
             results.append(_policy_result(path, finder))
