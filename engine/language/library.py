@@ -105,7 +105,7 @@ class Library:
         own = finder.result_for(root / "_")
         lib.policy = DEFAULT_POLICY if own is None else own.policy
         for path in discover([root]):
-            if not is_playbook_file(path):
+            if not is_playbook_file(path) or is_scorecard_file(path):
                 continue
             result = validate_playbook_file(path, finder)
             lib.results.append(result)

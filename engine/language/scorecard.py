@@ -26,6 +26,7 @@ from .meaning import Checker
 from .model import content_version
 from .problems import Problem
 from .schema_check import Translator, suggest
+from .schema_source import PLAYBOOK_ID_PATTERN
 from .scorecard_schema import MEASURE_KINDS, scorecard_schema
 from .yaml_source import Document, Path
 
@@ -201,8 +202,23 @@ def scorecard_validator() -> Validator:
 def _schema_problems(doc: Document, file: str) -> list[Problem]:
     translator = Translator(doc, file, "scorecard")
     problems: list[Problem] = []
-    for error in scorecard_validator().iter_errors(doc.data):
+    errors = list(scorecard_validator().iter_errors(doc.data))
+    suggested: set[tuple[Path, str]] = set()  # (mapping path, key an unknown key was taken for)
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            schema = error.schema if isinstance(error.schema, dict) else {}
+            allowed = list((schema.get("properties") or {}).keys())
+            for key in error.instance:
+                close = suggest(str(key), allowed) if key not in allowed else None
+                if close:
+                    suggested.add((tuple(error.absolute_path), close))
+    for error in errors:
         path = tuple(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            required = error.validator_value if isinstance(error.validator_value, list) else []
+            missing = [k for k in required if k not in error.instance]
+            if missing and all((path, k) in suggested for k in missing):
+                continue  # the typo is reported as an unknown key with this very suggestion
         if error.validator in ("exclusiveMinimum", "exclusiveMaximum"):
             pos = doc.pos(path)
             word = "above" if error.validator == "exclusiveMinimum" else "below"
@@ -248,6 +264,8 @@ class _Meaning:
     def check_id(self, card_id: Any) -> None:
         if not isinstance(card_id, str) or not self.file.endswith(YAML_SUFFIXES):
             return
+        if not re.fullmatch(PLAYBOOK_ID_PATTERN.strip("^$"), card_id):
+            return  # the schema says what an id looks like
         name = FsPath(self.file).name
         stem = name.rsplit(".", 1)[0]
         if stem != card_id:
@@ -315,9 +333,16 @@ class _Meaning:
                 else:
                     ids[measure_id] = i
             weight = measure.get("weight")
-            if isinstance(weight, int) and not isinstance(weight, bool):
+            if isinstance(weight, int) and not isinstance(weight, bool) and 1 <= weight <= 100:
                 weights.append((measure_id if isinstance(measure_id, str) else f"measure {i + 1}", weight))
             self.check_kind(measure, path)
+            missing = measure.get("missing")
+            if isinstance(missing, str) and missing != "skip":
+                self.at_value(
+                    path + ("missing",),
+                    f"'missing' is skip (leave the measure out, re-weight the others) or {{score: N}} (a fixed "
+                    f"score); got '{missing}'",
+                )
             self.check_rules(measure.get("score"), path + ("score",))
         if weights and len(weights) == len(measures):
             total = sum(w for _, w in weights)

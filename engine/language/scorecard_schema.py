@@ -137,7 +137,7 @@ def _measure() -> dict[str, Any]:
                 "description": "When the value is missing: skip (default: the measure is left out and the others "
                 "re-weighted) or {score: N} (a fixed score).",
                 "anyOf": [
-                    {"enum": ["skip"]},
+                    {"type": "string", "enum": ["skip"]},
                     _obj("A fixed score for a missing value.", {"score": _points("The score (0 to 100).")}, ["score"]),
                 ],
             },
