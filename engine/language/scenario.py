@@ -178,6 +178,19 @@ def _check_against(doc: Any, file: str, data: dict[str, Any], playbook: Playbook
 def _check_times(doc: Any, file: str, data: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     start = data.get("start")
+    if isinstance(start, dict) and "events" in start:
+        for other in ("event", "manual"):
+            if other in start:
+                message = f"start takes events or {other}, not both: the run starts on the first event accepted"
+                problems.append(_problem(doc, file, ("start", other), message))
+        for i, item in enumerate(start["events"] if isinstance(start["events"], list) else []):
+            value = item.get("at") if isinstance(item, dict) else None
+            if isinstance(value, str):
+                try:
+                    parse_duration(value)
+                except DurationError as err:
+                    if "longer" in str(err) or "negative" in str(err):
+                        problems.append(_problem(doc, file, ("start", "events", i, "at"), str(err)))
     if isinstance(start, dict) and isinstance(start.get("at"), str):
         try:
             parsed = datetime.fromisoformat(start["at"].replace("Z", "+00:00"))
