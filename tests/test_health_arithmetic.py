@@ -1,0 +1,418 @@
+"""The health arithmetic (engine/language/health.py): every measure kind, missing data, bands, reasons, and
+properties: a score stays within 0..100, and a missing measure's weight is shared among the others exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.language.health import (
+    NO_MATCH,
+    Component,
+    HealthResult,
+    compute,
+    event_value,
+    explain,
+    field_value,
+    in_segment,
+    reasons,
+)
+from engine.language.scorecard import Band, Measure, Scorecard, ScoreRule, validate_scorecard_text
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+
+CARD_TEXT = """\
+id: demo-health
+segment: account.plan != "trial"
+bands:
+  - { name: red, below: 50 }
+  - { name: yellow, below: 75 }
+  - { name: green }
+measures:
+  - id: tickets
+    title: Tickets, 30 days
+    weight: 10
+    events: { type: support.ticket_opened, window: 30d }
+    score: [ { below: 3, score: 100 }, { below: 6, score: 50 }, { otherwise: 0 } ]
+  - id: urgent_tickets
+    weight: 20
+    events: { type: support.ticket_opened, window: 30d, where: 'event.data.priority == "urgent"' }
+    score: [ { below: 1, score: 100 }, { below: 3, score: 40 }, { otherwise: 0 } ]
+  - id: refunds
+    weight: 10
+    events: { type: billing.refunded, window: 90d, aggregate: sum, value: event.data.amount }
+    score: [ { below: 100, score: 100 }, { otherwise: 20 } ]
+  - id: nps
+    weight: 20
+    last: { type: survey.answered, value: event.data.score }
+    score: [ { below: 7, score: 0 }, { below: 9, score: 60 }, { otherwise: 100 } ]
+  - id: mrr
+    weight: 10
+    field: account.mrr
+    score: [ { below: 100, score: 30 }, { at_least: 1000, score: 100 }, { at_least: 100, score: 70 } ]
+  - id: renewal
+    weight: 20
+    days_until: account.renews_on
+    score: [ { below: 30, score: 20 }, { below: 90, score: 60 }, { otherwise: 100 } ]
+    missing: { score: 50 }
+  - id: last_login
+    weight: 10
+    days_since: account.last_login_at
+    score: [ { below: 7, score: 100 }, { below: 30, score: 50 } ]
+"""
+
+
+@pytest.fixture(scope="module")
+def card() -> Scorecard:
+    result = validate_scorecard_text(CARD_TEXT, "demo-health.yaml")
+    assert result.problems == []
+    assert result.scorecard is not None
+    return result.scorecard
+
+
+def measure(card: Scorecard, measure_id: str) -> Measure:
+    found = card.measure(measure_id)
+    assert found is not None
+    return found
+
+
+def event(type_: str, **data: Any) -> dict[str, Any]:
+    return {"type": type_, "data": data, "id": "e1", "occurred_at": NOW.isoformat(), "account_id": "acc-1"}
+
+
+# ------------------------------------------------------------------------------------------ values of events
+
+
+def test_events_count_one_per_matching_event(card):
+    tickets, urgent = measure(card, "tickets"), measure(card, "urgent_tickets")
+    assert event_value(tickets, event("support.ticket_opened", priority="low")) == 1.0
+    assert event_value(tickets, event("support.ticket_closed")) is NO_MATCH
+    assert event_value(urgent, event("support.ticket_opened", priority="urgent")) == 1.0
+    assert event_value(urgent, event("support.ticket_opened", priority="low")) is NO_MATCH
+    # `where` reads a field the event does not have: the expression fails, the event does not count
+    assert event_value(urgent, event("support.ticket_opened")) is NO_MATCH
+
+
+def test_events_sum_their_value_and_last_reads_it(card):
+    refunds, nps = measure(card, "refunds"), measure(card, "nps")
+    assert event_value(refunds, event("billing.refunded", amount=120.5)) == 120.5
+    assert event_value(refunds, event("billing.refunded", amount="80")) == 80.0  # a number as text
+    assert event_value(refunds, event("billing.refunded", amount="a lot")) is None
+    assert event_value(refunds, event("billing.refunded")) is None  # no amount: it adds nothing
+    assert event_value(nps, event("survey.answered", score=9)) == 9.0
+    assert event_value(nps, event("survey.answered", score=True)) is None
+    assert event_value(nps, event("billing.refunded", score=9)) is NO_MATCH
+    assert event_value(measure(card, "mrr"), event("survey.answered", score=9)) is NO_MATCH  # a field measure
+
+
+# ------------------------------------------------------------------------------------------ values of fields
+
+
+@pytest.mark.parametrize(
+    ("mrr", "expected"),
+    [(1200, 1200.0), (99.5, 99.5), ("1500", 1500.0), (" 12.5 ", 12.5), (0, 0.0), (None, None), ("", None),
+     ("n/a", None), (True, None), (float("nan"), None), ("inf", None), ([1], None)],
+)
+def test_a_field_is_a_number_or_missing(card, mrr, expected):
+    assert field_value(measure(card, "mrr"), {"id": "acc-1", "mrr": mrr}, NOW) == expected
+
+
+def test_a_field_path_below_account(card):
+    nested = Measure("open_bugs", "Open bugs", 100, "field", "account.crm.open_bugs", None, None, None, "", None,
+                     (ScoreRule(None, None, 100),), None)
+    assert field_value(nested, {"crm": {"open_bugs": 4}}, NOW) == 4.0
+    assert field_value(nested, {"crm": None}, NOW) is None
+    assert field_value(nested, {}, NOW) is None
+    assert field_value(measure(card, "mrr"), {}, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("renews_on", "expected"),
+    [
+        ("2026-03-02", 0.0),
+        ("2026-03-31", 29.0),
+        ("2026-02-28", -2.0),
+        (date(2026, 4, 1), 30.0),
+        ("2026-03-03T23:59:00Z", 1.0),
+        ("2026-03-03T01:00:00+05:00", 0.0),  # 2026-03-02 20:00 UTC: the same day as now, in UTC
+        (datetime(2026, 3, 12, tzinfo=UTC), 10.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        (20260331, None),
+    ],
+)
+def test_days_until_a_date(card, renews_on, expected):
+    assert field_value(measure(card, "renewal"), {"renews_on": renews_on}, NOW) == expected
+
+
+def test_days_since_a_datetime(card):
+    last_login = measure(card, "last_login")
+    assert field_value(last_login, {"last_login_at": "2026-02-23T08:00:00Z"}, NOW) == 7.0
+    assert field_value(last_login, {"last_login_at": NOW.isoformat()}, NOW) == 0.0
+    assert field_value(last_login, {"last_login_at": (NOW - timedelta(days=40)).isoformat()}, NOW) == 40.0
+    assert field_value(last_login, {}, NOW) is None
+
+
+def test_the_segment(card):
+    assert in_segment(card, {"plan": "pro"})
+    assert not in_segment(card, {"plan": "trial"})
+    assert not in_segment(card, {})  # an account the expression cannot judge is not in the segment
+    everyone = Scorecard("all", "All", None, card.bands, True, None, card.measures, "v", "all.yaml")
+    assert in_segment(everyone, {})
+
+
+# ------------------------------------------------------------------------------------------ the score
+
+
+def test_every_measure_scored_and_weighted(card):
+    values = {"tickets": 4, "urgent_tickets": 0, "refunds": 150.0, "nps": 8, "mrr": 1200, "renewal": 45,
+              "last_login": 3}
+    result = compute(card, values)
+    scores = {c.measure_id: c.score for c in result.components}
+    assert scores == {"tickets": 50, "urgent_tickets": 100, "refunds": 20, "nps": 60, "mrr": 100, "renewal": 60,
+                      "last_login": 100}
+    # 10*50 + 20*100 + 10*20 + 20*60 + 10*100 + 20*60 + 10*100 = 7100 over 100
+    assert (result.score, result.band) == (71.0, "yellow")
+    assert all(not c.skipped and c.effective_weight == c.weight for c in result.components)
+    assert sum(c.contribution for c in result.components) == pytest.approx(71.0)
+    assert result.component("nps") == Component("nps", "nps", 20, 8.0, 60.0, False, 20.0, 12.0, False)
+
+
+def test_the_first_rule_that_matches_wins(card):
+    mrr = measure(card, "mrr")
+    assert [mrr.score_of(v) for v in (0, 99.99, 100, 999, 1000, 5000)] == [30, 30, 70, 70, 100, 100]
+
+
+def test_missing_values_are_skipped_and_the_others_reweighted(card):
+    values = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": None, "mrr": None, "renewal": 120,
+              "last_login": None}
+    result = compute(card, values)
+    skipped = [c.measure_id for c in result.components if c.skipped]
+    assert skipped == ["nps", "mrr", "last_login"]
+    # tickets 10, urgent 20, refunds 10, renewal 20 = 60 of weight left, every score 100
+    assert result.score == 100.0 and result.band == "green"
+    shares = {c.measure_id: c.effective_weight for c in result.components}
+    assert shares == pytest.approx(
+        {"tickets": 100 / 6, "urgent_tickets": 200 / 6, "refunds": 100 / 6, "nps": 0, "mrr": 0, "renewal": 200 / 6,
+         "last_login": 0}
+    )
+    assert all(c.contribution == 0 and c.score is None and c.missing for c in result.components if c.skipped)
+
+
+def test_a_value_no_rule_matches_is_missing(card):
+    # last_login has no `otherwise`: 45 days since the last login matches no rule, and it is skipped
+    values = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": 10, "mrr": 2000, "renewal": 100,
+              "last_login": 45}
+    component = compute(card, values).component("last_login")
+    assert component is not None and component.skipped and component.value == 45.0 and component.missing
+
+
+def test_a_missing_value_with_a_fixed_score(card):
+    values = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": 10, "mrr": 2000, "renewal": None,
+              "last_login": 1}
+    result = compute(card, values)
+    renewal = result.component("renewal")
+    assert renewal is not None and (renewal.skipped, renewal.score, renewal.missing) == (False, 50, True)
+    assert result.score == 90.0  # 80 * 100 + 20 * 50 over 100
+
+
+def test_events_with_none_in_the_window_count_zero_but_a_last_value_is_missing(card):
+    # what the caller gives: a count or sum of no events is 0; the last value of no event is None
+    result = compute(card, {"tickets": 0, "urgent_tickets": 0, "refunds": 0.0, "nps": None})
+    assert [c.measure_id for c in result.components if not c.skipped] == ["tickets", "urgent_tickets", "refunds",
+                                                                          "renewal"]
+    assert result.score == pytest.approx(round((10 * 100 + 20 * 100 + 10 * 100 + 20 * 50) / 60, 1))
+
+
+def test_every_measure_missing_is_no_score(card):
+    only_skips = Scorecard("c", "C", None, card.bands, True, None,
+                           tuple(m for m in card.measures if m.missing_score is None), "v", "c.yaml")
+    result = compute(only_skips, {})
+    assert (result.score, result.band) == (None, None)
+    assert all(c.skipped for c in result.components)
+    assert explain(result)[-1] == "total: no score (every measure is missing)"
+
+
+def single(score: float) -> HealthResult:
+    card = Scorecard(
+        "one", "One", None, (Band("red", 50), Band("yellow", 75), Band("green", None)), True, None,
+        (Measure("m", "M", 100, "field", "account.m", None, None, None, "", None, (ScoreRule(None, None, score),),
+                 None),),
+        "v", "one.yaml",
+    )
+    return compute(card, {"m": 1})
+
+
+@pytest.mark.parametrize(
+    ("score", "band"),
+    [(0, "red"), (49.9, "red"), (49.95, "yellow"), (50, "yellow"), (74.9, "yellow"), (75, "green"), (100, "green")],
+)
+def test_bands_at_their_edges(score, band):
+    result = single(score)
+    assert result.band == band
+    assert result.score == round(score, 1)
+
+
+def test_the_score_is_rounded_to_one_decimal():
+    card = Scorecard(
+        "r", "R", None, (Band("all", None),), True, None,
+        tuple(Measure(f"m{i}", f"M{i}", w, "field", f"account.m{i}", None, None, None, "", None,
+                      (ScoreRule(None, None, s),), None) for i, (w, s) in enumerate([(33, 100), (33, 0), (34, 50)])),
+        "v", "r.yaml",
+    )
+    assert compute(card, {"m0": 1, "m1": 1, "m2": 1}).score == 50.0  # 3300 + 0 + 1700 = 5000 / 100
+    assert compute(card, {"m0": 1, "m1": 1}).score == 50.0  # 3300 / 66
+    assert compute(card, {"m0": 1, "m2": 1}).score == 74.6  # (3300 + 1700) / 67 = 74.626...
+
+
+# ------------------------------------------------------------------------------------------ reasons and explain
+
+
+def test_reasons_name_the_measures_that_moved_the_score_most(card):
+    before = {"tickets": 1, "urgent_tickets": 0, "refunds": 0, "nps": 10, "mrr": 2000, "renewal": 200,
+              "last_login": 1}
+    after = dict(before, tickets=7, urgent_tickets=4, nps=8)
+    previous, new = compute(card, before), compute(card, after)
+    assert (previous.score, new.score) == (100.0, 62.0)
+    moved = reasons(new, previous)
+    assert [(r["measure"], r["points"]) for r in moved] == [("urgent_tickets", -20.0), ("tickets", -10.0),
+                                                             ("nps", -8.0)]
+    assert moved[0] == {"measure": "urgent_tickets", "title": "urgent_tickets", "value": 4.0, "previous_value": 0.0,
+                        "points": -20.0, "score": 0.0, "previous_score": 100.0}
+    assert sum(r["points"] for r in reasons(new, previous, top=10)) == pytest.approx(new.score - previous.score)
+    assert [r["measure"] for r in reasons(new, previous, top=1)] == ["urgent_tickets"]
+    assert reasons(new, new) == []  # nothing moved
+
+
+def test_first_reasons_are_what_holds_the_score_down(card):
+    values = {"tickets": 1, "urgent_tickets": 4, "refunds": 0, "nps": 10, "mrr": 50, "renewal": 200, "last_login": 1}
+    result = compute(card, values)
+    assert [(r["measure"], r["points"], r["previous_value"]) for r in reasons(result, None)] == [
+        ("urgent_tickets", -20.0, None),
+        ("mrr", -7.0, None),
+    ]
+
+
+def test_reasons_when_a_measure_becomes_missing(card):
+    before = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": 0, "mrr": 2000, "renewal": 200, "last_login": 1}
+    previous = compute(card, before)
+    new = compute(card, dict(before, nps=None))  # the low NPS is gone: the others share its weight
+    assert (previous.score, new.score) == (80.0, 100.0)
+    top = reasons(new, previous, top=10)
+    assert sum(r["points"] for r in top) == pytest.approx(20.0, abs=0.5)
+    assert not any(r["measure"] == "nps" for r in top)  # its contribution was 0 and is 0
+
+
+def test_explain_shows_the_arithmetic(card):
+    values = {"tickets": 4, "urgent_tickets": 0, "refunds": 0, "nps": None, "mrr": 50, "renewal": None,
+              "last_login": 45}
+    assert explain(compute(card, values)) == [
+        "tickets (Tickets, 30 days): value 4 -> score 50 x weight 10 (14.29% after re-weighting) = 7.14 points",
+        "urgent_tickets: value 0 -> score 100 x weight 20 (28.57% after re-weighting) = 28.57 points",
+        "refunds: value 0 -> score 100 x weight 10 (14.29% after re-weighting) = 14.29 points",
+        "nps: no value, missing: skipped; its weight 20 is shared among the others",
+        "mrr: value 50 -> score 30 x weight 10 (14.29% after re-weighting) = 4.29 points",
+        "renewal: no value -> missing: fixed score 50 x weight 20 (28.57% after re-weighting) = 14.29 points",
+        "last_login: value 45, no rule matches it: skipped; its weight 10 is shared among the others",
+        "total: 68.6 -> band yellow",
+    ]
+    full = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": 10, "mrr": 2000, "renewal": 200, "last_login": 1}
+    first = explain(compute(card, full))[0]
+    assert first == "tickets (Tickets, 30 days): value 0 -> score 100 x weight 10% = 10 points"
+
+
+def test_components_round_trip_as_dicts(card):
+    result = compute(card, {"tickets": 2, "nps": 9})
+    assert tuple(Component.from_dict(c.as_dict()) for c in result.components) == result.components
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+scores = st.floats(min_value=0, max_value=100, allow_nan=False)
+values = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> tuple[ScoreRule, ...]:
+    items = []
+    for _ in range(draw(st.integers(0, 4))):
+        bound = draw(st.floats(-1000, 1000, allow_nan=False))
+        if draw(st.booleans()):
+            items.append(ScoreRule(bound, None, draw(scores)))
+        else:
+            items.append(ScoreRule(None, bound, draw(scores)))
+    if draw(st.booleans()):
+        items.append(ScoreRule(None, None, draw(scores)))
+    return tuple(items)
+
+
+@st.composite
+def cards(draw: st.DrawFn) -> Scorecard:
+    count = draw(st.integers(1, 8))
+    measures = tuple(
+        Measure(f"m{i}", f"M{i}", draw(st.integers(1, 100)), "field", f"account.m{i}", None, None, None, "", None,
+                draw(rules()), draw(st.one_of(st.none(), scores)))
+        for i in range(count)
+    )
+    bands = (Band("red", 50), Band("yellow", 75), Band("green", None))
+    return Scorecard("p", "P", None, bands, True, None, measures, "v", "p.yaml")
+
+
+def matches(rule: ScoreRule, value: float) -> bool:
+    """The rules' meaning, written again here: below X is value < X, at_least X is value >= X, otherwise all."""
+    if rule.below is not None:
+        return value < rule.below
+    return value >= rule.at_least if rule.at_least is not None else True
+
+
+@settings(max_examples=300, deadline=None)
+@given(card=cards(), data=st.data())
+def test_a_score_is_within_0_and_100_and_is_the_weighted_mean(card, data):
+    given_values = {m.id: data.draw(values, label=m.id) for m in card.measures}
+    result = compute(card, given_values)
+    # the independent formula, in exact fractions
+    weight = Fraction(0)
+    points = Fraction(0)
+    for m in card.measures:
+        v = given_values[m.id]
+        s = None
+        if v is not None and v == v and abs(v) != float("inf"):
+            s = next((r.score for r in m.rules if matches(r, float(v))), None)
+        if s is None:
+            s = m.missing_score
+        if s is not None:
+            weight += m.weight
+            points += m.weight * Fraction(s)
+    if weight == 0:
+        assert result.score is None and result.band is None
+        return
+    assert result.score is not None and 0 <= result.score <= 100
+    assert abs(Fraction(result.score) - points / weight) <= Fraction(1, 20) + Fraction(1, 10**9)
+    assert result.band == card.band_of(result.score)
+    assert sum(c.effective_weight for c in result.components) == pytest.approx(100)
+    assert sum(c.contribution for c in result.components) == pytest.approx(float(points / weight), abs=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(card=cards(), data=st.data())
+def test_a_missing_measure_is_the_weighted_mean_of_the_others(card, data):
+    """Leaving a measure out (missing, skip) scores as the same card without it: its weight re-shared."""
+    skip = [m for m in card.measures if m.missing_score is None]
+    if not skip or len(card.measures) < 2:
+        return
+    gone = data.draw(st.sampled_from(skip))
+    numbers = {m.id: data.draw(st.floats(-1000, 1000, allow_nan=False), label=m.id) for m in card.measures}
+    with_missing = compute(card, dict(numbers, **{gone.id: None}))
+    others = Scorecard(card.id, card.title, None, card.bands, True, None,
+                       tuple(m for m in card.measures if m is not gone), "v", "p.yaml")
+    without = compute(others, numbers)
+    assert with_missing.score == without.score
+    assert with_missing.band == without.band
+    kept = {c.measure_id: c.effective_weight for c in without.components}
+    assert {c.measure_id: c.effective_weight for c in with_missing.components if c.measure_id != gone.id} == kept
