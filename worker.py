@@ -26,6 +26,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.runtime import connect as rt
+from engine.runtime.health import health_activities
 from engine.runtime.logs import configure
 from engine.runtime.metrics import TracingError, WorkerMetrics, start_tracing, worker_runtime
 from engine.runtime.settings import Settings, SettingsError, load_settings
@@ -62,10 +63,13 @@ async def _serve(settings: Settings, stop: asyncio.Event, *, current: bool) -> N
     # the runtime serves the SDK's metrics and the engine's worker counters on PLAYBOOK_WORKER_METRICS_ADDRESS
     client = await rt.connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
     version = versioning(settings)
+    crm = rt.crm_provider(settings)
+    # the nightly health recompute's (docs/health.md): engine.runtime.connect.activities does not build them yet
+    health = health_activities(settings.db_url, crm, client, settings.library, settings.scorecards_folder)
     worker = build_worker(
         client,
         settings.task_queue,
-        rt.activities(settings, client),
+        [*rt.activities(settings, client), *health],
         max_concurrent_activities=settings.max_concurrent_activities,
         versioning=version,
         interceptors=[WorkerMetrics()],

@@ -15,7 +15,10 @@ from engine.storage.db import in_chunks, session
 
 from .assignment import Candidate
 from .errors import NotFoundError
-from .types import AccountPage, AccountSnapshot
+from .types import AccountPage, AccountSnapshot, HealthWrite
+
+# The account fields the built-in CRM keeps an account's health in (its primary scorecard's, docs/health.md).
+HEALTH_SCORE_FIELD, HEALTH_BAND_FIELD = "health_score", "health_band"
 
 
 class CrmProvider(Protocol):
@@ -42,6 +45,10 @@ class CrmProvider(Protocol):
         the cursor, not the count, says whether there is more."""
         ...
     def update_fields(self, account_id: str, fields: dict[str, Any], at: datetime) -> None: ...
+    def write_health(self, scores: Sequence[HealthWrite], at: datetime) -> None:
+        """Writes accounts' health score and band (the nightly recompute's page, an event's changes) in as few calls
+        as the CRM allows; an account the CRM does not have is left out. Writing the same twice changes nothing."""
+        ...
     def add_note(self, key: str, account_id: str, text: str, at: datetime) -> None: ...
     def add_tag(self, account_id: str, tag: str) -> None: ...
     def set_owner(self, account_id: str, csm_id: str, at: datetime) -> None: ...
@@ -101,6 +108,12 @@ class BuiltinCrm:
                     merged[key] = value
             account.fields = merged
             account.updated_at = at
+
+    def write_health(self, scores: Sequence[HealthWrite], at: datetime) -> None:
+        """Into the accounts' fields ``health_score`` and ``health_band``, in one transaction."""
+        if scores:
+            with session(self.db_url) as s:
+                write_health_fields(s, scores)
 
     def add_note(self, key: str, account_id: str, text: str, at: datetime) -> None:
         with session(self.db_url) as s:
@@ -299,6 +312,29 @@ def write_account(s: Session, account: dict[str, Any], contacts: list[dict[str, 
         if stored:
             s.execute(_DELETE_CONTACTS, {"account_id": account_id})
         s.execute(_INSERT_CONTACT, wanted)
+
+
+_FIELDS_OF = select(_ACCOUNTS.c.id, _ACCOUNTS.c.fields).where(
+    _ACCOUNTS.c.id.in_(bindparam("account_ids", expanding=True))
+)
+_UPDATE_FIELDS = update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id")).values(fields=bindparam("fields"))
+
+
+def write_health_fields(s: Session, scores: Sequence[HealthWrite]) -> None:
+    """The accounts' fields ``health_score`` and ``health_band`` set, in the caller's transaction (the intake's, with
+    the built-in CRM); an account the CRM does not have is left out, one already holding them is not written."""
+    latest = {w.account_id: w for w in scores}  # the last write of an account wins
+    if not latest:
+        return
+    updates = []
+    for ids in in_chunks(list(latest), READ_CHUNK):
+        for account_id, fields in s.execute(_FIELDS_OF, {"account_ids": list(ids)}).all():
+            w = latest[account_id]
+            merged = {**(fields or {}), HEALTH_SCORE_FIELD: w.score, HEALTH_BAND_FIELD: w.band}
+            if merged != fields:
+                updates.append({"account_id": account_id, "fields": merged})
+    if updates:
+        s.execute(_UPDATE_FIELDS, updates)
 
 
 def csm_exists(s: Session, csm_id: str) -> bool:

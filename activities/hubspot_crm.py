@@ -69,7 +69,7 @@ import yaml
 
 from .assignment import Candidate
 from .errors import ConfigurationError, NotFoundError, ProviderError, RejectedError, TransientError, from_http_status
-from .types import AccountPage, AccountSnapshot
+from .types import AccountPage, AccountSnapshot, HealthWrite
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ class HubSpotCrm:
         team_file: str | Path | None = None,
         db_url: str | None = None,
         owner_cache_seconds: float = 300.0,
+        health_score_property: str = "playbook_health_score",
+        health_band_property: str = "playbook_health_band",
     ) -> None:
         if not token:
             raise ConfigurationError("no HubSpot private app token", provider=self.name)
@@ -179,6 +181,8 @@ class HubSpotCrm:
         self.team_file = Path(team_file) if team_file else None
         self.db_url = db_url
         self.owner_cache_seconds = owner_cache_seconds
+        self.health_score_property = health_score_property
+        self.health_band_property = health_band_property
         self._search_pacer = _Pacer(search_per_second)
         self._schemas: dict[str, dict[str, _Property]] = {}
         self._owners: dict[str, tuple[float, dict[str, Any] | None]] = {}
@@ -382,6 +386,23 @@ class HubSpotCrm:
     def csm(self, csm_id: str) -> dict[str, Any] | None:
         owner = self._owner(str(csm_id))
         return self._csm_dict(owner) if owner else None
+
+    def write_health(self, scores: Sequence[HealthWrite], at: datetime) -> None:
+        """Into the company properties ``health_score_property`` and ``health_band_property`` (created by the portal's
+        admin: a number and a single-line text), by batch updates of 100 on the account id property. A company
+        HubSpot does not have is left out (its input answers an error in the 207, not raised)."""
+        latest = {str(w.account_id): w for w in scores}
+        inputs = []
+        for account_id, w in latest.items():
+            properties = {self.health_score_property: _to_hubspot(self.health_score_property, w.score),
+                          self.health_band_property: _to_hubspot(self.health_band_property, w.band)}
+            entry: dict[str, Any] = {"id": account_id, "properties": properties}
+            if not self._by_hubspot_id:
+                entry["idProperty"] = self.account_id_property
+            inputs.append(entry)
+        for chunk in _chunks(inputs, BATCH_LIMIT):
+            self._request("POST", "/crm/v3/objects/companies/batch/update", json={"inputs": list(chunk)},
+                          missing_ok=True)
 
     # companies ------------------------------------------------------------------------------------
 

@@ -270,3 +270,40 @@ class StartRunsRequest:
 class StartRunsResult:
     started: int
     skipped: int
+
+
+@dataclass(frozen=True)
+class HealthWrite:
+    """An account's health score and band as the CRM of record keeps them (None: no score)."""
+
+    account_id: str
+    score: float | None
+    band: str | None
+
+
+@dataclass(frozen=True)
+class HealthPageRequest:
+    """One page of the nightly health recompute (engine/interpreter/health_nightly.py): the accounts after the CRM's
+    cursor ``after`` (None: from the start), recomputed at ``at`` (the night's time, ISO 8601: a retried page
+    computes the same scores and sends the same health.score_changed events, by id)."""
+
+    at: str
+    after: str | None
+    limit: int
+    task_queue: str
+
+
+@dataclass(frozen=True)
+class HealthPageResult:
+    after: str | None  # the next page's cursor; None: this was the last page
+    accounts: int  # accounts read
+    scored: int  # accounts with at least one scorecard
+    changed: int  # scores that changed (health_history rows written)
+    emitted: int  # health.score_changed events taken
+    writes: list[HealthWrite] = field(default_factory=list)  # what the CRM of record should hold now
+
+
+@dataclass(frozen=True)
+class HealthWriteRequest:
+    writes: list[HealthWrite]
+    at: str

@@ -9,6 +9,11 @@ The account lives in the CRM of record (PLAYBOOK_CRM_PROVIDER): the event's acco
 there and triggers judge the account as that CRM reads it back, the same account the runs will read. With the
 built-in CRM that is one transaction of the engine's database; with another (HubSpot) the CRM's calls, and the
 event ids and enrolled runs stay in the engine's database.
+
+Health scores (docs/health.md): when there are scorecards, what the event gives their measures is recorded and the
+account's scores recomputed in the same transaction as the account's upsert (built-in CRM; with HubSpot, in the
+engine's database after HubSpot's calls); a change that meets a scorecard's `changes` rule is the event
+health.score_changed, taken here like any other once the event's own runs are started (its own id: once).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,17 +33,21 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.crm import BuiltinCrm, CrmProvider, csm_exists, read_account, write_account
+from activities.crm import BuiltinCrm, CrmProvider, csm_exists, read_account, write_account, write_health_fields
 from activities.errors import NotFoundError, ProviderError, RejectedError
-from activities.types import AccountSnapshot
+from activities.types import AccountSnapshot, HealthWrite
 from engine.interpreter.messages import EVENT_SIGNAL, Event, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
+from engine.language.scorecard import Scorecard
 from engine.storage import enrolled
 from engine.storage import models as t
 from engine.storage.db import session
 
+from .health import ScoreChange, update_for_event
 from .runs import start_run
+
+log = structlog.get_logger("intake")
 
 
 @dataclass
@@ -163,11 +173,13 @@ class Before:
 
     snapshot: AccountSnapshot
     listening_runs: list[str]
+    health: list[ScoreChange] = field(default_factory=list)  # the scores the event changed
 
 
 def before_starts(
     db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
     contacts: list[dict[str, Any]] | None, listening: frozenset[str] = frozenset(),
+    event: Event | None = None, scorecards: Sequence[Scorecard] = (),
 ) -> EventAnswer | Before:
     """The database work before an event starts anything, in one transaction: the answer it got the first time, if
     its id was seen before; else what it says about the account written (fields merged, contacts replaced), the
@@ -176,16 +188,22 @@ def before_starts(
 
     Two events creating the same account at once both find no row and both insert it: the one that loses (the
     unique id refuses it) runs again and finds the account there.
+
+    With ``scorecards`` (and the ``event``), the account's health scores are updated in the same transaction
+    (engine.runtime.health.update_for_event) and the primary scorecard's score and band written into the account's
+    fields ``health_score`` and ``health_band``; two posts of one event at once: the one whose values the unique
+    (event id, scorecard, measure) refuses runs again, and counts nothing twice.
     """
     try:
-        return _before_starts(db_url, event_id, account_id, account, contacts, listening)
+        return _before_starts(db_url, event_id, account_id, account, contacts, listening, event, scorecards)
     except IntegrityError:
-        return _before_starts(db_url, event_id, account_id, account, contacts, listening)
+        return _before_starts(db_url, event_id, account_id, account, contacts, listening, event, scorecards)
 
 
 def _before_starts(
     db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
-    contacts: list[dict[str, Any]] | None, listening: frozenset[str],
+    contacts: list[dict[str, Any]] | None, listening: frozenset[str], event: Event | None = None,
+    scorecards: Sequence[Scorecard] = (),
 ) -> EventAnswer | Before:
     with session(db_url) as s:
         if event_id and (seen := _answer_of(s, event_id)) is not None:
@@ -196,13 +214,25 @@ def _before_starts(
             write_account(s, {**(account or {}), "id": account_id}, contacts)
         snapshot = read_account(s, account_id)
         runs = enrolled.run_ids(s, account_id, listening)
+        health: list[ScoreChange] = []
+        if scorecards and event is not None and snapshot is not None:
+            health = update_for_event(
+                s, snapshot.account, event, scorecards, datetime.now(UTC), fields_changed=bool(account)
+            )
+            write_health_fields(s, _crm_writes(health))
     snapshot = snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
-    return Before(snapshot, runs)
+    return Before(snapshot, runs, health)
+
+
+def _crm_writes(changes: Sequence[ScoreChange]) -> list[HealthWrite]:
+    """What the CRM's health fields hold after these changes: the primary scorecard's score and band."""
+    return [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
 
 
 def before_starts_in(
     crm: CrmProvider, db_url: str, event_id: str | None, account_id: str, account: dict[str, Any] | None,
     contacts: list[dict[str, Any]] | None, listening: frozenset[str] = frozenset(),
+    event: Event | None = None, scorecards: Sequence[Scorecard] = (),
 ) -> EventAnswer | Before:
     """before_starts for a CRM of record other than the built-in one: the answer of an event seen before (the
     engine's database); else the account and contacts upserted in the CRM, the account read back from it as the
@@ -211,6 +241,10 @@ def before_starts_in(
 
     Raises CrmRefused when the CRM refuses the event's data, CrmUnavailable when it fails otherwise; either way
     nothing is remembered, and an upsert that did land is written the same again when the event is sent again.
+
+    Health scores are kept in the engine's database (one transaction with the run lookup, after the CRM's calls:
+    not one with the upsert, which HubSpot has already made) and their primary score and band written to the CRM
+    afterwards; a failure of that write is logged, not raised (the event was taken; the next change writes again).
     """
     if event_id:
         with session(db_url) as s:
@@ -230,9 +264,20 @@ def before_starts_in(
         snapshot = AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
     except ProviderError as err:
         raise _unavailable(crm, "reading", err) from err
+    health: list[ScoreChange] = []
     with session(db_url) as s:
         runs = enrolled.run_ids(s, account_id, listening)
-    return Before(snapshot, runs)
+        if scorecards and event is not None and snapshot.found:
+            health = update_for_event(
+                s, snapshot.account, event, scorecards, datetime.now(UTC), fields_changed=bool(account)
+            )
+    if writes := _crm_writes(health):
+        try:
+            crm.write_health(writes, datetime.now(UTC))
+        except ProviderError as err:
+            log.warning("the CRM did not take the health scores", provider=crm.name, error=err.message,
+                        accounts=[w.account_id for w in writes])
+    return Before(snapshot, runs, health)
 
 
 def _unavailable(crm: CrmProvider, doing: str, err: ProviderError) -> CrmUnavailable:
@@ -281,6 +326,7 @@ async def take_event(
     account: dict[str, Any] | None = None,
     contacts: list[dict[str, Any]] | None = None,
     crm: CrmProvider | None = None,
+    scorecards: Sequence[Scorecard] = (),
 ) -> EventAnswer:
     """The whole of POST /events: idempotent by event id.
 
@@ -288,15 +334,21 @@ async def take_event(
     SQLite) and the CRM's calls run in a thread, so the event loop goes on serving other requests meanwhile. The
     account's live runs are looked up while the triggered playbooks start: an event that starts a run is its
     trigger, not something it waits for, so it is delivered to every live run but those.
+
+    ``scorecards``: the health scorecards (none: health scores off). The health.score_changed events of the scores
+    the event changed are taken (this same function) after its runs are started and reached, before the event is
+    remembered: if one fails, the event is not remembered either, and sending it again sends them (by id: once).
     """
     account_id = event.account_id or ""
     listening = listeners(library).get(event.type, frozenset())
     if crm is None or (isinstance(crm, BuiltinCrm) and crm.db_url == db_url):
         # the built-in CRM: dedupe, upsert, read back and the listening runs in one transaction
-        before = await asyncio.to_thread(before_starts, db_url, event.id, account_id, account, contacts, listening)
+        before = await asyncio.to_thread(
+            before_starts, db_url, event.id, account_id, account, contacts, listening, event, scorecards
+        )
     else:
         before = await asyncio.to_thread(
-            before_starts_in, crm, db_url, event.id, account_id, account, contacts, listening
+            before_starts_in, crm, db_url, event.id, account_id, account, contacts, listening, event, scorecards
         )
     if isinstance(before, EventAnswer):
         return before
@@ -322,6 +374,9 @@ async def take_event(
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
     reach = [w for w in before.listening_runs if w not in triggered]
     answer.delivered_to, ended = await signal_runs(client, reach, event)
+    for change in before.health:
+        if change.notable:
+            await take_event(client, task_queue, db_url, library, change.event(), crm=crm, scorecards=scorecards)
     if event.id or triggered or ended:
         await asyncio.to_thread(remember, db_url, event, answer, ended)
     return answer

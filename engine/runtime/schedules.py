@@ -1,5 +1,8 @@
 """A scheduled playbook is a Temporal Schedule: created, updated or removed to match the library.
 
+The nightly health recompute (docs/health.md) is one more: ``playbook-health/nightly``, on PLAYBOOK_HEALTH_NIGHTLY's
+cron when there are scorecards, removed when the cron is "" or there are none.
+
 `playbook dev` syncs them when it starts; `playbook deploy` does it in production. Each tick pages through
 the playbook's segment (activities/segments.py) and starts its runs here, with the enrollment rules of
 events (engine/runtime/intake.py): starting runs is the runtime's job, so activities never import it.
@@ -27,15 +30,20 @@ from temporalio.client import (
 
 from activities.crm import CrmProvider
 from activities.types import StartRunsRequest, StartRunsResult
+from engine.interpreter.health_nightly import HEALTH_NIGHTLY_WORKFLOW, NightlyInput
 from engine.interpreter.messages import Event
 from engine.interpreter.schedule_tick import TICK_WORKFLOW_NAME, TickInput
 from engine.language import expressions as ex
 from engine.language.library import Library
 from engine.language.model import Playbook
 
+from .health import scorecards_in
 from .intake import enrollment_key, start_enrolled
+from .settings import Settings
 
 PREFIX = "playbook-schedule/"
+HEALTH_SCHEDULE_ID = "playbook-health/nightly"
+HEALTH_WORKFLOW_ID = "health-nightly"
 
 
 @dataclass
@@ -43,6 +51,7 @@ class SyncReport:
     created: list[str]
     updated: list[str]
     removed: list[str]
+    health: str = "untouched"  # the nightly health recompute's schedule: created | updated | removed | off | untouched
 
 
 def schedule_for(playbook: Playbook, task_queue: str) -> Schedule:
@@ -62,7 +71,55 @@ def schedule_for(playbook: Playbook, task_queue: str) -> Schedule:
     )
 
 
-async def sync_schedules(client: Client, library: dict[str, Playbook], task_queue: str) -> SyncReport:
+def health_cron(settings: Settings) -> str:
+    """The nightly recompute's cron: PLAYBOOK_HEALTH_NIGHTLY when the scorecards folder holds scorecards, else ""."""
+    if not settings.health_nightly or not scorecards_in(settings.scorecards_folder):
+        return ""
+    return settings.health_nightly
+
+
+def health_schedule(cron: str, task_queue: str) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            HEALTH_NIGHTLY_WORKFLOW, NightlyInput(task_queue=task_queue), id=HEALTH_WORKFLOW_ID, task_queue=task_queue,
+        ),
+        spec=ScheduleSpec(cron_expressions=[cron], time_zone_name="UTC"),
+        # a night still paging when the next is due (a huge CRM, an outage): skip the next
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def sync_health_schedule(client: Client, cron: str, task_queue: str) -> str:
+    """Creates or updates the nightly recompute's schedule on ``cron``, or removes it when ``cron`` is ""."""
+    handle = client.get_schedule_handle(HEALTH_SCHEDULE_ID)
+    exists = False
+    async for entry in await client.list_schedules():
+        if entry.id == HEALTH_SCHEDULE_ID:
+            exists = True
+    if not cron:
+        if exists:
+            await handle.delete()
+            return "removed"
+        return "off"
+    schedule = health_schedule(cron, task_queue)
+    if exists:
+        async def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await handle.update(replace)
+        return "updated"
+    try:
+        await client.create_schedule(HEALTH_SCHEDULE_ID, schedule)
+    except ScheduleAlreadyRunningError:
+        return "updated"
+    return "created"
+
+
+async def sync_schedules(
+    client: Client, library: dict[str, Playbook], task_queue: str, *, health_nightly: str | None = None
+) -> SyncReport:
+    """The scheduled playbooks' schedules made to match the library; with ``health_nightly`` (health_cron(settings):
+    "" removes it) the nightly health recompute's too."""
     wanted = {f"{PREFIX}{p.id}": p for p in library.values() if p.trigger.type == "schedule"}
     existing = set()
     async for entry in await client.list_schedules():
@@ -86,6 +143,8 @@ async def sync_schedules(client: Client, library: dict[str, Playbook], task_queu
     for schedule_id in existing - set(wanted):
         await client.get_schedule_handle(schedule_id).delete()
         report.removed.append(schedule_id[len(PREFIX):])
+    if health_nightly is not None:
+        report.health = await sync_health_schedule(client, health_nightly, task_queue)
     return report
 
 

@@ -50,6 +50,7 @@ from temporalio.worker import (
 )
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from engine.interpreter.health_nightly import PlaybookHealthNightly
 from engine.interpreter.schedule_tick import PlaybookScheduleTick
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 
@@ -84,7 +85,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
-WORKFLOWS: tuple[type, ...] = (PlaybookRun, PlaybookForEachChunk, PlaybookScheduleTick)
+WORKFLOWS: tuple[type, ...] = (PlaybookRun, PlaybookForEachChunk, PlaybookScheduleTick, PlaybookHealthNightly)
 
 
 # ------------------------------------------------------------------------------------------ payload decoding

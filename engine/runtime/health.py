@@ -1,0 +1,395 @@
+"""Health scores kept where the data arrives (docs/health.md, "How scores are kept").
+
+- ``update_for_event``: the intake's part, in the transaction that takes the event (built-in CRM): what the event
+  gives each measure of each scorecard whose segment holds the account (health_event_values, once per event id,
+  scorecard and measure), then the account's scores recomputed;
+- ``recompute`` / ``recompute_many``: the scores of accounts from what is recorded and their fields, at a moment
+  (the nightly recompute: windows slide, dates come closer);
+- a score that changed writes health_scores and a health_history row (its ``cause``: the event id, or
+  nightly/<time>); a change that meets the scorecard's ``changes`` rule becomes the event health.score_changed
+  (``ScoreChange.event``), which the intake takes like any other (triggers, wait_for, exit_when), once by its id;
+- ``health_of``: an account's scores, trend, components and history (the API, the CLI, templates, scenarios).
+
+The arithmetic is engine.language.health's; the queries engine.storage.health's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.crm import CrmProvider
+from activities.health_activities import HealthWriteActivities
+from activities.types import HealthPageRequest, HealthPageResult, HealthWrite
+from engine.interpreter.messages import Event, event_context
+from engine.language import health as hl
+from engine.language.library import Library
+from engine.language.model import Playbook
+from engine.language.scorecard import Scorecard, load_scorecards
+from engine.storage import health as hs
+from engine.storage.db import session
+
+SCORE_CHANGED = "health.score_changed"
+TREND_DAYS = 30
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    """A score that changed. ``notable``: it meets the scorecard's ``changes`` rule (a band change, a drop of the
+    declared size), so it is sent as health.score_changed. ``primary``: the scorecard is the account's first (by
+    id) among those whose segment holds it: its score and band are what the CRM's health fields hold."""
+
+    account_id: str
+    scorecard_id: str
+    score: float | None
+    previous: float | None
+    band: str | None
+    previous_band: str | None
+    reasons: list[dict[str, Any]]
+    computed_at: datetime
+    notable: bool = False
+    primary: bool = True
+
+    @property
+    def event_id(self) -> str:
+        return f"health/{self.account_id}/{self.scorecard_id}/{self.computed_at.astimezone(UTC).isoformat()}"
+
+    def event(self) -> Event:
+        """The event health.score_changed that says it (``data``: docs/health.md)."""
+        data = {
+            "scorecard": self.scorecard_id,
+            "score": self.score,
+            "previous": self.previous,
+            "band": self.band,
+            "previous_band": self.previous_band,
+            "reasons": self.reasons,
+            # the names risk-intervention-health reads
+            "new_score": self.score,
+            "previous_score": self.previous,
+            "drivers": [str(r.get("title") or r.get("measure")) for r in self.reasons],
+        }
+        at = self.computed_at.astimezone(UTC).isoformat()
+        return Event(type=SCORE_CHANGED, data=data, id=self.event_id, occurred_at=at, account_id=self.account_id)
+
+
+def is_notable(card: Scorecard, score: float | None, previous: float | None, band: str | None,
+               previous_band: str | None) -> bool:
+    """Whether a change meets the scorecard's ``changes`` rule. An account's first score changes nothing: there was
+    no band to leave and no score to drop from."""
+    if card.on_band_change and band is not None and previous_band is not None and band != previous_band:
+        return True
+    return (card.on_drop is not None and score is not None and previous is not None
+            and previous - score >= card.on_drop - 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------- scorecards
+
+
+def read_scorecards(folder: str | Path) -> tuple[Scorecard, ...]:
+    """The valid scorecards of a folder, by id, read now (the API's AppState.reload_library); a folder that does not
+    exist: none (health scores off). An invalid file is left out (`playbook validate` says why)."""
+    return tuple(sorted(load_scorecards(folder).scorecards.values(), key=lambda c: c.id))
+
+
+@functools.lru_cache(maxsize=8)
+def _scorecards_in(folder: str) -> tuple[Scorecard, ...]:
+    return read_scorecards(folder)
+
+
+def scorecards_in(folder: str | Path) -> tuple[Scorecard, ...]:
+    """The valid scorecards of a folder, by id, read once per process (as the library is); a folder that does not
+    exist: none (health scores off). An invalid file is left out (`playbook validate` says why)."""
+    return _scorecards_in(str(Path(folder).resolve()))
+
+
+# ------------------------------------------------------------------------------------------------- events
+
+
+def _event_at(event: Event, now: datetime) -> datetime:
+    if event.occurred_at:
+        try:
+            at = datetime.fromisoformat(event.occurred_at.replace("Z", "+00:00"))
+        except ValueError:
+            return now
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return now
+
+
+def update_for_event(
+    s: Session, crm_account: dict[str, Any], event: Event, cards: Sequence[Scorecard], now: datetime,
+    *, fields_changed: bool = True,
+) -> list[ScoreChange]:
+    """The event's values into health_event_values for every scorecard whose segment holds the account and every
+    measure whose type and `where` match (once per event id, scorecard and measure), then the account's scores
+    recomputed, in the caller's transaction. Returns the changes; for an event taken before (its values already
+    recorded: a POST retried after a failure), the changes it made then, so that their health.score_changed is
+    sent (by id: once) even if the first attempt could not send it.
+
+    ``fields_changed``: the event wrote account fields (then every scorecard of the account is recomputed; else only
+    those reading the event's type). health.* events feed no scorecard: a change cannot cause another.
+    """
+    account_id = str(crm_account.get("id") or event.account_id or "")
+    if not cards or not account_id or event.type.startswith("health."):
+        return []
+    held = [c for c in cards if hl.in_segment(c, crm_account)]
+    reading = [c for c in held if event.type in c.event_types()]
+    if not reading and not fields_changed:
+        return []
+    at = _event_at(event, now)
+    context = event_context(event)
+    rows: list[dict[str, Any]] = []
+    for card in reading:
+        for measure in card.measures:
+            value = hl.event_value(measure, context)
+            if isinstance(value, hl.NoMatch) or value is None:
+                continue
+            rows.append({"account_id": account_id, "scorecard_id": card.id, "measure_id": measure.id, "at": at,
+                         "value": value})
+    seen_before = False
+    if event.id and rows:
+        _, already = hs.add_event_values(s, event.id, rows)
+        seen_before = already > 0
+    elif rows:  # an event without an id cannot be told from its repetition: each post counts
+        hs.add_event_values(s, f"anonymous/{account_id}/{now.isoformat()}", rows)
+    cause = event.id or ""
+    recompute_cards = held if fields_changed else reading
+    changes = recompute_many(s, [crm_account], recompute_cards, now, cause=cause, all_cards=cards)
+    if seen_before and not changes and cause:
+        return changes_caused_by(s, cause, [crm_account], cards)
+    return changes
+
+
+# ------------------------------------------------------------------------------------------------- recompute
+
+
+def recompute(s: Session, account: dict[str, Any], cards: Sequence[Scorecard], now: datetime,
+              cause: str = "") -> list[ScoreChange]:
+    """The account's scores on the scorecards whose segment holds it, at ``now``; the changes written."""
+    return recompute_many(s, [account], cards, now, cause=cause)
+
+
+def _queries(card: Scorecard, now: datetime) -> list[hs.MeasureQuery]:
+    return [
+        hs.MeasureQuery(card.id, m.id, m.kind == "last",
+                        now - timedelta(seconds=m.window_seconds) if m.window_seconds else None)
+        for m in card.measures if m.reads_events
+    ]
+
+
+def _previous_result(card: Scorecard, row: hs.ScoreRow) -> hl.HealthResult:
+    return hl.HealthResult(card.id, row.score, row.band,
+                           tuple(hl.Component.from_dict(c) for c in row.components if isinstance(c, dict)))
+
+
+def primary_cards(accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard]) -> dict[str, str]:
+    """Account id -> the id of its first scorecard (by id) whose segment holds it."""
+    primary: dict[str, str] = {}
+    for account in accounts:
+        for card in sorted(cards, key=lambda c: c.id):
+            if hl.in_segment(card, account):
+                primary[str(account["id"])] = card.id
+                break
+    return primary
+
+
+def recompute_many(
+    s: Session, accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard], now: datetime, cause: str = "",
+    *, all_cards: Sequence[Scorecard] | None = None,
+) -> list[ScoreChange]:
+    """The scores of many accounts (a page of the nightly recompute) at ``now``, in a few queries per scorecard.
+    A score or band that changed is written with its previous one, and a health_history row (``cause``); a score
+    whose components or scorecard version changed but not its value is written without history."""
+    now = hs.utc(now)
+    ids = [str(a["id"]) for a in accounts]
+    stored = hs.scores_of(s, ids)
+    primary = primary_cards(accounts, all_cards if all_cards is not None else cards)
+    writes: list[hs.ScoreRow] = []
+    history: list[hs.HistoryRow] = []
+    changes: list[ScoreChange] = []
+    for card in cards:
+        members = [a for a in accounts if hl.in_segment(card, a)]
+        if not members:
+            continue
+        recorded = hs.event_values(s, [str(a["id"]) for a in members], _queries(card, now))
+        for account in members:
+            account_id = str(account["id"])
+            values: dict[str, float | None] = {}
+            for m in card.measures:
+                if m.kind == "events":
+                    values[m.id] = recorded.get((account_id, card.id, m.id), 0.0)
+                elif m.kind == "last":
+                    values[m.id] = recorded.get((account_id, card.id, m.id))
+                else:
+                    values[m.id] = hl.field_value(m, account, now)
+            result = hl.compute(card, values)
+            components = [c.as_dict() for c in result.components]
+            old = stored.get((account_id, card.id))
+            if old is None and result.score is None:
+                continue  # nothing to say yet: no score, none before
+            if old is not None and (old.score, old.band) == (result.score, result.band):
+                if old.components != components or old.scorecard_version != card.version:
+                    writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now,
+                                              card.version, old.previous_score, old.previous_band))
+                continue
+            previous, previous_band = (old.score, old.band) if old is not None else (None, None)
+            why = hl.reasons(result, _previous_result(card, old) if old is not None else None)
+            writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now, card.version,
+                                      previous, previous_band))
+            history.append(hs.HistoryRow(account_id, card.id, result.score, result.band, now, previous,
+                                         previous_band, tuple(why), cause))
+            changes.append(ScoreChange(
+                account_id, card.id, result.score, previous, result.band, previous_band, why, now,
+                is_notable(card, result.score, previous, result.band, previous_band),
+                primary.get(account_id) == card.id,
+            ))
+    hs.write_scores(s, writes, stored)
+    hs.add_history(s, history)
+    return changes
+
+
+def changes_caused_by(
+    s: Session, cause: str, accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard]
+) -> list[ScoreChange]:
+    """The changes ``cause`` made to these accounts' scores, from their history rows: what a retried event or
+    nightly page sends again (health.score_changed by id: once) and writes to the CRM again."""
+    by_id = {c.id: c for c in cards}
+    primary = primary_cards(accounts, cards)
+    found = []
+    for row in hs.history_caused_by(s, cause, [str(a["id"]) for a in accounts]):
+        card = by_id.get(row.scorecard_id)
+        notable = card is not None and is_notable(card, row.score, row.previous_score, row.band, row.previous_band)
+        found.append(ScoreChange(
+            row.account_id, row.scorecard_id, row.score, row.previous_score, row.band, row.previous_band,
+            list(row.reasons), row.computed_at, notable, primary.get(row.account_id) == row.scorecard_id,
+        ))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class AccountHealth:
+    """An account's score on one scorecard, as the API, the CLI and templates show it."""
+
+    scorecard_id: str
+    score: float | None
+    band: str | None
+    computed_at: datetime
+    scorecard_version: str
+    previous: float | None  # trend: the score before the last change
+    previous_band: str | None
+    thirty_days: float | None  # trend: the score 30 days before computed_at (the newest change at or before then)
+    thirty_days_band: str | None
+    components: list[dict[str, Any]]  # engine.language.health.Component as dicts
+    reasons: list[dict[str, Any]]  # what moved it at its last change (engine.language.health.reasons)
+    history: list[dict[str, Any]] = field(default_factory=list)  # {score, band, computed_at (ISO)}, newest first
+
+
+def health_of(s: Session, account_id: str, history_limit: int = 30) -> list[AccountHealth]:
+    """The account's scores (one per scorecard that scored it, by scorecard id), with trend and history."""
+    found = []
+    for (_, card_id), row in sorted(hs.scores_of(s, [account_id]).items()):
+        changes = hs.history(s, account_id, card_id, history_limit)
+        then = hs.score_at(s, account_id, card_id, row.computed_at - timedelta(days=TREND_DAYS))
+        found.append(AccountHealth(
+            scorecard_id=card_id, score=row.score, band=row.band, computed_at=row.computed_at,
+            scorecard_version=row.scorecard_version, previous=row.previous_score, previous_band=row.previous_band,
+            thirty_days=then.score if then else None, thirty_days_band=then.band if then else None,
+            components=row.components,
+            reasons=list(changes[0].reasons) if changes else [],
+            history=[{"score": h.score, "band": h.band, "computed_at": h.computed_at.isoformat()} for h in changes],
+        ))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- the nightly pass
+
+EMIT_CONCURRENCY = 16  # health.score_changed events taken at once by a page
+LIBRARY_CACHE = 4
+
+
+class HealthActivities:
+    """The nightly recompute's page (engine/interpreter/health_nightly.py): an activity of the runtime, because the
+    changes it finds are taken as events by the intake (which starts runs).
+
+    A page reads its accounts from the CRM of record (``account_page``), recomputes them at the night's time in
+    one transaction (health_history rows caused by ``nightly/<time>``), then takes the health.score_changed of every
+    change the page's accounts have under that cause (this attempt's and an earlier attempt's: by id, once) and
+    returns what the CRM should hold. The library is read once per night per worker, the scorecards once per
+    process.
+    """
+
+    def __init__(
+        self, db_url: str, crm: CrmProvider, client: Client | None, library_root: str, scorecards_folder: str | Path
+    ) -> None:
+        self.db_url = db_url
+        self.crm = crm
+        self.client = client
+        self.library_root = library_root
+        self.scorecards_folder = scorecards_folder
+        self._libraries: dict[str, dict[str, Playbook]] = {}
+
+    async def _library(self, night: str) -> dict[str, Playbook]:
+        library = self._libraries.get(night)
+        if library is None:
+            library = await asyncio.to_thread(lambda: dict(Library.load(self.library_root).playbooks))
+            self._libraries[night] = library
+            while len(self._libraries) > LIBRARY_CACHE:
+                del self._libraries[next(iter(self._libraries))]
+        return library
+
+    @activity.defn(name="recompute_health_page")
+    async def recompute_health_page(self, req: HealthPageRequest) -> HealthPageResult:
+        from .intake import take_event  # the intake imports this module
+
+        client = self.client
+        if client is None:
+            raise RuntimeError("recompute_health_page needs a Temporal client")
+        cards = scorecards_in(self.scorecards_folder)
+        if not cards:
+            return HealthPageResult(None, 0, 0, 0, 0)
+        page = await asyncio.to_thread(self.crm.account_page, req.after, req.limit)
+        at = hs.utc(datetime.fromisoformat(req.at))
+        cause = f"nightly/{req.at}"
+
+        def recompute_page() -> tuple[int, list[ScoreChange]]:
+            with session(self.db_url) as s:
+                recompute_many(s, page.accounts, cards, at, cause=cause)
+                scored = len(primary_cards(page.accounts, cards))
+                return scored, changes_caused_by(s, cause, page.accounts, cards)
+
+        scored, changes = await asyncio.to_thread(recompute_page)
+        activity.heartbeat()
+        notable = [c for c in changes if c.notable]
+        if notable:
+            library = await self._library(req.at)
+            gate = asyncio.Semaphore(EMIT_CONCURRENCY)
+
+            async def emit(change: ScoreChange) -> None:
+                async with gate:
+                    await take_event(client, req.task_queue, self.db_url, library, change.event(), crm=self.crm,
+                                     scorecards=cards)
+
+            await asyncio.gather(*(emit(c) for c in notable))
+        # a provider's cursor that does not move would page forever: a page without accounts ends the night
+        after = page.after if page.accounts and page.after not in (None, "", req.after) else None
+        writes = [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
+        return HealthPageResult(after, len(page.accounts), scored, len(changes), len(notable), writes)
+
+
+def health_activities(
+    db_url: str, crm: CrmProvider, client: Client | None, library_root: str, scorecards_folder: str | Path
+) -> list[Callable[..., Any]]:
+    """The nightly recompute's activities, for a worker: the page's recompute and the CRM write."""
+    pages = HealthActivities(db_url, crm, client, library_root, scorecards_folder)
+    return [pages.recompute_health_page, HealthWriteActivities(crm).write_health_scores]

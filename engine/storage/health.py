@@ -1,0 +1,205 @@
+"""The health scores' tables (docs/health.md): what events gave the measures, the scores, their history.
+
+Plain queries over ids, times and numbers, in the caller's transaction (SQLite and PostgreSQL alike); the
+arithmetic is engine.language.health's and the bookkeeping engine.runtime.health's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from engine.storage import models as t
+from engine.storage.db import in_chunks
+
+_VALUES = t.HealthEventValue.__table__
+_SCORES = t.HealthScore.__table__
+_HISTORY = t.HealthHistory.__table__
+
+_SEEN = select(_VALUES.c.scorecard_id, _VALUES.c.measure_id).where(_VALUES.c.event_id == bindparam("event_id"))
+_INSERT_VALUE = insert(_VALUES)
+_INSERT_SCORE = insert(_SCORES)
+_UPDATE_SCORE = update(_SCORES).where(
+    _SCORES.c.account_id == bindparam("key_account"), _SCORES.c.scorecard_id == bindparam("key_scorecard")
+)
+_INSERT_HISTORY = insert(_HISTORY)
+
+
+def utc(at: datetime) -> datetime:
+    """A time as the tables keep it: UTC (SQLite gives back naive times: they are UTC)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """Records what an event gives measures (rows: account_id, scorecard_id, measure_id, at, value); a (scorecard,
+    measure) the event already gave is left as it is. Returns (inserted, already there). Two posts of one event at
+    once: the unique (event id, scorecard, measure) refuses the second (IntegrityError: the caller runs again)."""
+    if not rows:
+        return 0, 0
+    seen = {(r.scorecard_id, r.measure_id) for r in s.execute(_SEEN, {"event_id": event_id})}
+    fresh = [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows
+             if (r["scorecard_id"], r["measure_id"]) not in seen]
+    if fresh:
+        s.execute(_INSERT_VALUE, fresh)
+    return len(fresh), len(rows) - len(fresh)
+
+
+@dataclass(frozen=True)
+class MeasureQuery:
+    """One measure of one scorecard that reads events: ``last`` (the newest value) or the sum of the values (a count
+    is a sum of ones) since ``since`` (None: no window)."""
+
+    scorecard_id: str
+    measure_id: str
+    last: bool
+    since: datetime | None
+
+
+def event_values(
+    s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery]
+) -> dict[tuple[str, str, str], float]:
+    """(account, scorecard, measure) -> the measure's value from the events recorded: the sum over the window (an
+    absent key: no event in it), or the last value. Sums: one grouped query per window and scorecard."""
+    found: dict[tuple[str, str, str], float] = {}
+    sums: dict[tuple[str, datetime | None], list[str]] = {}
+    for q in queries:
+        if not q.last:
+            sums.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
+    for ids in in_chunks(list(account_ids), 500):
+        for (card, since), measures in sums.items():
+            query = (
+                select(_VALUES.c.account_id, _VALUES.c.measure_id, func.sum(_VALUES.c.value))
+                .where(_VALUES.c.account_id.in_(list(ids)), _VALUES.c.scorecard_id == card,
+                       _VALUES.c.measure_id.in_(measures))
+                .group_by(_VALUES.c.account_id, _VALUES.c.measure_id)
+            )
+            if since is not None:
+                query = query.where(_VALUES.c.at > utc(since))
+            for account_id, measure_id, total in s.execute(query):
+                found[(account_id, card, measure_id)] = float(total or 0.0)
+        for q in queries:
+            if not q.last:
+                continue
+            last = (
+                select(_VALUES.c.account_id, _VALUES.c.value)
+                .where(_VALUES.c.account_id.in_(list(ids)), _VALUES.c.scorecard_id == q.scorecard_id,
+                       _VALUES.c.measure_id == q.measure_id)
+                .order_by(_VALUES.c.account_id, _VALUES.c.at, _VALUES.c.id)
+            )
+            if q.since is not None:
+                last = last.where(_VALUES.c.at > utc(q.since))
+            for row in s.execute(last):  # in time order: the last one stays
+                found[(row.account_id, q.scorecard_id, q.measure_id)] = float(row.value)
+    return found
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    account_id: str
+    scorecard_id: str
+    score: float | None
+    band: str | None
+    components: list[Any]
+    computed_at: datetime
+    scorecard_version: str
+    previous_score: float | None
+    previous_band: str | None
+
+
+def _score_row(r: Any) -> ScoreRow:
+    return ScoreRow(r.account_id, r.scorecard_id, r.score, r.band, list(r.components or []), utc(r.computed_at),
+                    r.scorecard_version, r.previous_score, r.previous_band)
+
+
+def scores_of(s: Session, account_ids: Sequence[str]) -> dict[tuple[str, str], ScoreRow]:
+    """(account, scorecard) -> the stored score of these accounts."""
+    found: dict[tuple[str, str], ScoreRow] = {}
+    for ids in in_chunks(list(dict.fromkeys(account_ids)), 500):
+        for r in s.execute(select(_SCORES).where(_SCORES.c.account_id.in_(list(ids)))):
+            row = _score_row(r)
+            found[(row.account_id, row.scorecard_id)] = row
+    return found
+
+
+def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str, str]]) -> None:
+    """Writes scores: an update for the (account, scorecard) pairs in ``known`` (read in this transaction), an insert
+    for the others."""
+    known = set(known)
+    inserts, updates = [], []
+    for row in new:
+        values = {"score": row.score, "band": row.band, "components": row.components,
+                  "computed_at": utc(row.computed_at), "scorecard_version": row.scorecard_version,
+                  "previous_score": row.previous_score, "previous_band": row.previous_band}
+        if (row.account_id, row.scorecard_id) in known:
+            updates.append({**values, "key_account": row.account_id, "key_scorecard": row.scorecard_id})
+        else:
+            inserts.append({**values, "account_id": row.account_id, "scorecard_id": row.scorecard_id})
+    if inserts:
+        s.execute(_INSERT_SCORE, inserts)
+    if updates:
+        s.execute(_UPDATE_SCORE, updates)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    account_id: str
+    scorecard_id: str
+    score: float | None
+    band: str | None
+    computed_at: datetime
+    previous_score: float | None = None
+    previous_band: str | None = None
+    reasons: tuple[dict[str, Any], ...] = ()
+    cause: str = ""
+
+
+def _history_row(r: Any) -> HistoryRow:
+    return HistoryRow(r.account_id, r.scorecard_id, r.score, r.band, utc(r.computed_at), r.previous_score,
+                      r.previous_band, tuple(r.reasons or ()), r.cause)
+
+
+def add_history(s: Session, rows: Sequence[HistoryRow]) -> None:
+    if rows:
+        s.execute(_INSERT_HISTORY, [
+            {"account_id": r.account_id, "scorecard_id": r.scorecard_id, "score": r.score, "band": r.band,
+             "computed_at": utc(r.computed_at), "previous_score": r.previous_score, "previous_band": r.previous_band,
+             "reasons": list(r.reasons), "cause": r.cause}
+            for r in rows
+        ])
+
+
+def history_caused_by(s: Session, cause: str, account_ids: Sequence[str] | None = None) -> list[HistoryRow]:
+    """The changes ``cause`` (an event id, nightly/<time>) made, oldest first (of these accounts, when given)."""
+    query = select(_HISTORY).where(_HISTORY.c.cause == cause).order_by(_HISTORY.c.id)
+    if account_ids is not None:
+        query = query.where(_HISTORY.c.account_id.in_(list(account_ids)))
+    return [_history_row(r) for r in s.execute(query)]
+
+
+def history(s: Session, account_id: str, scorecard_id: str, limit: int = 100) -> list[HistoryRow]:
+    """The account's changes of score on the scorecard, newest first."""
+    query = (
+        select(_HISTORY)
+        .where(_HISTORY.c.account_id == account_id, _HISTORY.c.scorecard_id == scorecard_id)
+        .order_by(_HISTORY.c.computed_at.desc(), _HISTORY.c.id.desc())
+        .limit(limit)
+    )
+    return [_history_row(r) for r in s.execute(query)]
+
+
+def score_at(s: Session, account_id: str, scorecard_id: str, at: datetime) -> HistoryRow | None:
+    """The newest change at or before ``at`` (the score the account had then), None if none."""
+    query = (
+        select(_HISTORY)
+        .where(_HISTORY.c.account_id == account_id, _HISTORY.c.scorecard_id == scorecard_id,
+               _HISTORY.c.computed_at <= utc(at))
+        .order_by(_HISTORY.c.computed_at.desc(), _HISTORY.c.id.desc())
+        .limit(1)
+    )
+    r = s.execute(query).first()
+    return _history_row(r) if r is not None else None
