@@ -3,6 +3,7 @@ properties: a score stays within 0..100, and a missing measure's weight is share
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
@@ -416,3 +417,33 @@ def test_a_missing_measure_is_the_weighted_mean_of_the_others(card, data):
     assert with_missing.band == without.band
     kept = {c.measure_id: c.effective_weight for c in without.components}
     assert {c.measure_id: c.effective_weight for c in with_missing.components if c.measure_id != gone.id} == kept
+
+
+# ------------------------------------------------------------------------------------------ docs/health.md
+
+
+def test_the_worked_example_of_the_docs(root):
+    """docs/health.md's scorecard is valid, and its worked example, explain output and error are what the code says."""
+    doc = (root / "docs" / "health.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w+)\n(.*?)```", doc, re.S)
+    text = next(body for lang, body in blocks if lang == "yaml" and "id: repricer-health" in body)
+    result = validate_scorecard_text(text, "scorecards/repricer-health.yaml")
+    assert result.problems == [] and result.scorecard is not None
+    card = result.scorecard
+    example = compute(card, {"urgent_tickets": 2, "nps": None, "mrr": 400, "renewal": 45})
+    shown = next(body for lang, body in blocks if lang == "text" and body.startswith("urgent_tickets"))
+    assert explain(example) == shown.strip().splitlines()
+    third = compute(card, {"urgent_tickets": 3, "nps": None, "mrr": 400, "renewal": 45})
+    assert (third.score, third.band) == (40.0, "red")
+    assert "**40: red**" in doc
+    moved = reasons(third, example)
+    assert [(r["measure"], r["value"], r["previous_value"], r["points"]) for r in moved] == [
+        ("urgent_tickets", 3.0, 2.0, -18.8)
+    ]
+    assert [(r["measure"], r["points"]) for r in reasons(example, None)] == [
+        ("urgent_tickets", -18.8), ("renewal", -15.0), ("mrr", -7.5)
+    ]
+    broken = text.replace("weight: 30\n    events", "weight: 35\n    events")
+    problem = validate_scorecard_text(broken, "scorecards/repricer-health.yaml").problems[0]
+    validate_output = next(body for lang, body in blocks if lang == "text" and body.startswith("$ playbook validate"))
+    assert problem.header() == validate_output.splitlines()[1]
