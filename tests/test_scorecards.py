@@ -326,3 +326,23 @@ def test_an_unreadable_file_is_a_problem(tmp_path):
     result = validate_scorecard_file(path)
     assert isinstance(result, ScorecardResult) and not result.ok
     assert [p.header() for p in result.problems] == [f"{path}:1:5: file is not UTF-8 text [syntax]"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("{ below: 3, score: 50 }", "{ below: 3, score: .nan }", "16:28: 'score' must be a finite number; got NaN"),
+        (
+            "{ below: 3, score: 50 }",
+            "{ below: .inf, score: 50 }",
+            "16:18: 'below' must be a finite number; got an infinite number; a rule for every value is "
+            "{otherwise: N}",
+        ),
+        ("below: 50 }", "below: .nan }", "6:25: 'below' must be a finite number; got NaN"),
+        ("drop: 15", "drop: -.inf", "9:30: 'drop' must be a finite number; got an infinite number"),
+        ("missing: { score: 50 }", "missing: { score: .NaN }", "30:23: 'score' must be a finite number; got NaN"),
+    ],
+)
+def test_nan_and_infinities_are_refused(old, new, expected):
+    """The schema's minimum and maximum let NaN through (it compares false with everything): refused by meaning."""
+    assert one(BASE.replace(old, new)) == expected

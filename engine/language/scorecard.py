@@ -10,6 +10,7 @@ The arithmetic is in engine/language/health.py; docs/health.md is the reference.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -25,7 +26,7 @@ from .durations import DurationError, parse_duration
 from .meaning import Checker
 from .model import content_version
 from .problems import Problem
-from .schema_check import Translator, suggest
+from .schema_check import Translator, subject, suggest
 from .schema_source import PLAYBOOK_ID_PATTERN
 from .scorecard_schema import MEASURE_KINDS, scorecard_schema
 from .yaml_source import Document, Path
@@ -251,6 +252,7 @@ class _Meaning:
         data = self.doc.data
         if not isinstance(data, dict):
             return self.problems
+        self.check_numbers(data, ())
         self.check_id(data.get("id"))
         if "segment" in data:
             self.check_expression(("segment",), data.get("segment"), SEGMENT_NAMES)
@@ -260,6 +262,20 @@ class _Meaning:
             self.check_measures(measures)
         self.problems.extend(self.expressions.problems)
         return self.problems
+
+    def check_numbers(self, value: Any, path: Path) -> None:
+        """NaN and infinities compare false with every bound, so the schema lets them through: refused here."""
+        if isinstance(value, float) and not math.isfinite(value):
+            word = "NaN" if math.isnan(value) else "an infinite number"
+            in_rule = len(path) >= 3 and path[-3] == "score" and path[-1] in ("below", "at_least")
+            hint = "; a rule for every value is {otherwise: N}" if in_rule else ""
+            self.at_value(path, f"{subject(path)} must be a finite number; got {word}{hint}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.check_numbers(item, path + (key,))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self.check_numbers(item, path + (index,))
 
     def check_id(self, card_id: Any) -> None:
         if not isinstance(card_id, str) or not self.file.endswith(YAML_SUFFIXES):
