@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 from temporalio import activity
 
+from engine.language import health as hl
 from engine.storage import enrolled, governance, progress
 from engine.storage import models as t
 from engine.storage.db import in_chunks, session
@@ -123,6 +124,10 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment is not None else None
 
 
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite keeps UTC without its offset
+
+
 def _refused(message_id: str, admitted: Admission) -> EmailResult:
     return EmailResult(message_id=message_id, status=admitted.status, detail=admitted.detail,
                        left_out=admitted.left_out, retry_at=_iso(admitted.retry_at))
@@ -134,6 +139,33 @@ _SET_EMAIL_STATUS = (
     .where(t.OutboxEmail.__table__.c.key == bindparam("k"))
     .values(status=bindparam("new_status"), provider_message_id=bindparam("provider_id"))
 )
+
+
+def health_reasons(scorecard_id: str, components: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What holds a score down: its measures by the points they cost against a perfect 100 (negative), at most 3
+    ({measure, title, value, score, points}); engine.language.health.reasons of the score alone."""
+    result = hl.HealthResult(scorecard_id, None, None, tuple(hl.Component.from_dict(c) for c in components))
+    return [{k: r[k] for k in ("measure", "title", "value", "score", "points")} for r in hl.reasons(result, None)]
+
+
+def health_context(scores: Sequence[t.HealthScore]) -> dict[str, Any]:
+    """``account.health`` as templates see it: the first scorecard's (in id order) score, band and reasons, and every
+    scorecard's under ``cards``; an account without a score has score and band None, no reasons and no cards (so a
+    template may test ``account.health.score is none`` rather than fail on a missing name)."""
+    cards = {
+        row.scorecard_id: {
+            "scorecard": row.scorecard_id, "score": row.score, "band": row.band,
+            "reasons": health_reasons(row.scorecard_id, row.components or []), "previous": row.previous_score,
+            "previous_band": row.previous_band, "computed_at": _iso(_utc(row.computed_at)),
+        }
+        for row in scores
+    }
+    first = next(iter(cards.values()), None)
+    if first is None:
+        return {"scorecard": None, "score": None, "band": None, "reasons": [], "previous": None,
+                "previous_band": None, "computed_at": None, "cards": {}}
+    return {**first, "cards": cards}
+
 
 UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"  # RFC 8058's one-click body, also the header's value
 
@@ -187,11 +219,19 @@ class PlaybookActivities:
                     progress.register(s, req.run_key, req.ref.workflow_id, req.ref.playbook_id, req.ref.version,
                                       req.ref.account_id, at)
         try:
-            return self.crm.get_account(req.account_id)
+            snapshot = self.crm.get_account(req.account_id)
         except NotFoundError:
-            return AccountSnapshot(account={"id": req.account_id, "owner": None, "tags": []}, found=False)
+            snapshot = AccountSnapshot(account={"id": req.account_id, "owner": None, "tags": []}, found=False)
         except ProviderError as err:
             raise to_application_error(err) from err
+        with session(self.db_url) as s:
+            scores = s.scalars(
+                select(t.HealthScore)
+                .where(t.HealthScore.account_id == req.account_id)
+                .order_by(t.HealthScore.scorecard_id)
+            ).all()
+            health = health_context(scores)
+        return AccountSnapshot({**snapshot.account, "health": health}, snapshot.contacts, snapshot.found)
 
     @activity.defn(name="assign_owner", no_thread_cancel_exception=True)
     @logged
