@@ -3,6 +3,11 @@
 People and the product act on the simulated clock: the driver sleeps on server timers, so the
 time-skipping server stops exactly when someone answers a task (``after`` its asking) or the product
 posts an event (``at`` its offset), and answers go through the run's real updates and signals.
+
+Events go through the scenario's intake first (the library's scorecards: a score change becomes a
+health.score_changed event of its own). A scenario started by ``start.events`` has no run at first: the driver
+posts those events in order, the intake starts the run on the first one its trigger accepts, and the gate
+workflow (ScenarioGate) tells the runner, which waits on it, whether a run started.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -24,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
 
 DRIVER_NAME = "ScenarioDriver"
 ASKED_SIGNAL = "asked"
+GATE_NAME = "ScenarioGate"
+GATE_SIGNAL = "gate"
 
 
 @dataclass
@@ -39,19 +46,23 @@ class Asked:
 class DriverInput:
     run_workflow_id: str
     script: list[dict[str, Any]]
+    start_events: list[dict[str, Any]] = field(default_factory=list)  # start.events: {at, event}, in order
 
 
 @dataclass
 class Answer:
     workflow_id: str
-    kind: str  # outcome | decision | event
+    kind: str  # outcome | decision | event | start_event | start_done | recipient
     payload: dict[str, Any]
+    at: str | None = None  # the server's clock when it was sent (the scenario's clock is it plus the start's offset)
+    offset: float | None = None  # an event's offset from the scenario's start, as the script says
 
 
 @dataclass
 class AnswerResult:
     ok: bool
     error: str | None = None
+    started: bool = False  # a start event started the run
 
 
 def _delay(text: str | None) -> float:
@@ -68,6 +79,9 @@ class ScenarioDriver:
     @workflow.run
     async def run(self, params: DriverInput) -> list[str]:
         self.params = params
+        self.began = workflow.now()
+        if params.start_events:
+            self.tasks.append(asyncio.create_task(self.post_start_events(params.start_events)))
         for item in params.script:
             if "event" in item:
                 self.tasks.append(asyncio.create_task(self.post_event(item)))
@@ -76,10 +90,28 @@ class ScenarioDriver:
         await workflow.wait_condition(lambda: False)  # runs until the scenario runner cancels it
         return self.errors  # pragma: no cover
 
+    async def sleep_until(self, offset: float) -> None:
+        left = (self.began + timedelta(seconds=offset) - workflow.now()).total_seconds()
+        if left > 0:
+            await workflow.sleep(left)
+
+    async def post_start_events(self, items: list[dict[str, Any]]) -> None:
+        """start.events one after another: the first its trigger accepts (or a score change it causes) starts the
+        run; then the gate hears whether one did."""
+        started = False
+        for item in sorted(items, key=lambda i: _delay(i.get("at"))):
+            await self.sleep_until(_delay(item.get("at")))
+            kind = "event" if started else "start_event"
+            offset = _delay(item.get("at"))
+            result = await self.send(Answer(self.params.run_workflow_id, kind, dict(item["event"]), _now(), offset))
+            started = started or bool(result and result.started)
+        if not started:
+            await self.send(Answer(self.params.run_workflow_id, "start_done", {}, _now()))
+
     async def post_event(self, item: dict[str, Any]) -> None:
         await workflow.sleep(_delay(item.get("at")))
         event = dict(item["event"])
-        await self.send(Answer(self.params.run_workflow_id, "event", event))
+        await self.send(Answer(self.params.run_workflow_id, "event", event, _now(), _delay(item.get("at"))))
 
     async def recipient_acts(self, item: dict[str, Any]) -> None:
         """A recipient unsubscribes (one-click, from a category or from all that allow it) or their address
@@ -109,7 +141,7 @@ class ScenarioDriver:
             }
             await self.send(Answer(asked.workflow_id, "decision", payload))
 
-    async def send(self, answer: Answer) -> None:
+    async def send(self, answer: Answer) -> AnswerResult | None:
         try:
             result: AnswerResult = await workflow.execute_activity(
                 "scenario_answer",
@@ -120,9 +152,10 @@ class ScenarioDriver:
             )
         except ActivityError as err:
             self.errors.append(f"{answer.kind} to {answer.workflow_id}: {err.cause or err}")
-            return
+            return None
         if not result.ok:
             self.errors.append(f"{answer.kind} {answer.payload}: {result.error}")
+        return result
 
     @workflow.signal(name=ASKED_SIGNAL)
     def on_asked(self, asked: Asked) -> None:
@@ -140,11 +173,58 @@ class ScenarioDriver:
         return list(self.errors)
 
 
+def _now() -> str:
+    return workflow.now().isoformat()
+
+
+@workflow.defn(name=GATE_NAME)
+class ScenarioGate:
+    """What the runner waits on while a scenario started by start.events has no run yet (waiting on a workflow's
+    result is what lets the time-skipping server skip): it ends when the intake says whether a run started."""
+
+    def __init__(self) -> None:
+        self.started: bool | None = None
+
+    @workflow.run
+    async def run(self) -> bool:
+        await workflow.wait_condition(lambda: self.started is not None)
+        return bool(self.started)
+
+    @workflow.signal(name=GATE_SIGNAL)
+    def opened(self, started: bool) -> None:
+        if self.started is None:
+            self.started = started
+
+
+class Intake(Protocol):
+    """The scenario's intake (engine.testing.scenarios): events through the scorecards and, for start.events, the
+    trigger."""
+
+    async def take(
+        self, event: dict[str, Any], server_now: datetime, offset: float | None, may_start: bool
+    ) -> tuple[bool, list[Event]]:
+        """Records the event (at the scenario's start plus ``offset``, if given); returns whether it (or a score
+        change it caused) started the run, and the events to deliver to the run (the event and the
+        health.score_changed events its score changes emit)."""
+        ...
+
+    async def no_start(self) -> None:
+        """Every start event was posted and none started the run."""
+        ...
+
+
 class DriverActivities:
     """Carries the driver's answers to the run through its real signal and updates."""
 
-    def __init__(self, client: Client, db_url: str | None = None, opt_out_categories: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        client: Client,
+        db_url: str | None = None,
+        opt_out_categories: tuple[str, ...] = (),
+        intake: Intake | None = None,
+    ) -> None:
         self.client = client
+        self.intake = intake
         self.db_url = db_url  # where a recipient's unsubscribe or bounce is recorded
         self.opt_out_categories = opt_out_categories  # an unsubscribe without a category: from all of these
         # Refused answers are kept here, on the runner's side: once the run has ended the driver workflow may
@@ -155,11 +235,27 @@ class DriverActivities:
     async def scenario_answer(self, answer: Answer) -> AnswerResult:
         if answer.kind == "recipient":
             return self.recipient(answer.payload)
+        server_now = datetime.fromisoformat(answer.at) if answer.at else datetime.now(UTC)
+        if answer.kind == "start_done":
+            if self.intake is not None:
+                await self.intake.no_start()
+            return AnswerResult(True)
+        started = False
+        if answer.kind in ("event", "start_event"):
+            if self.intake is not None:
+                started, events = await self.intake.take(
+                    answer.payload, server_now, answer.offset, answer.kind == "start_event"
+                )
+            else:
+                events = [Event(**answer.payload)]
+            for event in events:
+                result = await self.deliver(answer, event)
+                if not result.ok:
+                    return result
+            return AnswerResult(True, started=started)
         handle = self.client.get_workflow_handle(answer.workflow_id)
         try:
-            if answer.kind == "event":
-                await handle.signal(EVENT_SIGNAL, Event(**answer.payload))
-            elif answer.kind == "outcome":
+            if answer.kind == "outcome":
                 await handle.execute_update(OUTCOME_UPDATE, Outcome(**answer.payload), result_type=str)
             else:
                 await handle.execute_update(DECIDE_UPDATE, Decision(**answer.payload))
@@ -167,8 +263,17 @@ class DriverActivities:
             self.refused.append(f"{answer.kind} {answer.payload}: {err.cause or err}")
             return AnswerResult(False, str(err.cause or err))
         except RPCError as err:
-            if answer.kind == "event" and err.status == RPCStatusCode.NOT_FOUND:
-                return AnswerResult(True)  # the run has ended: events only reach live runs
+            self.refused.append(f"{answer.kind} {answer.payload}: {err}")
+            return AnswerResult(False, str(err))
+        return AnswerResult(True)
+
+    async def deliver(self, answer: Answer, event: Event) -> AnswerResult:
+        """An event to the run, through its signal; a run that has ended (or not started) takes none."""
+        try:
+            await self.client.get_workflow_handle(answer.workflow_id).signal(EVENT_SIGNAL, event)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return AnswerResult(True)  # events only reach live runs
             self.refused.append(f"{answer.kind} {answer.payload}: {err}")
             return AnswerResult(False, str(err))
         return AnswerResult(True)

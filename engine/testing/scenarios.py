@@ -3,6 +3,12 @@
 Each scenario gets its own database (seeded with its account, contacts and team), a worker with the
 real interpreter and the real activities over the embedded providers, and a driver workflow that
 plays the people and the product. A scenario that waits a year takes seconds.
+
+The events the product posts go through the scenario's intake (ScenarioIntake): the library's scorecards
+(`scorecards/` beside the playbooks) record what each event gives their measures and score the account, and a
+notable change becomes health.score_changed, delivered to the run like any event. A scenario may start from
+events alone (start.events): the run starts on the first of them, or of the score changes they cause, that its
+trigger accepts.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-from temporalio.client import Client, WorkflowFailureError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.crm import BuiltinCrm, seed
+from activities.crm import BuiltinCrm, read_account, seed, write_health_fields
 from activities.email import OutboxProvider
 from activities.library import LibraryActivities
 from activities.playbook_activities import PlaybookActivities
 from activities.segments import segment_refusal
+from activities.types import HealthWrite
 from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResult, TimelineEntry
 from engine.language.durations import parse_duration
 from engine.language.library import Library, Resolver, find_library_root
@@ -38,14 +46,26 @@ from engine.language.model import Playbook
 from engine.language.policy import DEFAULT_POLICY
 from engine.language.policy_file import build_policy
 from engine.language.scenario import validate_scenario_file
+from engine.language.scorecard import Scorecard, load_scorecards
+from engine.runtime import health as runtime_health
 from engine.runtime.connect import quiet_runtime
 from engine.runtime.intake import trigger_refusal
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
-from engine.storage.db import migrate, session
+from engine.storage.db import engine_for, migrate, session
 from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
 
-from .driver import ASKED_SIGNAL, DRIVER_NAME, Asked, DriverActivities, DriverInput, ScenarioDriver
+from .driver import (
+    ASKED_SIGNAL,
+    DRIVER_NAME,
+    GATE_NAME,
+    GATE_SIGNAL,
+    Asked,
+    DriverActivities,
+    DriverInput,
+    ScenarioDriver,
+    ScenarioGate,
+)
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
 RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
@@ -156,6 +176,12 @@ async def run_checked(
     )
     report = ScenarioReport(str(path), True)
     crm = BuiltinCrm(db_url)
+    cards, card_problems = scenario_scorecards(path, library_root)
+    if card_problems and _uses_health(data):
+        report.failures.extend(f"scorecards: {p}" for p in card_problems)
+        report.passed = False
+        return report
+    from_events = bool(start_spec.get("events"))
 
     # How the run begins: through the trigger, as a real one would.
     event = None
@@ -165,18 +191,23 @@ async def run_checked(
             type=e["type"], data=dict(e.get("data") or {}), id=e.get("id") or "evt-scenario",
             occurred_at=e.get("occurred_at") or start_at.isoformat(), account_id=account["id"],
         )
+        if cards:  # it counts for the scores too (a score change it causes starts nothing more here)
+            await asyncio.to_thread(record_health, db_url, account["id"], cards, event, start_at)
     snapshot = crm.get_account(account["id"])
-    reason = _does_not_start(playbook, event, snapshot.account, bool(start_spec.get("manual")), start_at)
+    reason = None if from_events else _does_not_start(
+        playbook, event, snapshot.account, bool(start_spec.get("manual")), start_at
+    )
     if reason is not None:
         report.outcome = "not_started"
         report.timeline.append({"at": "+0s", "step": None, "kind": "run", "status": "not_started", "detail": reason})
-        _check(report, data, playbook, db_url, start_at, RunResult(outcome="not_started"))
+        _check(report, data, playbook, db_url, start_at, RunResult(outcome="not_started"), cards=cards)
         return report
 
     client: Client = env.client
     task_queue = f"scenario-{uuid.uuid4().hex[:12]}"
     run_id = f"{playbook.id}/{account['id']}/{task_queue}"
     driver_id = f"driver/{task_queue}"
+    gate_id = f"gate/{task_queue}"
 
     def on_ask(kind: str, record: dict[str, Any]) -> None:
         # Runs in the activity's thread, before the activity returns: the driver hears of the ask before
@@ -201,39 +232,66 @@ async def run_checked(
         roots.insert(0, (path.parent / data["playbook"]).resolve().parent)
     library = LibraryActivities(*roots)
     policy = playbook.policy or DEFAULT_POLICY
-    driver_activities = DriverActivities(client, db_url, policy.opt_out_categories())
-    worker = build_worker(
-        client,
-        task_queue,
-        [*activities.all(), library.load_playbook, driver_activities.scenario_answer],
-        extra_workflows=[ScenarioDriver],
-    )
     result: RunResult | None = None
     memo_control: bool | None = None
-    async with worker:
-        server_now = await _server_now(env)
-        offset = (start_at - server_now).total_seconds()
-        driver = await client.start_workflow(
-            DRIVER_NAME, DriverInput(run_id, list(data.get("script") or [])), id=driver_id, task_queue=task_queue
-        )
-        handle = await client.start_workflow(
+    server_now = await _server_now(env)
+    offset = (start_at - server_now).total_seconds()
+
+    handles: list[WorkflowHandle[Any, RunResult]] = []
+
+    async def start(trigger_event: Event | None) -> None:
+        handles.append(await client.start_workflow(
             WORKFLOW_NAME,
-            RunInput(playbook=playbook, account_id=account["id"], event=event, clock_offset=offset),
+            RunInput(playbook=playbook, account_id=account["id"], event=trigger_event, clock_offset=offset),
             id=run_id,
             task_queue=task_queue,
             execution_timeout=RUN_LIMIT,
             result_type=RunResult,
+        ))
+
+    async def open_gate(started: bool) -> None:
+        await client.get_workflow_handle(gate_id).signal(GATE_SIGNAL, started)
+
+    intake = ScenarioIntake(db_url, account["id"], playbook, cards, start_at, offset, start, open_gate)
+    driver_activities = DriverActivities(client, db_url, policy.opt_out_categories(), intake)
+    worker = build_worker(
+        client,
+        task_queue,
+        [*activities.all(), library.load_playbook, driver_activities.scenario_answer],
+        extra_workflows=[ScenarioDriver, ScenarioGate],
+    )
+    async with worker:
+        if from_events:
+            gate = await client.start_workflow(GATE_NAME, id=gate_id, task_queue=task_queue, result_type=bool)
+        driver = await client.start_workflow(
+            DRIVER_NAME,
+            DriverInput(run_id, list(data.get("script") or []), list(start_spec.get("events") or [])),
+            id=driver_id,
+            task_queue=task_queue,
         )
-        try:
-            result = await handle.result()
-        except WorkflowFailureError as err:
-            result = failed_result(err)
-        # what ops see in the listing and the Web UI: the run's memo says it was held out
-        with contextlib.suppress(RPCError):
-            memo_control = bool((await (await handle.describe()).memo()).get("control", False))
+        started = True
+        if from_events:
+            started = await gate.result()
+        else:
+            await start(event)
+        if started:
+            handle = handles[0]  # the handle of the start: it waits for that run's result
+            try:
+                result = await handle.result()
+            except WorkflowFailureError as err:
+                result = failed_result(err)
+            # what ops see in the listing and the Web UI: the run's memo says it was held out
+            with contextlib.suppress(RPCError):
+                memo_control = bool((await (await handle.describe()).memo()).get("control", False))
         with contextlib.suppress(RPCError):  # it may have ended by itself after the run did
             await driver.terminate("scenario finished")
         driver_errors = list(driver_activities.refused)
+    if result is None:
+        result = RunResult(outcome="not_started")
+        detail = "no start event, nor a score change it caused, was accepted by the trigger"
+        if intake.refusals:
+            detail += f" (last: {intake.refusals[-1]})"
+        report.timeline.append({"at": "+0s", "step": None, "kind": "run", "status": "not_started", "detail": detail})
     report.outcome = result.outcome
     for entry in result.timeline:
         at = datetime.fromisoformat(entry.at)
@@ -242,8 +300,117 @@ async def run_checked(
              "status": entry.status, "detail": entry.detail}
         )
     report.failures.extend(f"script: {e}" for e in driver_errors)
-    _check(report, data, playbook, db_url, start_at, result, memo_control)
+    _check(report, data, playbook, db_url, start_at, result, memo_control, cards)
     return report
+
+
+# ------------------------------------------------------------------------------ health
+
+
+def scenario_scorecards(path: Path, library_root: Path | None = None) -> tuple[list[Scorecard], list[str]]:
+    """The scorecards a scenario's events go through: `scorecards/` beside its library folder (playbooks/ ->
+    scorecards/), else beside ``library_root``. The valid ones, and every problem of the others."""
+    folders = [find_library_root(path).resolve().parent / "scorecards"]
+    if library_root is not None:
+        folders.append(library_root.resolve().parent / "scorecards")
+    for folder in folders:
+        if folder.is_dir():
+            found = load_scorecards(folder)
+            cards = sorted(found.scorecards.values(), key=lambda c: c.id)
+            return cards, [p.header() for p in found.problems]
+    return [], []
+
+
+def _uses_health(data: dict[str, Any]) -> bool:
+    return bool((data.get("start") or {}).get("events")) or any(
+        isinstance(i, dict) and "health" in i for i in data.get("expect") or []
+    )
+
+
+def record_health(
+    db_url: str, account_id: str, cards: Sequence[Scorecard], event: Event, at: datetime
+) -> list[runtime_health.ScoreChange]:
+    """What the intake does with an event for health, in one transaction: its values recorded, the account scored,
+    the primary scorecard's score and band written into the account's fields health_score and health_band."""
+    with session(db_url) as s:
+        snapshot = read_account(s, account_id)
+        crm_account = snapshot.account if snapshot else {"id": account_id}
+        # a scenario's events carry no account fields: only the scorecards that read the event's type score again
+        changes = runtime_health.update_for_event(s, crm_account, event, list(cards), at, fields_changed=False)
+        write_health_fields(s, [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary])
+        return changes
+
+
+class ScenarioIntake:
+    """The scenario's POST /events: every event through the scorecards (a notable score change becomes the event
+    health.score_changed); in a scenario started by start.events, the run started on the first event its trigger
+    accepts."""
+
+    def __init__(
+        self,
+        db_url: str,
+        account_id: str,
+        playbook: Playbook,
+        cards: Sequence[Scorecard],
+        start_at: datetime,
+        offset: float,
+        start: Callable[[Event], Any],
+        open_gate: Callable[[bool], Any],
+    ) -> None:
+        self.db_url, self.account_id, self.playbook, self.cards = db_url, account_id, playbook, list(cards)
+        self.start_at = start_at
+        self.offset = timedelta(seconds=offset)  # the scenario's clock = the server's + this
+        self.start, self.open_gate = start, open_gate
+        self.started = False
+        self.refusals: list[str] = []
+        self.taken = 0
+
+    async def take(
+        self, payload: dict[str, Any], server_now: datetime, offset: float | None, may_start: bool
+    ) -> tuple[bool, list[Event]]:
+        # the event's moment: the script's offset from the start (the server's clock runs a little behind it)
+        at = self.start_at + timedelta(seconds=offset) if offset is not None else server_now + self.offset
+        self.taken += 1
+        posted = Event(**payload)  # as the run gets it (as before scorecards: no id or time unless the script says)
+        recorded = dataclasses.replace(
+            posted, id=posted.id or f"evt-scenario-{self.taken}", occurred_at=posted.occurred_at or at.isoformat(),
+            account_id=self.account_id,
+        )
+        emitted: list[Event] = []
+        if self.cards:
+            changes = await asyncio.to_thread(record_health, self.db_url, self.account_id, self.cards, recorded, at)
+            emitted = [c.event() for c in changes if c.notable]
+        started, deliver = False, []
+        for candidate in [posted, *emitted]:
+            if may_start and not self.started:
+                account = BuiltinCrm(self.db_url).get_account(self.account_id).account
+                why = trigger_refusal(self.playbook, candidate, account)
+                if why is None:
+                    await self.start(candidate)
+                    self.started = started = True
+                    await self.open_gate(True)
+                    continue
+                self.refusals.append(f"{candidate.type}: {why}")
+            deliver.append(candidate)
+        return started, deliver
+
+    async def no_start(self) -> None:
+        await self.open_gate(False)
+
+
+def health_at(db_url: str, account_id: str, cards: Sequence[Scorecard], at: datetime | None) -> list[Any]:
+    """The account's scores (runtime_health.AccountHealth, one per scorecard): as stored at the end (``at`` None), or
+    computed at ``at`` from the events recorded until then and the account's fields, in a transaction rolled back."""
+    with Session(engine_for(db_url)) as s:
+        try:
+            if at is not None:
+                s.execute(delete(t.HealthEventValue).where(t.HealthEventValue.at > at.astimezone(UTC)))
+                snapshot = read_account(s, account_id)
+                if snapshot is not None:
+                    runtime_health.recompute(s, snapshot.account, list(cards), at)
+            return list(runtime_health.health_of(s, account_id))
+        finally:
+            s.rollback()
 
 
 def failed_result(err: WorkflowFailureError) -> RunResult:
@@ -317,6 +484,7 @@ def _check(
     start_at: datetime,
     result: RunResult,
     memo_control: bool | None = None,
+    cards: Sequence[Scorecard] = (),
 ) -> None:
     with session(db_url) as s:
         emails = s.scalars(select(t.OutboxEmail).order_by(t.OutboxEmail.id)).all()
@@ -326,11 +494,52 @@ def _check(
             s.execute(select(t.EmailDelivery.key, func.max(t.EmailDelivery.at)).group_by(t.EmailDelivery.key)).all()
         )
     for item in data.get("expect") or []:
+        if "health" in item:
+            report.failures.extend(_health_expectation(item, db_url, data["account"]["id"], cards, start_at))
+            continue
         failure = _expectation(item, emails, tasks, db_url, data, start_at, result, admitted)
         if "control" in item and not failure and memo_control is not None and memo_control != item["control"]:
             failure = [f"control: the run's result says {str(result.control).lower()}, its memo the opposite"]
         report.failures.extend(failure)
     report.passed = not report.failures
+
+
+def _health_expectation(
+    item: dict[str, Any], db_url: str, account_id: str, cards: Sequence[Scorecard], start_at: datetime
+) -> list[str]:
+    expected = item["health"] or {}
+    at = start_at + timedelta(seconds=parse_duration(item["at"]).seconds) if item.get("at") else None
+    where = f"health at +{item['at']}" if at is not None else "health at the end"
+    if not cards:
+        return [f"{where}: no scorecards (the library has no valid scorecards/ folder beside it)"]
+    scores = {h.scorecard_id: h for h in health_at(db_url, account_id, cards, at)}
+    card_id = expected.get("scorecard")
+    if card_id is None:
+        if len(scores) > 1:
+            return [f"{where}: {len(scores)} scorecards scored the account ({', '.join(sorted(scores))}): name one"]
+        card_id = next(iter(scores), None) or (cards[0].id if len(cards) == 1 else None)
+    if card_id is not None and card_id not in {c.id for c in cards}:
+        return [f"{where}: no scorecard '{card_id}' (known: {', '.join(c.id for c in cards)})"]
+    found = scores.get(card_id) if card_id else None
+    score, band = (found.score, found.band) if found else (None, None)
+    problems = []
+    if "score" in expected and (score is None) != (expected["score"] is None) or (
+        score is not None and expected.get("score") is not None and abs(score - float(expected["score"])) > 0.05
+    ):
+        problems.append(f"{where}: score {_number(score)}, expected {_number(expected['score'])}")
+    if "band" in expected and band != expected["band"]:
+        problems.append(f"{where}: band {band or 'none'}, expected {expected['band'] or 'none'}")
+    if problems and found is not None:
+        parts = ", ".join(f"{c['measure_id']} {_number(c.get('value'))}->{_number(c.get('score'))}"
+                          for c in found.components)
+        problems.append(f"{where}: {card_id} components: {parts}")
+    return problems
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{float(value):g}"
 
 
 def _expectation(
