@@ -154,6 +154,8 @@ def update_for_event(
                 continue
             rows.append({"account_id": account_id, "scorecard_id": card.id, "measure_id": measure.id, "at": at,
                          "value": value})
+    if not rows and not fields_changed:
+        return []  # the event feeds no measure and changed no field: no score can have moved
     seen_before = False
     if event.id and rows:
         _, already = hs.add_event_values(s, event.id, rows)
@@ -231,7 +233,7 @@ def recompute_many(
                 else:
                     values[m.id] = hl.field_value(m, account, now)
             result = hl.compute(card, values)
-            components = [c.as_dict() for c in result.components]
+            components = [dict(vars(c)) for c in result.components]  # as_dict, without asdict's deep copy
             old = stored.get((account_id, card.id))
             if old is None and result.score is None:
                 continue  # nothing to say yet: no score, none before

@@ -6,6 +6,7 @@ arithmetic is engine.language.health's and the bookkeeping engine.runtime.health
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,31 @@ class MeasureQuery:
     since: datetime | None
 
 
+# Statements built once per shape (SQLAlchemy keeps their compiled form): an event's recompute is a few executions
+# of prepared statements, not a few constructions of them.
+@functools.lru_cache(maxsize=256)
+def _sum_query(windowed: bool) -> Any:
+    query = (
+        select(_VALUES.c.account_id, _VALUES.c.measure_id, func.sum(_VALUES.c.value))
+        .where(_VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
+               _VALUES.c.scorecard_id == bindparam("scorecard_id"),
+               _VALUES.c.measure_id.in_(bindparam("measure_ids", expanding=True)))
+        .group_by(_VALUES.c.account_id, _VALUES.c.measure_id)
+    )
+    return query.where(_VALUES.c.at > bindparam("since")) if windowed else query
+
+
+@functools.lru_cache(maxsize=256)
+def _last_query(windowed: bool) -> Any:
+    query = (
+        select(_VALUES.c.account_id, _VALUES.c.value)
+        .where(_VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
+               _VALUES.c.scorecard_id == bindparam("scorecard_id"), _VALUES.c.measure_id == bindparam("measure_id"))
+        .order_by(_VALUES.c.account_id, _VALUES.c.at, _VALUES.c.id)
+    )
+    return query.where(_VALUES.c.at > bindparam("since")) if windowed else query
+
+
 def event_values(
     s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery]
 ) -> dict[tuple[str, str, str], float]:
@@ -72,28 +98,18 @@ def event_values(
             sums.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
     for ids in in_chunks(list(account_ids), 500):
         for (card, since), measures in sums.items():
-            query = (
-                select(_VALUES.c.account_id, _VALUES.c.measure_id, func.sum(_VALUES.c.value))
-                .where(_VALUES.c.account_id.in_(list(ids)), _VALUES.c.scorecard_id == card,
-                       _VALUES.c.measure_id.in_(measures))
-                .group_by(_VALUES.c.account_id, _VALUES.c.measure_id)
-            )
+            params: dict[str, Any] = {"account_ids": list(ids), "scorecard_id": card, "measure_ids": measures}
             if since is not None:
-                query = query.where(_VALUES.c.at > utc(since))
-            for account_id, measure_id, total in s.execute(query):
+                params["since"] = utc(since)
+            for account_id, measure_id, total in s.execute(_sum_query(since is not None), params):
                 found[(account_id, card, measure_id)] = float(total or 0.0)
         for q in queries:
             if not q.last:
                 continue
-            last = (
-                select(_VALUES.c.account_id, _VALUES.c.value)
-                .where(_VALUES.c.account_id.in_(list(ids)), _VALUES.c.scorecard_id == q.scorecard_id,
-                       _VALUES.c.measure_id == q.measure_id)
-                .order_by(_VALUES.c.account_id, _VALUES.c.at, _VALUES.c.id)
-            )
+            params = {"account_ids": list(ids), "scorecard_id": q.scorecard_id, "measure_id": q.measure_id}
             if q.since is not None:
-                last = last.where(_VALUES.c.at > utc(q.since))
-            for row in s.execute(last):  # in time order: the last one stays
+                params["since"] = utc(q.since)
+            for row in s.execute(_last_query(q.since is not None), params):  # in time order: the last one stays
                 found[(row.account_id, q.scorecard_id, q.measure_id)] = float(row.value)
     return found
 
@@ -116,11 +132,14 @@ def _score_row(r: Any) -> ScoreRow:
                     r.scorecard_version, r.previous_score, r.previous_band)
 
 
+_SCORES_OF = select(_SCORES).where(_SCORES.c.account_id.in_(bindparam("account_ids", expanding=True)))
+
+
 def scores_of(s: Session, account_ids: Sequence[str]) -> dict[tuple[str, str], ScoreRow]:
     """(account, scorecard) -> the stored score of these accounts."""
     found: dict[tuple[str, str], ScoreRow] = {}
     for ids in in_chunks(list(dict.fromkeys(account_ids)), 500):
-        for r in s.execute(select(_SCORES).where(_SCORES.c.account_id.in_(list(ids)))):
+        for r in s.execute(_SCORES_OF, {"account_ids": list(ids)}):
             row = _score_row(r)
             found[(row.account_id, row.scorecard_id)] = row
     return found
