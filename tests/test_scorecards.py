@@ -346,3 +346,15 @@ def test_an_unreadable_file_is_a_problem(tmp_path):
 def test_nan_and_infinities_are_refused(old, new, expected):
     """The schema's minimum and maximum let NaN through (it compares false with everything): refused by meaning."""
     assert one(BASE.replace(old, new)) == expected
+
+
+def test_the_nearest_scorecards_or_playbooks_folder_decides(tmp_path, monkeypatch):
+    assert is_scorecard_file(Path("scorecards/repricer-health.yaml"))
+    assert is_scorecard_file(Path("/srv/engine/scorecards/teams/emea-health.yml"))
+    assert not is_scorecard_file(Path("/home/x/scorecards/playbooks/welcome.yaml"))
+    assert not is_scorecard_file(Path("scorecards/tests/demo.scenario.yaml"))
+    folder = tmp_path / "scorecards"
+    folder.mkdir()
+    (folder / "demo-health.yaml").write_text(BASE)
+    monkeypatch.chdir(folder)
+    assert is_scorecard_file(Path("demo-health.yaml"))  # named from inside the folder

@@ -162,13 +162,23 @@ class ScorecardLibrary:
 
 
 def is_scorecard_path(path: FsPath) -> bool:
-    """A YAML file under a folder named `scorecards` (not a scenario)."""
+    """A YAML file (not a scenario) under a folder named `scorecards`, in the path as given.
+
+    The nearest folder named `scorecards` or `playbooks` decides, so a library kept under some folder that happens
+    to be named `scorecards` (/home/x/scorecards/playbooks/welcome.yaml) stays playbooks. A bare file name also
+    looks at the folder it is in (`cd scorecards && playbook validate repricer-health.yaml`).
+    """
     if not path.name.endswith(YAML_SUFFIXES) or ".scenario." in path.name:
         return False
-    if SCORECARDS_FOLDER in path.parent.parts:
-        return True
+    for folder in path.parent.parts[::-1]:
+        if folder == SCORECARDS_FOLDER:
+            return True
+        if folder == "playbooks":
+            return False
+    if path.is_absolute():
+        return False
     try:
-        return SCORECARDS_FOLDER in path.resolve().parent.parts
+        return path.resolve().parent.name == SCORECARDS_FOLDER
     except OSError:  # pragma: no cover - a path that cannot be resolved
         return False
 
