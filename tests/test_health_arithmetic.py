@@ -447,3 +447,15 @@ def test_the_worked_example_of_the_docs(root):
     problem = validate_scorecard_text(broken, "scorecards/repricer-health.yaml").problems[0]
     validate_output = next(body for lang, body in blocks if lang == "text" and body.startswith("$ playbook validate"))
     assert problem.header() == validate_output.splitlines()[1]
+
+
+def test_reasons_when_the_scorecard_changed_or_there_was_no_score(card):
+    full = {"tickets": 0, "urgent_tickets": 0, "refunds": 0, "nps": 0, "mrr": 2000, "renewal": 200, "last_login": 1}
+    previous = compute(card, full)
+    fewer = Scorecard(card.id, card.title, None, card.bands, True, None,
+                      tuple(m for m in card.measures if m.id != "nps"), "v2", "demo-health.yaml")
+    new = compute(fewer, full)  # nps (score 0) is gone from the scorecard
+    moved = reasons(new, previous, top=10)
+    assert sum(r["points"] for r in moved) == pytest.approx(new.score - previous.score, abs=0.3)
+    nobody = HealthResult(card.id, None, None, ())
+    assert reasons(new, nobody) == reasons(new, None)

@@ -230,10 +230,13 @@ def reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> l
     points, score, previous_score}].
 
     points: the change of the measure's contribution (the points of the score it gives); their sum is the change
-    of the score (before rounding). Without a previous score, the points it costs against a perfect 100
-    (contribution - its share), so the first score's reasons are what holds it down. Measures that did not move
-    are left out.
+    of the score (before rounding); a measure the previous score had and the new one has not (the scorecard
+    changed) is listed with the points it gave. Without a previous score (or when it was no score), the points each
+    measure costs against a perfect 100 (contribution - its share), so the first score's reasons are what holds it
+    down. Measures that did not move are left out.
     """
+    if previous is not None and previous.score is None:
+        previous = None
     rows: list[tuple[float, int, dict[str, Any]]] = []
     for index, comp in enumerate(new.components):
         before = previous.component(comp.measure_id) if previous is not None else None
@@ -259,6 +262,14 @@ def reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> l
                 },
             )
         )
+    known = {c.measure_id for c in new.components}
+    for index, gone in enumerate(previous.components if previous is not None else ()):
+        points = round(-gone.contribution, 1)
+        if gone.measure_id in known or points == 0:
+            continue
+        row = {"measure": gone.measure_id, "title": gone.title, "value": None, "previous_value": gone.value,
+               "points": points, "score": None, "previous_score": gone.score}
+        rows.append((-abs(points), len(new.components) + index, row))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [row for _, _, row in rows[: max(0, top)]]
 
