@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from temporalio import activity
@@ -27,7 +29,8 @@ from temporalio.client import ScheduleActionStartWorkflow, WorkflowExecutionStat
 from temporalio.testing import WorkflowEnvironment
 
 from activities.crm import BuiltinCrm, seed
-from activities.types import HealthPageRequest, HealthPageResult
+from activities.hubspot_crm import HubSpotCrm
+from activities.types import HealthPageRequest, HealthPageResult, HealthWrite
 from api.app import create_app
 from api.security import create_token
 from engine.interpreter.health_nightly import HEALTH_NIGHTLY_WORKFLOW, NightlyInput, NightlyResult
@@ -310,9 +313,11 @@ def test_the_nightly_pass_recomputes_what_time_changed_in_pages_and_resumes(tmp_
     with session(db_url) as s:
         fields = {a.id: a.fields for a in s.scalars(select(t.Account))}
         rows = s.scalar(select(func.count()).select_from(t.HealthHistory))
+        values = s.scalar(select(func.count()).select_from(t.HealthEventValue))
     assert (fields["acc-0100"]["health_score"], fields["acc-0100"]["health_band"]) == (72.0, "yellow")
     assert "health_score" not in fields["acc-0101"]  # not changed that night: not written
     assert rows == 300 * 3 + 150
+    assert values == 150 * 3  # the tickets that left the window are forgotten; the odd accounts' stay
 
 
 # ------------------------------------------------------------------------------------------------- PostgreSQL
@@ -344,3 +349,25 @@ def test_scores_are_kept_on_postgresql(postgres: str, tmp_path: Path) -> None:
     with session(postgres) as s:
         [later] = health.recompute(s, account, cards, now + timedelta(days=31), cause="nightly/x")
     assert (later.score, later.band, later.previous_band, later.notable) == (100.0, "green", "red", True)
+
+
+# ------------------------------------------------------------------------------------------------- HubSpot
+
+
+def test_hubspot_gets_the_scores_as_company_properties_in_batches_of_100() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def hubspot(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("POST", "/crm/v3/objects/companies/batch/update")
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"status": "COMPLETE", "results": []})
+
+    crm = HubSpotCrm("token", transport=httpx.MockTransport(hubspot), health_score_property="cs_health",
+                     health_band_property="cs_band")
+    writes = [HealthWrite(f"acc-{i}", 40.5 if i % 2 else None, "red" if i % 2 else None) for i in range(150)]
+    crm.write_health(writes, datetime(2026, 11, 10, tzinfo=UTC))
+
+    assert [len(body["inputs"]) for body in sent] == [100, 50]
+    assert sent[0]["inputs"][1] == {"id": "acc-1", "idProperty": "playbook_account_id",
+                                    "properties": {"cs_health": "40.5", "cs_band": "red"}}
+    assert sent[0]["inputs"][0]["properties"] == {"cs_health": "", "cs_band": ""}  # no score: the properties cleared

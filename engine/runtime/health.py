@@ -367,6 +367,9 @@ class HealthActivities:
         def recompute_page() -> tuple[int, list[ScoreChange]]:
             with session(self.db_url) as s:
                 recompute_many(s, page.accounts, cards, at, cause=cause)
+                ids = [str(a["id"]) for a in page.accounts]
+                for card in cards:  # what has left its window counts for nothing: the table keeps the windows only
+                    hs.prune(s, ids, _queries(card, at))
                 scored = len(primary_cards(page.accounts, cards))
                 return scored, changes_caused_by(s, cause, page.accounts, cards)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
@@ -112,6 +112,26 @@ def event_values(
             for row in s.execute(_last_query(q.since is not None), params):  # in time order: the last one stays
                 found[(row.account_id, q.scorecard_id, q.measure_id)] = float(row.value)
     return found
+
+
+_PRUNE = delete(_VALUES).where(
+    _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
+    _VALUES.c.scorecard_id == bindparam("scorecard_id"), _VALUES.c.measure_id == bindparam("measure_id"),
+    _VALUES.c.at <= bindparam("before"),
+)
+
+
+def prune(s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery]) -> int:
+    """Forgets the values that have left their measure's window (the nightly recompute, after it scored the page):
+    they count for nothing any more. A measure without a window keeps all its values. Returns how many went."""
+    gone = 0
+    for ids in in_chunks(list(account_ids), 500):
+        for q in queries:
+            if q.since is not None:
+                result = s.execute(_PRUNE, {"account_ids": list(ids), "scorecard_id": q.scorecard_id,
+                                            "measure_id": q.measure_id, "before": utc(q.since)})
+                gone += max(0, int(getattr(result, "rowcount", 0) or 0))
+    return gone
 
 
 @dataclass(frozen=True)
