@@ -320,3 +320,68 @@ class FunnelOut(BaseModel):
     steps: list[FunnelStepOut] = Field(description="In the playbook's order, then steps only older versions have")
     goals: list[FunnelGoalOut]
     comparisons: list[ComparisonOut]
+
+
+# ------------------------------------------------------------------------------------------------ health scores
+
+
+class HealthMeasureOut(BaseModel):
+    measure: str = Field(description="The measure's id in the scorecard")
+    title: str
+    value: float | None = Field(description="What was measured (a count, a sum, a field, days); null: missing")
+    score: float | None = Field(description="0-100 by the measure's rules; null when skipped")
+    weight: int = Field(description="The weight the scorecard declares (the weights sum to 100)")
+    effective_weight: float = Field(
+        description="Its share of the score in points of 100, after skipped measures' weights are shared among the "
+        "others; 0 when skipped"
+    )
+    contribution: float = Field(description="The points of the score it gives: effective_weight x score / 100")
+    skipped: bool = Field(description="Missing data with `missing: skip`: no part of the score")
+    missing: bool = Field(description="The value was missing or no rule matched it (skipped, or its fixed score)")
+
+
+class HealthReasonOut(BaseModel):
+    measure: str
+    title: str = ""
+    value: float | None = None
+    score: float | None = None
+    points: float = Field(
+        description="reasons: what the measure costs the score against a perfect 100 (negative); last_change: how "
+        "many points its part of the score moved"
+    )
+    previous_value: float | None = Field(default=None, description="last_change: its value before the change")
+    previous_score: float | None = Field(default=None, description="last_change: its score before the change")
+
+
+class HealthTrendOut(BaseModel):
+    previous: float | None = Field(description="The score before its last change; null: none before")
+    previous_band: str | None
+    change: float | None = Field(description="score - previous; null when either is missing")
+    thirty_days: float | None = Field(
+        description="The score 30 days before computed_at (the newest change at or before then); null: none that old"
+    )
+    thirty_days_band: str | None
+    change_thirty_days: float | None = Field(description="score - thirty_days; null when either is missing")
+
+
+class HealthPointOut(BaseModel):
+    score: float | None
+    band: str | None
+    computed_at: UtcDatetime
+
+
+class HealthOut(BaseModel):
+    scorecard: str = Field(description="The scorecard's id")
+    scorecard_version: str = Field(description="The scorecard's content version the score was computed with")
+    score: float | None = Field(description="0-100, one decimal; null: every measure was missing and skipped")
+    band: str | None = Field(description="The scorecard's band the score falls in; null with no score")
+    computed_at: UtcDatetime
+    trend: HealthTrendOut
+    reasons: list[HealthReasonOut] = Field(
+        description="What holds the score down: the measures that cost it the most points (at most 3)"
+    )
+    last_change: list[HealthReasonOut] = Field(
+        description="What moved the score at its last change (the reasons health.score_changed carried)"
+    )
+    measures: list[HealthMeasureOut] = Field(description="In the scorecard's order")
+    history: list[HealthPointOut] = Field(description="The score's changes, newest first (at most 30)")
