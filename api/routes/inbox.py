@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,9 +20,11 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
 from engine.storage import models as t
+from engine.storage.db import session
 
 from .. import actions
 from ..deps import get_state
@@ -29,6 +32,7 @@ from ..problems import Problem
 from ..schemas import DecisionIn, OutcomeIn
 from ..security import Caller, caller_for, caller_for_hash, hash_token
 from ..web_session import Signer, signer_for
+from . import health
 
 router = APIRouter(prefix="/inbox", include_in_schema=False)
 
@@ -53,6 +57,7 @@ HEADERS = {
 }
 
 log = logging.getLogger(__name__)
+_BAND_CLASS = re.compile(r"^[a-z][a-z0-9_]{0,40}$")  # a band's name as a CSS class (health-red); else none
 
 
 def _when(value: datetime | None) -> str:
@@ -67,11 +72,25 @@ def _label(outcome: str) -> str:
     return outcome.replace("_", " ").capitalize()
 
 
+def _points(value: float | None) -> str:
+    """A score or a measure's value as the inbox shows it: 42.5, 40 (no .0), or a dash when missing."""
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _signed(value: float) -> str:
+    """Points a measure costs or gives, with a real minus sign: −30, +4.5."""
+    return ("−" if value < 0 else "+") + _points(abs(value))
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
 )
 _env.filters["when"] = _when
 _env.filters["label"] = _label
+_env.filters["points"] = _points
+_env.filters["signed"] = _signed
 templates = Jinja2Templates(env=_env)
 
 
@@ -218,16 +237,42 @@ def inbox(request: Request) -> Response:
         return _redirect(request, "/inbox/login")
     caller, nonce = session
     db = _db(request)
+    approvals = actions.pending_approvals(db, caller)
+    tasks = actions.open_tasks(db, caller)
     return _page(
         request,
         "inbox/inbox.html",
         {
             "caller": caller,
             "csrf": _signer(request).csrf_token(nonce),
-            "approvals": actions.pending_approvals(db, caller),
-            "tasks": actions.open_tasks(db, caller),
+            "approvals": approvals,
+            "tasks": tasks,
+            "health": _health(db, {a.account_id for a in approvals} | {x.account_id for x in tasks}),
         },
     )
+
+
+def _health(db: str, account_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each account's scores as the cards show them (in scorecard id order): score, band and top reasons."""
+    if not account_ids:
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    with session(db) as s:
+        rows = s.scalars(
+            select(t.HealthScore)
+            .where(t.HealthScore.account_id.in_(sorted(account_ids)))
+            .order_by(t.HealthScore.account_id, t.HealthScore.scorecard_id)
+        ).all()
+        for row in rows:
+            band = row.band or ""
+            found.setdefault(row.account_id, []).append({
+                "scorecard": row.scorecard_id,
+                "score": row.score,
+                "band": band,
+                "band_class": band if _BAND_CLASS.match(band) else "",
+                "reasons": health.reasons(row.scorecard_id, list(row.components or [])),
+            })
+    return found
 
 
 @router.get("/inbox.css")
