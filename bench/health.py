@@ -1,0 +1,379 @@
+"""Health scores: the nightly recompute over 100,000 accounts, and what scoring adds to one POST /events.
+
+One real Temporal dev server (bench/_stack.py), one SQLite database seeded directly (executemany, no intake): ACCOUNTS
+accounts with the fields the scorecards read, and EVENTS events' values in health_event_values, spread over the last
+30 days so that they sit in the measures' windows (what the intake would have recorded for them). Three scorecards
+(the bundled repricer-health and two of the bench's own) hold every account: 300,000 scores a night.
+
+1. The nightly pass: the real PlaybookHealthNightly workflow (pages of 500 accounts through the recompute_health_page
+   and write_health_scores activities, a worker in this process), twice: night 1 scores every account for the first
+   time (every score and history row written), night 2 a day later (windows have slid: only what changed is
+   written, and its notable changes are taken as health.score_changed by the intake). Goal: under 60 s.
+2. POST /events with scorecards on and off, side by side: two API processes (`playbook api`) on the same server and
+   database, one with PLAYBOOK_SCORECARDS naming the three scorecards, one naming a folder that does not exist;
+   signed support.ticket_opened events for existing accounts posted one at a time, A B B A. Goal: the median slowed by
+   under 1 ms.
+
+    .venv/bin/python bench/health.py [--accounts 100000] [--events 1000000] [--posts 400] [--skip-nightly]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._stack import ROOT, dev_server, free_port, quiet_logs  # noqa: E402
+
+NIGHTLY_GOAL_S = 60.0
+INTAKE_GOAL_MS = 1.0
+SECRET = "bench-health-signing-secret-0123456789"
+CHUNK = 20_000
+
+SUPPORT_HEALTH = """\
+id: support-health
+title: Support health
+bands: [ { name: red, below: 40 }, { name: yellow, below: 70 }, { name: green } ]
+changes: { band: true, drop: 20 }
+measures:
+  - id: tickets_7d
+    weight: 30
+    events: { type: support.ticket_opened, window: 7d }
+    score: [ { below: 2, score: 100 }, { below: 5, score: 50 }, { otherwise: 0 } ]
+  - id: urgent_30d
+    weight: 30
+    events: { type: support.ticket_opened, window: 30d, where: 'event.data.priority == "urgent"' }
+    score: [ { below: 1, score: 100 }, { below: 3, score: 40 }, { otherwise: 0 } ]
+  - id: hours_to_resolve
+    weight: 20
+    events: { type: support.ticket_resolved, window: 30d, aggregate: sum, value: event.data.hours }
+    score: [ { below: 24, score: 100 }, { below: 96, score: 50 }, { otherwise: 10 } ]
+  - id: open_bugs
+    weight: 20
+    field: account.open_bugs
+    score: [ { below: 1, score: 100 }, { below: 4, score: 50 }, { otherwise: 0 } ]
+    missing: { score: 100 }
+"""
+
+USAGE_HEALTH = """\
+id: usage-health
+title: Usage health
+bands: [ { name: red, below: 50 }, { name: yellow, below: 75 }, { name: green } ]
+changes: { band: true, drop: 15 }
+measures:
+  - id: logins_7d
+    weight: 40
+    events: { type: product.login, window: 7d }
+    score: [ { below: 1, score: 0 }, { below: 3, score: 50 }, { otherwise: 100 } ]
+  - id: nps
+    weight: 20
+    last: { type: survey.answered, value: event.data.score }
+    score: [ { below: 7, score: 0 }, { below: 9, score: 60 }, { otherwise: 100 } ]
+  - id: seats
+    weight: 20
+    field: account.seats
+    score: [ { below: 2, score: 40 }, { below: 10, score: 80 }, { otherwise: 100 } ]
+  - id: last_login
+    weight: 20
+    days_since: account.last_login_at
+    score: [ { below: 7, score: 100 }, { below: 30, score: 50 }, { otherwise: 0 } ]
+"""
+
+# the events and what each gives the three scorecards' measures: (scorecard, measure, window in days or None, value)
+EVENT_MIX = (("support.ticket_opened", 0.4), ("support.ticket_resolved", 0.2), ("product.login", 0.3),
+             ("survey.answered", 0.1))
+
+LIBRARY = """\
+id: bench-health-nothing
+title: Triggered by nothing the bench posts
+trigger: { event: bench.never }
+steps:
+  - wait: 1d
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+# ------------------------------------------------------------------------------------------------- seeding
+
+
+def scorecards_folder(folder: Path) -> Path:
+    cards = folder / "scorecards"
+    cards.mkdir()
+    shutil.copy(ROOT / "scorecards" / "repricer-health.yaml", cards / "repricer-health.yaml")
+    (cards / "support-health.yaml").write_text(SUPPORT_HEALTH)
+    (cards / "usage-health.yaml").write_text(USAGE_HEALTH)
+    from engine.language.scorecard import load_scorecards
+
+    loaded = load_scorecards(cards)
+    if loaded.problems or len(loaded.scorecards) != 3:
+        raise SystemExit("the bench's scorecards are invalid:\n" + "\n".join(p.header() for p in loaded.problems))
+    return cards
+
+
+def seed(db_url: str, accounts: int, events: int, now: datetime) -> dict[str, float]:
+    """Accounts and event values straight into the tables, in chunks of executemany."""
+    from sqlalchemy import insert
+
+    from engine.storage import models as t
+    from engine.storage.db import migrate, session
+
+    migrate(db_url)
+    rng = random.Random(14)
+    spent: dict[str, float] = {}
+    started = time.perf_counter()
+    plans = ["pro", "pro", "business", "starter", "trial"]
+    rows = []
+    for i in range(accounts):
+        rows.append({
+            "id": f"acc-{i:06d}", "name": f"Bench {i}", "owner_id": None, "updated_at": now,
+            "fields": {
+                "plan": plans[i % len(plans)] if i % 10 else "trial",
+                "mrr": rng.choice([49, 149, 400, 900, 2400]),
+                "renews_on": (now + timedelta(days=rng.randint(1, 365))).date().isoformat(),
+                "last_login_at": (now - timedelta(days=rng.randint(0, 40), hours=rng.randint(0, 23))).isoformat(),
+                "open_bugs": rng.choice([0, 0, 0, 1, 2, 5]),
+                "seats": rng.randint(1, 30),
+            },
+        })
+    with session(db_url) as s:
+        for start in range(0, len(rows), CHUNK):
+            s.execute(insert(t.Account), rows[start:start + CHUNK])
+    spent["accounts"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    types = [name for name, _ in EVENT_MIX]
+    weights = [w for _, w in EVENT_MIX]
+    values: list[dict[str, Any]] = []
+    written = 0
+
+    def flush() -> None:
+        nonlocal written
+        with session(db_url) as s:
+            s.execute(insert(t.HealthEventValue), values)
+        written += len(values)
+        values.clear()
+
+    for n in range(events):
+        account = f"acc-{rng.randrange(accounts):06d}"
+        kind = rng.choices(types, weights)[0]
+        age = timedelta(seconds=rng.uniform(0, 30 * 86400))
+        if kind == "product.login":
+            age = timedelta(seconds=rng.uniform(0, 8 * 86400))  # logins: mostly inside the 7-day window
+        at = now - age
+        gives: list[tuple[str, str, float]] = []  # (scorecard, measure, value), as the intake would record them
+        if kind == "support.ticket_opened":
+            gives += [("repricer-health", "support_tickets", 1.0), ("support-health", "tickets_7d", 1.0)]
+            if rng.random() < 0.3:  # urgent
+                gives += [("repricer-health", "urgent_tickets", 1.0), ("support-health", "urgent_30d", 1.0)]
+        elif kind == "support.ticket_resolved":
+            gives.append(("support-health", "hours_to_resolve", float(rng.randint(1, 72))))
+        elif kind == "product.login":
+            gives.append(("usage-health", "logins_7d", 1.0))
+        else:
+            score = float(rng.randint(0, 10))
+            gives += [("repricer-health", "nps", score), ("usage-health", "nps", score)]
+        values.extend(
+            {"event_id": f"evt-{n}", "account_id": account, "scorecard_id": card, "measure_id": measure, "at": at,
+             "value": value}
+            for card, measure, value in gives
+        )
+        if len(values) >= CHUNK:
+            flush()
+    if values:
+        flush()
+    spent["event values"] = time.perf_counter() - started
+    spent["rows"] = written
+    return spent
+
+
+# ------------------------------------------------------------------------------------------------- the nightly
+
+
+async def nightly(client: Any, db_url: str, library: Path, cards: Path, at: datetime) -> tuple[float, Any]:
+    from activities.crm import BuiltinCrm
+    from engine.interpreter.health_nightly import HEALTH_NIGHTLY_WORKFLOW, NightlyInput, NightlyResult
+    from engine.runtime.health import health_activities
+    from engine.runtime.workers import build_worker
+
+    task_queue = f"bench-health-{uuid.uuid4().hex[:8]}"
+    activities = health_activities(db_url, BuiltinCrm(db_url), client, str(library), cards)
+    async with build_worker(client, task_queue, activities):
+        started = time.perf_counter()
+        result = await client.execute_workflow(
+            HEALTH_NIGHTLY_WORKFLOW, NightlyInput(task_queue=task_queue, at=at.isoformat()),
+            id=f"bench-health-nightly-{uuid.uuid4().hex[:8]}", task_queue=task_queue, result_type=NightlyResult,
+        )
+        return time.perf_counter() - started, result
+
+
+# ------------------------------------------------------------------------------------------------- the intake
+
+
+class Api:
+    """`playbook api` in its own process."""
+
+    def __init__(self, folder: Path, env: dict[str, str], name: str) -> None:
+        self.port = free_port()
+        self.log = folder / f"api-{name}.log"
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> Api:
+        import httpx
+
+        args = [sys.executable, "-m", "engine.cli", "api", "--port", str(self.port)]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.perf_counter() + 60
+        async with httpx.AsyncClient() as http:
+            while True:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"the API exited; see {self.log}:\n{self.log.read_text()[-3000:]}")
+                try:
+                    if (await http.get(f"http://127.0.0.1:{self.port}/health")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"the API did not answer in 60 s; see {self.log}")
+                await asyncio.sleep(0.2)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(2)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+async def post_phase(http: Any, prefix: str, n: int, accounts: int, rng: random.Random) -> list[float]:
+    from api.security import sign
+
+    latencies = []
+    for i in range(n):
+        event = {
+            "id": f"{prefix}{i}", "type": "support.ticket_opened", "account_id": f"acc-{rng.randrange(accounts):06d}",
+            "data": {"priority": "urgent" if rng.random() < 0.3 else "normal"},
+        }
+        body = json.dumps(event).encode()
+        headers = {"Content-Type": "application/json", "X-Playbook-Signature": sign(SECRET, body)}
+        started = time.perf_counter()
+        answer = await http.post("/events", content=body, headers=headers)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if answer.status_code != 200:
+            raise SystemExit(f"POST /events answered {answer.status_code}: {answer.text}")
+    return latencies
+
+
+async def intake(server: Any, folder: Path, db_url: str, library: Path, cards: Path, accounts: int,
+                 posts: int) -> dict[str, list[float]]:
+    import httpx
+
+    base = {
+        **os.environ,
+        "PLAYBOOK_ENVIRONMENT": "dev",
+        "PLAYBOOK_HOME": str(folder),
+        "PLAYBOOK_LIBRARY": str(library),
+        "PLAYBOOK_TEMPORAL_ADDRESS": server.address,
+        "PLAYBOOK_DATABASE_URL": db_url,
+        "PLAYBOOK_TASK_QUEUE": f"bench-health-api-{uuid.uuid4().hex[:8]}",
+        "PLAYBOOK_EVENT_SIGNING_SECRET": SECRET,
+        "PLAYBOOK_LOG_FORMAT": "json",
+        "PLAYBOOK_LOG_LEVEL": "WARNING",
+        "PLAYBOOK_HEALTH_NIGHTLY": "",
+    }
+    on_env = {**base, "PLAYBOOK_SCORECARDS": str(cards)}
+    off_env = {**base, "PLAYBOOK_SCORECARDS": str(folder / "no-scorecards")}
+    rng = random.Random(15)
+    results: dict[str, list[float]] = {"on": [], "off": []}
+    per_phase = max(1, posts // 4)
+    async with Api(folder, on_env, "on") as on, Api(folder, off_env, "off") as off:
+        ports = {"on": on.port, "off": off.port}
+        clients = {k: httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=60) for k, p in ports.items()}
+        try:
+            for side in ("on", "off"):  # warm-up, untimed: imports, connections, SQLite pages, the scorecards
+                await post_phase(clients[side], f"warm-{side}-", 30, accounts, rng)
+            for round_, side in enumerate(("on", "off", "off", "on")):
+                results[side] += await post_phase(clients[side], f"{side}-{round_}-", per_phase, accounts, rng)
+        finally:
+            for c in clients.values():
+                await c.aclose()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- the bench
+
+
+async def bench(accounts: int, events: int, posts: int, skip_nightly: bool) -> int:
+    quiet_logs()
+    folder = Path(tempfile.mkdtemp(prefix="bench-health-"))
+    library = folder / "library"
+    library.mkdir()
+    (library / "bench-health-nothing.yaml").write_text(LIBRARY)
+    cards = scorecards_folder(folder)
+    db_url = f"sqlite:///{folder / 'playbook.db'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    ok = True
+    try:
+        print(f"seeding {accounts:,} accounts and {events:,} events' values (3 scorecards) ...", flush=True)
+        spent = seed(db_url, accounts, events, now)
+        print(f"  accounts {spent['accounts']:.1f} s; {int(spent['rows']):,} event values "
+              f"{spent['event values']:.1f} s")
+        async with dev_server() as (server, client):
+            if not skip_nightly:
+                for night, at in (("night 1 (every score new)", now), ("night 2 (a day later)", now + timedelta(1))):
+                    seconds, result = await nightly(client, db_url, library, cards, at)
+                    met = seconds < NIGHTLY_GOAL_S
+                    ok = ok and met
+                    print(f"{night}: {seconds:.1f} s for {result.accounts:,} accounts in {result.pages} pages, "
+                          f"{result.changed:,} scores changed, {result.emitted:,} health.score_changed taken "
+                          f"({result.accounts / seconds:,.0f} accounts/s); goal < {NIGHTLY_GOAL_S:.0f} s: "
+                          f"{'met' if met else 'MISSED'}", flush=True)
+            latencies = await intake(server, folder, db_url, library, cards, accounts, posts)
+        on, off = latencies["on"], latencies["off"]
+        med_on, med_off = statistics.median(on), statistics.median(off)
+        added = med_on - med_off
+        met = added < INTAKE_GOAL_MS
+        ok = ok and met
+        print(f"POST /events, one at a time, {len(on)} per side (A B B A):")
+        for name, values in (("scorecards on ", on), ("scorecards off", off)):
+            print(f"  {name}: median {statistics.median(values):.2f} ms, p90 {percentile(values, 90):.2f} ms, "
+                  f"p99 {percentile(values, 99):.2f} ms")
+        print(f"  on/off median ratio {med_on / med_off:.3f}; scoring adds {added:+.2f} ms at the median; "
+              f"goal < {INTAKE_GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--posts", type=int, default=400, help="POST /events timed, both sides together")
+    parser.add_argument("--skip-nightly", action="store_true")
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(bench(args.accounts, args.events, args.posts, args.skip_nightly)))
+
+
+if __name__ == "__main__":
+    main()
