@@ -224,11 +224,13 @@ class PlaybookActivities:
             snapshot = AccountSnapshot(account={"id": req.account_id, "owner": None, "tags": []}, found=False)
         except ProviderError as err:
             raise to_application_error(err) from err
+        return self._with_health(req.account_id, snapshot)
+
+    def _with_health(self, account_id: str, snapshot: AccountSnapshot) -> AccountSnapshot:
+        """The snapshot with ``account.health`` (health_context) from the engine's health_scores."""
         with session(self.db_url) as s:
             scores = s.scalars(
-                select(t.HealthScore)
-                .where(t.HealthScore.account_id == req.account_id)
-                .order_by(t.HealthScore.scorecard_id)
+                select(t.HealthScore).where(t.HealthScore.account_id == account_id).order_by(t.HealthScore.scorecard_id)
             ).all()
             health = health_context(scores)
         return AccountSnapshot({**snapshot.account, "health": health}, snapshot.contacts, snapshot.found)
