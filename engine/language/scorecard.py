@@ -635,11 +635,6 @@ def load_scorecards(folder: FsPath | str) -> ScorecardLibrary:
     return library
 
 
-def unknown_scorecard_hint(name: str, known: list[str]) -> str:
-    close = suggest(name, known)
-    return f"; did you mean '{close}'?" if close else f"; scorecards: {', '.join(sorted(known)) or 'none'}"
-
-
 __all__ = [
     "Band",
     "Measure",
