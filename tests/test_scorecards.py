@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from engine.cli import app
@@ -358,3 +362,49 @@ def test_the_nearest_scorecards_or_playbooks_folder_decides(tmp_path, monkeypatc
     (folder / "demo-health.yaml").write_text(BASE)
     monkeypatch.chdir(folder)
     assert is_scorecard_file(Path("demo-health.yaml"))  # named from inside the folder
+
+
+_KEYS = ["id", "weight", "score", "below", "at_least", "otherwise", "missing", "field", "events", "last", "type",
+         "window", "where", "value", "aggregate", "name", "days_until", "days_since", "title", "band", "drop"]
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-200, 200), st.floats(allow_nan=True), st.text(max_size=12),
+    st.sampled_from(["skip", "count", "sum", "account.x", "a.b", "30d", "3bd", "event.data.x", "{{ x }}", "x ==", ""]),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=8,
+)
+
+
+def _paths(node, path=()):
+    yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, path + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, path + (index,))
+
+
+_BASE_DATA = yaml.safe_load(BASE)
+_BASE_PATHS = list(_paths(_BASE_DATA))[1:]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_BASE_PATHS), _VALUES), min_size=1, max_size=3))
+def test_any_edit_gives_problems_or_a_scorecard_never_an_exception(edits):
+    data = copy.deepcopy(_BASE_DATA)
+    for path, value in edits:
+        node = data
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    result = validate_scorecard_text(yaml.safe_dump(data), FILE)
+    assert (result.scorecard is None) == bool(result.problems)
+    assert all(p.line >= 1 and p.column >= 1 for p in result.problems)
+    if result.scorecard is not None:
+        assert sum(m.weight for m in result.scorecard.measures) == 100
