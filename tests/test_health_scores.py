@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -349,6 +352,27 @@ def test_scores_are_kept_on_postgresql(postgres: str, tmp_path: Path) -> None:
     with session(postgres) as s:
         [later] = health.recompute(s, account, cards, now + timedelta(days=31), cause="nightly/x")
     assert (later.score, later.band, later.previous_band, later.notable) == (100.0, "green", "red", True)
+
+    # two urgent tickets of one account at once, the first's transaction still open when the second updates: the
+    # second waits for it (the score row locked) and counts both tickets
+    busy = {"id": f"acc-{uuid.uuid4().hex[:6]}", "plan": "pro", "mrr": 500}
+    with session(postgres) as s:
+        health.recompute(s, busy, cards, now)
+    first_done = threading.Event()
+
+    def post(n: int) -> None:
+        event = Event("support.ticket_opened", {"priority": "urgent"}, f"pg-busy-{busy['id']}-{n}", None, busy["id"])
+        if n == 1:
+            first_done.wait(5)
+        with session(postgres) as s:
+            health.update_for_event(s, busy, event, cards, now + timedelta(seconds=1 + n))
+            if n == 0:
+                first_done.set()
+                time.sleep(0.5)  # the second starts and must wait for this commit
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(post, range(2)))
+    assert [score for score, _ in _history(postgres, busy["id"])] == [100.0, 76.0, 58.0]
 
 
 # ------------------------------------------------------------------------------------------------- HubSpot

@@ -164,7 +164,7 @@ def update_for_event(
         hs.add_event_values(s, f"anonymous/{account_id}/{now.isoformat()}", rows)
     cause = event.id or ""
     recompute_cards = held if fields_changed else reading
-    changes = recompute_many(s, [crm_account], recompute_cards, now, cause=cause, all_cards=cards)
+    changes = recompute_many(s, [crm_account], recompute_cards, now, cause=cause, all_cards=cards, lock=True)
     if seen_before and not changes and cause:
         return changes_caused_by(s, cause, [crm_account], cards)
     return changes
@@ -205,14 +205,15 @@ def primary_cards(accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard]
 
 def recompute_many(
     s: Session, accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard], now: datetime, cause: str = "",
-    *, all_cards: Sequence[Scorecard] | None = None,
+    *, all_cards: Sequence[Scorecard] | None = None, lock: bool = False,
 ) -> list[ScoreChange]:
     """The scores of many accounts (a page of the nightly recompute) at ``now``, in a few queries per scorecard.
     A score or band that changed is written with its previous one, and a health_history row (``cause``); a score
-    whose components or scorecard version changed but not its value is written without history."""
+    whose components or scorecard version changed but not its value is written without history. ``lock``: the
+    accounts' score rows locked first (an event's update: see engine.storage.health.scores_of)."""
     now = hs.utc(now)
     ids = [str(a["id"]) for a in accounts]
-    stored = hs.scores_of(s, ids)
+    stored = hs.scores_of(s, ids, lock=lock)
     primary = primary_cards(accounts, all_cards if all_cards is not None else cards)
     writes: list[hs.ScoreRow] = []
     history: list[hs.HistoryRow] = []

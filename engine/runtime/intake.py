@@ -242,9 +242,9 @@ def before_starts_in(
     Raises CrmRefused when the CRM refuses the event's data, CrmUnavailable when it fails otherwise; either way
     nothing is remembered, and an upsert that did land is written the same again when the event is sent again.
 
-    Health scores are kept in the engine's database (one transaction with the run lookup, after the CRM's calls:
-    not one with the upsert, which HubSpot has already made) and their primary score and band written to the CRM
-    afterwards; a failure of that write is logged, not raised (the event was taken; the next change writes again).
+    Health scores are kept in the engine's database (a transaction of their own after the CRM's calls: not one with
+    the upsert, which HubSpot has already made) and the primary score and band written to the CRM afterwards; a
+    failure of that write is logged, not raised (the event is taken; the next change or night writes them again).
     """
     if event_id:
         with session(db_url) as s:
@@ -267,10 +267,8 @@ def before_starts_in(
     health: list[ScoreChange] = []
     with session(db_url) as s:
         runs = enrolled.run_ids(s, account_id, listening)
-        if scorecards and event is not None and snapshot.found:
-            health = update_for_event(
-                s, snapshot.account, event, scorecards, datetime.now(UTC), fields_changed=bool(account)
-            )
+    if scorecards and event is not None and snapshot.found:
+        health = _health_in_engine(db_url, snapshot.account, event, scorecards, fields_changed=bool(account))
     if writes := _crm_writes(health):
         try:
             crm.write_health(writes, datetime.now(UTC))
@@ -278,6 +276,21 @@ def before_starts_in(
             log.warning("the CRM did not take the health scores", provider=crm.name, error=err.message,
                         accounts=[w.account_id for w in writes])
     return Before(snapshot, runs, health)
+
+
+def _health_in_engine(
+    db_url: str, account: dict[str, Any], event: Event, scorecards: Sequence[Scorecard], fields_changed: bool
+) -> list[ScoreChange]:
+    """update_for_event in a transaction of its own (a CRM other than the built-in one); run again once when a
+    concurrent post of the same event, or another first score of the account, wins a unique key."""
+    for attempt in (1, 2):
+        try:
+            with session(db_url) as s:
+                return update_for_event(s, account, event, scorecards, datetime.now(UTC), fields_changed=fields_changed)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    return []
 
 
 def _unavailable(crm: CrmProvider, doing: str, err: ProviderError) -> CrmUnavailable:

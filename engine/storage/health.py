@@ -153,13 +153,16 @@ def _score_row(r: Any) -> ScoreRow:
 
 
 _SCORES_OF = select(_SCORES).where(_SCORES.c.account_id.in_(bindparam("account_ids", expanding=True)))
+_SCORES_OF_LOCKED = _SCORES_OF.with_for_update()  # SQLite has no row locks (nor needs them: one writer at a time)
 
 
-def scores_of(s: Session, account_ids: Sequence[str]) -> dict[tuple[str, str], ScoreRow]:
-    """(account, scorecard) -> the stored score of these accounts."""
+def scores_of(s: Session, account_ids: Sequence[str], lock: bool = False) -> dict[tuple[str, str], ScoreRow]:
+    """(account, scorecard) -> the stored score of these accounts. ``lock``: their rows locked until the transaction
+    ends (PostgreSQL), so two events of one account recompute one after the other, the second seeing the first's
+    values; two first scores of one account at once: the primary key refuses the second (the caller runs again)."""
     found: dict[tuple[str, str], ScoreRow] = {}
     for ids in in_chunks(list(dict.fromkeys(account_ids)), 500):
-        for r in s.execute(_SCORES_OF, {"account_ids": list(ids)}):
+        for r in s.execute(_SCORES_OF_LOCKED if lock else _SCORES_OF, {"account_ids": list(ids)}):
             row = _score_row(r)
             found[(row.account_id, row.scorecard_id)] = row
     return found
