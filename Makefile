@@ -23,7 +23,7 @@ dev: $(STAMP) bytecode
 	$(BIN)/playbook dev
 
 validate: $(STAMP)
-	$(BIN)/playbook validate playbooks
+	$(BIN)/playbook validate playbooks scorecards
 
 # The tests start with the linters (ruff, mypy strict on engine/): a lint failure fails `make test` before pytest.
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.

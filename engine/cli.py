@@ -23,6 +23,7 @@ from .language.model import Playbook
 from .language.policy_file import PolicyResult
 from .language.problems import Problem, format_github, format_json, format_text
 from .language.scenario import ScenarioResult
+from .language.scorecard import ScorecardResult
 
 app = typer.Typer(
     name="playbook",
@@ -66,13 +67,14 @@ def _print_problems(results: list[FileResult], fmt: Format, err: Console) -> Non
 @app.command()
 def validate(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Playbook or scenario files, or folders (default: playbooks/).")
+        list[Path] | None,
+        typer.Argument(help="Playbook, scenario or scorecard files, or folders (default: playbooks/)."),
     ] = None,
     format: Annotated[
         Format, typer.Option("--format", "-f", help="text, json, or github (annotations for CI).")
     ] = Format.text,
 ) -> None:
-    """Check playbooks and scenarios: YAML, schema and meaning. Exits 1 on any problem."""
+    """Check playbooks, scenarios and scorecards: YAML, schema and meaning. Exits 1 on any problem."""
     targets = paths or [DEFAULT_LIBRARY]
     missing = [p for p in targets if not p.exists()]
     err = Console(stderr=True)
@@ -114,6 +116,13 @@ def library_table(results: list[FileResult]) -> Table:
             else:
                 what = f"messaging policy: {len(r.policy.categories)} categories, {len(r.policy.caps)} caps"
                 table.add_row(Path(r.file).name, what, "", "", "", "", "[green]valid[/green]")
+            continue
+        if isinstance(r, ScorecardResult):  # a health scorecard: a row of its own, not a playbook
+            if r.scorecard is None:
+                table.add_row(Path(r.file).name, "", "", "", "", "", f"[red]{len(r.problems)} problem(s)[/red]")
+            else:
+                what = f"scorecard: {len(r.scorecard.measures)} measures"
+                table.add_row(r.scorecard.id, what, "", "", "", r.scorecard.version[:8], "[green]valid[/green]")
             continue
         if r.playbook is None:
             table.add_row(Path(r.file).name, "", "", "", "", "", f"[red]{len(r.problems)} problem(s)[/red]")

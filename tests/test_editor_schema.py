@@ -46,6 +46,7 @@ SCHEMAS = ROOT / "schemas"
 PLAYBOOK_SCHEMA = SCHEMAS / "playbook.schema.json"
 SCENARIO_SCHEMA = SCHEMAS / "scenario.schema.json"
 POLICY_SCHEMA = SCHEMAS / "policy.schema.json"
+SCORECARD_SCHEMA = SCHEMAS / "scorecard.schema.json"
 EDITOR_DIR = ROOT / "build" / "editor"  # gitignored (build/)
 INSTALL_DIR = EDITOR_DIR / f"yaml-language-server-{YAML_LANGUAGE_SERVER_VERSION}"
 SERVER_PACKAGE = INSTALL_DIR / "node_modules" / "yaml-language-server"
@@ -54,8 +55,9 @@ BUNDLED = (
     [(p, PLAYBOOK_SCHEMA) for p in bundled_playbooks() if is_playbook_file(p)]
     + [(p, SCENARIO_SCHEMA) for p in bundled_scenarios()]
     + [(p, POLICY_SCHEMA) for p in bundled_playbooks() if is_policy_file(p)]
+    + [(p, SCORECARD_SCHEMA) for p in sorted((ROOT / "scorecards").glob("*.yaml"))]
 )
-BUNDLED_IDS = [p.relative_to(ROOT / "playbooks").as_posix() for p, _ in BUNDLED]
+BUNDLED_IDS = [p.relative_to(ROOT).as_posix() for p, _ in BUNDLED]
 
 TIMEOUT = 15.0  # seconds for any one answer of the server
 
@@ -404,6 +406,7 @@ def _line_of(text: str, needle: str) -> int:
 def test_there_are_bundled_files() -> None:
     assert bundled_playbooks(), "no playbooks/*.yaml"
     assert bundled_scenarios(), "no playbooks/**/*.scenario.yaml"
+    assert list((ROOT / "scorecards").glob("*.yaml")), "no scorecards/*.yaml"
 
 
 def _modeline(path: Path, schema: Path) -> str:
