@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from temporalio.client import Client
@@ -63,13 +65,10 @@ async def _serve(settings: Settings, stop: asyncio.Event, *, current: bool) -> N
     # the runtime serves the SDK's metrics and the engine's worker counters on PLAYBOOK_WORKER_METRICS_ADDRESS
     client = await rt.connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
     version = versioning(settings)
-    crm = rt.crm_provider(settings)
-    # the nightly health recompute's (docs/health.md): engine.runtime.connect.activities does not build them yet
-    health = health_activities(settings.db_url, crm, client, settings.library, settings.scorecards_folder)
     worker = build_worker(
         client,
         settings.task_queue,
-        [*rt.activities(settings, client), *health],
+        with_health_activities(settings, client, rt.activities(settings, client)),
         max_concurrent_activities=settings.max_concurrent_activities,
         versioning=version,
         interceptors=[WorkerMetrics()],
@@ -120,6 +119,23 @@ async def _take_current(client: Client, task_queue: str, version: Versioning, *,
             "(docs/operations.md, 'Deploying new engine code', says how to move them)"
         )
     return promotion.current
+
+
+def with_health_activities(
+    settings: Settings, client: Client | None, acts: list[Callable[..., Any]]
+) -> list[Callable[..., Any]]:
+    """The activities, with the nightly health recompute's (docs/health.md) when engine.runtime.connect.activities
+    does not build them already."""
+    names = {activity_name(a) for a in acts}
+    health = health_activities(
+        settings.db_url, rt.crm_provider(settings), client, settings.library, settings.scorecards_folder
+    )
+    return [*acts, *(a for a in health if activity_name(a) not in names)]
+
+
+def activity_name(fn: Callable[..., Any]) -> str | None:
+    definition = getattr(fn, "__temporal_activity_definition", None)
+    return getattr(definition, "name", None)
 
 
 def main() -> None:
