@@ -169,7 +169,7 @@ def test_the_cli_table_json_and_explain(home: Settings) -> None:
     [card] = json.loads(as_json.output)
     assert (card["score"], card["band"], card["trend"]["previous"]) == (row.score, "red",
                                                                          _scores(home.db_url, "acc-own")[-2][0])
-    assert health(home, "acc-trial", "--json").output.strip() == "[]"
+    assert health(home, "--json", "acc-trial").output.strip() == "[]"  # options first work too
 
     explained = health(home, "explain", "acc-own", "--scorecard", "repricer-health")
     assert explained.exit_code == 0, explained.output

@@ -26,7 +26,8 @@ class _AccountFirst(TyperGroup):
     """`playbook health ACCOUNT` is `playbook health show ACCOUNT`: a first word that is no subcommand is an account."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "--install-completion",
+                                                                     "--show-completion"):
             args = ["show", *args]
         return super().parse_args(ctx, args)
 
