@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -61,7 +63,9 @@ class ScoreChange:
 
     @property
     def event_id(self) -> str:
-        return f"health/{self.account_id}/{self.scorecard_id}/{self.computed_at.astimezone(UTC).isoformat()}"
+        """health/<account>/<scorecard>/<time of the change>; hashed past 200 characters (the longest event id)."""
+        text = f"health/{self.account_id}/{self.scorecard_id}/{self.computed_at.astimezone(UTC).isoformat()}"
+        return text if len(text) <= 200 else f"health/{hashlib.sha256(text.encode()).hexdigest()}"
 
     def event(self) -> Event:
         """The event health.score_changed that says it (``data``: docs/health.md)."""
@@ -161,7 +165,7 @@ def update_for_event(
         _, already = hs.add_event_values(s, event.id, rows)
         seen_before = already > 0
     elif rows:  # an event without an id cannot be told from its repetition: each post counts
-        hs.add_event_values(s, f"anonymous/{account_id}/{now.isoformat()}", rows)
+        hs.add_event_values(s, f"anonymous/{uuid.uuid4().hex}", rows)
     cause = event.id or ""
     recompute_cards = held if fields_changed else reading
     changes = recompute_many(s, [crm_account], recompute_cards, now, cause=cause, all_cards=cards, lock=True)
