@@ -49,6 +49,8 @@ from engine.storage import models as t
 from engine.storage.db import migrate, session
 from engine.testing import scenarios
 from tests.asgi import serving
+from tests.fakes import FakeHubSpot
+from tests.fakes.fake_hubspot import TOKEN as HUBSPOT_TOKEN
 
 SCORECARD = """\
 id: support-health
@@ -242,6 +244,47 @@ def test_the_nightly_schedule_is_synced_with_the_playbooks_schedules(stack: Stac
         return on.health, off.health, (await sync_schedules(client, {}, settings.task_queue, health_nightly="")).health
 
     assert asyncio.run(sync()) == ("created", "removed", "off")
+
+
+def test_with_hubspot_the_scores_stay_in_the_engine_and_hubspot_gets_a_copy(
+    dev_server: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library, cards = _folders(tmp_path, {"health-risk": RISK})
+    db_url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrate(db_url)
+    hub = FakeHubSpot()
+    hub.start()
+    hub.company_properties["plan"] = ("string", "text", False, [])
+    hub.company_properties["mrr"] = ("number", "number", False, [])
+    settings = Settings(
+        environment="dev", database_url=db_url, library=str(library), scorecards=str(cards),
+        task_queue=f"health-{uuid.uuid4().hex[:6]}", temporal_address=dev_server.address,
+        crm_provider="hubspot", hubspot_token=HUBSPOT_TOKEN, hubspot_base_url=hub.url,
+    )
+    _scorecards_for_the_app(monkeypatch, settings)
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    event = {"id": f"evt-{uuid.uuid4().hex[:10]}", "type": "support.ticket_opened", "account_id": account,
+             "data": {"priority": "urgent"}, "account": {"name": "Fjord AS", "plan": "pro", "mrr": 500}}
+    token = create_token(db_url, "product", "system")
+
+    async def post() -> list[int]:
+        client = await rt.connect(settings, runtime=quiet_runtime())
+        async with serving(create_app(settings, client)) as http:
+            return [(await http.post("/events", json=event, headers={"Authorization": f"Bearer {token}"})).status_code
+                    for _ in range(2)]
+
+    try:
+        assert asyncio.run(post()) == [200, 200]
+    finally:
+        hub.stop()
+    with session(db_url) as s:
+        [kept] = health.health_of(s, account)
+        accounts = s.scalar(select(func.count()).select_from(t.Account))
+    assert (kept.score, kept.band) == (76.0, "green")  # judged on the company HubSpot read back: mrr 500
+    assert accounts == 0  # nothing of the account in the engine's tables but its scores
+    [update] = hub.requests_to("POST", "/crm/v3/objects/companies/batch/update")  # the repeated event: no write
+    assert update.json["inputs"] == [{"id": account, "idProperty": "playbook_account_id", "properties": {
+        "playbook_health_score": "76.0", "playbook_health_band": "green"}}]
 
 
 # ------------------------------------------------------------------------------------------------- nightly
