@@ -196,34 +196,38 @@ def _previous_result(card: Scorecard, row: hs.ScoreRow) -> hl.HealthResult:
                            tuple(hl.Component.from_dict(c) for c in row.components if isinstance(c, dict)))
 
 
+def segments(accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard]) -> dict[str, list[str]]:
+    """Account id -> the ids of the scorecards whose segment holds it, by id (each segment judged once)."""
+    ordered = sorted(cards, key=lambda c: c.id)
+    return {str(a["id"]): [c.id for c in ordered if hl.in_segment(c, a)] for a in accounts}
+
+
 def primary_cards(accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard]) -> dict[str, str]:
     """Account id -> the id of its first scorecard (by id) whose segment holds it."""
-    primary: dict[str, str] = {}
-    for account in accounts:
-        for card in sorted(cards, key=lambda c: c.id):
-            if hl.in_segment(card, account):
-                primary[str(account["id"])] = card.id
-                break
-    return primary
+    return {account_id: held[0] for account_id, held in segments(accounts, cards).items() if held}
 
 
 def recompute_many(
     s: Session, accounts: Sequence[dict[str, Any]], cards: Sequence[Scorecard], now: datetime, cause: str = "",
     *, all_cards: Sequence[Scorecard] | None = None, lock: bool = False,
+    held: dict[str, list[str]] | None = None,
 ) -> list[ScoreChange]:
     """The scores of many accounts (a page of the nightly recompute) at ``now``, in a few queries per scorecard.
     A score or band that changed is written with its previous one, and a health_history row (``cause``); a score
     whose components or scorecard version changed but not its value is written without history. ``lock``: the
-    accounts' score rows locked first (an event's update: see engine.storage.health.scores_of)."""
+    accounts' score rows locked first (an event's update: see engine.storage.health.scores_of). ``held``: segments()
+    of the accounts over ``all_cards``, when the caller has it."""
     now = hs.utc(now)
     ids = [str(a["id"]) for a in accounts]
     stored = hs.scores_of(s, ids, lock=lock)
-    primary = primary_cards(accounts, all_cards if all_cards is not None else cards)
+    if held is None:
+        held = segments(accounts, all_cards if all_cards is not None else cards)
+    primary = {account_id: card_ids[0] for account_id, card_ids in held.items() if card_ids}
     writes: list[hs.ScoreRow] = []
     history: list[hs.HistoryRow] = []
     changes: list[ScoreChange] = []
     for card in cards:
-        members = [a for a in accounts if hl.in_segment(card, a)]
+        members = [a for a in accounts if card.id in held.get(str(a["id"]), ())]
         if not members:
             continue
         recorded = hs.event_values(s, [str(a["id"]) for a in members], _queries(card, now))
@@ -369,14 +373,18 @@ class HealthActivities:
         at = hs.utc(datetime.fromisoformat(req.at))
         cause = f"nightly/{req.at}"
 
+        retried = activity.info().attempt > 1
+
         def recompute_page() -> tuple[int, list[ScoreChange]]:
+            held = segments(page.accounts, cards)
             with session(self.db_url) as s:
-                recompute_many(s, page.accounts, cards, at, cause=cause)
+                changes = recompute_many(s, page.accounts, cards, at, cause=cause, held=held)
                 ids = [str(a["id"]) for a in page.accounts]
                 for card in cards:  # what has left its window counts for nothing: the table keeps the windows only
                     hs.prune(s, ids, _queries(card, at))
-                scored = len(primary_cards(page.accounts, cards))
-                return scored, changes_caused_by(s, cause, page.accounts, cards)
+                if retried:  # what an earlier attempt changed (and may not have sent or written) is found again
+                    changes = changes_caused_by(s, cause, page.accounts, cards)
+                return sum(1 for card_ids in held.values() if card_ids), changes
 
         scored, changes = await asyncio.to_thread(recompute_page)
         activity.heartbeat()
