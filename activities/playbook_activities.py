@@ -243,7 +243,8 @@ class PlaybookActivities:
             with session(self.db_url) as s:
                 done = s.scalar(select(t.Assignment).where(t.Assignment.key == req.key))
                 if done is not None:
-                    return AssignResult(owner=done.csm_id, account=self.crm.get_account(req.ref.account_id))
+                    account = self._with_health(req.ref.account_id, self.crm.get_account(req.ref.account_id))
+                    return AssignResult(owner=done.csm_id, account=account)
             snapshot = self.crm.get_account(req.ref.account_id)
             owner = snapshot.account.get("owner") or {}
             with session(self.db_url) as s:
@@ -260,7 +261,8 @@ class PlaybookActivities:
                 self.crm.set_owner(req.ref.account_id, chosen, at)
             with session(self.db_url) as s:
                 s.add(t.Assignment(key=req.key, account_id=req.ref.account_id, csm_id=chosen, created_at=at))
-            return AssignResult(owner=chosen, account=self.crm.get_account(req.ref.account_id))
+            account = self._with_health(req.ref.account_id, self.crm.get_account(req.ref.account_id))
+            return AssignResult(owner=chosen, account=account)
         except ProviderError as err:
             raise to_application_error(err) from err
 
@@ -276,7 +278,7 @@ class PlaybookActivities:
                 self.crm.add_note(req.key, account_id, req.text or "", at)
             elif req.action == "tag":
                 self.crm.add_tag(account_id, req.text or "")
-            return self.crm.get_account(account_id)
+            return self._with_health(account_id, self.crm.get_account(account_id))
         except ProviderError as err:
             raise to_application_error(err) from err
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .commands.health import health_app
 from .commands.runs_cancel import runs_cancel
 from .commands.stats import stats
 from .language.library import FileResult, discover, is_scenario, validate_paths
@@ -464,6 +465,7 @@ def runs_list(
 
 runs_app.command("cancel")(runs_cancel)
 app.command("stats")(stats)
+app.add_typer(health_app, name="health")
 
 
 @runs_app.command("show")

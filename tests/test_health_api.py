@@ -241,6 +241,10 @@ steps:
           {{ account.health.reasons | map(attribute='title') | join(', ') }}
         health_card: "{{ account.health.cards['repricer-health'].band if account.health.cards else 'no card' }}"
         health_none: "{{ 'none' if account.health.score is none else 'some' }}"
+  - id: after_update
+    crm:
+      update:
+        health_after_update: "{{ account.health.band }}"
 """
 
 
@@ -282,6 +286,7 @@ def test_templates_read_account_health_in_a_run(home: Settings, tmp_path: Path) 
     crm = BuiltinCrm(home.db_url)
     own = crm.get_account("acc-own").account
     assert (own["health_band"], own["health_card"], own["health_none"]) == ("red", "red", "some")
+    assert own["health_after_update"] == "red"  # a crm step reads the account back with its health
     assert own["health_line"].startswith(f"{row.score} (red): Urgent tickets, 30 days")
     trial = crm.get_account("acc-trial").account  # no score: the names are there, empty
     assert (trial["health_band"], trial["health_card"], trial["health_none"]) == ("None", "no card", "none")
