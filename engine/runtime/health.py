@@ -241,9 +241,11 @@ def recompute_many(
                     values[m.id] = recorded.get((account_id, card.id, m.id))
                 else:
                     values[m.id] = hl.field_value(m, account, now)
+            old = stored.get((account_id, card.id))
+            if old is not None and old.scorecard_version == card.version and _same_values(old.components, values):
+                continue  # the same scorecard on the same values: the same score (most accounts, most nights)
             result = hl.compute(card, values)
             components = [dict(vars(c)) for c in result.components]  # as_dict, without asdict's deep copy
-            old = stored.get((account_id, card.id))
             if old is None and result.score is None:
                 continue  # nothing to say yet: no score, none before
             if old is not None and (old.score, old.band) == (result.score, result.band):
@@ -265,6 +267,18 @@ def recompute_many(
     hs.write_scores(s, writes, stored)
     hs.add_history(s, history)
     return changes
+
+
+def _same_values(components: list[Any], values: dict[str, float | None]) -> bool:
+    """Whether stored components were computed from these values (each measure's, as compute() keeps them)."""
+    if len(components) != len(values):
+        return False
+    for c in components:
+        if not isinstance(c, dict) or c.get("measure_id") not in values:
+            return False
+        if hl.number(values[c["measure_id"]]) != c.get("value"):
+            return False
+    return True
 
 
 def changes_caused_by(
