@@ -12,7 +12,9 @@ from temporalio.client import Client
 from engine.language.library import Library
 from engine.language.model import Playbook
 from engine.language.policy import DEFAULT_POLICY, Policy
+from engine.language.scorecard import Scorecard
 from engine.runtime.connect import crm_provider
+from engine.runtime.health import read_scorecards
 from engine.runtime.settings import Settings
 
 from .problems import Problem
@@ -31,6 +33,8 @@ class AppState:
     # The CRM of record (PLAYBOOK_CRM_PROVIDER), built once per app from the settings when not given: what POST /events
     # upserts accounts into and judges triggers on, the same provider the worker's runs read.
     crm: CrmProvider = field(default=None)  # type: ignore[assignment]
+    # The health scorecards (settings.scorecards_folder), reloaded with the library; () = no health scores
+    scorecards: tuple[Scorecard, ...] = ()
 
     def __post_init__(self) -> None:
         if self.crm is None:
@@ -41,6 +45,7 @@ class AppState:
         self.library = dict(library.playbooks)
         # a broken policy.yaml loads no playbook that uses it; the built-in policy stands in for the pages
         self.policy = library.policy or DEFAULT_POLICY
+        self.scorecards = read_scorecards(self.settings.scorecards_folder)
 
 
 def library_policy(state: AppState) -> Policy:

@@ -223,11 +223,15 @@ async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore
     try:
         migrate(settings.db_url)
         from .language.library import Library
-        from .runtime.schedules import sync_schedules
+        from .runtime.schedules import health_cron, sync_schedules
 
-        synced = await sync_schedules(client, Library.load(settings.library).playbooks, settings.task_queue)
+        synced = await sync_schedules(
+            client, Library.load(settings.library).playbooks, settings.task_queue, health_nightly=health_cron(settings)
+        )
         if synced.created or synced.updated:
             console.print(f"schedules: {', '.join(synced.created + synced.updated)}", markup=False)
+        if synced.health in ("created", "updated"):
+            console.print(f"health: nightly recompute at {settings.health_nightly} UTC", markup=False)
         if seed_demo(settings.db_url):
             console.print(
                 "seeded a demo team (csm-de, csm-en, csm-fr, lead-1) and accounts acc-kraus, acc-brightside",
@@ -527,7 +531,7 @@ def deploy(
 
     from .language.library import Library
     from .runtime.connect import connect
-    from .runtime.schedules import sync_schedules
+    from .runtime.schedules import health_cron, sync_schedules
     from .runtime.settings import load_settings
     from .runtime.workers import DeployError, make_current, versioning
 
@@ -543,10 +547,13 @@ def deploy(
 
     async def go() -> None:
         client = await connect(settings)
-        report = await sync_schedules(client, Library.load(library).playbooks, settings.task_queue)
+        nightly = health_cron(settings if settings.scorecards else settings.replace(library=str(library)))
+        report = await sync_schedules(
+            client, Library.load(library).playbooks, settings.task_queue, health_nightly=nightly
+        )
         Console().print(
             f"schedules created: {', '.join(report.created) or '-'}; updated: {', '.join(report.updated) or '-'}; "
-            f"removed: {', '.join(report.removed) or '-'}",
+            f"removed: {', '.join(report.removed) or '-'}; health nightly: {report.health}",
             markup=False,
         )
         if version is None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import threading
 import time
@@ -146,22 +145,9 @@ def stack(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> It
     yield Stack(settings, create_token(db_url, "product", "system"))
 
 
-def _scorecards_for_the_app(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    """Until api/deps.py's AppState holds the scorecards (and api/routes/events.py passes them to take_event), the
-    route's take_event is given them here: the app is otherwise the real one."""
-    from api.deps import AppState
-    from api.routes import events as route
-
-    if "scorecards" in AppState.__dataclass_fields__:
-        return
-    cards = health.read_scorecards(settings.scorecards_folder)
-    monkeypatch.setattr(route, "take_event", functools.partial(route.take_event, scorecards=cards))
-
-
 def test_urgent_tickets_posted_as_events_turn_an_account_red_and_start_the_playbooks(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
 ) -> None:
-    _scorecards_for_the_app(monkeypatch, stack.settings)
     settings, db_url = stack.settings, stack.settings.db_url
     account = f"acc-{uuid.uuid4().hex[:6]}"
     seed(db_url, {"id": account, "name": "Kraus GmbH", "plan": "pro", "mrr": 500}, [], [])
@@ -247,7 +233,7 @@ def test_the_nightly_schedule_is_synced_with_the_playbooks_schedules(stack: Stac
 
 
 def test_with_hubspot_the_scores_stay_in_the_engine_and_hubspot_gets_a_copy(
-    dev_server: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dev_server: DevServer, tmp_path: Path,
 ) -> None:
     library, cards = _folders(tmp_path, {"health-risk": RISK})
     db_url = f"sqlite:///{tmp_path / 'engine.db'}"
@@ -261,7 +247,6 @@ def test_with_hubspot_the_scores_stay_in_the_engine_and_hubspot_gets_a_copy(
         task_queue=f"health-{uuid.uuid4().hex[:6]}", temporal_address=dev_server.address,
         crm_provider="hubspot", hubspot_token=HUBSPOT_TOKEN, hubspot_base_url=hub.url,
     )
-    _scorecards_for_the_app(monkeypatch, settings)
     account = f"acc-{uuid.uuid4().hex[:6]}"
     event = {"id": f"evt-{uuid.uuid4().hex[:10]}", "type": "support.ticket_opened", "account_id": account,
              "data": {"priority": "urgent"}, "account": {"name": "Fjord AS", "plan": "pro", "mrr": 500}}

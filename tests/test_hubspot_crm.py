@@ -143,12 +143,20 @@ def test_chosen_properties_replace_the_default_set(hub):
     ]
 
 
-def test_an_unknown_company_is_not_found_and_the_activity_says_so(crm):
+@pytest.fixture
+def engine_db(tmp_path):
+    """The engine's own database beside HubSpot (activities read health scores from it), migrated as a worker's is."""
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrate(url)
+    return url
+
+
+def test_an_unknown_company_is_not_found_and_the_activity_says_so(crm, engine_db):
     with pytest.raises(NotFoundError) as caught:
         crm.get_account("999")
     assert caught.value.status == 404 and not caught.value.retryable
 
-    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+    activities = PlaybookActivities(engine_db, crm=crm, email=OutboxProvider())
     snapshot = activities.load_account(AccountRequest(account_id="999"))
     assert snapshot.found is False
 
@@ -303,8 +311,8 @@ def test_set_owner_patches_hubspot_owner_id(crm, hub):
         crm.set_owner("acme", "999", AT)
 
 
-def test_update_crm_activity_tags_through_hubspot(crm):
-    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+def test_update_crm_activity_tags_through_hubspot(crm, engine_db):
+    activities = PlaybookActivities(engine_db, crm=crm, email=OutboxProvider())
     ref = RunRef(workflow_id="wf-1", playbook_id="renewal", account_id="acme", step_id="flag")
     request = CrmRequest(key="wf-1/2/0", ref=ref, action="tag", at=AT.isoformat(), text="renewal")
     snapshot = activities.update_crm(request)
@@ -410,9 +418,9 @@ def test_rate_limit_carries_retry_after(crm, hub):
         crm.csm("101")
 
 
-def test_a_transient_failure_is_not_cached_and_the_retry_works(crm, hub):
+def test_a_transient_failure_is_not_cached_and_the_retry_works(crm, hub, engine_db):
     hub.fail_next(1, 503, path="/crm/v3/properties/companies")
-    activities = PlaybookActivities("sqlite:///unused.db", crm=crm, email=OutboxProvider())
+    activities = PlaybookActivities(engine_db, crm=crm, email=OutboxProvider())
     with pytest.raises(ApplicationError) as caught:
         activities.load_account(AccountRequest(account_id="acme"))
     assert caught.value.non_retryable is False and caught.value.type == "TransientError"

@@ -104,7 +104,7 @@ async def post_event(
     try:
         answer = await take_event(
             state.client, state.settings.task_queue, state.settings.db_url, state.library, event, account, contacts,
-            crm=state.crm,
+            crm=state.crm, scorecards=state.scorecards,
         )
     except UnknownOwner as err:
         errors = [{"location": "account.owner", "message": str(err)}]

@@ -103,6 +103,8 @@ def crm_provider(settings: Settings) -> CrmProvider:
             account_id_property=settings.hubspot_account_id_property,
             search_per_second=settings.hubspot_search_per_second,
             daily_reset_timezone=settings.hubspot_daily_reset_timezone,
+            health_score_property=settings.hubspot_health_score_property,
+            health_band_property=settings.hubspot_health_band_property,
         )
     return BuiltinCrm(settings.db_url)
 

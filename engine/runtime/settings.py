@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     hubspot_search_per_second: float = 4.0
     # HubSpot's daily API limit resets at midnight in the portal's time zone: a DAILY 429 waits until then
     hubspot_daily_reset_timezone: str = "UTC"
+    # the company properties that get an account's health score and band (its first scorecard by id, docs/health.md)
+    hubspot_health_score_property: str = "playbook_health_score"
+    hubspot_health_band_property: str = "playbook_health_band"
     # verifies POST /webhooks/hubspot (v3 signatures): the HubSpot app's client secret
     hubspot_webhook_secret: SecretStr | None = None
 
