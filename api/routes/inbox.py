@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.templating import Jinja2Templates
@@ -30,32 +29,16 @@ from .. import actions
 from ..deps import get_state
 from ..problems import Problem
 from ..schemas import DecisionIn, OutcomeIn
-from ..security import Caller, caller_for, caller_for_hash, hash_token
-from ..web_session import Signer, signer_for
+from ..security import Caller
+from ..signed_pages import SignedPages
 from . import health
 
 router = APIRouter(prefix="/inbox", include_in_schema=False)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
-SESSION_COOKIE = "pb_inbox_session"
-LOGIN_COOKIE = "pb_inbox_login"  # the login form's CSRF nonce, before there is a session
-FLASH_COOKIE = "pb_inbox_flash"
-SESSION_MAX_AGE = 12 * 3600
-LOGIN_MAX_AGE = 3600
-FLASH_MAX_AGE = 120
 PEOPLE = ("ops", "csm")
 SETTLE_SECONDS = 3.0  # how long a post waits for the run to close what was answered
 FOLLOW_UP_SECONDS = 2.0  # and, after a call outcome, for what the run asks next (e.g. the email draft)
-HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-
 log = logging.getLogger(__name__)
 _BAND_CLASS = re.compile(r"^[a-z][a-z0-9_]{0,40}$")  # a band's name as a CSS class (health-red); else none
 
@@ -97,54 +80,12 @@ templates = Jinja2Templates(env=_env)
 # ------------------------------------------------------------------------------------------ plumbing
 
 
-def _signer(request: Request) -> Signer:
-    return signer_for(get_state(request).settings)
-
-
-def _db(request: Request) -> str:
-    return get_state(request).settings.db_url
-
-
-def _session(request: Request) -> tuple[Caller, str] | None:
-    """The signed-in caller and their session's nonce, or None."""
-    data = _signer(request).loads("session", request.cookies.get(SESSION_COOKIE), SESSION_MAX_AGE)
-    if not data or not isinstance(data.get("h"), str) or not isinstance(data.get("n"), str):
-        return None
-    caller = caller_for_hash(_db(request), data["h"])
-    if caller is None or caller.role not in PEOPLE:
-        return None
-    return caller, data["n"]
-
-
-def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path="/inbox", httponly=True, samesite="lax", secure=request.url.scheme == "https"
-    )
-
-
-def _forget(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/inbox", httponly=True, samesite="lax")
-
-
-def _secure(response: Response) -> Response:
-    response.headers.update(HEADERS)
-    return response
-
-
-def _redirect(request: Request, to: str, message: str | None = None, kind: str = "ok") -> Response:
-    response = RedirectResponse(to, status_code=303)
-    if message:
-        signed = _signer(request).dumps("flash", {"m": message, "k": kind})
-        _cookie(request, response, FLASH_COOKIE, signed, FLASH_MAX_AGE)
-    return _secure(response)
-
-
-def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    flash = _signer(request).loads("flash", request.cookies.get(FLASH_COOKIE), FLASH_MAX_AGE)
-    response = templates.TemplateResponse(request, name, {**context, "flash": flash}, status_code=status)
-    if FLASH_COOKIE in request.cookies:
-        _forget(response, FLASH_COOKIE)
-    return _secure(response)
+pages = SignedPages("/inbox", "pb_inbox", "", PEOPLE, templates)
+_session = pages.session
+_redirect = pages.redirect
+_page = pages.page
+_db = pages.db
+_signer = pages.signer
 
 
 def _refusal(problem: Problem) -> str:
@@ -176,35 +117,19 @@ async def _wait_until(check: Callable[[], bool], seconds: float) -> bool:
 def login_page(request: Request) -> Response:
     if _session(request):
         return _redirect(request, "/inbox")
-    signer = _signer(request)
-    data = signer.loads("login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
-    nonce = data["n"] if data and isinstance(data.get("n"), str) else secrets.token_urlsafe(16)
-    response = _page(request, "inbox/login.html", {"csrf": signer.csrf_token(nonce), "caller": None})
-    _cookie(request, response, LOGIN_COOKIE, signer.dumps("login", {"n": nonce}), LOGIN_MAX_AGE)
-    return response
+    return pages.login_form(request, "inbox/login.html", {"caller": None})
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    form = await request.form()
-    signer = _signer(request)
-    data = signer.loads("login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
-    if not signer.csrf_ok(data.get("n") if data else None, form.get("csrf")):
-        return _redirect(request, "/inbox/login", "The sign-in form had expired: paste your token again.", "error")
-    token = str(form.get("token") or "").strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    caller = caller_for(_db(request), token) if token else None
-    if caller is None:
-        return _redirect(request, "/inbox/login", "That API token is unknown or revoked.", "error")
+    checked = pages.check_login(request, await request.form())
+    if isinstance(checked, str):
+        return _redirect(request, "/inbox/login", checked, "error")
+    caller, token = checked
     if caller.role not in PEOPLE:
         refused = f"A {caller.role} token cannot sign in to the inbox: use a CSM or ops token."
         return _redirect(request, "/inbox/login", refused, "error")
-    response = _redirect(request, "/inbox", f"Signed in as {caller.name}.")
-    session = signer.dumps("session", {"h": hash_token(token), "n": secrets.token_urlsafe(16)})
-    _cookie(request, response, SESSION_COOKIE, session, SESSION_MAX_AGE)
-    _forget(response, LOGIN_COOKIE)
-    return response
+    return pages.signed_in(request, caller, token)
 
 
 @router.get("/logout", response_class=HTMLResponse)
@@ -218,13 +143,7 @@ def logout_page(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    form = await request.form()
-    session = _session(request)
-    if session is not None and not _signer(request).csrf_ok(session[1], form.get("csrf")):
-        return _redirect(request, "/inbox", "Sign out did not come from this inbox page: still signed in.", "error")
-    response = _redirect(request, "/inbox/login", "Signed out.")
-    _forget(response, SESSION_COOKIE)
-    return response
+    return pages.sign_out(request, await request.form(), "Sign out did not come from this inbox page: still signed in.")
 
 
 # ------------------------------------------------------------------------------------------ the inbox

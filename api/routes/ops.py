@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 from starlette.templating import Jinja2Templates
 
@@ -36,17 +35,12 @@ from engine.storage.funnel import STOP_EXIT, Funnel, FunnelError, UnknownPlayboo
 
 from .. import ops_chart
 from ..deps import get_state
-from ..security import Caller, caller_for, caller_for_hash, hash_token
-from ..web_session import Signer, signer_for
-from .inbox import HEADERS, LOGIN_MAX_AGE, SESSION_MAX_AGE
+from ..security import Caller
+from ..signed_pages import SignedPages
 
 router = APIRouter(prefix="/ops", tags=["ops page"], include_in_schema=False)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
-SESSION_COOKIE = "pb_ops_session"
-LOGIN_COOKIE = "pb_ops_login"
-FLASH_COOKIE = "pb_ops_flash"
-FLASH_MAX_AGE = 120
 ROLE = "ops"
 LIST_LIMIT = 50  # live and failed runs shown on a playbook's page (newest first)
 QUERY_SECONDS = 5.0  # how long the run page waits for a worker to answer the timeline query
@@ -111,60 +105,18 @@ templates = Jinja2Templates(env=_env)
 # ------------------------------------------------------------------------------------------ plumbing
 
 
-def _signer(request: Request) -> Signer:
-    return signer_for(get_state(request).settings)
-
-
-def _db(request: Request) -> str:
-    return get_state(request).settings.db_url
-
-
-def _session(request: Request) -> tuple[Caller, str] | None:
-    """The signed-in ops caller and their session's nonce, or None."""
-    data = _signer(request).loads("ops-session", request.cookies.get(SESSION_COOKIE), SESSION_MAX_AGE)
-    if not data or not isinstance(data.get("h"), str) or not isinstance(data.get("n"), str):
-        return None
-    caller = caller_for_hash(_db(request), data["h"])
-    if caller is None or caller.role != ROLE:
-        return None
-    return caller, data["n"]
-
-
-def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path="/ops", httponly=True, samesite="lax", secure=request.url.scheme == "https"
-    )
-
-
-def _forget(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/ops", httponly=True, samesite="lax")
-
-
-def _secure(response: Response) -> Response:
-    response.headers.update(HEADERS)
-    return response
-
-
-def _redirect(request: Request, to: str, message: str | None = None, kind: str = "ok") -> Response:
-    response = RedirectResponse(to, status_code=303)
-    if message:
-        _cookie(request, response, FLASH_COOKIE, _signer(request).dumps("ops-flash", {"m": message, "k": kind}),
-                FLASH_MAX_AGE)
-    return _secure(response)
+pages = SignedPages("/ops", "pb_ops", "ops-", (ROLE,), templates)
+_session = pages.session
+_redirect = pages.redirect
+_db = pages.db
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    flash = _signer(request).loads("ops-flash", request.cookies.get(FLASH_COOKIE), FLASH_MAX_AGE)
+    """A page with the caller and the session's CSRF token (for the sign-out form) when signed in."""
     session = context.get("session")
-    csrf = _signer(request).csrf_token(session[1]) if session else ""
+    csrf = pages.signer(request).csrf_token(session[1]) if session else ""
     caller = session[0] if session else None
-    response = templates.TemplateResponse(
-        request, name, {**context, "flash": flash, "caller": caller, "csrf": context.get("csrf", csrf)},
-        status_code=status,
-    )
-    if FLASH_COOKIE in request.cookies:
-        _forget(response, FLASH_COOKIE)
-    return _secure(response)
+    return pages.page(request, name, {**context, "caller": caller, "csrf": context.get("csrf", csrf)}, status)
 
 
 def _error(request: Request, session: tuple[Caller, str] | None, status: int, title: str, message: str) -> Response:
@@ -179,47 +131,25 @@ def _error(request: Request, session: tuple[Caller, str] | None, status: int, ti
 def login_page(request: Request) -> Response:
     if _session(request):
         return _redirect(request, "/ops")
-    signer = _signer(request)
-    data = signer.loads("ops-login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
-    nonce = data["n"] if data and isinstance(data.get("n"), str) else secrets.token_urlsafe(16)
-    response = _page(request, "ops/login.html", {"csrf": signer.csrf_token(nonce)})
-    _cookie(request, response, LOGIN_COOKIE, signer.dumps("ops-login", {"n": nonce}), LOGIN_MAX_AGE)
-    return response
+    return pages.login_form(request, "ops/login.html", {"caller": None})
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    form = await request.form()
-    signer = _signer(request)
-    data = signer.loads("ops-login", request.cookies.get(LOGIN_COOKIE), LOGIN_MAX_AGE)
-    if not signer.csrf_ok(data.get("n") if data else None, form.get("csrf")):
-        return _redirect(request, "/ops/login", "The sign-in form had expired: paste your token again.", "error")
-    token = str(form.get("token") or "").strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    caller = caller_for(_db(request), token) if token else None
-    if caller is None:
-        return _redirect(request, "/ops/login", "That API token is unknown or revoked.", "error")
+    checked = pages.check_login(request, await request.form())
+    if isinstance(checked, str):
+        return _redirect(request, "/ops/login", checked, "error")
+    caller, token = checked
     if caller.role != ROLE:
         where = " The CSM inbox is at /inbox." if caller.role == "csm" else ""
         return _error(request, None, 403, "Forbidden",
                       f"A {caller.role} token cannot open the ops page: sign in with an ops token.{where}")
-    response = _redirect(request, "/ops", f"Signed in as {caller.name}.")
-    _cookie(request, response, SESSION_COOKIE,
-            signer.dumps("ops-session", {"h": hash_token(token), "n": secrets.token_urlsafe(16)}), SESSION_MAX_AGE)
-    _forget(response, LOGIN_COOKIE)
-    return response
+    return pages.signed_in(request, caller, token)
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    form = await request.form()
-    session = _session(request)
-    if session is not None and not _signer(request).csrf_ok(session[1], form.get("csrf")):
-        return _redirect(request, "/ops", "Sign out did not come from this page: still signed in.", "error")
-    response = _redirect(request, "/ops/login", "Signed out.")
-    _forget(response, SESSION_COOKIE)
-    return response
+    return pages.sign_out(request, await request.form(), "Sign out did not come from this page: still signed in.")
 
 
 @router.get("/ops.css")
