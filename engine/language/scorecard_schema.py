@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema_source import DRAFT, EVENT_TYPE_MESSAGE, EVENT_TYPE_PATTERN, PLAYBOOK_ID_PATTERN
+from .schema_source import DRAFT, EVENT_TYPE_MESSAGE, EVENT_TYPE_PATTERN, PLAYBOOK_ID_PATTERN, _obj, _s
 
 MEASURE_KINDS: tuple[str, ...] = ("field", "events", "last", "days_until", "days_since")
 SCORECARD_ID_MESSAGE = "a scorecard id is kebab-case: lowercase letters and digits joined by single dashes"
@@ -24,25 +24,6 @@ WINDOW_PATTERN = (
     r"|P(?=[0-9T])([0-9]+Y)?([0-9]+M)?([0-9]+W)?([0-9]+D)?(T(?=[0-9])([0-9]+H)?([0-9]+M)?([0-9]+S)?)?)$"
 )
 WINDOW_MESSAGE = "a window is a fixed duration like 12h, 30d, 2w or P30D (not business days)"
-
-
-def _s(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-def _obj(
-    description: str, properties: dict[str, Any], required: list[str] | None = None, **extra: Any
-) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "description": description,
-        "properties": properties,
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = required
-    schema.update(extra)
-    return schema
 
 
 def _number(description: str, **extra: Any) -> dict[str, Any]:
