@@ -50,6 +50,7 @@ bench: $(STAMP) bytecode
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/longrun.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/health.py
 
 clean:
 	rm -rf $(VENV) .playbook build .pytest_cache .hypothesis
