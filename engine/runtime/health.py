@@ -16,6 +16,7 @@ The arithmetic is engine.language.health's; the queries engine.storage.health's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import uuid
@@ -375,8 +376,6 @@ class HealthActivities:
 
     @activity.defn(name="recompute_health_page")
     async def recompute_health_page(self, req: HealthPageRequest) -> HealthPageResult:
-        from .intake import take_event  # the intake imports this module
-
         client = self.client
         if client is None:
             raise RuntimeError("recompute_health_page needs a Temporal client")
@@ -405,18 +404,102 @@ class HealthActivities:
         notable = [c for c in changes if c.notable]
         if notable:
             library = await self._library(req.at)
-            gate = asyncio.Semaphore(EMIT_CONCURRENCY)
-
-            async def emit(change: ScoreChange) -> None:
-                async with gate:
-                    await take_event(client, req.task_queue, self.db_url, library, change.event(), crm=self.crm,
-                                     scorecards=cards)
-
-            await asyncio.gather(*(emit(c) for c in notable))
+            await take_score_changes(client, req.task_queue, self.db_url, library, notable, self.crm)
         # a provider's cursor that does not move would page forever: a page without accounts ends the night
         after = page.after if page.accounts and page.after not in (None, "", req.after) else None
         writes = [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
         return HealthPageResult(after, len(page.accounts), scored, len(changes), len(notable), writes)
+
+
+async def take_score_changes(
+    client: Client, task_queue: str, db_url: str, library: dict[str, Playbook], changes: Sequence[ScoreChange],
+    crm: CrmProvider,
+) -> int:
+    """A nightly page's health.score_changed events taken as a batch, as the intake takes each (engine.runtime.intake
+    take_event: the same triggers, enrollment keys, wait_for/exit_when signals and answers under the same ids), in
+    two transactions for the whole page instead of three per event: the ids taken already (a retried page) are left
+    out; the accounts are read back only when a playbook's trigger listens to health.score_changed (most libraries
+    have one or two such playbooks, and most have none), their runs only when a playbook waits for or exits on it;
+    the starts and signals run side by side; the answers are recorded at the end, in one executemany. An event whose
+    start or signal fails fails the page once the others are recorded (it is retried: what was recorded is not sent
+    again). Returns how many events were taken now."""
+    from activities.crm import BuiltinCrm, read_accounts
+    from activities.errors import NotFoundError
+    from activities.types import AccountSnapshot
+    from engine.language import expressions as ex
+    from engine.storage import enrolled
+
+    from .intake import EventAnswer, StartedRun, enrollment_key, listeners, signal_runs, start_enrolled, trigger_matches
+
+    triggering = [p for p in library.values() if p.trigger.type == "event" and p.trigger.event == SCORE_CHANGED]
+    listening = listeners(library).get(SCORE_CHANGED, frozenset())
+    builtin = isinstance(crm, BuiltinCrm) and crm.db_url == db_url
+
+    def before() -> tuple[list[Event], dict[str, AccountSnapshot], dict[str, list[str]]]:
+        events = list({e.id: e for e in (c.event() for c in changes)}.values())
+        with session(db_url) as s:
+            taken = hs.received(s, [str(e.id) for e in events])
+            fresh = [e for e in events if e.id not in taken]
+            account_ids = list(dict.fromkeys(str(e.account_id or "") for e in fresh))
+            snapshots = read_accounts(s, account_ids) if triggering and builtin else {}
+            runs = {a: enrolled.run_ids(s, a, listening) for a in account_ids} if listening else {}
+        if triggering and not builtin:  # another CRM of record: the account as it reads it back (the runs will)
+            for account_id in account_ids:
+                with contextlib.suppress(NotFoundError):
+                    snapshots[account_id] = crm.get_account(account_id)
+        return fresh, snapshots, runs
+
+    fresh, snapshots, runs = await asyncio.to_thread(before)
+    if not fresh:
+        return 0
+    gate = asyncio.Semaphore(EMIT_CONCURRENCY)
+    answers: list[tuple[Event, EventAnswer, list[str]]] = []
+
+    async def take(event: Event) -> None:
+        account_id = str(event.account_id or "")
+        answer = EventAnswer(event_id=str(event.id))
+        ended: list[str] = []
+        if triggering or runs.get(account_id):
+            snapshot = snapshots.get(account_id) or AccountSnapshot(
+                account={"id": account_id, "owner": None}, contacts=[], found=False)
+            async with gate:
+                starts: list[Any] = []
+                for playbook in triggering:
+                    if not trigger_matches(playbook, event, snapshot.account):
+                        continue
+                    try:
+                        key = enrollment_key(playbook, event, snapshot.account, snapshot.contacts)
+                    except ex.ExpressionError:
+                        starts.append(StartedRun(playbook.id, "", "invalid_key"))
+                        continue
+                    starts.append(start_enrolled(client, task_queue, playbook, account_id, key, event))
+
+                async def started(item: Any) -> StartedRun:
+                    return item if isinstance(item, StartedRun) else await item
+
+                answer.runs = list(await asyncio.gather(*(started(x) for x in starts)))
+                triggered = {r.run_id for r in answer.runs if r.status == "started"}
+                reach = [w for w in runs.get(account_id, []) if w not in triggered]
+                answer.delivered_to, ended = await signal_runs(client, reach, event)
+        answers.append((event, answer, ended))
+
+    # every event that was taken is recorded, even when another failed (its runs registered: later events reach them)
+    failed = [r for r in await asyncio.gather(*(take(e) for e in fresh), return_exceptions=True)
+              if isinstance(r, BaseException)]
+
+    def remember() -> None:
+        now = datetime.now(UTC)
+        with session(db_url) as s:
+            enrolled.register(s, [(r.run_id, str(e.account_id or ""), r.playbook)
+                                  for e, a, _ in answers for r in a.runs if r.status == "started"], now)
+            enrolled.forget(s, [w for _, _, ended in answers for w in ended])
+            hs.remember_events(s, [{"id": e.id, "type": e.type, "account_id": e.account_id or "", "received_at": now,
+                                    "answer": a.as_json()} for e, a, _ in answers])
+
+    await asyncio.to_thread(remember)
+    if failed:
+        raise failed[0]
+    return len(answers)
 
 
 def health_activities(

@@ -245,3 +245,30 @@ def score_at(s: Session, account_id: str, scorecard_id: str, at: datetime) -> Hi
     )
     r = s.execute(query).first()
     return _history_row(r) if r is not None else None
+
+
+# ------------------------------------------------------------------------------------------------- the nightly pass
+
+_RECEIVED = t.ReceivedEvent.__table__
+_RECEIVED_IDS = select(_RECEIVED.c.id).where(_RECEIVED.c.id.in_(bindparam("event_ids", expanding=True)))
+_REMEMBER_EVENT = insert(_RECEIVED)
+
+
+def received(s: Session, event_ids: Sequence[str]) -> set[str]:
+    """Which of these event ids were taken already (received_events): a retried nightly page sends them no more."""
+    found: set[str] = set()
+    for ids in in_chunks(list(dict.fromkeys(event_ids)), 500):
+        found.update(s.scalars(_RECEIVED_IDS, {"event_ids": list(ids)}))
+    return found
+
+
+def remember_events(s: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Records taken events (rows: id, type, account_id, received_at, answer) in one executemany, those whose id is
+    not there yet (a nightly page's health.score_changed; the page is the only sender of its ids). Returns how many."""
+    if not rows:
+        return 0
+    taken = received(s, [r["id"] for r in rows])
+    fresh = [r for r in rows if r["id"] not in taken]
+    if fresh:
+        s.execute(_REMEMBER_EVENT, fresh)
+    return len(fresh)
