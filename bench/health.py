@@ -331,6 +331,82 @@ def scored_by_intake(db_url: str) -> int:
                                 "where event_id like 'on-%'").fetchone()[0])
 
 
+def intake_in_process(db_url: str, cards_folder: Path, accounts: int, posts: int) -> dict[str, Any]:
+    """The intake's database transaction (engine.runtime.intake.before_starts: dedupe, read the account back, its
+    listening runs and, with scorecards, the health update) in this process, scorecards on and off alternated
+    A B B A event by event: the health work without HTTP, Temporal or a second process. Its latencies in ms, and
+    the SQL statements one scorecards-on event runs."""
+    from sqlalchemy import event as sa_event
+
+    from activities.crm import read_accounts
+    from engine.interpreter.messages import Event
+    from engine.runtime.health import read_scorecards, recompute_many
+    from engine.runtime.intake import before_starts
+    from engine.storage.db import engine_for, session
+
+    cards = read_scorecards(cards_folder)
+    rng = random.Random(16)
+    statements: list[str] = []
+    # the accounts posted to have their scores already (as after a night): an event updates a score, the usual case
+    targets = [f"acc-{i:06d}" for i in rng.sample(range(accounts), min(accounts, 2000))]
+    with session(db_url) as s:
+        snapshots = read_accounts(s, targets)
+        recompute_many(s, [snapshots[a].account for a in targets if a in snapshots], cards, datetime.now(UTC))
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    def one(side: str, n: int) -> float:
+        event = Event(type="support.ticket_opened", id=f"micro-{side}-{n}", account_id=rng.choice(targets),
+                      data={"priority": "urgent" if rng.random() < 0.3 else "normal"})
+        started = time.perf_counter()
+        before_starts(db_url, event.id, event.account_id or "", None, None, frozenset(), event,
+                      cards if side == "on" else ())
+        return (time.perf_counter() - started) * 1000
+
+    for i in range(200):  # warm-up: statements compiled, pages cached
+        one(("on", "off")[i % 2], -i - 1)
+    results: dict[str, Any] = {"on": [], "off": []}
+    for i in range(posts):
+        side = ("on", "off", "off", "on")[i % 4]
+        results[side].append(one(side, i))
+    engine = engine_for(db_url)
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        one("on", posts + 1)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    results["statements"] = statements
+    return results
+
+
+async def intake_only(accounts: int, events: int, posts: int, show_sql: bool) -> int:
+    """`--intake-only`: the in-process micro-bench of the intake's transaction (no Temporal, no API processes)."""
+    quiet_logs()
+    folder = Path(tempfile.mkdtemp(prefix="bench-health-intake-"))
+    cards = scorecards_folder(folder)
+    db_url = f"sqlite:///{folder / 'playbook.db'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        print(f"seeding {accounts:,} accounts and {events:,} events' values (3 scorecards) ...", flush=True)
+        seed(db_url, accounts, events, now)
+        results = intake_in_process(db_url, cards, accounts, posts)
+        on, off = results["on"], results["off"]
+        med_on, med_off = statistics.median(on), statistics.median(off)
+        print(f"the intake's transaction in process, {len(on)} events per side (A B B A, event by event):")
+        for name, values in (("scorecards on ", on), ("scorecards off", off)):
+            print(f"  {name}: median {statistics.median(values):.3f} ms, p90 {percentile(values, 90):.3f} ms, "
+                  f"p99 {percentile(values, 99):.3f} ms")
+        print(f"  on/off median ratio {med_on / med_off:.3f}; scoring adds {med_on - med_off:+.3f} ms at the median; "
+              f"{len(results['statements'])} SQL statements for one scorecards-on event")
+        if show_sql:
+            for sql in results["statements"]:
+                print("   ", " ".join(sql.split())[:160])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- the bench
 
 
@@ -388,7 +464,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--posts", type=int, default=1000, help="POST /events timed, both sides together")
     parser.add_argument("--skip-nightly", action="store_true")
+    parser.add_argument("--intake-only", action="store_true",
+                        help="only the in-process micro-bench of the intake's transaction, scorecards on and off")
+    parser.add_argument("--show-sql", action="store_true", help="with --intake-only: the statements of one event")
     args = parser.parse_args()
+    if args.intake_only:
+        raise SystemExit(asyncio.run(intake_only(args.accounts, args.events, args.posts, args.show_sql)))
     raise SystemExit(asyncio.run(bench(args.accounts, args.events, args.posts, args.skip_nightly)))
 
 

@@ -168,10 +168,61 @@ def update_for_event(
     elif rows:  # an event without an id cannot be told from its repetition: each post counts
         hs.add_event_values(s, f"anonymous/{uuid.uuid4().hex}", rows)
     cause = event.id or ""
-    recompute_cards = held if fields_changed else reading
-    changes = recompute_many(s, [crm_account], recompute_cards, now, cause=cause, all_cards=cards, lock=True)
+    changes = _recompute_account(s, crm_account, held if fields_changed else reading, held, now, cause)
     if seen_before and not changes and cause:
         return changes_caused_by(s, cause, [crm_account], cards)
+    return changes
+
+
+def _recompute_account(
+    s: Session, account: dict[str, Any], cards: Sequence[Scorecard], held: Sequence[Scorecard], now: datetime,
+    cause: str,
+) -> list[ScoreChange]:
+    """recompute_many for the one account of an event, in three statements whatever the scorecards: its score rows
+    (locked: see engine.storage.health.scores_of), its recorded values (one query, summed here), the writes (an
+    update or insert of the scores, a history row when a score changed). ``cards``: those to recompute, ``held``:
+    every scorecard whose segment holds the account (the first by id is the primary one)."""
+    now = hs.utc(now)
+    account_id = str(account["id"])
+    stored = hs.scores_of_account(s, account_id, lock=True)
+    primary = min(c.id for c in held) if held else None
+    recorded = hs.account_event_values(s, account_id, [q for card in cards for q in _queries(card, now)])
+    writes: list[hs.ScoreRow] = []
+    history: list[hs.HistoryRow] = []
+    changes: list[ScoreChange] = []
+    for card in cards:
+        values: dict[str, float | None] = {}
+        for m in card.measures:
+            if m.kind == "events":
+                values[m.id] = recorded.get((card.id, m.id), 0.0)
+            elif m.kind == "last":
+                values[m.id] = recorded.get((card.id, m.id))
+            else:
+                values[m.id] = hl.field_value(m, account, now)
+        old = stored.get(card.id)
+        if old is not None and old.scorecard_version == card.version and _same_values(old.components, values):
+            continue  # the same scorecard on the same values: the same score
+        result = hl.compute(card, values)
+        components = [dict(vars(c)) for c in result.components]
+        if old is None and result.score is None:
+            continue  # nothing to say yet: no score, none before
+        if old is not None and (old.score, old.band) == (result.score, result.band):
+            if old.components != components or old.scorecard_version != card.version:
+                writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now,
+                                          card.version, old.previous_score, old.previous_band))
+            continue  # the score did not change: no history row, no health.score_changed, no CRM write
+        previous, previous_band = (old.score, old.band) if old is not None else (None, None)
+        why = hl.reasons(result, _previous_result(card, old) if old is not None else None)
+        writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now, card.version,
+                                  previous, previous_band))
+        history.append(hs.HistoryRow(account_id, card.id, result.score, result.band, now, previous, previous_band,
+                                     tuple(why), cause))
+        changes.append(ScoreChange(
+            account_id, card.id, result.score, previous, result.band, previous_band, why, now,
+            is_notable(card, result.score, previous, result.band, previous_band), primary == card.id,
+        ))
+    hs.write_scores(s, writes, [(account_id, card_id) for card_id in stored])
+    hs.add_history(s, history)
     return changes
 
 

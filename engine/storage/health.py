@@ -36,12 +36,31 @@ def utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=4)
+def _insert_new_values(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING (scorecard, measure): a (scorecard, measure) the event gave before
+    is skipped by the unique key in the same statement, and the rows inserted come back (SQLite, PostgreSQL)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    makers: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    if dialect not in makers:
+        return None
+    return (makers[dialect](_VALUES).on_conflict_do_nothing(index_elements=["event_id", "scorecard_id", "measure_id"])
+            .returning(_VALUES.c.scorecard_id, _VALUES.c.measure_id))
+
+
 def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """Records what an event gives measures (rows: account_id, scorecard_id, measure_id, at, value); a (scorecard,
-    measure) the event already gave is left as it is. Returns (inserted, already there). Two posts of one event at
-    once: the unique (event id, scorecard, measure) refuses the second (IntegrityError: the caller runs again)."""
+    measure) the event already gave is left as it is. Returns (inserted, already there). One statement on SQLite and
+    PostgreSQL (insert, the unique key skipping what is there); elsewhere a read of what is there, then an insert:
+    two posts of one event at once, the unique (event id, scorecard, measure) refuses the second (IntegrityError:
+    the caller runs again)."""
     if not rows:
         return 0, 0
+    statement = _insert_new_values(s.get_bind().dialect.name)
+    if statement is not None:
+        inserted = s.execute(statement, [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows]).all()
+        return len(inserted), len(rows) - len(inserted)
     seen = {(r.scorecard_id, r.measure_id) for r in s.execute(_SEEN, {"event_id": event_id})}
     fresh = [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows
              if (r["scorecard_id"], r["measure_id"]) not in seen]
@@ -114,6 +133,46 @@ def event_values(
     return found
 
 
+@functools.lru_cache(maxsize=2)
+def _account_rows(windowed: bool) -> Any:
+    query = (
+        select(_VALUES.c.scorecard_id, _VALUES.c.measure_id, _VALUES.c.at, _VALUES.c.value)
+        .where(_VALUES.c.account_id == bindparam("account_id"))
+        .order_by(_VALUES.c.at, _VALUES.c.id)
+    )
+    return query.where(_VALUES.c.at > bindparam("since")) if windowed else query
+
+
+def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQuery]) -> dict[tuple[str, str], float]:
+    """(scorecard, measure) -> the measure's value for one account (an event's update), as event_values gives it:
+    the sum over the window (an absent key: no event in it) or the last value. One query: the account's values since
+    the widest window (all of them when a measure has none), summed here. The nightly pass prunes what has left its
+    window, so an account's rows are the events of its windows."""
+    if not queries:
+        return {}
+    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
+    since = [q.since for q in queries]
+    widest = None if any(x is None for x in since) else min(utc(x) for x in since if x is not None)
+    params: dict[str, Any] = {"account_id": account_id}
+    if widest is not None:
+        params["since"] = widest
+    found: dict[tuple[str, str], float] = {}
+    bounds = {key: (utc(q.since) if q.since is not None else None) for key, q in wanted.items()}
+    for card, measure, at, value in s.execute(_account_rows(widest is not None), params):
+        key = (card, measure)
+        q = wanted.get(key)
+        if q is None:
+            continue
+        bound = bounds[key]
+        if bound is not None and utc(at) <= bound:
+            continue
+        if q.last:
+            found[key] = float(value)  # in time order: the last one stays
+        else:
+            found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
 _PRUNE = delete(_VALUES).where(
     _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
     _VALUES.c.scorecard_id == bindparam("scorecard_id"), _VALUES.c.measure_id == bindparam("measure_id"),
@@ -166,6 +225,17 @@ def scores_of(s: Session, account_ids: Sequence[str], lock: bool = False) -> dic
             row = _score_row(r)
             found[(row.account_id, row.scorecard_id)] = row
     return found
+
+
+_SCORES_OF_ACCOUNT = select(_SCORES).where(_SCORES.c.account_id == bindparam("account_id"))
+_SCORES_OF_ACCOUNT_LOCKED = _SCORES_OF_ACCOUNT.with_for_update()
+
+
+def scores_of_account(s: Session, account_id: str, lock: bool = False) -> dict[str, ScoreRow]:
+    """Scorecard -> the stored score of one account (an event's update), as scores_of reads them (``lock``: the rows
+    locked until the transaction ends, PostgreSQL)."""
+    rows = s.execute(_SCORES_OF_ACCOUNT_LOCKED if lock else _SCORES_OF_ACCOUNT, {"account_id": account_id})
+    return {row.scorecard_id: row for row in map(_score_row, rows)}
 
 
 def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str, str]]) -> None:
