@@ -175,7 +175,8 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
 
 _PRUNE = delete(_VALUES).where(
     _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
-    _VALUES.c.scorecard_id == bindparam("scorecard_id"), _VALUES.c.measure_id == bindparam("measure_id"),
+    _VALUES.c.scorecard_id == bindparam("scorecard_id"),
+    _VALUES.c.measure_id.in_(bindparam("measure_ids", expanding=True)),
     _VALUES.c.at <= bindparam("before"),
 )
 
@@ -184,12 +185,15 @@ def prune(s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery
     """Forgets the values that have left their measure's window (the nightly recompute, after it scored the page):
     they count for nothing any more. A measure without a window keeps all its values. Returns how many went."""
     gone = 0
+    windows: dict[tuple[str, datetime], list[str]] = {}  # one statement per scorecard and window, not per measure
+    for q in queries:
+        if q.since is not None:
+            windows.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
     for ids in in_chunks(list(account_ids), 500):
-        for q in queries:
-            if q.since is not None:
-                result = s.execute(_PRUNE, {"account_ids": list(ids), "scorecard_id": q.scorecard_id,
-                                            "measure_id": q.measure_id, "before": utc(q.since)})
-                gone += max(0, int(getattr(result, "rowcount", 0) or 0))
+        for (card, since), measures in windows.items():
+            result = s.execute(_PRUNE, {"account_ids": list(ids), "scorecard_id": card, "measure_ids": measures,
+                                        "before": utc(since)})
+            gone += max(0, int(getattr(result, "rowcount", 0) or 0))
     return gone
 
 
