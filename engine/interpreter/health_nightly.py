@@ -4,9 +4,10 @@ Started by the Temporal Schedule ``playbook-health/nightly`` (engine/runtime/sch
 What time alone changes (event windows sliding, dates coming closer) is found here: each page is one activity that
 reads the page from the CRM of record, recomputes its accounts at the night's time, writes what changed and takes
 health.score_changed for the changes the scorecards' ``changes`` rules ask for; a second activity writes the page's
-new scores to the CRM. The cursor lives in the workflow (continue-as-new every few pages keeps the history small),
-so a worker lost midway resumes at its page; a page retried recomputes at the same time and finds what its first
-attempt wrote (health_history rows by cause): nothing is counted, sent or written twice.
+new scores to the CRM while the next page is recomputed. The cursor lives in the workflow (continue-as-new every
+few pages keeps the history small), so a worker lost midway resumes at its page; a page retried recomputes at the
+same time and finds what its first attempt wrote (health_history rows by cause): nothing is counted, sent or written
+twice.
 
 Deterministic: no I/O, clock or randomness but workflow.now().
 """
@@ -58,6 +59,9 @@ class PlaybookHealthNightly:
         if not night.at:
             night.at = workflow.now().isoformat()
         retry = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5))
+        # a page's CRM write runs while the next page is recomputed (other accounts: the order does not matter); it
+        # is awaited before the night ends or continues as new, so a night never ends with a write in flight
+        writing: workflow.ActivityHandle[Done] | None = None
         for _ in range(max(1, night.pages_per_run)):
             page: HealthPageResult = await workflow.execute_activity(
                 "recompute_health_page",
@@ -67,8 +71,11 @@ class PlaybookHealthNightly:
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,  # the worker beats it (engine.runtime.workers.KeepAlive)
                 retry_policy=retry,
             )
+            if writing is not None:
+                await writing
+                writing = None
             if page.writes:
-                await workflow.execute_activity(
+                writing = workflow.start_activity(
                     "write_health_scores",
                     HealthWriteRequest(page.writes, night.at),
                     result_type=Done,
@@ -81,6 +88,10 @@ class PlaybookHealthNightly:
             night.changed += page.changed
             night.emitted += page.emitted
             if page.after is None:
+                if writing is not None:
+                    await writing
                 return NightlyResult(night.pages, night.accounts, night.changed, night.emitted)
             night.after = page.after
+        if writing is not None:
+            await writing
         workflow.continue_as_new(night)
