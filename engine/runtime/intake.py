@@ -44,7 +44,7 @@ from engine.storage import enrolled
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .health import ScoreChange, update_for_event
+from .health import SCORE_CHANGED, ScoreChange, update_for_event
 from .runs import start_run
 
 log = structlog.get_logger("intake")
@@ -310,24 +310,38 @@ def _answer_of(s: Session, event_id: str) -> EventAnswer | None:
     )
 
 
-def remember(db_url: str, event: Event, answer: EventAnswer, ended: Sequence[str] = ()) -> None:
+def remember(db_url: str, event: Event, answer: EventAnswer, ended: Sequence[str] = (),
+             unused: Sequence[Event] = ()) -> None:
     """Records the runs the event started (so the next event reaches them by id), forgets those it found ended, and
-    keeps the event's answer under its id (the first answer stays when two posts of it raced)."""
+    keeps the event's answer under its id (the first answer stays when two posts of it raced). ``unused``: events
+    it caused that no playbook triggers on, waits for or exits on (health.score_changed when the library does not
+    use it): taken by keeping their ids with an empty answer, in the same transaction as the event's."""
     now = datetime.now(UTC)
     started = [(r.run_id, event.account_id or "", r.playbook) for r in answer.runs if r.status == "started"]
     if started or ended:  # most events start nothing and find nothing ended: no transaction for them
         with session(db_url) as s:
             enrolled.register(s, started, now)
             enrolled.forget(s, ended)
-    if not event.id:
+    rows = [{"id": e.id, "type": e.type, "account_id": e.account_id or "", "received_at": now,
+             "answer": EventAnswer(event_id=e.id or "").as_json()} for e in unused if e.id]
+    if event.id:
+        rows.append({"id": event.id, "type": event.type, "account_id": event.account_id or "", "received_at": now,
+                     "answer": answer.as_json()})
+    if not rows:
         return
-    row = {"id": event.id, "type": event.type, "account_id": event.account_id or "", "received_at": now,
-           "answer": answer.as_json()}
     try:
         with session(db_url) as s:
-            s.execute(_REMEMBER, row)
+            s.execute(_REMEMBER, rows)
+        return
     except IntegrityError:
-        pass
+        if len(rows) == 1:
+            return
+    for row in rows:  # one of them was there already (a retry, a race): each on its own, the first answer stays
+        try:
+            with session(db_url) as s:
+                s.execute(_REMEMBER, row)
+        except IntegrityError:
+            pass
 
 
 async def take_event(
@@ -387,12 +401,24 @@ async def take_event(
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
     reach = [w for w in before.listening_runs if w not in triggered]
     answer.delivered_to, ended = await signal_runs(client, reach, event)
+    unused: list[Event] = []
     for change in before.health:
-        if change.notable:
-            await take_event(client, task_queue, db_url, library, change.event(), crm=crm, scorecards=scorecards)
-    if event.id or triggered or ended:
-        await asyncio.to_thread(remember, db_url, event, answer, ended)
+        if not change.notable:
+            continue
+        if not uses(library, SCORE_CHANGED):
+            unused.append(change.event())  # it would start nothing and reach no run: only its id is kept
+            continue
+        await take_event(client, task_queue, db_url, library, change.event(), crm=crm, scorecards=scorecards)
+    if event.id or triggered or ended or unused:
+        await asyncio.to_thread(remember, db_url, event, answer, ended, unused)
     return answer
+
+
+def uses(library: dict[str, Playbook], event_type: str) -> bool:
+    """Whether a playbook of the library triggers on, waits for or exits on events of this type."""
+    return event_type in listeners(library) or any(
+        p.trigger.type == "event" and p.trigger.event == event_type for p in library.values()
+    )
 
 
 def listeners(library: dict[str, Playbook]) -> dict[str, frozenset[str]]:
