@@ -7,6 +7,7 @@ arithmetic is engine.language.health's and the bookkeeping engine.runtime.health
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -248,6 +249,20 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
     """Writes scores: an update for the (account, scorecard) pairs in ``known`` (read in this transaction), an insert
     for the others."""
     known = set(known)
+    new = list(new)
+    if _raw_sqlite(s, len(new)):
+        fresh = [r for r in new if (r.account_id, r.scorecard_id) not in known]
+        _executemany(s, _RAW_INSERT_SCORE, [
+            (r.account_id, r.scorecard_id, r.score, r.band, json.dumps(r.components), _sqlite_time(r.computed_at),
+             r.scorecard_version, r.previous_score, r.previous_band)
+            for r in fresh
+        ])
+        _executemany(s, _RAW_UPDATE_SCORE, [
+            (r.score, r.band, json.dumps(r.components), _sqlite_time(r.computed_at), r.scorecard_version,
+             r.previous_score, r.previous_band, r.account_id, r.scorecard_id)
+            for r in new if (r.account_id, r.scorecard_id) in known
+        ])
+        return
     inserts, updates = [], []
     for row in new:
         values = {"score": row.score, "band": row.band, "components": row.components,
@@ -261,6 +276,38 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
         s.execute(_INSERT_SCORE, inserts)
     if updates:
         s.execute(_UPDATE_SCORE, updates)
+
+
+# Many rows at once on SQLite (a nightly page: thousands): the driver's executemany with the values as SQLAlchemy
+# would bind them (JSON text, times as naive UTC text with microseconds), without SQLAlchemy's per-row processing,
+# which cost more than the writes themselves. Few rows (an event's update) and other databases: SQLAlchemy's.
+RAW_ROWS = 100
+_RAW_INSERT_SCORE = (
+    "INSERT INTO health_scores (account_id, scorecard_id, score, band, components, computed_at, scorecard_version, "
+    "previous_score, previous_band) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RAW_UPDATE_SCORE = (
+    "UPDATE health_scores SET score = ?, band = ?, components = ?, computed_at = ?, scorecard_version = ?, "
+    "previous_score = ?, previous_band = ? WHERE account_id = ? AND scorecard_id = ?"
+)
+_RAW_INSERT_HISTORY = (
+    "INSERT INTO health_history (account_id, scorecard_id, score, band, computed_at, previous_score, previous_band, "
+    "reasons, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _raw_sqlite(s: Session, rows: int) -> bool:
+    return rows >= RAW_ROWS and s.get_bind().dialect.name == "sqlite"
+
+
+def _sqlite_time(at: datetime) -> str:
+    """A time as SQLAlchemy's SQLite DateTime stores it (the window queries compare these texts)."""
+    return utc(at).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _executemany(s: Session, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        s.connection().exec_driver_sql(sql, rows)
 
 
 @dataclass(frozen=True)
@@ -282,7 +329,13 @@ def _history_row(r: Any) -> HistoryRow:
 
 
 def add_history(s: Session, rows: Sequence[HistoryRow]) -> None:
-    if rows:
+    if _raw_sqlite(s, len(rows)):
+        _executemany(s, _RAW_INSERT_HISTORY, [
+            (r.account_id, r.scorecard_id, r.score, r.band, _sqlite_time(r.computed_at), r.previous_score,
+             r.previous_band, json.dumps(list(r.reasons)), r.cause)
+            for r in rows
+        ])
+    elif rows:
         s.execute(_INSERT_HISTORY, [
             {"account_id": r.account_id, "scorecard_id": r.scorecard_id, "score": r.score, "band": r.band,
              "computed_at": utc(r.computed_at), "previous_score": r.previous_score, "previous_band": r.previous_band,
