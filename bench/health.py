@@ -15,6 +15,7 @@ accounts with the fields the scorecards read, and EVENTS events' values in healt
    median slowed by under 1 ms. The bench checks that the scorecards-on API did record the events' values.
 
     .venv/bin/python bench/health.py [--accounts 100000] [--events 1000000] [--posts 1000] [--skip-nightly]
+    .venv/bin/python bench/health.py --intake-only [--show-sql]   # the intake's transaction in process, on vs off
 """
 
 from __future__ import annotations
