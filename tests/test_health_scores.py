@@ -214,6 +214,37 @@ def test_urgent_tickets_posted_as_events_turn_an_account_red_and_start_the_playb
     assert (fields["health_score"], fields["health_band"]) == (40.0, "red")  # the built-in CRM's fields
 
 
+def test_a_change_no_playbook_uses_is_kept_by_its_id_and_sent_once(dev_server: DevServer, tmp_path: Path) -> None:
+    """With a library in which no playbook triggers on, waits for or exits on health.score_changed, a change is only
+    recorded by its id (in the transaction of the event that caused it): posting that event again sends nothing."""
+    library, cards = _folders(tmp_path, {})
+    db_url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrate(db_url)
+    settings = Settings(
+        environment="dev", database_url=db_url, library=str(library), scorecards=str(cards),
+        task_queue=f"health-{uuid.uuid4().hex[:6]}", temporal_address=dev_server.address,
+    )
+    account = f"acc-{uuid.uuid4().hex[:6]}"
+    seed(db_url, {"id": account, "name": "Kraus GmbH", "plan": "pro", "mrr": 500}, [], [])
+    auth = {"Authorization": f"Bearer {create_token(db_url, 'product', 'system')}"}
+    tickets = [{"id": f"evt-{i}-{uuid.uuid4().hex[:8]}", "type": "support.ticket_opened", "account_id": account,
+                "data": {"priority": "urgent"}} for i in range(3)]
+
+    async def scenario() -> list[bool]:
+        client = await rt.connect(settings, runtime=quiet_runtime())
+        async with serving(create_app(settings, client)) as http:
+            answers = [await http.post("/events", json=e, headers=auth) for e in [*tickets, *tickets]]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [bool(a.json().get("duplicate")) for a in answers]
+
+    assert asyncio.run(scenario()) == [False] * 3 + [True] * 3
+    # first score 76 green (not a change: no band to leave), then 58 yellow and 40 red: two changes, each once
+    assert [h[1] for h in _history(db_url, account)] == ["green", "yellow", "red"]
+    sent = _received(db_url, "health.score_changed")
+    assert len(sent) == 2 and all(r.id.startswith(f"health/{account}/support-health/") for r in sent)
+    assert all(not r.answer.get("runs") for r in sent)
+
+
 def test_the_nightly_schedule_is_synced_with_the_playbooks_schedules(stack: Stack) -> None:
     settings = stack.settings
 
