@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.crm import CrmProvider
+from activities.crm import BuiltinCrm, CrmProvider, write_health_fields
 from activities.health_activities import HealthWriteActivities
 from activities.types import HealthPageRequest, HealthPageResult, HealthWrite
 from engine.interpreter.messages import Event, event_context
@@ -438,6 +438,9 @@ class HealthActivities:
         cause = f"nightly/{req.at}"
 
         retried = activity.info().attempt > 1
+        # the built-in CRM in the engine's database: no write_health_scores activity (nor 2,000 writes a page carried
+        # through the workflow's history and four conversions)
+        builtin = isinstance(self.crm, BuiltinCrm) and self.crm.db_url == self.db_url
 
         def recompute_page() -> tuple[int, list[ScoreChange]]:
             held = segments(page.accounts, cards)
@@ -448,6 +451,8 @@ class HealthActivities:
                     hs.prune(s, ids, _queries(card, at))
                 if retried:  # what an earlier attempt changed (and may not have sent or written) is found again
                     changes = changes_caused_by(s, cause, page.accounts, cards)
+                if builtin:  # the built-in CRM's fields in the same transaction (as an event's update writes them)
+                    write_health_fields(s, _crm_writes(changes))
                 return sum(1 for card_ids in held.values() if card_ids), changes
 
         scored, changes = await asyncio.to_thread(recompute_page)
@@ -458,7 +463,7 @@ class HealthActivities:
             await take_score_changes(client, req.task_queue, self.db_url, library, notable, self.crm)
         # a provider's cursor that does not move would page forever: a page without accounts ends the night
         after = page.after if page.accounts and page.after not in (None, "", req.after) else None
-        writes = [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
+        writes = [] if builtin else _crm_writes(changes)
         return HealthPageResult(after, len(page.accounts), scored, len(changes), len(notable), writes)
 
 
@@ -474,7 +479,7 @@ async def take_score_changes(
     the starts and signals run side by side; the answers are recorded at the end, in one executemany. An event whose
     start or signal fails fails the page once the others are recorded (it is retried: what was recorded is not sent
     again). Returns how many events were taken now."""
-    from activities.crm import BuiltinCrm, read_accounts
+    from activities.crm import read_accounts
     from activities.errors import NotFoundError
     from activities.types import AccountSnapshot
     from engine.language import expressions as ex
@@ -551,6 +556,11 @@ async def take_score_changes(
     if failed:
         raise failed[0]
     return len(answers)
+
+
+def _crm_writes(changes: Sequence[ScoreChange]) -> list[HealthWrite]:
+    """What the CRM's health fields hold after these changes: the primary scorecard's score and band."""
+    return [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
 
 
 def health_activities(
