@@ -5,10 +5,11 @@ accounts with the fields the scorecards read, and EVENTS events' values in healt
 30 days so that they sit in the measures' windows (what the intake would have recorded for them). Three scorecards
 (the bundled repricer-health and two of the bench's own) hold every account: 300,000 scores a night.
 
-1. The nightly pass: the real PlaybookHealthNightly workflow (pages of 500 accounts through the recompute_health_page
-   and write_health_scores activities, a worker in this process), twice: night 1 scores every account for the first
-   time (every score and history row written), night 2 a day later (windows have slid: only what changed is
-   written, and its notable changes are taken as health.score_changed by the intake). Goal: under 60 s.
+1. The nightly pass: the real PlaybookHealthNightly workflow (pages of 2,000 accounts through the
+   recompute_health_page activity, which writes the built-in CRM's health fields in its transaction; a worker in this
+   process), twice: night 1 scores every account for the first time (every score and history row written), night 2
+   a day later (windows have slid: only what changed is written, and its notable changes are taken as
+   health.score_changed, a page's as one batch). Goal: under 60 s.
 2. POST /events with scorecards on and off, side by side: two API processes (`playbook api`) on the same server and
    database, one with PLAYBOOK_SCORECARDS naming the three scorecards, one naming a folder that does not exist;
    signed support.ticket_opened events for existing accounts posted one at a time, A B B A event by event. Goal: the
