@@ -3,8 +3,9 @@
 Started by the Temporal Schedule ``playbook-health/nightly`` (engine/runtime/schedules.py, PLAYBOOK_HEALTH_NIGHTLY).
 What time alone changes (event windows sliding, dates coming closer) is found here: each page is one activity that
 reads the page from the CRM of record, recomputes its accounts at the night's time, writes what changed and takes
-health.score_changed for the changes the scorecards' ``changes`` rules ask for; a second activity writes the page's
-new scores to the CRM while the next page is recomputed. The cursor lives in the workflow (continue-as-new every
+health.score_changed for the changes the scorecards' ``changes`` rules ask for (the built-in CRM's fields are written
+in its transaction); with another CRM a second activity writes the page's new scores to it while the next page is
+recomputed. The cursor lives in the workflow (continue-as-new every
 few pages keeps the history small), so a worker lost midway resumes at its page; a page retried recomputes at the
 same time and finds what its first attempt wrote (health_history rows by cause): nothing is counted, sent or written
 twice.

@@ -400,9 +400,10 @@ class HealthActivities:
     changes it finds are taken as events by the intake (which starts runs).
 
     A page reads its accounts from the CRM of record (``account_page``), recomputes them at the night's time in
-    one transaction (health_history rows caused by ``nightly/<time>``), then takes the health.score_changed of every
-    change the page's accounts have under that cause (this attempt's and an earlier attempt's: by id, once) and
-    returns what the CRM should hold. The library is read once per night per worker, the scorecards once per
+    one transaction (health_history rows caused by ``nightly/<time>``; with the built-in CRM, the accounts' health
+    fields too), then takes the health.score_changed of every change the page's accounts have under that cause
+    (this attempt's and an earlier attempt's: by id, once; take_score_changes) and returns what another CRM should
+    hold (write_health_scores writes it). The library is read once per night per worker, the scorecards once per
     process.
     """
 
