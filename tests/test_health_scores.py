@@ -382,6 +382,60 @@ def test_the_nightly_pass_recomputes_what_time_changed_in_pages_and_resumes(tmp_
     assert values == 150 * 3  # the tickets that left the window are forgotten; the odd accounts' stay
 
 
+def test_the_nightly_pass_starts_the_runs_its_changes_trigger_and_reaches_waiting_runs(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    """A night's changes taken as a batch do what the intake does: a playbook triggered by health.score_changed
+    starts once per account, and a live run waiting for it gets it (on the dev server: runs have search
+    attributes). The runs go to a queue no worker polls: they stay started."""
+    from engine.language.library import Library
+    from engine.runtime.intake import take_event
+
+    library, cards_folder = _folders(tmp_path, {"health-risk": RISK.replace('band == "red"', 'band == "yellow"'),
+                                               "health-watch": WATCH})
+    db_url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrate(db_url)
+    cards = health.read_scorecards(cards_folder)
+    tag = uuid.uuid4().hex[:6]
+    accounts = [{"id": f"acc-{tag}-{i:02d}", "name": f"Shop {i}", "plan": "pro", "mrr": 50} for i in range(12)]
+    with session(db_url) as s:  # 3 urgent tickets 30.5 days before the night: red the day before, yellow that night
+        for a in accounts:
+            s.add(t.Account(id=a["id"], name=a["name"], fields={"plan": "pro", "mrr": 50}))
+        s.flush()
+        for a in accounts:
+            for n in range(3):
+                event = Event("support.ticket_opened", {"priority": "urgent"}, f"t-{a['id']}-{n}",
+                              (NIGHT - timedelta(days=30, hours=12)).isoformat(), a["id"])
+                health.update_for_event(s, a, event, cards, NIGHT - timedelta(days=1), fields_changed=False)
+    watched = accounts[0]["id"]
+
+    async def night() -> tuple[str, NightlyResult]:
+        client = await rt.connect(Settings(environment="dev", temporal_address=dev_server.address),
+                                  runtime=quiet_runtime())
+        playbooks = dict(Library.load(str(library)).playbooks)
+        flagged = await take_event(client, "no-worker", db_url, playbooks,
+                                   Event("account.flagged", {}, f"flag-{watched}", None, watched))
+        crm = BuiltinCrm(db_url)
+        queue = f"nightly-{tag}"
+        async with build_worker(client, queue, health.health_activities(db_url, crm, client, str(library),
+                                                                          cards_folder)):
+            request = NightlyInput("no-worker", at=NIGHT.isoformat(), page_size=5, pages_per_run=2)
+            result = await client.execute_workflow(
+                HEALTH_NIGHTLY_WORKFLOW, request, id=f"night-{tag}", task_queue=queue, result_type=NightlyResult,
+            )
+        return flagged.runs[0].run_id, result
+
+    watch_run, result = asyncio.run(night())
+
+    assert (result.accounts, result.changed, result.emitted) == (12, 12, 12)
+    sent = {r.account_id: r.answer for r in _received(db_url, "health.score_changed")}
+    assert sorted(sent) == sorted(a["id"] for a in accounts)
+    for account_id, answer in sent.items():
+        assert answer["runs"] == [{"playbook": "health-risk", "run_id": f"health-risk/{account_id}",
+                                   "status": "started"}]
+        assert answer["delivered_to"] == ([watch_run] if account_id == watched else [])
+
+
 # ------------------------------------------------------------------------------------------------- PostgreSQL
 
 

@@ -483,10 +483,9 @@ async def take_score_changes(
     from activities.crm import read_accounts
     from activities.errors import NotFoundError
     from activities.types import AccountSnapshot
-    from engine.language import expressions as ex
     from engine.storage import enrolled
 
-    from .intake import EventAnswer, StartedRun, enrollment_key, listeners, signal_runs, start_enrolled, trigger_matches
+    from .intake import EventAnswer, listeners, signal_runs, start_triggered
 
     triggering = [p for p in library.values() if p.trigger.type == "event" and p.trigger.event == SCORE_CHANGED]
     listening = listeners(library).get(SCORE_CHANGED, frozenset())
@@ -520,21 +519,9 @@ async def take_score_changes(
             snapshot = snapshots.get(account_id) or AccountSnapshot(
                 account={"id": account_id, "owner": None}, contacts=[], found=False)
             async with gate:
-                starts: list[Any] = []
-                for playbook in triggering:
-                    if not trigger_matches(playbook, event, snapshot.account):
-                        continue
-                    try:
-                        key = enrollment_key(playbook, event, snapshot.account, snapshot.contacts)
-                    except ex.ExpressionError:
-                        starts.append(StartedRun(playbook.id, "", "invalid_key"))
-                        continue
-                    starts.append(start_enrolled(client, task_queue, playbook, account_id, key, event))
-
-                async def started(item: Any) -> StartedRun:
-                    return item if isinstance(item, StartedRun) else await item
-
-                answer.runs = list(await asyncio.gather(*(started(x) for x in starts)))
+                answer.runs = await start_triggered(
+                    client, task_queue, triggering, event, account_id, snapshot.account, snapshot.contacts
+                )
                 triggered = {r.run_id for r in answer.runs if r.status == "started"}
                 reach = [w for w in runs.get(account_id, []) if w not in triggered]
                 answer.delivered_to, ended = await signal_runs(client, reach, event)

@@ -19,7 +19,7 @@ health.score_changed, taken here like any other once the event's own runs are st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +123,29 @@ async def start_enrolled(
             running = False
         return StartedRun(playbook.id, workflow_id, "already_running" if running else "already_enrolled")
     return StartedRun(playbook.id, workflow_id, "started")
+
+
+async def start_triggered(
+    client: Client, task_queue: str, playbooks: Iterable[Playbook], event: Event, account_id: str,
+    account: dict[str, Any], contacts: list[dict[str, Any]],
+) -> list[StartedRun]:
+    """The runs of the playbooks whose trigger takes the event, started side by side, each under its enrollment key
+    (a key that cannot be rendered is answered ``invalid_key``)."""
+    starts: list[Any] = []  # a StartedRun already (invalid key), or the start to await
+    for playbook in playbooks:
+        if not trigger_matches(playbook, event, account):
+            continue
+        try:
+            key = enrollment_key(playbook, event, account, contacts)
+        except ex.ExpressionError:
+            starts.append(StartedRun(playbook.id, "", "invalid_key"))
+            continue
+        starts.append(start_enrolled(client, task_queue, playbook, account_id, key, event))
+
+    async def started(item: Any) -> StartedRun:
+        return item if isinstance(item, StartedRun) else await item
+
+    return list(await asyncio.gather(*(started(x) for x in starts)))
 
 
 async def signal_runs(client: Client, workflow_ids: list[str], event: Event) -> tuple[list[str], list[str]]:
@@ -382,21 +405,9 @@ async def take_event(
         return before
     account_data, contact_data = before.snapshot.account, before.snapshot.contacts
     answer = EventAnswer(event_id=event.id or "")
-    starts: list[Any] = []  # a StartedRun already (invalid key), or the start to await
-    for playbook in library.values():
-        if not trigger_matches(playbook, event, account_data):
-            continue
-        try:
-            key = enrollment_key(playbook, event, account_data, contact_data)
-        except ex.ExpressionError:
-            starts.append(StartedRun(playbook.id, "", "invalid_key"))
-            continue
-        starts.append(start_enrolled(client, task_queue, playbook, account_id, key, event))
-
-    async def started(item: Any) -> StartedRun:
-        return item if isinstance(item, StartedRun) else await item
-
-    answer.runs = list(await asyncio.gather(*(started(x) for x in starts)))
+    answer.runs = await start_triggered(
+        client, task_queue, library.values(), event, account_id, account_data, contact_data
+    )
     # The event reaches the account's runs of the playbooks that wait for (wait_for) or exit on (exit_when) its
     # type, by workflow id; not the run it has just started, whose trigger it is.
     triggered = {r.run_id for r in answer.runs if r.status == "started"}
