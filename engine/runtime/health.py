@@ -20,7 +20,7 @@ import contextlib
 import functools
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,36 +191,8 @@ def _recompute_account(
     history: list[hs.HistoryRow] = []
     changes: list[ScoreChange] = []
     for card in cards:
-        values: dict[str, float | None] = {}
-        for m in card.measures:
-            if m.kind == "events":
-                values[m.id] = recorded.get((card.id, m.id), 0.0)
-            elif m.kind == "last":
-                values[m.id] = recorded.get((card.id, m.id))
-            else:
-                values[m.id] = hl.field_value(m, account, now)
-        old = stored.get(card.id)
-        if old is not None and old.scorecard_version == card.version and _same_values(old.components, values):
-            continue  # the same scorecard on the same values: the same score
-        result = hl.compute(card, values)
-        components = [dict(vars(c)) for c in result.components]
-        if old is None and result.score is None:
-            continue  # nothing to say yet: no score, none before
-        if old is not None and (old.score, old.band) == (result.score, result.band):
-            if old.components != components or old.scorecard_version != card.version:
-                writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now,
-                                          card.version, old.previous_score, old.previous_band))
-            continue  # the score did not change: no history row, no health.score_changed, no CRM write
-        previous, previous_band = (old.score, old.band) if old is not None else (None, None)
-        why = hl.reasons(result, _previous_result(card, old) if old is not None else None)
-        writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now, card.version,
-                                  previous, previous_band))
-        history.append(hs.HistoryRow(account_id, card.id, result.score, result.band, now, previous, previous_band,
-                                     tuple(why), cause))
-        changes.append(ScoreChange(
-            account_id, card.id, result.score, previous, result.band, previous_band, why, now,
-            is_notable(card, result.score, previous, result.band, previous_band), primary == card.id,
-        ))
+        _score(card, account, recorded, (card.id,), stored.get(card.id), now, cause, primary == card.id,
+               writes, history, changes)
     hs.write_scores(s, writes, [(account_id, card_id) for card_id in stored])
     hs.add_history(s, history)
     return changes
@@ -285,40 +257,52 @@ def recompute_many(
         recorded = hs.event_values(s, [str(a["id"]) for a in members], _queries(card, now))
         for account in members:
             account_id = str(account["id"])
-            values: dict[str, float | None] = {}
-            for m in card.measures:
-                if m.kind == "events":
-                    values[m.id] = recorded.get((account_id, card.id, m.id), 0.0)
-                elif m.kind == "last":
-                    values[m.id] = recorded.get((account_id, card.id, m.id))
-                else:
-                    values[m.id] = hl.field_value(m, account, now)
-            old = stored.get((account_id, card.id))
-            if old is not None and old.scorecard_version == card.version and _same_values(old.components, values):
-                continue  # the same scorecard on the same values: the same score (most accounts, most nights)
-            result = hl.compute(card, values)
-            components = [dict(vars(c)) for c in result.components]  # as_dict, without asdict's deep copy
-            if old is None and result.score is None:
-                continue  # nothing to say yet: no score, none before
-            if old is not None and (old.score, old.band) == (result.score, result.band):
-                if old.components != components or old.scorecard_version != card.version:
-                    writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now,
-                                              card.version, old.previous_score, old.previous_band))
-                continue
-            previous, previous_band = (old.score, old.band) if old is not None else (None, None)
-            why = hl.reasons(result, _previous_result(card, old) if old is not None else None)
-            writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now, card.version,
-                                      previous, previous_band))
-            history.append(hs.HistoryRow(account_id, card.id, result.score, result.band, now, previous,
-                                         previous_band, tuple(why), cause))
-            changes.append(ScoreChange(
-                account_id, card.id, result.score, previous, result.band, previous_band, why, now,
-                is_notable(card, result.score, previous, result.band, previous_band),
-                primary.get(account_id) == card.id,
-            ))
+            _score(card, account, recorded, (account_id, card.id), stored.get((account_id, card.id)), now, cause,
+                   primary.get(account_id) == card.id, writes, history, changes)
     hs.write_scores(s, writes, stored)
     hs.add_history(s, history)
     return changes
+
+
+def _score(
+    card: Scorecard, account: dict[str, Any], recorded: Mapping[Any, float], key: tuple[str, ...],
+    old: hs.ScoreRow | None, now: datetime, cause: str, primary: bool,
+    writes: list[hs.ScoreRow], history: list[hs.HistoryRow], changes: list[ScoreChange],
+) -> None:
+    """One account's score on one scorecard from its recorded event values (``recorded[(*key, measure id)]``: the
+    count, sum or last value; absent when no event was recorded) and its fields, against the stored score ``old``:
+    what to write (a score row; a history row and a ScoreChange when the score or band changed) is appended to the
+    lists."""
+    account_id = str(account["id"])
+    values: dict[str, float | None] = {}
+    for m in card.measures:
+        if m.kind == "events":
+            values[m.id] = recorded.get((*key, m.id), 0.0)
+        elif m.kind == "last":
+            values[m.id] = recorded.get((*key, m.id))
+        else:
+            values[m.id] = hl.field_value(m, account, now)
+    if old is not None and old.scorecard_version == card.version and _same_values(old.components, values):
+        return  # the same scorecard on the same values: the same score (most accounts, most nights)
+    result = hl.compute(card, values)
+    components = [dict(vars(c)) for c in result.components]  # as_dict, without asdict's deep copy
+    if old is None and result.score is None:
+        return  # nothing to say yet: no score, none before
+    if old is not None and (old.score, old.band) == (result.score, result.band):
+        if old.components != components or old.scorecard_version != card.version:
+            writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now,
+                                      card.version, old.previous_score, old.previous_band))
+        return  # the score did not change: no history row, no health.score_changed, no CRM write
+    previous, previous_band = (old.score, old.band) if old is not None else (None, None)
+    why = hl.reasons(result, _previous_result(card, old) if old is not None else None)
+    writes.append(hs.ScoreRow(account_id, card.id, result.score, result.band, components, now, card.version,
+                              previous, previous_band))
+    history.append(hs.HistoryRow(account_id, card.id, result.score, result.band, now, previous, previous_band,
+                                 tuple(why), cause))
+    changes.append(ScoreChange(
+        account_id, card.id, result.score, previous, result.band, previous_band, why, now,
+        is_notable(card, result.score, previous, result.band, previous_band), primary,
+    ))
 
 
 def _same_values(components: list[Any], values: dict[str, float | None]) -> bool:
