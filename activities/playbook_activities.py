@@ -32,7 +32,7 @@ from temporalio import activity
 from engine.language import health as hl
 from engine.storage import enrolled, governance, progress
 from engine.storage import models as t
-from engine.storage.db import in_chunks, session
+from engine.storage.db import in_chunks, session, utc
 
 from . import admission, assignment
 from .admission import Admission
@@ -124,10 +124,6 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment is not None else None
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite keeps UTC without its offset
-
-
 def _refused(message_id: str, admitted: Admission) -> EmailResult:
     return EmailResult(message_id=message_id, status=admitted.status, detail=admitted.detail,
                        left_out=admitted.left_out, retry_at=_iso(admitted.retry_at))
@@ -156,7 +152,7 @@ def health_context(scores: Sequence[t.HealthScore]) -> dict[str, Any]:
         row.scorecard_id: {
             "scorecard": row.scorecard_id, "score": row.score, "band": row.band,
             "reasons": health_reasons(row.scorecard_id, row.components or []), "previous": row.previous_score,
-            "previous_band": row.previous_band, "computed_at": _iso(_utc(row.computed_at)),
+            "previous_band": row.previous_band, "computed_at": _iso(utc(row.computed_at)),
         }
         for row in scores
     }

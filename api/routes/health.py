@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
 from engine.language import health as hl
 from engine.runtime.health import AccountHealth, health_of
-from engine.storage.db import session
+from engine.storage.db import session, utc
 
 from ..deps import PeopleDep, StateDep
 from ..problems import RETRY_AFTER_SECONDS, UPSTREAM, Problem, documented
@@ -45,13 +44,9 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 1)
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def health_out(h: AccountHealth) -> HealthOut:
     return HealthOut(
-        scorecard=h.scorecard_id, score=h.score, band=h.band, computed_at=_utc(h.computed_at),
+        scorecard=h.scorecard_id, score=h.score, band=h.band, computed_at=utc(h.computed_at),
         scorecard_version=h.scorecard_version,
         trend=HealthTrendOut(
             previous=h.previous, previous_band=h.previous_band, change=_minus(h.score, h.previous),

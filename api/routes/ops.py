@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from engine.language.model import Playbook
 from engine.runtime import runs as run_service
 from engine.storage import models as t
 from engine.storage.db import session as db_session
+from engine.storage.db import utc
 from engine.storage.funnel import STOP_EXIT, Funnel, FunnelError, UnknownPlaybook, UnknownVersion, playbook_funnel
 
 from .. import ops_chart
@@ -54,10 +55,6 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ filters
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _when(value: datetime | str | None) -> str:
     if value is None or value == "":
         return ""
@@ -68,7 +65,7 @@ def _when(value: datetime | str | None) -> str:
             return value
     else:
         moment = value
-    return _utc(moment).strftime("%d %b %Y, %H:%M UTC")
+    return utc(moment).strftime("%d %b %Y, %H:%M UTC")
 
 
 def _duration(seconds: float | None) -> str:
@@ -214,7 +211,7 @@ def _filters(request: Request) -> Filters | str:
         try:
             if len(since_text) > 40:
                 raise ValueError
-            since = _utc(datetime.fromisoformat(since_text))
+            since = utc(datetime.fromisoformat(since_text))
         except ValueError:
             return f"since: {since_text[:40]!r} is not a date (YYYY-MM-DD) or a time (YYYY-MM-DDTHH:MM, UTC)"
     return Filters(version, since, since_text)

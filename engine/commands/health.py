@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
+
+from engine.storage.db import utc
 
 if TYPE_CHECKING:
     from engine.runtime.health import AccountHealth
@@ -81,10 +82,6 @@ def reasons(h: AccountHealth) -> list[dict[str, Any]]:
     return hl.reasons(result, None)
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 1)
 
@@ -96,7 +93,7 @@ def as_json(h: AccountHealth) -> dict[str, Any]:
         "scorecard_version": h.scorecard_version,
         "score": h.score,
         "band": h.band,
-        "computed_at": _utc(h.computed_at).isoformat(),
+        "computed_at": utc(h.computed_at).isoformat(),
         "trend": {
             "previous": h.previous, "previous_band": h.previous_band, "change": _minus(h.score, h.previous),
             "thirty_days": h.thirty_days, "thirty_days_band": h.thirty_days_band,

@@ -39,7 +39,7 @@ from engine.language.library import Library
 from engine.language.model import Playbook
 from engine.language.scorecard import Scorecard, load_scorecards
 from engine.storage import health as hs
-from engine.storage.db import session
+from engine.storage.db import session, utc
 
 SCORE_CHANGED = "health.score_changed"
 TREND_DAYS = 30
@@ -182,7 +182,7 @@ def _recompute_account(
     (locked: see engine.storage.health.scores_of), its recorded values (one query, summed here), the writes (an
     update or insert of the scores, a history row when a score changed). ``cards``: those to recompute, ``held``:
     every scorecard whose segment holds the account (the first by id is the primary one)."""
-    now = hs.utc(now)
+    now = utc(now)
     account_id = str(account["id"])
     stored = hs.scores_of_account(s, account_id, lock=True)
     primary = min(c.id for c in held) if held else None
@@ -241,7 +241,7 @@ def recompute_many(
     whose components or scorecard version changed but not its value is written without history. ``lock``: the
     accounts' score rows locked first (an event's update: see engine.storage.health.scores_of). ``held``: segments()
     of the accounts over ``all_cards``, when the caller has it."""
-    now = hs.utc(now)
+    now = utc(now)
     ids = [str(a["id"]) for a in accounts]
     stored = hs.scores_of(s, ids, lock=lock)
     if held is None:
@@ -419,7 +419,7 @@ class HealthActivities:
         if not cards:
             return HealthPageResult(None, 0, 0, 0, 0)
         page = await asyncio.to_thread(self.crm.account_page, req.after, req.limit)
-        at = hs.utc(datetime.fromisoformat(req.at))
+        at = utc(datetime.fromisoformat(req.at))
         cause = f"nightly/{req.at}"
 
         retried = activity.info().attempt > 1

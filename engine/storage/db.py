@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +22,14 @@ T = TypeVar("T")
 
 def default_url(home: Path | str = ".playbook") -> str:
     return f"sqlite:///{Path(home).resolve() / 'playbook.db'}"
+
+
+
+def utc(at: datetime) -> datetime:
+    """A time as the tables keep it: UTC (SQLite gives back naive times: they are UTC; an aware one is converted)."""
+    if at.tzinfo is UTC:  # most of them (a page's rows all carry its time): astimezone costs microseconds a row
+        return at
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @functools.lru_cache(maxsize=16)

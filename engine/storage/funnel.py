@@ -16,13 +16,14 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, case, func, select, true
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
+from engine.storage.db import utc
 
 if TYPE_CHECKING:  # the language is read by its shape only (engine.storage imports nothing of the project)
     from engine.language.model import Playbook
@@ -239,12 +240,8 @@ def versions_of(s: Session, playbook_id: str) -> list[str]:
     return [version for version, _ in rows]
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _naive_utc(moment: datetime) -> datetime:
-    return _utc(moment).replace(tzinfo=None)
+    return utc(moment).replace(tzinfo=None)
 
 
 def funnel(
@@ -268,7 +265,7 @@ def funnel(
     full = resolve_version(s, playbook_id, version, known_versions) if version is not None else None
     versions = versions_of(s, playbook_id)
     versions += [v for v in known_versions if v not in versions]
-    since = _utc(since) if since is not None else None
+    since = utc(since) if since is not None else None
 
     conditions: list[ColumnElement[bool]] = [RP.c.playbook_id == playbook_id]
     if full is not None:
@@ -339,7 +336,7 @@ def funnel(
         )
     )
     for event, started, ended in goal_rows:
-        durations.setdefault(event or "", []).append((_utc(ended) - _utc(started)).total_seconds())
+        durations.setdefault(event or "", []).append((utc(ended) - utc(started)).total_seconds())
     goal_events = list(dict.fromkeys([*goals, *sorted(reached)]))
     goal_funnels = [
         GoalFunnel(

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import models as t
-from .db import in_chunks
+from .db import in_chunks, utc
 
 SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
@@ -284,10 +284,6 @@ def begin_admission(s: Session, addresses: Iterable[str]) -> None:
             s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:address, 0))"), {"address": address})
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)  # SQLite: naive UTC
-
-
 @dataclass(frozen=True)
 class Cap:
     """At most ``max`` deliveries to one address within any ``per_seconds``, counting ``categories`` (all if empty)."""
@@ -306,14 +302,14 @@ def caps_reached(s: Session, address: str, caps: list[Cap], at: datetime, key: s
     admitted) do not count against it."""
     if not caps:
         return []
-    at = _utc(at)
+    at = utc(at)
     table = t.EmailDelivery.__table__
     longest = timedelta(seconds=max(cap.per_seconds for cap in caps))
     query = (select(table.c.at, table.c.category)
              .where(table.c.address == address, table.c.status.in_(COUNTED), table.c.at > at - longest,
                     table.c.key != key)
              .order_by(table.c.at))
-    deliveries = [(_utc(moment), category) for moment, category in s.connection().execute(query)]
+    deliveries = [(utc(moment), category) for moment, category in s.connection().execute(query)]
     reached = []
     for cap in caps:
         window = timedelta(seconds=cap.per_seconds)
@@ -332,7 +328,7 @@ def record_deliveries(s: Session, key: str, addresses: list[str], category: str,
     if not addresses:
         return
     table = t.EmailDelivery.__table__
-    rows = [{"key": key, "address": a, "category": category, "at": _utc(at), "status": "sending"} for a in addresses]
+    rows = [{"key": key, "address": a, "category": category, "at": utc(at), "status": "sending"} for a in addresses]
     s.connection().execute(_insert(s, table).on_conflict_do_nothing(index_elements=[table.c.key, table.c.address]),
                            rows)
 

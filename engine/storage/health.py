@@ -10,14 +10,14 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
-from engine.storage.db import in_chunks
+from engine.storage.db import in_chunks, utc
 
 _VALUES = t.HealthEventValue.__table__
 _SCORES = t.HealthScore.__table__
@@ -30,13 +30,6 @@ _UPDATE_SCORE = update(_SCORES).where(
     _SCORES.c.account_id == bindparam("key_account"), _SCORES.c.scorecard_id == bindparam("key_scorecard")
 )
 _INSERT_HISTORY = insert(_HISTORY)
-
-
-def utc(at: datetime) -> datetime:
-    """A time as the tables keep it: UTC (SQLite gives back naive times: they are UTC)."""
-    if at.tzinfo is UTC:  # most of them (a page's rows all carry its time): astimezone costs microseconds a row
-        return at
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @functools.lru_cache(maxsize=4)
