@@ -140,8 +140,8 @@ _SET_EMAIL_STATUS = (
 def health_reasons(scorecard_id: str, components: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """What holds a score down: its measures by the points they cost against a perfect 100 (negative), at most 3
     ({measure, title, value, score, points}); engine.language.health.reasons of the score alone."""
-    result = hl.HealthResult(scorecard_id, None, None, tuple(hl.Component.from_dict(c) for c in components))
-    return [{k: r[k] for k in ("measure", "title", "value", "score", "points")} for r in hl.reasons(result, None)]
+    return [{k: r[k] for k in ("measure", "title", "value", "score", "points")}
+            for r in hl.holding_down(scorecard_id, components)]
 
 
 def health_context(scores: Sequence[t.HealthScore]) -> dict[str, Any]:

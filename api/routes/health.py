@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path
 
@@ -33,13 +33,6 @@ AccountPath = Annotated[
 ]
 
 
-def reasons(scorecard_id: str, components: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What holds a score down: its measures by the points they cost against a perfect 100 (negative), at most 3;
-    engine.language.health.reasons of the score alone, as account.health.reasons in templates gives them."""
-    result = hl.HealthResult(scorecard_id, None, None, tuple(hl.Component.from_dict(c) for c in components))
-    return hl.reasons(result, None)
-
-
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 1)
 
@@ -53,7 +46,7 @@ def health_out(h: AccountHealth) -> HealthOut:
             thirty_days=h.thirty_days, thirty_days_band=h.thirty_days_band,
             change_thirty_days=_minus(h.score, h.thirty_days),
         ),
-        reasons=[HealthReasonOut(**r) for r in reasons(h.scorecard_id, h.components)],
+        reasons=[HealthReasonOut(**r) for r in hl.holding_down(h.scorecard_id, h.components)],
         last_change=[HealthReasonOut(**r) for r in h.reasons],
         measures=[
             HealthMeasureOut(

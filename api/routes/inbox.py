@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
+from engine.language import health as hl
 from engine.storage import models as t
 from engine.storage.db import session
 
@@ -31,7 +32,6 @@ from ..problems import Problem
 from ..schemas import DecisionIn, OutcomeIn
 from ..security import Caller
 from ..signed_pages import SignedPages
-from . import health
 
 router = APIRouter(prefix="/inbox", include_in_schema=False)
 
@@ -189,7 +189,7 @@ def _health(db: str, account_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
                 "score": row.score,
                 "band": band,
                 "band_class": band if _BAND_CLASS.match(band) else "",
-                "reasons": health.reasons(row.scorecard_id, list(row.components or [])),
+                "reasons": hl.holding_down(row.scorecard_id, row.components or []),
             })
     return found
 

@@ -78,8 +78,7 @@ def reasons(h: AccountHealth) -> list[dict[str, Any]]:
     (engine.language.health.reasons of the score alone; the API, the inbox and templates give the same)."""
     from engine.language import health as hl
 
-    result = hl.HealthResult(h.scorecard_id, h.score, h.band, tuple(hl.Component.from_dict(c) for c in h.components))
-    return hl.reasons(result, None)
+    return hl.holding_down(h.scorecard_id, h.components)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

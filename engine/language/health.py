@@ -13,6 +13,7 @@ docs/health.md is the reference; engine/runtime/health.py stores and updates sco
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -272,6 +273,14 @@ def reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> l
         rows.append((-abs(points), len(new.components) + index, row))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [row for _, _, row in rows[: max(0, top)]]
+
+
+def holding_down(scorecard_id: str, components: Iterable[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """What holds a stored score down: ``reasons`` of the score alone (no previous one), from its stored components
+    (Component.as_dict): the measures by the points they cost against a perfect 100, at most ``top``. The API, the
+    CLI, the inbox and templates all give these."""
+    result = HealthResult(scorecard_id, None, None, tuple(Component.from_dict(c) for c in components))
+    return reasons(result, None, top)
 
 
 def _fmt(value: float | None) -> str:
