@@ -12,6 +12,7 @@ position, and nothing reads the clock, the network or randomness.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -74,6 +75,15 @@ CONTROL_SKIPPED = frozenset({"email", "call_task", "crm", "assign", "approval", 
 def cancelled(err: BaseException) -> bool:
     """An activity or child that ended because this run is being cancelled (an exit event, a cancel)."""
     return isinstance(getattr(err, "cause", None), TemporalCancelledError)
+
+
+def being_closed() -> bool:
+    """Whether the coroutine is being closed rather than run (GeneratorExit): a worker that stops leaves the runs in
+    its cache to the garbage collector, which closes their coroutines at some later moment, on any thread, outside
+    their workflow (temporalio/sdk-python#494). A ``finally`` that would await (a cleanup with commands) must not
+    then: Python raises "coroutine ignored GeneratorExit", and a command could reach another workflow's loop. The
+    run goes on from its history on the next worker; nothing of it is lost."""
+    return isinstance(sys.exc_info()[1], GeneratorExit)
 
 
 class StepFailed(Exception):

@@ -23,7 +23,16 @@ with workflow.unsafe.imports_passed_through():
     from engine.language.groups import split_index
     from engine.language.uses import uses_of
 
-from engine.interpreter.core import CURRENT_ITEM, InterpreterCore, ItemMark, Scope, StepFailed, StopRun, cancelled
+from engine.interpreter.core import (
+    CURRENT_ITEM,
+    InterpreterCore,
+    ItemMark,
+    Scope,
+    StepFailed,
+    StopRun,
+    being_closed,
+    cancelled,
+)
 
 INLINE_FOR_EACH_LIMIT = 100  # more items than this run in child workflows ("slices")
 FOR_EACH_CHUNK = 100  # items per slice in runs started before FANOUT_PATCH
@@ -253,10 +262,11 @@ class FlowSteps(InterpreterCore):
             # An exit (this step cancelled), a stop or a failed slice: the slices still running are cancelled
             # and waited for, so their open approvals and call tasks are closed before the run ends.
             unfinished = [t for t in tasks if not t.done()]
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                await asyncio.gather(*unfinished, return_exceptions=True)
+            if not being_closed():
+                for task in unfinished:
+                    task.cancel()
+                if unfinished:
+                    await asyncio.gather(*unfinished, return_exceptions=True)
         if stop is not None:
             raise stop
         if problem is not None:

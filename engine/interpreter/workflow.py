@@ -64,6 +64,7 @@ from engine.interpreter.core import (
     SeenEvent,
     StepFailed,
     StopRun,
+    being_closed,
 )
 from engine.interpreter.effects import EffectSteps
 from engine.interpreter.flow import FlowSteps
@@ -587,7 +588,8 @@ class PlaybookForEachChunk(Interpreter):
             await self.close_open_asks()
             raise
         finally:
-            await self.told()
+            if not being_closed():  # garbage collected from a stopped worker's cache: nothing to await
+                await self.told()
         return ForEachChunkResult(count=len(chunk.items), failed=failed)
 
     def tell_parent(self, chunk: ForEachChunkInput) -> Any:
