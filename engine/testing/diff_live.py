@@ -825,13 +825,10 @@ async def _start(env: WorkflowEnvironment, client: Client, r: _Replay) -> None:
     queue = f"live-{r.side}"
     try:
         if run.given:  # a driver only for runs that received something: half the workflows for the others
-            driver = await client.start_workflow(
+            # the driver has its script from its first activation (workflow.init): the run may ask at once
+            await client.start_workflow(
                 DRIVER_NAME, DriverInput(r.workflow_id, script_of(run)), id=f"{r.workflow_id}/driver", task_queue=queue
             )
-            if any(g.kind != "event" for g in run.given):
-                # Answered once the driver's run method has started: an ask signalled before would find it without
-                # its script (ScenarioDriver reads it in run(); a signal of its first activation is handled first).
-                await driver.query("problems")
         await client.start_workflow(
             WORKFLOW_NAME,
             RunInput(playbook=r.playbook, account_id=run.account_id, event=run.event, input=run.input,

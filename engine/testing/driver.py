@@ -71,14 +71,17 @@ def _delay(text: str | None) -> float:
 
 @workflow.defn(name=DRIVER_NAME)
 class ScenarioDriver:
-    def __init__(self) -> None:
+    # the input in __init__ (workflow.init): the run's on_asked signal may come in the driver's first activation,
+    # before run() begins, and reads the script
+    @workflow.init
+    def __init__(self, params: DriverInput) -> None:
+        self.params = params
         self.asked: list[Asked] = []
         self.errors: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     @workflow.run
     async def run(self, params: DriverInput) -> list[str]:
-        self.params = params
         self.began = workflow.now()
         if params.start_events:
             self.tasks.append(asyncio.create_task(self.post_start_events(params.start_events)))
