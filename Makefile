@@ -28,9 +28,12 @@ validate: $(STAMP)
 # The tests start with the linters (ruff, mypy strict on engine/): a lint failure fails `make test` before pytest.
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 # scripts/ensure-chromium installs Debian's chromium for the browser test when it is missing (as root).
+# TEST_WORKERS processes (pytest-xdist; CI has 2 cores), each taking whole test files: every Temporal server, API and
+# database a test starts is its own (free ports, temporary folders). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) bytecode lint
 	@bash scripts/ensure-chromium
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
 
 # ruff over the repository, mypy over engine/ (strict), activities/, api/ and worker.py (pyproject.toml says how);
