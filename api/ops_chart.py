@@ -5,6 +5,8 @@
   entered (or the largest bar, when that is larger).
 - interval_chart: a comparison's groups (control and treated, or a split's paths) as goal-conversion rates with
   their 95% intervals on a 0-100% axis, and the difference with its interval on an axis around zero.
+- bands_chart: a scorecard's accounts per band (the health page), one horizontal bar per band in the scorecard's
+  order, widths proportional to the accounts counted.
 
 Accessible: each chart is role="img" with a <title> and a <desc> that says every number; every bar carries its
 numbers as text (not colour alone) and its segments use patterns as well as colours. Only presentation
@@ -385,5 +387,81 @@ def interval_chart(c: ComparisonLike, cid: str) -> Markup:
         y += IROW - 8
         ticks = [(dat(-limit), f"−{limit * 100:.0f} pts"), (dat(0), "0"), (dat(limit), f"+{limit * 100:.0f} pts")]
         out.append(_axis(x0, x1, y, ticks))
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+# ------------------------------------------------------------------------------------------ health bands
+
+# a band's fill and pattern by its rank among the scorecard's bands (the first, worst, crossed; the last plain), so
+# the bars differ by more than colour whatever the bands are called; accounts without a score: grey, hatched
+BAND_WORST = ("#b42318", "cross")
+BAND_MIDDLE = ("#f0b429", "dots")
+BAND_BEST = ("#17603a", None)
+BAND_NONE = ("#9aa5b5", "hatch")
+
+
+def band_style(rank: int, count: int) -> tuple[str, str | None]:
+    """The fill and pattern of the band at ``rank`` (0: the worst) of ``count`` bands; rank -1: no score."""
+    if rank < 0:
+        return BAND_NONE
+    if rank == 0 and count > 1:
+        return BAND_WORST
+    if rank == count - 1:
+        return BAND_BEST
+    return BAND_MIDDLE
+
+
+@dataclass(frozen=True)
+class BandRow:
+    """One bar of a scorecard's chart: a band (or "no score"), its accounts, its rank among the bands (-1: none)."""
+
+    label: str
+    accounts: int
+    rank: int
+
+
+def band_words(row: BandRow, total: int) -> str:
+    share = f" ({pct(row.accounts / total)})" if total else ""
+    return f"{row.accounts} account{'' if row.accounts == 1 else 's'}{share}"
+
+
+def bands_chart(title: str, rows: Sequence[BandRow], bands: int, cid: str) -> Markup:
+    """A scorecard's accounts per band as an accessible inline SVG: one horizontal bar per band in the scorecard's
+    order, widths proportional to the accounts counted, each bar's number and share as text."""
+    total = sum(r.accounts for r in rows)
+    scale = max([total, 1])
+    height = 8 + ROW * len(rows)
+    if total:
+        desc = f"{total} accounts: " + "; ".join(f"{r.label}: {band_words(r, total)}" for r in rows) + "."
+    else:
+        desc = "No account has a score yet: every bar is empty."
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart bands-chart" id="{escape(cid)}" role="img" '
+        f'viewBox="0 0 {WIDTH} {height}" width="100%" aria-labelledby="{escape(cid)}-title {escape(cid)}-desc" '
+        f'font-family="system-ui, sans-serif">',
+        f'<title id="{escape(cid)}-title">{escape(title)}</title>',
+        f'<desc id="{escape(cid)}-desc">{escape(desc)}</desc>',
+        _defs(str(escape(cid))),
+    ]
+    y = 4.0
+    for row in rows:
+        fill, pattern = band_style(row.rank, bands)
+        out.append(f'<g class="bar" data-label="{escape(row.label)}">')
+        out.append(f'<text x="0" y="{_num(y + 12)}" font-size="12" fill="#1d2430">{escape(_short(row.label))}</text>')
+        out.append(f'<text x="{WIDTH}" y="{_num(y + 12)}" font-size="12" text-anchor="end" fill="#1d2430" '
+                   f'class="numbers">{escape(band_words(row, total))}</text>')
+        top = y + 17
+        out.append(f'<rect x="0" y="{_num(top)}" width="{WIDTH}" height="{BAR}" fill="#eef1f5" rx="2"/>')
+        if row.accounts > 0:
+            width = WIDTH * row.accounts / scale
+            out.append(f'<rect class="seg seg-band" data-count="{row.accounts}" x="0" y="{_num(top)}" '
+                       f'width="{_num(width)}" height="{BAR}" fill="{fill}"><title>{escape(row.label)}: '
+                       f'{escape(band_words(row, total))}</title></rect>')
+            if pattern:
+                out.append(f'<rect x="0" y="{_num(top)}" width="{_num(width)}" height="{BAR}" '
+                           f'fill="url(#{escape(cid)}-{pattern})" aria-hidden="true"/>')
+        out.append("</g>")
+        y += ROW
     out.append("</svg>")
     return Markup("".join(out))

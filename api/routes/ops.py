@@ -3,6 +3,9 @@
 /ops is the library (each valid playbook: version, trigger, title, live runs), /ops/playbooks/{id} a playbook's
 funnel (a server-drawn SVG chart and its numbers, control versus treated and split paths with 95% intervals, its
 live and failed runs) and /ops/runs/{run_key} one run: its progress and its timeline (a Temporal query).
+/ops/health is the book of accounts' health (per scorecard: accounts per band, recent band changes, the lowest
+scores; engine/storage/health_overview.py) and /ops/accounts/{id} one account: its scores, their history and its
+runs.
 
 Signing in works as the inbox's does (api/web_session.py: a signed cookie holding the token's hash, checked
 again on every request, CSRF tokens on the sign-in and sign-out forms), with cookies of its own under /ops and
@@ -16,9 +19,10 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -27,8 +31,12 @@ from sqlalchemy import func, select
 from starlette.templating import Jinja2Templates
 
 from engine.interpreter.messages import RunState
+from engine.language import health as hl
 from engine.language.model import Playbook
+from engine.language.scorecard import Scorecard
 from engine.runtime import runs as run_service
+from engine.runtime.health import health_of
+from engine.storage import health_overview as ho
 from engine.storage import models as t
 from engine.storage.db import session as db_session
 from engine.storage.db import utc
@@ -44,6 +52,8 @@ router = APIRouter(prefix="/ops", tags=["ops page"], include_in_schema=False)
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
 ROLE = "ops"
 LIST_LIMIT = 50  # live and failed runs shown on a playbook's page (newest first)
+CHANGED_DAYS = 7  # the health page's band changes: of the last days
+HISTORY_LIMIT = 30  # an account's changes of score shown per scorecard (newest first)
 QUERY_SECONDS = 5.0  # how long the run page waits for a worker to answer the timeline query
 VERSION = re.compile(r"^[0-9A-Za-z]{4,100}$")
 RUN_KEY = re.compile(r"^[0-9A-Za-z_.:-]{1,200}$")
@@ -88,6 +98,27 @@ def redact(text: str) -> str:
     return EMAIL.sub("[email address]", text)
 
 
+def _segment(value: str) -> str:
+    """An id as one segment of a path (a slash in an account id included): /ops/accounts/{{ id|segment }}."""
+    return quote(str(value), safe="")
+
+
+def _score(value: float | None) -> str:
+    """A score or points: 58.8, 60, '–' for none."""
+    if value is None:
+        return "–"
+    return f"{value:.1f}".removesuffix(".0")
+
+
+def _points(value: float | None) -> str:
+    """A change in points: '+4.2', '−18.8', '±0', '–' for none."""
+    if value is None:
+        return "–"
+    rounded = round(value, 1)
+    sign = "+" if rounded > 0 else "−" if rounded < 0 else "±"
+    return f"{sign}{_score(abs(rounded))}"
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
 )
@@ -96,6 +127,9 @@ _env.filters["duration"] = _duration
 _env.filters["pct"] = ops_chart.pct
 _env.filters["signed_pct"] = ops_chart.signed_pct
 _env.filters["redact"] = redact
+_env.filters["segment"] = _segment
+_env.filters["score"] = _score
+_env.filters["points"] = _points
 templates = Jinja2Templates(env=_env)
 
 
@@ -113,7 +147,9 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
     session = context.get("session")
     csrf = pages.signer(request).csrf_token(session[1]) if session else ""
     caller = session[0] if session else None
-    return pages.page(request, name, {**context, "caller": caller, "csrf": context.get("csrf", csrf)}, status)
+    health = bool(get_state(request).scorecards)  # the header's Health link: only with scorecards
+    return pages.page(request, name, {**context, "caller": caller, "csrf": context.get("csrf", csrf),
+                                      "health_link": health}, status)
 
 
 def _error(request: Request, session: tuple[Caller, str] | None, status: int, title: str, message: str) -> Response:
@@ -323,4 +359,86 @@ async def run_page(run_key: str, request: Request) -> Response:
     return _page(request, "ops/run.html", {
         "session": session, "run": run, "steps": steps, "state": state, "temporal_status": temporal_status,
         "why": why, "later": later, "unnamed": unnamed,
+    })
+
+
+# ------------------------------------------------------------------------------------------ health
+
+
+def _band_rows(card: Scorecard, counts: dict[str | None, int]) -> list[ops_chart.BandRow]:
+    """A scorecard's accounts per band in its band order (every band, empty ones too), then bands of an older
+    version of it that accounts are still in, then the accounts whose score went (every measure missing)."""
+    names = [b.name for b in card.bands]
+    rows = [ops_chart.BandRow(name, counts.get(name, 0), rank) for rank, name in enumerate(names)]
+    rows += [ops_chart.BandRow(f"{band} (not a band of this version)", n, -1)
+             for band, n in sorted((b, n) for b, n in counts.items() if b is not None and b not in names)]
+    if counts.get(None):
+        rows.append(ops_chart.BandRow("no score", counts[None], -1))
+    return rows
+
+
+def _top(reasons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return reasons[0] if reasons else None
+
+
+@router.get("/health", response_class=HTMLResponse)
+def health_page(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _redirect(request, "/ops/login")
+    cards = get_state(request).scorecards
+    since = datetime.now(UTC) - timedelta(days=CHANGED_DAYS)
+    sections = []
+    if cards:
+        with db_session(_db(request)) as s:
+            counts = ho.band_counts(s)
+            for i, card in enumerate(cards):
+                rows = _band_rows(card, counts.get(card.id, {}))
+                changes, changes_total = ho.band_changes(s, card.id, since, LIST_LIMIT)
+                worst = card.bands[0].name if card.bands else None
+                low = ho.lowest(s, card.id, worst, LIST_LIMIT) if worst else []
+                sections.append({
+                    "card": card, "rows": rows, "bands": len(card.bands),
+                    "scored": sum(r.accounts for r in rows if r.label != "no score"),
+                    "unscored": counts.get(card.id, {}).get(None, 0),
+                    "chart": ops_chart.bands_chart(f"Accounts per band of {card.title}", rows, len(card.bands),
+                                                   f"bands-{i}"),
+                    "changes": [(c, _top(c.reasons)) for c in changes], "changes_total": changes_total,
+                    "worst": worst, "worst_total": counts.get(card.id, {}).get(worst, 0) if worst else 0,
+                    "lowest": [(x, _top(hl.holding_down(card.id, x.components, top=1))) for x in low],
+                })
+    return _page(request, "ops/health.html", {
+        "session": session, "sections": sections, "days": CHANGED_DAYS, "limit": LIST_LIMIT,
+        "band_words": ops_chart.band_words,
+    })
+
+
+@router.get("/accounts/{account_id:path}", response_class=HTMLResponse)
+def account_page(account_id: str, request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _redirect(request, "/ops/login")
+    titles = {c.id: c.title for c in get_state(request).scorecards}
+    scores: list[dict[str, Any]] = []
+    runs: list[t.RunProgress] = []
+    runs_total = 0
+    if 0 < len(account_id) <= 200:
+        with db_session(_db(request)) as s:
+            for h in sorted(health_of(s, account_id, history_limit=0), key=lambda h: h.scorecard_id):
+                scores.append({
+                    "h": h, "title": titles.get(h.scorecard_id, h.scorecard_id),
+                    "known": h.scorecard_id in titles,
+                    "change": None if h.score is None or h.previous is None else h.score - h.previous,
+                    "change_thirty": None if h.score is None or h.thirty_days is None else h.score - h.thirty_days,
+                    "holding_down": hl.holding_down(h.scorecard_id, h.components),
+                    "history": ho.account_history(s, account_id, [h.scorecard_id], HISTORY_LIMIT),
+                })
+            runs, runs_total = ho.runs_of_account(s, account_id, LIST_LIMIT)
+            s.expunge_all()
+    if not scores and not runs_total:
+        return _error(request, session, 404, "Not Found",
+                      f"No health score and no run is recorded for account {account_id!r}.")
+    return _page(request, "ops/account.html", {
+        "session": session, "account_id": account_id, "scores": scores, "runs": runs, "runs_total": runs_total,
+        "limit": LIST_LIMIT, "history_limit": HISTORY_LIMIT,
     })
