@@ -8,7 +8,13 @@ Events go through the scenario's intake first (the library's scorecards: a score
 health.score_changed event of its own). A scenario started by ``start.events`` has no run at first: the driver
 posts those events in order, the intake starts the run on the first one its trigger accepts, and the gate
 workflow (ScenarioGate) tells the runner, which waits on it, whether a run started.
+
+The nightly health recompute (docs/playbook-language.md, "Health in scenarios"): when the runner turns it on
+(``DriverInput.nightly``), the driver sleeps until the next night at which the runner's side says a score can
+change and asks the intake to recompute then (kind ``nightly``); every answer about an event or a night says
+which night is next (``AnswerResult.next_night``), so an event that adds a window to leave moves the plan.
 """
+
 
 from __future__ import annotations
 
@@ -47,12 +53,14 @@ class DriverInput:
     run_workflow_id: str
     script: list[dict[str, Any]]
     start_events: list[dict[str, Any]] = field(default_factory=list)  # start.events: {at, event}, in order
+    # the first night to recompute health at (seconds from the scenario's start); None: no nightly recompute
+    nightly: float | None = None
 
 
 @dataclass
 class Answer:
     workflow_id: str
-    kind: str  # outcome | decision | event | start_event | start_done | recipient
+    kind: str  # outcome | decision | event | start_event | start_done | recipient | nightly
     payload: dict[str, Any]
     at: str | None = None  # the server's clock when it was sent (the scenario's clock is it plus the start's offset)
     offset: float | None = None  # an event's offset from the scenario's start, as the script says
@@ -62,7 +70,8 @@ class Answer:
 class AnswerResult:
     ok: bool
     error: str | None = None
-    started: bool = False  # a start event started the run
+    started: bool = False  # a start event (or a night's score change) started the run
+    next_night: float | None = None  # after an event or a night: the next night to recompute at (offset), if any
 
 
 def _delay(text: str | None) -> float:
@@ -79,12 +88,18 @@ class ScenarioDriver:
         self.asked: list[Asked] = []
         self.errors: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.started = False  # a start event or a night started the run (start.events)
+        self.starting = bool(params.start_events)  # start events are still being posted: a night may start the run
+        self.next_night = params.nightly
+        self.plans = 0  # how often the plan changed: the nightly loop sleeps until the night or a new plan
 
     @workflow.run
     async def run(self, params: DriverInput) -> list[str]:
         self.began = workflow.now()
         if params.start_events:
             self.tasks.append(asyncio.create_task(self.post_start_events(params.start_events)))
+        if params.nightly is not None:
+            self.tasks.append(asyncio.create_task(self.nightly()))
         for item in params.script:
             if "event" in item:
                 self.tasks.append(asyncio.create_task(self.post_event(item)))
@@ -101,15 +116,33 @@ class ScenarioDriver:
     async def post_start_events(self, items: list[dict[str, Any]]) -> None:
         """start.events one after another: the first its trigger accepts (or a score change it causes) starts the
         run; then the gate hears whether one did."""
-        started = False
         for item in sorted(items, key=lambda i: _delay(i.get("at"))):
             await self.sleep_until(_delay(item.get("at")))
-            kind = "event" if started else "start_event"
+            kind = "event" if self.started else "start_event"
             offset = _delay(item.get("at"))
             result = await self.send(Answer(self.params.run_workflow_id, kind, dict(item["event"]), _now(), offset))
-            started = started or bool(result and result.started)
-        if not started:
+            self.started = self.started or bool(result and result.started)
+        self.starting = False
+        if not self.started:
             await self.send(Answer(self.params.run_workflow_id, "start_done", {}, _now()))
+
+    async def nightly(self) -> None:
+        """The nightly recompute at the nights the plan names: asleep on a timer until the next one, or until an
+        answer changes the plan."""
+        while True:
+            if self.next_night is None:
+                await workflow.wait_condition(lambda: self.next_night is not None)
+                continue
+            night, plan = self.next_night, self.plans
+            left = (self.began + timedelta(seconds=night) - workflow.now()).total_seconds()
+            if left > 0 and await self.replanned_within(plan, left):
+                continue  # a new plan: sleep again until its night
+            payload = {"may_start": self.starting and not self.started}
+            result = await self.send(Answer(self.params.run_workflow_id, "nightly", payload, _now(), night))
+            if result is not None and result.started:
+                self.started = True
+            if self.next_night == night:  # (an event's answer may have planned already)
+                self.replan(result.next_night if result is not None else None)
 
     async def post_event(self, item: dict[str, Any]) -> None:
         await workflow.sleep(_delay(item.get("at")))
@@ -144,6 +177,19 @@ class ScenarioDriver:
             }
             await self.send(Answer(asked.workflow_id, "decision", payload))
 
+    async def replanned_within(self, plan: int, seconds: float) -> bool:
+        """Sleeps ``seconds`` (a server timer) unless the plan changes first; whether it did."""
+        try:
+            await workflow.wait_condition(lambda: self.plans != plan, timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def replan(self, night: float | None) -> None:
+        if night != self.next_night:
+            self.next_night = night
+            self.plans += 1
+
     async def send(self, answer: Answer) -> AnswerResult | None:
         try:
             result: AnswerResult = await workflow.execute_activity(
@@ -158,6 +204,8 @@ class ScenarioDriver:
             return None
         if not result.ok:
             self.errors.append(f"{answer.kind} {answer.payload}: {result.error}")
+        elif answer.kind in ("event", "start_event") and self.params.nightly is not None:
+            self.replan(result.next_night)  # the event may have brought a window to leave, or started the run
         return result
 
     @workflow.signal(name=ASKED_SIGNAL)
@@ -215,6 +263,17 @@ class Intake(Protocol):
         """Every start event was posted and none started the run."""
         ...
 
+    async def nightly(self, offset: float, may_start: bool) -> tuple[bool, list[Event], float | None]:
+        """The nightly recompute at the scenario's start plus ``offset`` (while the run lives): whether a score change
+        started the run (``may_start``: start.events are still being posted), the health.score_changed events to
+        deliver, and the next night to recompute at."""
+        ...
+
+    async def next_night(self, after: float | None) -> float | None:
+        """The next night (offset from the start) after ``after`` at which a score can change; None: none, or no
+        nightly recompute in this scenario."""
+        ...
+
 
 class DriverActivities:
     """Carries the driver's answers to the run through its real signal and updates."""
@@ -243,19 +302,28 @@ class DriverActivities:
             if self.intake is not None:
                 await self.intake.no_start()
             return AnswerResult(True)
-        started = False
-        if answer.kind in ("event", "start_event"):
+        started, next_night = False, None
+        events: list[Event] = []
+        if answer.kind == "nightly":
+            if self.intake is None:
+                return AnswerResult(True)
+            started, events, next_night = await self.intake.nightly(
+                answer.offset or 0.0, bool(answer.payload.get("may_start"))
+            )
+        elif answer.kind in ("event", "start_event"):
             if self.intake is not None:
                 started, events = await self.intake.take(
                     answer.payload, server_now, answer.offset, answer.kind == "start_event"
                 )
+                next_night = await self.intake.next_night(answer.offset)
             else:
                 events = [Event(**answer.payload)]
+        if answer.kind in ("nightly", "event", "start_event"):
             for event in events:
                 result = await self.deliver(answer, event)
                 if not result.ok:
                     return result
-            return AnswerResult(True, started=started)
+            return AnswerResult(True, started=started, next_night=next_night)
         handle = self.client.get_workflow_handle(answer.workflow_id)
         try:
             if answer.kind == "outcome":

@@ -9,6 +9,12 @@ The events the product posts go through the scenario's intake (ScenarioIntake): 
 notable change becomes health.score_changed, delivered to the run like any event. A scenario may start from
 events alone (start.events): the run starts on the first of them, or of the score changes they cause, that its
 trigger accepts.
+
+As in production, scores are also recomputed at night (02:00 UTC, PLAYBOOK_HEALTH_NIGHTLY's default): windows slide,
+dates come closer, and a notable change is delivered like an event's. Only when it can matter (the library has
+scorecards and the playbook, or a playbook it runs, listens to health.score_changed, or the scenario checks health or
+starts from events), and only at the nights where a score can change (next_night_after): a run that waits a year
+wakes a few times, not 365.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -40,9 +46,10 @@ from activities.playbook_activities import PlaybookActivities
 from activities.segments import segment_refusal
 from activities.types import HealthWrite
 from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResult, TimelineEntry
+from engine.language import health as hl
 from engine.language.durations import parse_duration
 from engine.language.library import Library, Resolver, find_library_root
-from engine.language.model import Playbook
+from engine.language.model import Playbook, RunPlaybookStep, WaitForStep
 from engine.language.policy import DEFAULT_POLICY
 from engine.language.policy_file import build_policy
 from engine.language.scenario import validate_scenario_file
@@ -52,7 +59,7 @@ from engine.runtime.connect import quiet_runtime
 from engine.runtime.intake import trigger_refusal
 from engine.runtime.workers import build_worker
 from engine.storage import models as t
-from engine.storage.db import engine_for, migrate, session
+from engine.storage.db import engine_for, migrate, session, utc
 from engine.storage.governance import UnsubscribeLinks, UnsubscribeTokens
 
 from .driver import (
@@ -70,6 +77,7 @@ from .driver import (
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
 RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
 SCENARIO_PUBLIC_URL = "http://127.0.0.1:8000"  # `playbook dev`'s API: where the outbox's unsubscribe links point
+NIGHT = (2, 0)  # the nightly health recompute's time of day, UTC: PLAYBOOK_HEALTH_NIGHTLY's default (0 2 * * *)
 
 
 @dataclass
@@ -80,9 +88,11 @@ class ScenarioReport:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     outcome: str | None = None
     seconds: float = 0.0
+    nights: int = 0  # nightly health recomputes run (only at the nights where a score could change)
 
     def as_json(self) -> dict[str, Any]:
-        return {"file": self.file, "passed": self.passed, "failures": self.failures, "timeline": self.timeline}
+        return {"file": self.file, "passed": self.passed, "failures": self.failures, "timeline": self.timeline,
+                "nights": self.nights}
 
 
 def test_server_path() -> str | None:
@@ -252,7 +262,21 @@ async def run_checked(
     async def open_gate(started: bool) -> None:
         await client.get_workflow_handle(gate_id).signal(GATE_SIGNAL, started)
 
-    intake = ScenarioIntake(db_url, account["id"], playbook, cards, start_at, offset, start, open_gate)
+    async def run_alive() -> bool:
+        """Whether the run still runs (or, with start.events, has not started yet): a night after its end changes
+        nothing (the time-skipping server may skip on while the runner hears of the end)."""
+        if not handles:
+            return True
+        try:
+            return (await handles[0].describe()).status == WorkflowExecutionStatus.RUNNING
+        except RPCError:
+            return False
+
+    nightly = bool(cards) and (_uses_health(data) or listens_to_health(playbook, roots))
+    intake = ScenarioIntake(
+        db_url, account["id"], playbook, cards, start_at, offset, start, open_gate, nightly=nightly, alive=run_alive
+    )
+    first_night = await intake.next_night(0.0)
     driver_activities = DriverActivities(client, db_url, policy.opt_out_categories(), intake)
     worker = build_worker(
         client,
@@ -265,7 +289,7 @@ async def run_checked(
             gate = await client.start_workflow(GATE_NAME, id=gate_id, task_queue=task_queue, result_type=bool)
         driver = await client.start_workflow(
             DRIVER_NAME,
-            DriverInput(run_id, list(data.get("script") or []), list(start_spec.get("events") or [])),
+            DriverInput(run_id, list(data.get("script") or []), list(start_spec.get("events") or []), first_night),
             id=driver_id,
             task_queue=task_queue,
         )
@@ -280,9 +304,11 @@ async def run_checked(
                 result = await handle.result()
             except WorkflowFailureError as err:
                 result = failed_result(err)
+            intake.finished = True  # no night after the run's end
             # what ops see in the listing and the Web UI: the run's memo says it was held out
             with contextlib.suppress(RPCError):
                 memo_control = bool((await (await handle.describe()).memo()).get("control", False))
+        intake.finished = True
         with contextlib.suppress(RPCError):  # it may have ended by itself after the run did
             await driver.terminate("scenario finished")
         driver_errors = list(driver_activities.refused)
@@ -293,12 +319,15 @@ async def run_checked(
             detail += f" (last: {intake.refusals[-1]})"
         report.timeline.append({"at": "+0s", "step": None, "kind": "run", "status": "not_started", "detail": detail})
     report.outcome = result.outcome
-    for entry in result.timeline:
-        at = datetime.fromisoformat(entry.at)
-        report.timeline.append(
-            {"at": offset_text(at - start_at), "step": entry.step_id or entry.path, "kind": entry.kind,
-             "status": entry.status, "detail": entry.detail}
-        )
+    report.nights = intake.nights
+    # the run's entries and the nights' score changes, in time order (a night's change before what it caused)
+    entries: list[tuple[datetime, int, dict[str, Any]]] = [(at, 0, entry) for at, entry in intake.timeline]
+    for item in result.timeline:
+        entries.append((datetime.fromisoformat(item.at), 1, {
+            "step": item.step_id or item.path, "kind": item.kind, "status": item.status, "detail": item.detail,
+        }))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    report.timeline.extend({"at": offset_text(at - start_at), **entry} for at, _, entry in entries)
     report.failures.extend(f"script: {e}" for e in driver_errors)
     _check(report, data, playbook, db_url, start_at, result, memo_control, cards)
     return report
@@ -356,6 +385,9 @@ class ScenarioIntake:
         offset: float,
         start: Callable[[Event], Any],
         open_gate: Callable[[bool], Any],
+        *,
+        nightly: bool = False,
+        alive: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.db_url, self.account_id, self.playbook, self.cards = db_url, account_id, playbook, list(cards)
         self.start_at = start_at
@@ -364,6 +396,11 @@ class ScenarioIntake:
         self.started = False
         self.refusals: list[str] = []
         self.taken = 0
+        self.nightly_on = nightly and bool(self.cards)  # whether the scenario recomputes at night at all
+        self.alive = alive
+        self.finished = False  # the run ended (or never started): no more nights
+        self.nights = 0  # nightly recomputes run
+        self.timeline: list[tuple[datetime, dict[str, Any]]] = []  # the nights' score changes, for the report
 
     async def take(
         self, payload: dict[str, Any], server_now: datetime, offset: float | None, may_start: bool
@@ -380,8 +417,13 @@ class ScenarioIntake:
         if self.cards:
             changes = await asyncio.to_thread(record_health, self.db_url, self.account_id, self.cards, recorded, at)
             emitted = [c.event() for c in changes if c.notable]
+        return await self._route([posted, *emitted], may_start)
+
+    async def _route(self, events: list[Event], may_start: bool) -> tuple[bool, list[Event]]:
+        """Events to the run: the first its trigger accepts starts it (``may_start``: start.events), the others are
+        delivered."""
         started, deliver = False, []
-        for candidate in [posted, *emitted]:
+        for candidate in events:
             if may_start and not self.started:
                 account = BuiltinCrm(self.db_url).get_account(self.account_id).account
                 why = trigger_refusal(self.playbook, candidate, account)
@@ -395,7 +437,150 @@ class ScenarioIntake:
         return started, deliver
 
     async def no_start(self) -> None:
+        self.finished = True
         await self.open_gate(False)
+
+    async def nightly(self, offset: float, may_start: bool) -> tuple[bool, list[Event], float | None]:
+        """The nightly recompute at the start plus ``offset``, as production's (PlaybookHealthNightly's page for this
+        one account): the scores at the night's time (history caused by nightly/<time>), the primary score into the
+        account's health fields, the notable changes as health.score_changed (they start the run, with start.events
+        still being posted, or are delivered to it). Nothing once the run has ended."""
+        if self.finished or not self.nightly_on or (self.alive is not None and not await self.alive()):
+            self.finished = True
+            return False, [], None
+        at = self.start_at + timedelta(seconds=offset)
+        self.nights += 1
+        changes = await asyncio.to_thread(nightly_recompute, self.db_url, self.account_id, self.cards, at)
+        for change in changes:
+            self.timeline.append((at, _change_entry(change)))
+        started, deliver = await self._route([c.event() for c in changes if c.notable], may_start)
+        return started, deliver, await self.next_night(offset)
+
+    async def next_night(self, after: float | None) -> float | None:
+        if not self.nightly_on or self.finished:
+            return None
+        moment = self.start_at + timedelta(seconds=after or 0.0)
+        night = await asyncio.to_thread(
+            next_night_after, self.db_url, self.account_id, self.cards, moment, self.start_at, self.nights > 0
+        )
+        return None if night is None else (night - self.start_at).total_seconds()
+
+
+def listens_to_health(playbook: Playbook, roots: Sequence[Path] = ()) -> bool:
+    """Whether the playbook, or a playbook it runs (run_playbook, found in ``roots``), triggers on, waits for or exits
+    on health.score_changed: only then can a night's score change reach the scenario's run."""
+    libraries: dict[Path, dict[str, Playbook]] = {}
+    seen: set[str] = set()
+    pending = [playbook]
+    while pending:
+        p = pending.pop()
+        if p.id in seen:
+            continue
+        seen.add(p.id)
+        if p.trigger.type == "event" and p.trigger.event == runtime_health.SCORE_CHANGED:
+            return True
+        if any(rule.event == runtime_health.SCORE_CHANGED for rule in p.exit_when):
+            return True
+        for step in p.walk():
+            if isinstance(step, WaitForStep) and step.event == runtime_health.SCORE_CHANGED:
+                return True
+            if isinstance(step, RunPlaybookStep) and step.playbook_id not in seen:
+                for root in roots:
+                    if root not in libraries:
+                        libraries[root] = dict(Library.load(root).playbooks)
+                    child = libraries[root].get(step.playbook_id)
+                    if child is not None:
+                        pending.append(child)
+                        break
+    return False
+
+
+def night_at_or_after(moment: datetime) -> datetime:
+    """The first night (02:00 UTC) at or after ``moment``."""
+    moment = moment.astimezone(UTC)
+    night = moment.replace(hour=NIGHT[0], minute=NIGHT[1], second=0, microsecond=0)
+    return night if night >= moment else night + timedelta(days=1)
+
+
+def _day_changes(measure: Any, account: dict[str, Any], since: datetime, until: datetime) -> Iterator[datetime]:
+    """The midnights (UTC) after ``since``, to ``until``, at which a days_until/days_since measure's score changes
+    (its value moves by a day each day; its score only where a rule's threshold is crossed)."""
+    day = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    value = hl.field_value(measure, account, day)
+    if value is None:
+        return  # missing: it stays missing until the field changes
+    before = measure.score_of(value)
+    while day < until:
+        day += timedelta(days=1)
+        value = hl.field_value(measure, account, day)
+        score = measure.score_of(value) if value is not None else None
+        if score != before:
+            yield day
+            before = score
+
+
+def next_night_after(
+    db_url: str, account_id: str, cards: Sequence[Scorecard], after: datetime, start_at: datetime, first_done: bool
+) -> datetime | None:
+    """The first night after ``after`` at which the account's scores can change by time alone: the first night of
+    the scenario (it scores an account no event has), a night at which a recorded event has left its measure's
+    window, or one at which a days_until/days_since measure crosses a threshold. None: no such night before the
+    scenario's limit. The account's fields as they are now (a field a run writes counts from the next such night)."""
+    after, limit = utc(after), utc(start_at) + RUN_LIMIT
+    candidates: list[datetime] = [] if first_done else [night_at_or_after(start_at + timedelta(microseconds=1))]
+    with Session(engine_for(db_url)) as s:
+        snapshot = read_account(s, account_id)
+        account = snapshot.account if snapshot is not None else {"id": account_id}
+        held = [c for c in cards if hl.in_segment(c, account)]
+        windows = {
+            (c.id, m.id): m.window_seconds for c in held for m in c.measures if m.reads_events and m.window_seconds
+        }
+        if windows:
+            rows = s.execute(
+                select(t.HealthEventValue.scorecard_id, t.HealthEventValue.measure_id, t.HealthEventValue.at)
+                .where(t.HealthEventValue.account_id == account_id)
+            ).all()
+            # a value counts while it is after the night minus the window: it has left at its time plus the window
+            candidates.extend(
+                utc(at) + timedelta(seconds=windows[(card_id, measure_id)])
+                for card_id, measure_id, at in rows if (card_id, measure_id) in windows
+            )
+    for card in held:
+        for measure in card.measures:
+            if measure.kind in ("days_until", "days_since"):
+                for midnight in _day_changes(measure, account, after, limit):
+                    if night_at_or_after(midnight) > after:
+                        candidates.append(midnight)
+                        break
+    nights = [n for n in map(night_at_or_after, candidates) if after < n <= limit]
+    return min(nights, default=None)
+
+
+def nightly_recompute(
+    db_url: str, account_id: str, cards: Sequence[Scorecard], at: datetime
+) -> list[runtime_health.ScoreChange]:
+    """What the nightly recompute does with the account at ``at``, in one transaction (as PlaybookHealthNightly's page
+    does with the built-in CRM): its scores recomputed (history caused by nightly/<time>), the primary scorecard's
+    score and band into its health fields. The values that left their windows are kept (production forgets them):
+    a `{health: ..., at: ...}` expectation reads them afterwards."""
+    with session(db_url) as s:
+        snapshot = read_account(s, account_id)
+        if snapshot is None:
+            return []
+        changes = runtime_health.recompute(s, snapshot.account, list(cards), at, cause=f"nightly/{at.isoformat()}")
+        write_health_fields(s, [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary])
+        return changes
+
+
+def _change_entry(change: runtime_health.ScoreChange) -> dict[str, Any]:
+    """A night's score change as a line of the report's timeline."""
+    moved = ", ".join(f"{r.get('measure')} {_number(r.get('previous_value'))}->{_number(r.get('value'))}"
+                      for r in change.reasons)
+    detail = (f"nightly recompute: {change.scorecard_id} {_number(change.previous)} {change.previous_band or 'none'}"
+              f" -> {_number(change.score)} {change.band or 'none'}" + (f" ({moved})" if moved else ""))
+    if change.notable:
+        detail += "; sent health.score_changed"
+    return {"step": None, "kind": "health", "status": "changed", "detail": detail[:500]}
 
 
 def health_at(db_url: str, account_id: str, cards: Sequence[Scorecard], at: datetime | None) -> list[Any]:
