@@ -58,12 +58,14 @@ def _band_changed() -> Any:
 
 
 def band_changes(s: Session, scorecard_id: str, since: datetime, limit: int = 50) -> tuple[list[BandChange], int]:
-    """The scorecard's band changes since ``since``, newest first (at most ``limit``), and how many there are."""
+    """The scorecard's band changes since ``since``, newest first (at most ``limit``), and how many there are: one
+    query (the total as a window count over the rows before the limit, so the history is read once)."""
     h = _HISTORY.c
     where = (h.scorecard_id == scorecard_id, h.computed_at >= utc(since), _band_changed())
-    total = s.scalar(select(func.count()).select_from(_HISTORY).where(*where)) or 0
-    rows = s.execute(select(_HISTORY).where(*where).order_by(h.computed_at.desc(), h.id.desc()).limit(limit))
-    return [_change(r) for r in rows], int(total)
+    query = (select(_HISTORY, func.count().over().label("total")).where(*where)
+             .order_by(h.computed_at.desc(), h.id.desc()).limit(limit))
+    rows = s.execute(query).all()
+    return [_change(r) for r in rows], int(rows[0].total) if rows else 0
 
 
 def _change(r: Any) -> BandChange:
