@@ -88,3 +88,74 @@ def test_start_events_are_checked():
     assert any(m.startswith("s.scenario.yaml:3:10: start takes events or event, not both") for m in messages), messages
     assert any("s.scenario.yaml:5:" in m and "at" in m for m in messages), messages
     assert any("colour" in m for m in messages), messages
+
+
+# ------------------------------------------------------------------------------ the nightly recompute
+
+WAITS_FOR_RECOVERY = """\
+id: waits-recovery
+title: Waits for the account to leave red
+trigger: { manual: true }
+steps:
+  - id: recovered
+    wait_for:
+      event: health.score_changed
+      match: event.data.previous_band == "red" and event.data.band != "red"
+      timeout: 60d
+  - id: welcome_back
+    call_task: { assignee: owner, title: "{{ account.name }} is {{ steps.recovered.event.data.band }} again" }
+"""
+
+# the night after the three urgent tickets (posted at +1h..+3h, 2026-03-03 13:00-15:00) left the 30-day window:
+# 2026-04-03 02:00 UTC, +30d14h
+RECOVERY_NIGHT = "734h"
+
+
+def test_tickets_leaving_the_window_change_the_score_at_that_night(tmp_path):
+    (tmp_path / "waits-recovery.yaml").write_text(WAITS_FOR_RECOVERY, encoding="utf-8")
+    script = "".join(urgent(at).replace("    -", "  -") for at in ("1h", "2h", "3h"))
+    text = (
+        "playbook: waits-recovery.yaml\nstart: { at: 2026-03-03T12:00:00Z, manual: true }\n" + ACCOUNT
+        + "script:\n" + script
+        + "expect:\n"
+        "  - { health: { score: 45.6, band: red }, at: 3h }\n"
+        f"  - {{ health: {{ score: 75.6, band: green }}, at: {RECOVERY_NIGHT} }}\n"
+        f"  - {{ call_task: welcome_back, after: {RECOVERY_NIGHT}, within: 735h }}\n"  # that night, not the one before
+        "  - { step: recovered, result: { timed_out: false, event: { data: { band: green, score: 75.6 } } } }\n"
+        "  - { health: { score: 75.6, band: green } }\n"
+        "  - { account: { health_band: green } }\n"
+        "  - { outcome: completed }\n"
+    )
+    (report,) = run(tmp_path, text)
+
+    assert report.passed, (report.failures, report.timeline)
+    changes = [e for e in report.timeline if e["kind"] == "health"]
+    # the last login a week old (03-08), a month old (03-31: no band change, nothing sent), then the tickets gone
+    assert [(e["at"], e["detail"].endswith("sent health.score_changed")) for e in changes] == [
+        ("+4d14h", False), ("+27d14h", False), ("+30d14h", True),
+    ], changes
+    assert "28.9 red -> 75.6 green" in changes[-1]["detail"]
+    # 31 nights, recomputed at the first (it scores an account no event has) and where a score could change
+    assert report.nights == 4
+
+
+def test_no_nightly_work_for_a_playbook_that_does_not_listen_to_health(tmp_path):
+    (tmp_path / "waits-long.yaml").write_text(
+        "id: waits-long\ntitle: Waits\ntrigger: { manual: true }\nsteps:\n"
+        "  - wait: 365d\n  - id: later\n    call_task: { assignee: owner, title: A year on }\n",
+        encoding="utf-8",
+    )
+    quiet = (
+        "playbook: waits-long.yaml\nstart: { at: 2026-03-03T12:00:00Z, manual: true }\n" + ACCOUNT
+        + "script:\n" + urgent("1h").replace("    -", "  -")
+        + "expect:\n  - { call_task: later, after: 365d }\n  - { outcome: completed }\n"
+    )
+    # the same run checking the score at the end: a year of nights, recomputed at five (the first; the last login
+    # 7 and 30 days old; the ticket gone and the renewal under 90 days, the same night; the renewal under 30 days)
+    checked = quiet + "  - { health: { score: 71.1, band: yellow } }\n"
+    first, second = run(tmp_path, quiet, checked)
+
+    assert first.passed and second.passed, (first.failures, second.failures)
+    assert first.nights == 0
+    assert not [e for e in first.timeline if e["kind"] == "health"]
+    assert second.nights == 5, second.timeline

@@ -55,6 +55,8 @@ class DriverInput:
     start_events: list[dict[str, Any]] = field(default_factory=list)  # start.events: {at, event}, in order
     # the first night to recompute health at (seconds from the scenario's start); None: no nightly recompute
     nightly: float | None = None
+    # the server's time at the scenario's start (ISO): nights are kept to the scenario's clock, not the driver's start
+    origin: str | None = None
 
 
 @dataclass
@@ -134,7 +136,8 @@ class ScenarioDriver:
                 await workflow.wait_condition(lambda: self.next_night is not None)
                 continue
             night, plan = self.next_night, self.plans
-            left = (self.began + timedelta(seconds=night) - workflow.now()).total_seconds()
+            origin = datetime.fromisoformat(self.params.origin) if self.params.origin else self.began
+            left = (origin + timedelta(seconds=night) - workflow.now()).total_seconds()
             if left > 0 and await self.replanned_within(plan, left):
                 continue  # a new plan: sleep again until its night
             payload = {"may_start": self.starting and not self.started}

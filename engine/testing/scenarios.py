@@ -91,8 +91,7 @@ class ScenarioReport:
     nights: int = 0  # nightly health recomputes run (only at the nights where a score could change)
 
     def as_json(self) -> dict[str, Any]:
-        return {"file": self.file, "passed": self.passed, "failures": self.failures, "timeline": self.timeline,
-                "nights": self.nights}
+        return {"file": self.file, "passed": self.passed, "failures": self.failures, "timeline": self.timeline}
 
 
 def test_server_path() -> str | None:
@@ -289,7 +288,10 @@ async def run_checked(
             gate = await client.start_workflow(GATE_NAME, id=gate_id, task_queue=task_queue, result_type=bool)
         driver = await client.start_workflow(
             DRIVER_NAME,
-            DriverInput(run_id, list(data.get("script") or []), list(start_spec.get("events") or []), first_night),
+            DriverInput(
+                run_id, list(data.get("script") or []), list(start_spec.get("events") or []), first_night,
+                server_now.isoformat(),
+            ),
             id=driver_id,
             task_queue=task_queue,
         )
