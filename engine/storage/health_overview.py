@@ -58,14 +58,18 @@ def _band_changed() -> Any:
 
 
 def band_changes(s: Session, scorecard_id: str, since: datetime, limit: int = 50) -> tuple[list[BandChange], int]:
-    """The scorecard's band changes since ``since``, newest first (at most ``limit``), and how many there are: one
-    query (the total as a window count over the rows before the limit, so the history is read once)."""
+    """The scorecard's band changes since ``since``, newest first (at most ``limit``), and how many there are. The
+    history is read once: the ids of the newest and the total (a window count before the limit) in one query that
+    reads no reasons, then those rows by id."""
     h = _HISTORY.c
+    newest = (h.computed_at.desc(), h.id.desc())
     where = (h.scorecard_id == scorecard_id, h.computed_at >= utc(since), _band_changed())
-    query = (select(_HISTORY, func.count().over().label("total")).where(*where)
-             .order_by(h.computed_at.desc(), h.id.desc()).limit(limit))
-    rows = s.execute(query).all()
-    return [_change(r) for r in rows], int(rows[0].total) if rows else 0
+    picked = s.execute(select(h.id, func.count().over().label("total")).where(*where).order_by(*newest)
+                       .limit(limit)).all()
+    if not picked:
+        return [], 0
+    rows = s.execute(select(_HISTORY).where(h.id.in_([r.id for r in picked])).order_by(*newest))
+    return [_change(r) for r in rows], int(picked[0].total)
 
 
 def _change(r: Any) -> BandChange:
