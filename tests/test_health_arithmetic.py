@@ -3,6 +3,7 @@ properties: a score stays within 0..100, and a missing measure's weight is share
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -20,8 +21,11 @@ from engine.language.health import (
     event_value,
     explain,
     field_value,
+    holding_down,
     in_segment,
+    number,
     reasons,
+    round1,
 )
 from engine.language.scorecard import Band, Measure, Scorecard, ScoreRule, validate_scorecard_text
 
@@ -459,3 +463,156 @@ def test_reasons_when_the_scorecard_changed_or_there_was_no_score(card):
     assert sum(r["points"] for r in moved) == pytest.approx(new.score - previous.score, abs=0.3)
     nobody = HealthResult(card.id, None, None, ())
     assert reasons(new, nobody) == reasons(new, None)
+
+
+# ------------------------------------------------------------------------------------------ fast = plain
+# compute, reasons and holding_down are written for speed (the nightly scores every account: docs/health.md); these
+# are the same functions written plainly (as they were before), and every output field must agree with them.
+
+
+def plain_compute(card: Scorecard, values: dict[str, Any]) -> HealthResult:
+    scored = []
+    for m in card.measures:
+        value = number(values.get(m.id))
+        score = m.score_of(value) if value is not None else None
+        scored.append((m, value, m.missing_score, True) if score is None else (m, value, score, False))
+    total_weight = sum(m.weight for m, _, s, _ in scored if s is not None)
+    components = []
+    weighted = 0.0
+    for m, value, score, missing in scored:
+        if score is None or total_weight == 0:
+            components.append(Component(m.id, m.title, m.weight, value, None, True, 0.0, 0.0, True))
+            continue
+        share = 100.0 * m.weight / total_weight
+        weighted += m.weight * score
+        components.append(Component(m.id, m.title, m.weight, value, score, False, share, share * score / 100.0,
+                                    missing))
+    if total_weight == 0:
+        return HealthResult(card.id, None, None, tuple(components))
+    total = min(100.0, max(0.0, round(weighted / total_weight, 1)))
+    return HealthResult(card.id, total, card.band_of(total), tuple(components))
+
+
+def plain_reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> list[dict[str, Any]]:
+    if previous is not None and previous.score is None:
+        previous = None
+    rows = []
+    for index, comp in enumerate(new.components):
+        before = previous.component(comp.measure_id) if previous is not None else None
+        if previous is None:
+            points = comp.contribution - comp.effective_weight
+        else:
+            points = comp.contribution - (before.contribution if before is not None else 0.0)
+        points = round(points, 1)
+        if points == 0:
+            continue
+        rows.append((-abs(points), index, {
+            "measure": comp.measure_id, "title": comp.title, "value": comp.value,
+            "previous_value": before.value if before is not None else None, "points": points, "score": comp.score,
+            "previous_score": before.score if before is not None else None,
+        }))
+    known = {c.measure_id for c in new.components}
+    for index, gone in enumerate(previous.components if previous is not None else ()):
+        points = round(-gone.contribution, 1)
+        if gone.measure_id in known or points == 0:
+            continue
+        rows.append((-abs(points), len(new.components) + index, {
+            "measure": gone.measure_id, "title": gone.title, "value": None, "previous_value": gone.value,
+            "points": points, "score": None, "previous_score": gone.score,
+        }))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [row for _, _, row in rows[: max(0, top)]]
+
+
+def exactly(value: Any) -> Any:
+    """A value as a comparison that tells 0.0 from -0.0, 1 from 1.0 and NaN from NaN, key order included."""
+    if isinstance(value, (Component, HealthResult)):
+        return (type(value).__name__, exactly(list(vars(value).items())))
+    if isinstance(value, dict):
+        return ("dict", exactly(list(value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [exactly(v) for v in value])
+    if isinstance(value, float):
+        return ("float", repr(value))
+    return (type(value).__name__, value)
+
+
+any_values = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.integers(-10**6, 10**6), st.integers(10**400, 10**401),
+    st.floats(-1000, 1000).map(str), st.sampled_from(["", " 12.5 ", "n/a", "inf", "nan", "1e999"]),
+    # values next to the rules' bounds and to a half of a tenth
+    st.integers(-2000, 2000).map(lambda n: n / 20), st.integers(-2000, 2000).map(lambda n: n / 20 + 1e-13),
+)
+
+
+@st.composite
+def any_cards(draw: st.DrawFn) -> Scorecard:
+    """Cards compute() can be given, validated or not: weights of 0, no rules, no bands, ids repeated."""
+    count = draw(st.integers(0, 7))
+    ids = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"]), min_size=count, max_size=count))
+    measures = tuple(
+        Measure(i, draw(st.sampled_from([i, f"Title {i}"])), draw(st.integers(0, 100)), "field", f"account.{i}",
+                None, None, None, "", None, draw(rules()), draw(st.one_of(st.none(), scores, st.just(0.0))))
+        for i in ids
+    )
+    bands = draw(st.sampled_from([
+        (Band("red", 50), Band("yellow", 75), Band("green", None)), (), (Band("only", None),),
+        (Band("low", 33.3), Band("high", None)),
+    ]))
+    return Scorecard(draw(st.sampled_from(["p", "q"])), "P", None, bands, True, None, measures, "v", "p.yaml")
+
+
+@settings(max_examples=200, deadline=None)
+@given(card=any_cards(), data=st.data())
+def test_compute_reasons_and_holding_down_equal_the_plain_arithmetic(card, data):
+    values = {m.id: data.draw(any_values, label=f"value {m.id}") for m in card.measures}
+    result = compute(card, values)
+    assert exactly(result) == exactly(plain_compute(card, values))
+    assert result == plain_compute(card, values)
+    # the previous score: another card's (measures gone, added, repeated), none, or one without a score
+    other = data.draw(any_cards(), label="previous card")
+    previous_values = {m.id: data.draw(any_values, label=f"previous {m.id}") for m in other.measures}
+    previous = data.draw(st.sampled_from([None, compute(other, previous_values), compute(card, previous_values),
+                                          HealthResult(card.id, None, None, ())]), label="previous")
+    top = data.draw(st.integers(-1, 9), label="top")
+    assert exactly(reasons(result, previous, top)) == exactly(plain_reasons(result, previous, top))
+    stored = [dict(vars(c)) for c in result.components]
+    assert exactly(holding_down(card.id, stored, top)) == exactly(
+        plain_reasons(HealthResult(card.id, None, None, tuple(Component.from_dict(c) for c in stored)), None, top)
+    )
+
+
+def test_components_made_fast_are_components():
+    """compute builds Component and HealthResult without their __init__: the same objects (fields, order, equality,
+    hash), as long as the dataclasses stay plain (no slots, no __post_init__, no defaults computed)."""
+    card = Scorecard("p", "P", None, (Band("red", 50), Band("green", None)), True, None, (
+        Measure("a", "A", 60, "field", "account.a", None, None, None, "", None, (ScoreRule(10, None, 100),), None),
+        Measure("b", "B", 40, "field", "account.b", None, None, None, "", None, (ScoreRule(None, None, 50),), 20.0),
+    ), "v", "p.yaml")
+    result = compute(card, {"a": 3, "b": None})
+    expected = HealthResult("p", 68.0, "green", (
+        Component("a", "A", 60, 3.0, 100.0, False, 60.0, 60.0, False),
+        Component("b", "B", 40, None, 20.0, False, 40.0, 8.0, True),
+    ))
+    assert result == expected and hash(result) == hash(expected)
+    assert [list(vars(c).items()) for c in result.components] == [list(vars(c).items()) for c in expected.components]
+    assert list(vars(result)) == list(vars(expected))
+    assert Component.from_dict(result.components[0].as_dict()) == expected.components[0]
+    for cls in (Component, HealthResult):
+        assert not hasattr(cls, "__slots__") and not hasattr(cls, "__post_init__")
+
+
+near_halves = st.builds(lambda n, ulps: math.nextafter(n / 20, math.inf) if ulps > 0 else (
+    math.nextafter(n / 20, -math.inf) if ulps < 0 else n / 20), st.integers(-10**7, 10**7), st.integers(-1, 1))
+
+
+@settings(max_examples=500, deadline=None)
+@given(x=st.one_of(st.floats(), near_halves, st.floats(-1e13, 1e13), st.floats(-1, 1), st.integers(-10**6, 10**6)))
+def test_round1_is_round_to_one_decimal(x):
+    assert exactly(round1(x)) == exactly(round(x, 1))
+
+
+@pytest.mark.parametrize("x", [0.05, -0.05, 0.15, 0.25, 18.75, -18.75, 2.675, -0.04, -0.0, 0.0, 1e-300, -1e-300,
+                               0.04999999999999999, 99.95, 1e12 - 0.05, 1e15 + 0.5, float("inf"), float("nan"), 7])
+def test_round1_at_its_edges(x):
+    assert exactly(round1(x)) == exactly(round(x, 1))

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from . import expressions as ex
 from .scorecard import Measure, Scorecard
@@ -41,12 +41,46 @@ class NoMatch:
 
 NO_MATCH = NoMatch()
 
+_isfinite = math.isfinite
+_floor = math.floor
+_copysign = math.copysign
+
+
+def round1(x: float) -> float:
+    """round(x, 1), the same float (and the same sign of zero), about twice as fast when 10 * x is not close to a
+    half, which is almost always: round(x, 1) goes through decimal text, and compute and reasons round every
+    component.
+
+    round(x, 1) is the double nearest to D / 10, D the integer nearest to 10 * x (exactly). y = 10 * x is within
+    |y| * 2**-53 (< 0.00012 below 10**12) of 10 * x, so when y's fraction is more than 0.001 away from a half, D is
+    round(y), and D / 10 (a correctly rounded division of an exact integer) is that nearest double. Otherwise, and
+    for NaN, infinities, huge values and anything but a float (round keeps an int an int): round(x, 1) itself.
+    tests/test_health_arithmetic.py checks it against round.
+    """
+    y = x * 10.0
+    if type(x) is float and -1e12 < y < 1e12:
+        whole = _floor(y)
+        fraction = y - whole
+        if fraction < 0.499 or fraction > 0.501:
+            if fraction > 0.5:
+                whole += 1
+            return whole / 10.0 if whole else _copysign(0.0, x)
+    return round(x, 1)
+
 
 def number(value: Any) -> float | None:
     """A finite number from a value: int, float, or text holding one (CRMs such as HubSpot keep numbers as text).
 
     Booleans, NaN, infinities, empty text and anything else are not numbers (None).
     """
+    kind = type(value)
+    if kind is float:  # the usual value (a count, a sum, a field): no conversion
+        return value if _isfinite(value) else None
+    if kind is int:
+        try:
+            return float(value)  # finite whenever it converts
+        except OverflowError:
+            return None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
@@ -77,9 +111,11 @@ def _date_of(value: Any) -> date | None:
         return None
     text = value.strip().replace("Z", "+00:00")
     try:
-        return _date_of(datetime.fromisoformat(text))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         pass
+    else:
+        return (moment.astimezone(UTC) if moment.tzinfo else moment).date()
     try:
         return date.fromisoformat(text[:10])
     except ValueError:
@@ -89,12 +125,28 @@ def _date_of(value: Any) -> date | None:
 def lookup(path: str, account: dict[str, Any]) -> Any:
     """The value at a dotted path below account ("account.crm.mrr"); None when any part is absent."""
     parts = path.split(".")
-    value: Any = account
-    for part in parts[1:] if parts and parts[0] == "account" else parts:
-        if not isinstance(value, dict) or part not in value:
+    return _walk(parts[1:] if parts and parts[0] == "account" else parts, account)
+
+
+def _walk(keys: Iterable[str], value: Any) -> Any:
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
             return None
-        value = value[part]
+        value = value[key]
     return value
+
+
+_last_today: tuple[datetime | None, date | None] = (None, None)
+
+
+def _today(now: datetime) -> date | None:
+    """_date_of(now), kept for the last ``now`` seen: the nightly asks it for every account at the same time."""
+    global _last_today
+    seen, today = _last_today  # one tuple read and one tuple write: threads see a whole pair or the other
+    if seen is not now:
+        today = _date_of(now)
+        _last_today = (now, today)
+    return today
 
 
 def in_segment(card: Scorecard, account: dict[str, Any]) -> bool:
@@ -138,16 +190,17 @@ def field_value(measure: Measure, account: dict[str, Any], now: datetime) -> flo
 
     None when the field is absent, null, not a number or not a date. Events measures have no field value (None).
     """
-    if measure.kind == "field":
-        return number(lookup(measure.source, account))
-    if measure.kind not in ("days_until", "days_since"):
+    kind = measure.kind
+    if kind == "field":
+        return number(_walk(measure.field_path, account))
+    if kind != "days_until" and kind != "days_since":
         return None
-    when = _date_of(lookup(measure.source, account))
+    when = _date_of(_walk(measure.field_path, account))
     if when is None:
         return None
-    today = _date_of(now)
+    today = _today(now)
     assert today is not None
-    days = (when - today).days if measure.kind == "days_until" else (today - when).days
+    days = (when - today).days if kind == "days_until" else (today - when).days
     return float(days)
 
 
@@ -168,17 +221,39 @@ class Component:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Component:
-        return cls(
-            measure_id=str(data["measure_id"]),
-            title=str(data.get("title") or data["measure_id"]),
-            weight=int(data.get("weight", 0)),
-            value=data.get("value"),
-            score=data.get("score"),
-            skipped=bool(data.get("skipped", False)),
-            effective_weight=float(data.get("effective_weight", 0.0)),
-            contribution=float(data.get("contribution", 0.0)),
-            missing=bool(data.get("missing", False)),
+        return _component(
+            str(data["measure_id"]),
+            str(data.get("title") or data["measure_id"]),
+            int(data.get("weight", 0)),
+            data.get("value"),
+            data.get("score"),
+            bool(data.get("skipped", False)),
+            float(data.get("effective_weight", 0.0)),
+            float(data.get("contribution", 0.0)),
+            bool(data.get("missing", False)),
         )
+
+
+_T = TypeVar("_T")
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _frozen(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """An instance of a frozen dataclass (no slots, no __post_init__) from its fields' values, in the order of its
+    fields: what its __init__ makes, without __init__'s object.__setattr__ per field (most of compute's time)."""
+    instance: _T = _new(cls)
+    _set(instance, "__dict__", fields)
+    return instance
+
+
+def _component(measure_id: str, title: str, weight: int, value: float | None, score: float | None, skipped: bool,
+               effective_weight: float, contribution: float, missing: bool) -> Component:
+    """Component(...), faster (see _frozen); tests/test_health_arithmetic.py checks both give the same."""
+    return _frozen(Component, {
+        "measure_id": measure_id, "title": title, "weight": weight, "value": value, "score": score,
+        "skipped": skipped, "effective_weight": effective_weight, "contribution": contribution, "missing": missing,
+    })
 
 
 @dataclass(frozen=True)
@@ -192,6 +267,13 @@ class HealthResult:
         return next((c for c in self.components if c.measure_id == measure_id), None)
 
 
+def _result(scorecard_id: str, score: float | None, band: str | None,
+            components: tuple[Component, ...]) -> HealthResult:
+    """HealthResult(...), faster (see _frozen)."""
+    return _frozen(HealthResult, {"scorecard_id": scorecard_id, "score": score, "band": band,
+                                  "components": components})
+
+
 def compute(card: Scorecard, values: dict[str, float | None]) -> HealthResult:
     """The score of a scorecard from each measure's value (events: the count or sum; last: the value or None).
 
@@ -199,31 +281,68 @@ def compute(card: Scorecard, values: dict[str, float | None]) -> HealthResult:
     are re-weighted, unless it declares a fixed missing score. Score = sum(weight * score) / sum(weight) over
     the measures not skipped, rounded to one decimal; None when every measure is skipped.
     """
+    # One pass for the scores (the rules as Measure.rule_bounds), one for the components; the same operations in
+    # the same order as the formula in docs/health.md, so the same floats (tests/test_health_arithmetic.py holds the
+    # straightforward version as its reference).
+    get = values.get
     scored: list[tuple[Measure, float | None, float | None, bool]] = []  # measure, value, score, missing
+    total_weight = 0
     for measure in card.measures:
-        value = number(values.get(measure.id))
-        score = measure.score_of(value) if value is not None else None
+        value = get(measure.id)
+        if type(value) is not float or not _isfinite(value):
+            value = number(value)
+        score = None
+        if value is not None:
+            for below, at_least, points in measure.rule_bounds:
+                if below is not None:
+                    if value < below:
+                        score = points
+                        break
+                elif at_least is not None:
+                    if value >= at_least:
+                        score = points
+                        break
+                else:
+                    score = points
+                    break
         if score is None:
-            scored.append((measure, value, measure.missing_score, True))
+            score = measure.missing_score
+            scored.append((measure, value, score, True))
         else:
             scored.append((measure, value, score, False))
-    total_weight = sum(m.weight for m, _, s, _ in scored if s is not None)
-    components = []
+        if score is not None:
+            total_weight += measure.weight
+    components: list[Component] = []
     weighted = 0.0
     for measure, value, score, missing in scored:
+        # Component(...) as _component makes it, written out here: the arithmetic's hottest line
+        component = _new(Component)
         if score is None or total_weight == 0:
-            components.append(Component(measure.id, measure.title, measure.weight, value, None, True, 0.0, 0.0, True))
-            continue
-        share = 100.0 * measure.weight / total_weight
-        weighted += measure.weight * score
-        components.append(
-            Component(measure.id, measure.title, measure.weight, value, score, False, share, share * score / 100.0,
-                      missing)
-        )
+            _set(component, "__dict__", {
+                "measure_id": measure.id, "title": measure.title, "weight": measure.weight, "value": value,
+                "score": None, "skipped": True, "effective_weight": 0.0, "contribution": 0.0, "missing": True,
+            })
+        else:
+            share = 100.0 * measure.weight / total_weight
+            weighted += measure.weight * score
+            _set(component, "__dict__", {
+                "measure_id": measure.id, "title": measure.title, "weight": measure.weight, "value": value,
+                "score": score, "skipped": False, "effective_weight": share, "contribution": share * score / 100.0,
+                "missing": missing,
+            })
+        components.append(component)
     if total_weight == 0:
-        return HealthResult(card.id, None, None, tuple(components))
-    total = min(100.0, max(0.0, round(weighted / total_weight, 1)))
-    return HealthResult(card.id, total, card.band_of(total), tuple(components))
+        return _result(card.id, None, None, tuple(components))
+    total = min(100.0, max(0.0, round1(weighted / total_weight)))
+    band = None
+    bands = card.band_bounds
+    if bands:  # Scorecard.band_of
+        band = bands[-1][1]
+        for below, name in bands:
+            if below is not None and total < below:
+                band = name
+                break
+    return _result(card.id, total, band, tuple(components))
 
 
 def reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> list[dict[str, Any]]:
@@ -238,48 +357,48 @@ def reasons(new: HealthResult, previous: HealthResult | None, top: int = 3) -> l
     """
     if previous is not None and previous.score is None:
         previous = None
-    rows: list[tuple[float, int, dict[str, Any]]] = []
-    for index, comp in enumerate(new.components):
-        before = previous.component(comp.measure_id) if previous is not None else None
-        if previous is None:
-            points = comp.contribution - comp.effective_weight
+    # (-|points|, position, points, the component, the previous one); the rows' dicts only for the top ones
+    rows: list[tuple[float, int, float, Component | None, Component | None]] = []
+    if previous is None:
+        for index, comp in enumerate(new.components):
+            points = round1(comp.contribution - comp.effective_weight)
+            if points != 0:
+                rows.append((-abs(points), index, points, comp, None))
+    else:
+        earlier: dict[str, Component] = {}
+        for comp in previous.components:
+            earlier.setdefault(comp.measure_id, comp)  # the first of an id, as HealthResult.component
+        for index, comp in enumerate(new.components):
+            before = earlier.get(comp.measure_id)
+            points = round1(comp.contribution - (before.contribution if before is not None else 0.0))
+            if points != 0:
+                rows.append((-abs(points), index, points, comp, before))
+        known = {c.measure_id for c in new.components}
+        for index, gone in enumerate(previous.components, len(new.components)):
+            points = round1(-gone.contribution)
+            if gone.measure_id in known or points == 0:
+                continue
+            rows.append((-abs(points), index, points, None, gone))
+    rows.sort()  # by (-|points|, position): positions differ, so the components are never compared
+    found = []
+    for _, _, points, now, then in rows[: max(0, top)]:
+        if now is None:
+            assert then is not None
+            found.append({"measure": then.measure_id, "title": then.title, "value": None,
+                          "previous_value": then.value, "points": points, "score": None,
+                          "previous_score": then.score})
         else:
-            points = comp.contribution - (before.contribution if before is not None else 0.0)
-        points = round(points, 1)
-        if points == 0:
-            continue
-        rows.append(
-            (
-                -abs(points),
-                index,
-                {
-                    "measure": comp.measure_id,
-                    "title": comp.title,
-                    "value": comp.value,
-                    "previous_value": before.value if before is not None else None,
-                    "points": points,
-                    "score": comp.score,
-                    "previous_score": before.score if before is not None else None,
-                },
-            )
-        )
-    known = {c.measure_id for c in new.components}
-    for index, gone in enumerate(previous.components if previous is not None else ()):
-        points = round(-gone.contribution, 1)
-        if gone.measure_id in known or points == 0:
-            continue
-        row = {"measure": gone.measure_id, "title": gone.title, "value": None, "previous_value": gone.value,
-               "points": points, "score": None, "previous_score": gone.score}
-        rows.append((-abs(points), len(new.components) + index, row))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    return [row for _, _, row in rows[: max(0, top)]]
+            found.append({"measure": now.measure_id, "title": now.title, "value": now.value,
+                          "previous_value": then.value if then is not None else None, "points": points,
+                          "score": now.score, "previous_score": then.score if then is not None else None})
+    return found
 
 
 def holding_down(scorecard_id: str, components: Iterable[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
     """What holds a stored score down: ``reasons`` of the score alone (no previous one), from its stored components
     (Component.as_dict): the measures by the points they cost against a perfect 100, at most ``top``. The API, the
     CLI, the inbox and templates all give these."""
-    result = HealthResult(scorecard_id, None, None, tuple(Component.from_dict(c) for c in components))
+    result = _result(scorecard_id, None, None, tuple(Component.from_dict(c) for c in components))
     return reasons(result, None, top)
 
 

@@ -95,6 +95,22 @@ class Measure:
                 return rule.score
         return None
 
+    # Derived once per measure for the arithmetic's inner loop (engine/language/health.py): a scorecard is read
+    # once per process and scores every account each night. Cached in the instance (not fields: not compared,
+    # hashed or shown).
+
+    @functools.cached_property
+    def rule_bounds(self) -> tuple[tuple[float | None, float | None, float], ...]:
+        """The rules as (below, at_least, score) tuples, in order (score_of without a method call per rule)."""
+        return tuple((r.below, r.at_least, r.score) for r in self.rules)
+
+    @functools.cached_property
+    def field_path(self) -> tuple[str, ...]:
+        """The keys below the account of a field/days_until/days_since measure's `source` ("account.crm.mrr":
+        ("crm", "mrr")), as engine.language.health.lookup walks them."""
+        parts = self.source.split(".")
+        return tuple(parts[1:] if parts and parts[0] == "account" else parts)
+
 
 @dataclass(frozen=True)
 class Band:
@@ -129,6 +145,12 @@ class Scorecard:
 
     def measure(self, measure_id: str) -> Measure | None:
         return next((m for m in self.measures if m.id == measure_id), None)
+
+    @functools.cached_property
+    def band_bounds(self) -> tuple[tuple[float | None, str], ...]:
+        """The bands as (below, name) tuples, in order (band_of without attribute look-ups); derived once, as
+        Measure.rule_bounds."""
+        return tuple((b.below, b.name) for b in self.bands)
 
 
 def _num(value: float) -> str:
