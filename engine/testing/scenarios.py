@@ -511,11 +511,12 @@ def _day_changes(measure: Any, account: dict[str, Any], since: datetime, until: 
     value = hl.field_value(measure, account, day)
     if value is None:
         return  # missing: it stays missing until the field changes
+    step = -1.0 if measure.kind == "days_until" else 1.0
     before = measure.score_of(value)
     while day < until:
         day += timedelta(days=1)
-        value = hl.field_value(measure, account, day)
-        score = measure.score_of(value) if value is not None else None
+        value += step
+        score = measure.score_of(value)
         if score != before:
             yield day
             before = score
