@@ -233,3 +233,16 @@ def test_the_health_pages_need_an_ops_session(home: tuple[Any, Any, Settings]) -
             assert (await client.get(path)).status_code == 303, path
 
     call(app, steps)
+
+
+def test_the_bands_chart_escapes_and_draws_empty_bars() -> None:
+    from api import ops_chart
+
+    rows = [ops_chart.BandRow(EVIL, 0, 0), ops_chart.BandRow("green", 0, 1)]
+    chart = str(ops_chart.bands_chart(f"Accounts per band of {EVIL}", rows, 2, "bands-x"))
+    assert EVIL not in chart and "&lt;script&gt;" in chart
+    assert "No account has a score yet: every bar is empty." in chart and "data-count" not in chart
+    drawn = str(ops_chart.bands_chart("t", [ops_chart.BandRow("red", 1, 0), ops_chart.BandRow("green", 3, 1)], 2, "b"))
+    widths = re.findall(r'class="seg seg-band" data-count="(\d)" x="0" y="[\d.]+" width="([\d.]+)"', drawn)
+    assert widths == [("1", "140"), ("3", "420")]  # proportional to the 4 accounts, of 560
+    assert 'fill="url(#b-cross)"' in drawn and "url(#b-dots)" not in drawn  # the worst band crossed, the best plain
