@@ -159,3 +159,22 @@ def test_no_nightly_work_for_a_playbook_that_does_not_listen_to_health(tmp_path)
     assert first.nights == 0
     assert not [e for e in first.timeline if e["kind"] == "health"]
     assert second.nights == 5, second.timeline
+
+
+def test_a_night_starts_a_run_from_start_events(tmp_path):
+    # two urgent tickets leave the account yellow (57.2); the night the last login turns 30 days old takes it red
+    # (48.9), which starts risk-intervention-health while a start event is still to come (it then reaches the run)
+    account = ACCOUNT.replace("2026-03-01T08:00:00Z", "2026-02-02T08:00:00Z")
+    text = (
+        "playbook: risk-intervention-health\nstart:\n  at: 2026-03-03T12:00:00Z\n  events:\n"
+        + urgent("0h") + urgent("1h") + urgent("2d", "normal") + account
+        + "expect:\n"
+        "  - { health: { score: 57.2, band: yellow }, at: 1h }\n"
+        "  - { call_task: diagnose_call, assignee: csm-de, after: 14h, within: 15h }\n"  # the night: 03-04 02:00
+        "  - { health: { score: 42.2, band: red } }\n"  # and the normal ticket at 2d: three tickets in 30 days
+    )
+    (report,) = run(tmp_path, text)
+
+    assert report.passed, (report.failures, report.timeline)
+    night = [e for e in report.timeline if e["kind"] == "health"]
+    assert night[0]["at"] == "+14h" and "57.2 yellow -> 48.9 red" in night[0]["detail"], night
