@@ -15,7 +15,6 @@ change and asks the intake to recompute then (kind ``nightly``); every answer ab
 which night is next (``AnswerResult.next_night``), so an event that adds a window to leave moves the plan.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -94,6 +93,7 @@ class ScenarioDriver:
         self.starting = bool(params.start_events)  # start events are still being posted: a night may start the run
         self.next_night = params.nightly
         self.plans = 0  # how often the plan changed: the nightly loop sleeps until the night or a new plan
+        self.last_night = -1.0  # the last night recomputed (offset): an answer planned before it cannot bring it back
 
     @workflow.run
     async def run(self, params: DriverInput) -> list[str]:
@@ -142,6 +142,7 @@ class ScenarioDriver:
                 continue  # a new plan: sleep again until its night
             payload = {"may_start": self.starting and not self.started}
             result = await self.send(Answer(self.params.run_workflow_id, "nightly", payload, _now(), night))
+            self.last_night = night
             if result is not None and result.started:
                 self.started = True
             if self.next_night == night:  # (an event's answer may have planned already)
@@ -189,6 +190,8 @@ class ScenarioDriver:
         return True
 
     def replan(self, night: float | None) -> None:
+        if night is not None and night <= self.last_night:
+            return  # planned by an event's answer from before that night, which has run since
         if night != self.next_night:
             self.next_night = night
             self.plans += 1

@@ -53,7 +53,7 @@ from engine.language.model import Playbook, RunPlaybookStep, WaitForStep
 from engine.language.policy import DEFAULT_POLICY
 from engine.language.policy_file import build_policy
 from engine.language.scenario import validate_scenario_file
-from engine.language.scorecard import Scorecard, load_scorecards
+from engine.language.scorecard import Measure, Scorecard, load_scorecards
 from engine.runtime import health as runtime_health
 from engine.runtime.connect import quiet_runtime
 from engine.runtime.intake import trigger_refusal
@@ -322,14 +322,19 @@ async def run_checked(
         report.timeline.append({"at": "+0s", "step": None, "kind": "run", "status": "not_started", "detail": detail})
     report.outcome = result.outcome
     report.nights = intake.nights
-    # the run's entries and the nights' score changes, in time order (a night's change before what it caused)
-    entries: list[tuple[datetime, int, dict[str, Any]]] = [(at, 0, entry) for at, entry in intake.timeline]
+    # the run's entries in their order, each night's score changes before the first entry after them (what they
+    # caused comes a moment later)
+    nights = sorted(intake.timeline, key=lambda n: n[0])
     for item in result.timeline:
-        entries.append((datetime.fromisoformat(item.at), 1, {
-            "step": item.step_id or item.path, "kind": item.kind, "status": item.status, "detail": item.detail,
-        }))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    report.timeline.extend({"at": offset_text(at - start_at), **entry} for at, _, entry in entries)
+        at = datetime.fromisoformat(item.at)
+        while nights and nights[0][0] <= at:
+            night, change = nights.pop(0)
+            report.timeline.append({"at": offset_text(night - start_at), **change})
+        report.timeline.append(
+            {"at": offset_text(at - start_at), "step": item.step_id or item.path, "kind": item.kind,
+             "status": item.status, "detail": item.detail}
+        )
+    report.timeline.extend({"at": offset_text(night - start_at), **change} for night, change in nights)
     report.failures.extend(f"script: {e}" for e in driver_errors)
     _check(report, data, playbook, db_url, start_at, result, memo_control, cards)
     return report
@@ -504,7 +509,7 @@ def night_at_or_after(moment: datetime) -> datetime:
     return night if night >= moment else night + timedelta(days=1)
 
 
-def _day_changes(measure: Any, account: dict[str, Any], since: datetime, until: datetime) -> Iterator[datetime]:
+def _day_changes(measure: Measure, account: dict[str, Any], since: datetime, until: datetime) -> Iterator[datetime]:
     """The midnights (UTC) after ``since``, to ``until``, at which a days_until/days_since measure's score changes
     (its value moves by a day each day; its score only where a rule's threshold is crossed)."""
     day = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
