@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -217,9 +217,15 @@ _INSERT_CONTACT = insert(_CONTACTS)
 
 def read_account(s: Session, account_id: str) -> AccountSnapshot | None:
     """The account as templates see it, read in the caller's transaction; None when there is no such account."""
+    return read_account_and_fields(s, account_id)[0]
+
+
+def read_account_and_fields(s: Session, account_id: str) -> tuple[AccountSnapshot | None, dict[str, Any] | None]:
+    """read_account, and the account's stored fields as they are (what write_health_fields merges into: the intake
+    passes them on rather than read them again)."""
     row = s.execute(_ACCOUNT_ROW, {"account_id": account_id}).first()
     if row is None:
-        return None
+        return None, None
     owner = s.execute(_CSM_ROW, {"csm_id": row.owner_id}).first() if row.owner_id else None
     tags = s.scalars(_TAG_ROWS, {"account_id": account_id}).all()
     contacts = s.execute(_CONTACT_ROWS, {"account_id": account_id}).all()
@@ -232,7 +238,7 @@ def read_account(s: Session, account_id: str) -> AccountSnapshot | None:
             "tags": list(tags),
         },
         contacts=[_contact_dict(c) for c in contacts],
-    )
+    ), dict(row.fields or {})
 
 
 def read_accounts(s: Session, account_ids: Sequence[str]) -> dict[str, AccountSnapshot]:
@@ -320,19 +326,26 @@ _FIELDS_OF = select(_ACCOUNTS.c.id, _ACCOUNTS.c.fields).where(
 _UPDATE_FIELDS = update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account_id")).values(fields=bindparam("fields"))
 
 
-def write_health_fields(s: Session, scores: Sequence[HealthWrite]) -> None:
+def write_health_fields(
+    s: Session, scores: Sequence[HealthWrite], known: Mapping[str, dict[str, Any]] | None = None
+) -> None:
     """The accounts' fields ``health_score`` and ``health_band`` set, in the caller's transaction (the intake's, with
-    the built-in CRM); an account the CRM does not have is left out, one already holding them is not written."""
+    the built-in CRM); an account the CRM does not have is left out, one already holding them is not written.
+    ``known``: account id -> its stored fields, read earlier in this transaction (read_account_and_fields): those
+    are not read again."""
     latest = {w.account_id: w for w in scores}  # the last write of an account wins
     if not latest:
         return
+    known = known or {}
+    stored = [(account_id, known[account_id]) for account_id in latest if account_id in known]
+    for ids in in_chunks([a for a in latest if a not in known], READ_CHUNK):
+        stored += s.execute(_FIELDS_OF, {"account_ids": list(ids)}).all()
     updates = []
-    for ids in in_chunks(list(latest), READ_CHUNK):
-        for account_id, fields in s.execute(_FIELDS_OF, {"account_ids": list(ids)}).all():
-            w = latest[account_id]
-            merged = {**(fields or {}), HEALTH_SCORE_FIELD: w.score, HEALTH_BAND_FIELD: w.band}
-            if merged != fields:
-                updates.append({"account_id": account_id, "fields": merged})
+    for account_id, fields in stored:
+        w = latest[account_id]
+        merged = {**(fields or {}), HEALTH_SCORE_FIELD: w.score, HEALTH_BAND_FIELD: w.band}
+        if merged != fields:
+            updates.append({"account_id": account_id, "fields": merged})
     if updates:
         s.execute(_UPDATE_FIELDS, updates)
 

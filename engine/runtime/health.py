@@ -178,15 +178,15 @@ def _recompute_account(
     s: Session, account: dict[str, Any], cards: Sequence[Scorecard], held: Sequence[Scorecard], now: datetime,
     cause: str,
 ) -> list[ScoreChange]:
-    """recompute_many for the one account of an event, in three statements whatever the scorecards: its score rows
-    (locked: see engine.storage.health.scores_of), its recorded values (one query, summed here), the writes (an
-    update or insert of the scores, a history row when a score changed). ``cards``: those to recompute, ``held``:
-    every scorecard whose segment holds the account (the first by id is the primary one)."""
+    """recompute_many for the one account of an event, in a few statements whatever the scorecards: its score rows
+    (locked: see engine.storage.health.scores_of) and its recorded values (summed here; one statement for both on
+    SQLite: account_state), the writes (an update or insert of the scores, a history row when a score changed).
+    ``cards``: those to recompute, ``held``: every scorecard whose segment holds the account (the first by id is the
+    primary one)."""
     now = utc(now)
     account_id = str(account["id"])
-    stored = hs.scores_of_account(s, account_id, lock=True)
+    stored, recorded = hs.account_state(s, account_id, [q for card in cards for q in _queries(card, now)], lock=True)
     primary = min(c.id for c in held) if held else None
-    recorded = hs.account_event_values(s, account_id, [q for card in cards for q in _queries(card, now)])
     writes: list[hs.ScoreRow] = []
     history: list[hs.HistoryRow] = []
     changes: list[ScoreChange] = []

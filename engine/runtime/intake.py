@@ -33,7 +33,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.crm import BuiltinCrm, CrmProvider, csm_exists, read_account, write_account, write_health_fields
+from activities.crm import (
+    BuiltinCrm,
+    CrmProvider,
+    csm_exists,
+    read_account_and_fields,
+    write_account,
+    write_health_fields,
+)
 from activities.errors import NotFoundError, ProviderError, RejectedError
 from activities.types import AccountSnapshot, HealthWrite
 from engine.interpreter.messages import EVENT_SIGNAL, Event, event_context
@@ -236,14 +243,14 @@ def _before_starts(
             raise UnknownOwner(f"no CSM {account['owner']!r} is known to the engine")
         if account or contacts:
             write_account(s, {**(account or {}), "id": account_id}, contacts)
-        snapshot = read_account(s, account_id)
+        snapshot, fields = read_account_and_fields(s, account_id)
         runs = enrolled.run_ids(s, account_id, listening)
         health: list[ScoreChange] = []
-        if scorecards and event is not None and snapshot is not None:
+        if scorecards and event is not None and snapshot is not None and fields is not None:
             health = update_for_event(
                 s, snapshot.account, event, scorecards, datetime.now(UTC), fields_changed=bool(account)
             )
-            write_health_fields(s, _crm_writes(health))
+            write_health_fields(s, _crm_writes(health), {account_id: fields})
     snapshot = snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
     return Before(snapshot, runs, health)
 

@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
@@ -45,6 +45,14 @@ def _insert_new_values(dialect: str) -> Any:
             .returning(_VALUES.c.scorecard_id, _VALUES.c.measure_id))
 
 
+_RAW_INSERT_VALUES_HEAD = (
+    "INSERT INTO health_event_values (event_id, account_id, scorecard_id, measure_id, at, value) VALUES "
+)
+_RAW_INSERT_VALUES_TAIL = (
+    " ON CONFLICT (event_id, scorecard_id, measure_id) DO NOTHING RETURNING scorecard_id, measure_id"
+)
+
+
 def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """Records what an event gives measures (rows: account_id, scorecard_id, measure_id, at, value); a (scorecard,
     measure) the event already gave is left as it is. Returns (inserted, already there). One statement on SQLite and
@@ -53,6 +61,15 @@ def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) 
     the caller runs again)."""
     if not rows:
         return 0, 0
+    if s.get_bind().dialect.name == "sqlite":
+        # one execution of the driver's: SQLAlchemy's insertmanyvalues with RETURNING cost twice the insert
+        sql = _RAW_INSERT_VALUES_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)) + _RAW_INSERT_VALUES_TAIL
+        params: list[Any] = []
+        for r in rows:
+            params += [event_id, r["account_id"], r["scorecard_id"], r["measure_id"], _sqlite_time(r["at"]),
+                       r["value"]]
+        inserted = s.connection().exec_driver_sql(sql, tuple(params)).all()
+        return len(inserted), len(rows) - len(inserted)
     statement = _insert_new_values(s.get_bind().dialect.name)
     if statement is not None:
         inserted = s.execute(statement, [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows]).all()
@@ -169,6 +186,54 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
     return found
 
 
+# An account's score rows and recorded values in one statement (SQLite: no row locks to take first), ordered as the
+# two reads above order them; times as SQLAlchemy stores them on SQLite (naive UTC text with microseconds, which
+# compares as the times do).
+_RAW_ACCOUNT_STATE = (
+    "SELECT 0, scorecard_id, NULL, computed_at, score, band, components, scorecard_version, previous_score, "
+    "previous_band, 0 FROM health_scores WHERE account_id = ? "
+    "UNION ALL SELECT 1, scorecard_id, measure_id, at, value, NULL, NULL, NULL, NULL, NULL, id "
+    "FROM health_event_values WHERE account_id = ? {window}"
+    "ORDER BY 1, 4, 11"
+)
+
+
+def account_state(
+    s: Session, account_id: str, queries: Sequence[MeasureQuery], lock: bool = False
+) -> tuple[dict[str, ScoreRow], dict[tuple[str, str], float]]:
+    """scores_of_account and account_event_values together (an event's update): the account's stored scores by
+    scorecard, and its measures' values by (scorecard, measure). One statement on SQLite; elsewhere the two reads
+    (``lock``: the score rows locked first, PostgreSQL)."""
+    if s.get_bind().dialect.name != "sqlite":
+        return scores_of_account(s, account_id, lock=lock), account_event_values(s, account_id, queries)
+    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
+    since = [q.since for q in queries]
+    widest = None if not queries or any(x is None for x in since) else min(x for x in since if x is not None)
+    params: tuple[Any, ...] = (account_id, account_id)
+    if widest is not None:
+        params += (_sqlite_time(widest),)
+    sql = _RAW_ACCOUNT_STATE.format(window="AND at > ? " if widest is not None else "")
+    bounds = {key: (_sqlite_time(q.since) if q.since is not None else None) for key, q in wanted.items()}
+    scores: dict[str, ScoreRow] = {}
+    found: dict[tuple[str, str], float] = {}
+    for kind, card, measure, at, value, band, components, version, previous, previous_band, _ in (
+        s.connection().exec_driver_sql(sql, params)
+    ):
+        if kind == 0:
+            scores[card] = ScoreRow(account_id, card, value, band, list(json.loads(components) if components else []),
+                                    _from_sqlite_time(at), version, previous, previous_band)
+            continue
+        key = (card, measure)
+        q = wanted.get(key)
+        if q is None:
+            continue
+        bound = bounds[key]
+        if bound is not None and at <= bound:
+            continue
+        found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
+    return scores, found
+
+
 _PRUNE = delete(_VALUES).where(
     _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
     _VALUES.c.scorecard_id == bindparam("scorecard_id"),
@@ -271,10 +336,11 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
         s.execute(_UPDATE_SCORE, updates)
 
 
-# Many rows at once on SQLite (a nightly page: thousands): the driver's executemany with the values as SQLAlchemy
-# would bind them (JSON text, times as naive UTC text with microseconds), without SQLAlchemy's per-row processing,
-# which cost more than the writes themselves. Few rows (an event's update) and other databases: SQLAlchemy's.
-RAW_ROWS = 100
+# Scores and history on SQLite: the driver's executemany with the values as SQLAlchemy would bind them (JSON text,
+# times as naive UTC text with microseconds), without SQLAlchemy's per-row processing, which cost more than the
+# writes themselves for a nightly page's thousands of rows, and about half of an event's one or two (a prepared
+# statement's execution: 25-35 us rather than 60). Other databases: SQLAlchemy's.
+RAW_ROWS = 1
 _RAW_INSERT_SCORE = (
     "INSERT INTO health_scores (account_id, scorecard_id, score, band, components, computed_at, scorecard_version, "
     "previous_score, previous_band) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -296,6 +362,10 @@ def _raw_sqlite(s: Session, rows: int) -> bool:
 def _sqlite_time(at: datetime) -> str:
     """A time as SQLAlchemy's SQLite DateTime stores it (the window queries compare these texts)."""
     return utc(at).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _from_sqlite_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def _executemany(s: Session, sql: str, rows: list[tuple[Any, ...]]) -> None:
