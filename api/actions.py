@@ -45,6 +45,20 @@ def open_tasks(db_url: str, caller: Caller) -> list[t.CallTask]:
     return [x for x in rows if caller.is_ops or caller.csm_id == x.assignee]
 
 
+def works_on(db_url: str, caller: Caller, account_id: str) -> bool:
+    """Whether a CSM has something of the account in their inbox: a pending approval naming them, or an open call
+    task assigned to them (the accounts whose score their inbox cards show)."""
+    if caller.csm_id is None:
+        return False
+    with session(db_url) as s:
+        if s.scalar(select(t.CallTask.id).where(t.CallTask.account_id == account_id, t.CallTask.status == "open",
+                                                t.CallTask.assignee == caller.csm_id).limit(1)) is not None:
+            return True
+        approvers = s.scalars(select(t.Approval.approvers).where(t.Approval.account_id == account_id,
+                                                                 t.Approval.status == "pending")).all()
+    return any(caller.csm_id in names for names in approvers)
+
+
 def approval(db_url: str, approval_id: str) -> t.Approval | None:
     with session(db_url) as s:
         return s.scalar(select(t.Approval).where(t.Approval.approval_id == approval_id))

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from activities.crm import BuiltinCrm, read_account
@@ -92,6 +92,26 @@ def _scores(db_url: str, account_id: str) -> list[tuple[float | None, str | None
 # ------------------------------------------------------------------------------------------------------ the API
 
 
+def _ask(db_url: str, kind: str, account_id: str, csm: str, status: str) -> None:
+    """A call task assigned to the CSM, or an approval naming them, on the account, in this status."""
+    key = f"{kind}-{account_id}-{csm}-{status}"
+    common = {"key": key, "workflow_id": f"wf/{key}", "playbook_id": "risk", "account_id": account_id,
+              "step_id": "ask", "status": status, "created_at": NOW, "due_at": None}
+    with session(db_url) as s:
+        if kind == "task":
+            s.add(t.CallTask(task_id=key, assignee=csm, title="Call", completed_at=None, outcome=None,
+                             completed_by=None, **common))
+        else:
+            s.add(t.Approval(approval_id=key, approvers=[csm], message="Go?", decided_at=None, decided_by=None,
+                             comment=None, **common))
+
+
+def _close_asks(db_url: str) -> None:
+    with session(db_url) as s:
+        s.execute(delete(t.CallTask))
+        s.execute(delete(t.Approval))
+
+
 def test_the_api_answers_the_rows(home: Settings) -> None:
     app = create_app(home, client=object())  # type: ignore[arg-type]
     tokens = {role: create_token(home.db_url, role, role, "csm-de" if role == "csm" else None)
@@ -129,10 +149,17 @@ def test_the_api_answers_the_rows(home: Settings) -> None:
         assert card["last_change"][0]["measure"] == "urgent_tickets"
         assert [(h["score"], h["band"]) for h in card["history"]] == changes[::-1]  # newest first
 
-        # a CSM reads their own accounts only; a system token none; no token, no answer
+        # a CSM reads their own accounts, and those their inbox shows them (an open call task assigned to them, a
+        # pending approval naming them), as the inbox cards do; a system token none; no token, no answer
         assert (await http.get("/accounts/acc-own/health", headers=as_["csm"])).json()[0]["score"] == row.score
         other = await http.get("/accounts/acc-other/health", headers=as_["csm"])
         assert other.status_code == 403 and "not one you own" in other.json()["detail"]
+        for kind, status in [("task", "done"), ("approval", "approved"), ("task", "open"), ("approval", "pending")]:
+            _ask(home.db_url, kind, "acc-other", "csm-en", "open" if kind == "task" else "pending")  # another's
+            _ask(home.db_url, kind, "acc-other", "csm-de", status)
+            answer = await http.get("/accounts/acc-other/health", headers=as_["csm"])
+            assert answer.status_code == (200 if status in ("open", "pending") else 403), (kind, status, answer.text)
+            _close_asks(home.db_url)
         assert (await http.get("/accounts/acc-other/health", headers=as_["ops"])).status_code == 200
         assert (await http.get("/accounts/acc-own/health", headers=as_["system"])).status_code == 403
         assert (await http.get("/accounts/acc-own/health")).status_code == 401

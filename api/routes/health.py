@@ -16,6 +16,7 @@ from engine.language import health as hl
 from engine.runtime.health import AccountHealth, health_of
 from engine.storage.db import session, utc
 
+from .. import actions
 from ..deps import PeopleDep, StateDep
 from ..problems import RETRY_AFTER_SECONDS, UPSTREAM, Problem, documented
 from ..schemas import HealthMeasureOut, HealthOut, HealthPointOut, HealthReasonOut, HealthTrendOut
@@ -97,8 +98,12 @@ async def account_health(account_id: AccountPath, state: StateDep, caller: Peopl
     if not caller.is_ops:
         owner = snapshot.account.get("owner") or {}
         owner_id = owner.get("id") if isinstance(owner, dict) else owner
-        if owner_id != caller.csm_id:
-            raise Problem(403, "Forbidden", f"account {account_id} is not one you own (a CSM token reads the health "
-                                            "of its own accounts; an ops token reads every account's)")
+        # a CSM reads what their inbox cards show: their accounts, and those of the approvals and tasks given them
+        if owner_id != caller.csm_id and not await asyncio.to_thread(
+            actions.works_on, state.settings.db_url, caller, account_id
+        ):
+            raise Problem(403, "Forbidden", f"account {account_id} is not one you own or have an open call task or "
+                                            "approval on (a CSM token reads the health of those; an ops token reads "
+                                            "every account's)")
     found = await asyncio.to_thread(scores, state.settings.db_url, account_id)
     return [health_out(h) for h in found]
