@@ -168,7 +168,8 @@ def update_for_event(
     elif rows:  # an event without an id cannot be told from its repetition: each post counts
         hs.add_event_values(s, f"anonymous/{uuid.uuid4().hex}", rows)
     cause = event.id or ""
-    changes = _recompute_account(s, crm_account, held if fields_changed else reading, held, now, cause)
+    changes = _recompute_account(s, crm_account, held if fields_changed else reading, held, now, cause,
+                                 {c.id for c in cards})
     if seen_before and not changes and cause:
         return changes_caused_by(s, cause, [crm_account], cards)
     return changes
@@ -176,13 +177,14 @@ def update_for_event(
 
 def _recompute_account(
     s: Session, account: dict[str, Any], cards: Sequence[Scorecard], held: Sequence[Scorecard], now: datetime,
-    cause: str,
+    cause: str, known: set[str],
 ) -> list[ScoreChange]:
     """recompute_many for the one account of an event, in a few statements whatever the scorecards: its score rows
     (locked: see engine.storage.health.scores_of) and its recorded values (summed here; one statement for both on
     SQLite: account_state), the writes (an update or insert of the scores, a history row when a score changed).
     ``cards``: those to recompute, ``held``: every scorecard whose segment holds the account (the first by id is the
-    primary one)."""
+    primary one), ``known``: the ids of every scorecard (a score on one of them that no longer holds the account is
+    taken away: left_segments)."""
     now = utc(now)
     account_id = str(account["id"])
     stored, recorded = hs.account_state(s, account_id, [q for card in cards for q in _queries(card, now)], lock=True)
@@ -193,9 +195,45 @@ def _recompute_account(
     for card in cards:
         _score(card, account, recorded, (card.id,), stored.get(card.id), now, cause, primary == card.id,
                writes, history, changes)
+    stored_rows = {(account_id, card_id): row for card_id, row in stored.items()}
+    gone = left_segments(stored_rows, {account_id: [c.id for c in held]}, known, writes, now, cause, history,
+                         changes)
     hs.write_scores(s, writes, [(account_id, card_id) for card_id in stored])
+    hs.delete_scores(s, gone)
     hs.add_history(s, history)
     return changes
+
+
+def left_segments(
+    stored: Mapping[tuple[str, str], hs.ScoreRow], held: Mapping[str, Sequence[str]], known: set[str],
+    writes: Sequence[hs.ScoreRow], now: datetime, cause: str, history: list[hs.HistoryRow],
+    changes: list[ScoreChange],
+) -> list[tuple[str, str]]:
+    """The stored scores on scorecards whose segment no longer holds their account (its plan or fields changed):
+    each is taken away (returned, to delete) with a health_history row that says so (no score, no band) and a
+    ScoreChange that sends nothing (a score that stops applying is no health event). When the scorecard was the
+    account's primary one, the CRM's health fields now hold the new primary's score (a ScoreChange of it, unchanged,
+    without history) or nothing. Scores on scorecards no longer in the folder (``known``) are left as they are."""
+    gone: list[tuple[str, str]] = []
+    for (account_id, card_id), old in stored.items():
+        cards_now = held.get(account_id, ())
+        if card_id not in known or card_id in cards_now:
+            continue
+        gone.append((account_id, card_id))
+        history.append(hs.HistoryRow(account_id, card_id, None, None, now, old.score, old.band, (), cause))
+        was_primary = card_id == min(c for a, c in stored if a == account_id and c in known)
+        changes.append(ScoreChange(account_id, card_id, None, old.score, None, old.band, [], now, False,
+                                   primary=was_primary and not cards_now))
+        if was_primary and cards_now:
+            new_primary = cards_now[0]
+            if any(c.account_id == account_id and c.scorecard_id == new_primary for c in changes):
+                continue  # its change, written after this one, is what the CRM gets
+            row = next((w for w in writes if (w.account_id, w.scorecard_id) == (account_id, new_primary)),
+                       stored.get((account_id, new_primary)))
+            score, band = (row.score, row.band) if row is not None else (None, None)  # not scored yet: nothing
+            changes.append(ScoreChange(account_id, new_primary, score, score, band, band, [], now, False,
+                                       primary=True))
+    return gone
 
 
 # ------------------------------------------------------------------------------------------------- recompute
@@ -259,7 +297,10 @@ def recompute_many(
             account_id = str(account["id"])
             _score(card, account, recorded, (account_id, card.id), stored.get((account_id, card.id)), now, cause,
                    primary.get(account_id) == card.id, writes, history, changes)
+    known = {c.id for c in (all_cards if all_cards is not None else cards)}
+    gone = left_segments(stored, held, known, writes, now, cause, history, changes)
     hs.write_scores(s, writes, stored)
+    hs.delete_scores(s, gone)
     hs.add_history(s, history)
     return changes
 

@@ -336,6 +336,17 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
         s.execute(_UPDATE_SCORE, updates)
 
 
+_DELETE_SCORE = delete(_SCORES).where(
+    _SCORES.c.account_id == bindparam("key_account"), _SCORES.c.scorecard_id == bindparam("key_scorecard")
+)
+
+
+def delete_scores(s: Session, keys: Sequence[tuple[str, str]]) -> None:
+    """Takes away the scores of these (account, scorecard) pairs (their history stays)."""
+    if keys:
+        s.execute(_DELETE_SCORE, [{"key_account": a, "key_scorecard": c} for a, c in keys])
+
+
 # Scores and history on SQLite: the driver's executemany with the values as SQLAlchemy would bind them (JSON text,
 # times as naive UTC text with microseconds), without SQLAlchemy's per-row processing, which cost more than the
 # writes themselves for a nightly page's thousands of rows, and about half of an event's one or two (a prepared
