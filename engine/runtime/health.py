@@ -473,7 +473,7 @@ class HealthActivities:
             with session(self.db_url) as s:
                 changes = recompute_many(s, page.accounts, cards, at, cause=cause, held=held)
                 ids = [str(a["id"]) for a in page.accounts]
-                for card in cards:  # what has left its window counts for nothing: the table keeps the windows only
+                for card in cards:  # what counts for nothing any more (left its window; an older last value) goes
                     hs.prune(s, ids, _queries(card, at))
                 if retried:  # what an earlier attempt changed (and may not have sent or written) is found again
                     changes = changes_caused_by(s, cause, page.accounts, cards)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
@@ -234,6 +234,7 @@ def account_state(
     return scores, found
 
 
+_NEWER = _VALUES.alias("newer")
 _PRUNE = delete(_VALUES).where(
     _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
     _VALUES.c.scorecard_id == bindparam("scorecard_id"),
@@ -242,9 +243,22 @@ _PRUNE = delete(_VALUES).where(
 )
 
 
+# A `last` measure without a window: every value but each account's newest is of no use.
+_PRUNE_OLDER_LAST = delete(_VALUES).where(
+    _VALUES.c.account_id.in_(bindparam("account_ids", expanding=True)),
+    _VALUES.c.scorecard_id == bindparam("scorecard_id"),
+    _VALUES.c.measure_id == bindparam("measure_id"),
+    select(_NEWER.c.id).where(
+        _NEWER.c.account_id == _VALUES.c.account_id,
+        _NEWER.c.scorecard_id == _VALUES.c.scorecard_id,
+        _NEWER.c.measure_id == _VALUES.c.measure_id,
+        or_(_NEWER.c.at > _VALUES.c.at, and_(_NEWER.c.at == _VALUES.c.at, _NEWER.c.id > _VALUES.c.id)),
+    ).exists(),
+)
 def prune(s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery]) -> int:
-    """Forgets the values that have left their measure's window (the nightly recompute, after it scored the page):
-    they count for nothing any more. A measure without a window keeps all its values. Returns how many went."""
+    """Forgets the values that count for nothing any more (the nightly recompute, after it scored the page): those
+    that have left their measure's window, and of a `last` measure without a window every value but each account's
+    newest (a count or sum always has a window). Returns how many rows went."""
     gone = 0
     windows: dict[tuple[str, datetime], list[str]] = {}  # one statement per scorecard and window, not per measure
     for q in queries:
@@ -255,6 +269,11 @@ def prune(s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery
             result = s.execute(_PRUNE, {"account_ids": list(ids), "scorecard_id": card, "measure_ids": measures,
                                         "before": utc(since)})
             gone += max(0, int(getattr(result, "rowcount", 0) or 0))
+        for q in queries:
+            if q.since is None and q.last:
+                result = s.execute(_PRUNE_OLDER_LAST, {"account_ids": list(ids), "scorecard_id": q.scorecard_id,
+                                                       "measure_id": q.measure_id})
+                gone += max(0, int(getattr(result, "rowcount", 0) or 0))
     return gone
 
 
