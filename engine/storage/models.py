@@ -318,6 +318,8 @@ class HealthScore(Base):
     last change (the trend)."""
 
     __tablename__ = "health_scores"
+    # the ops page's counts per band and lowest scores of a band (engine/storage/health_overview.py)
+    __table_args__ = (Index("ix_health_scores_band", "scorecard_id", "band"),)
     account_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     scorecard_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     score: Mapped[float | None] = mapped_column(Float, default=None)  # None: every measure skipped
@@ -335,7 +337,11 @@ class HealthHistory(Base):
     sent again when the same event (or the same nightly page) is taken again."""
 
     __tablename__ = "health_history"
-    __table_args__ = (Index("ix_health_history_account", "account_id", "scorecard_id", "computed_at"),)
+    __table_args__ = (
+        Index("ix_health_history_account", "account_id", "scorecard_id", "computed_at"),
+        # the ops page's band changes of a scorecard since a day, read from the index alone
+        Index("ix_health_history_band_changes", "scorecard_id", "computed_at", "band", "previous_band"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(String(200))
     scorecard_id: Mapped[str] = mapped_column(String(200))
