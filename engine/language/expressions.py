@@ -679,7 +679,13 @@ def _compiled_template(source: str) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _compiled_expression(source: str) -> Any:
-    return environment().compile_expression(source, undefined_to_none=False)
+    expression = environment().compile_expression(source, undefined_to_none=False)
+    # as _compiled_template does: the template behind the expression gets its globals as a plain dict (each
+    # evaluation copies them into its context; 5.4 -> 3.0 us an evaluation of a scorecard's segment)
+    template = getattr(expression, "_template", None)
+    if template is not None:
+        template.globals = dict(template.globals)
+    return expression
 
 
 # Most templates are text and look-ups ("Hi {{ contact.first_name }}"). Those are rendered without Jinja, as
