@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
+import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -417,6 +419,30 @@ def health_of(s: Session, account_id: str, history_limit: int = 30) -> list[Acco
 # ------------------------------------------------------------------------------------------------- the nightly pass
 
 EMIT_CONCURRENCY = 16  # health.score_changed events taken at once by a page
+_paused = 0
+_paused_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off while a nightly page is computed: the page keeps thousands of rows,
+    changes and components alive until it writes them, and each of them counted towards full collections that walk
+    every object of the worker, about half of a first score's time (helper measurements: 69-84 us an account with
+    the collector, 44-46 without). Reference counting frees everything as usual; the collector runs again after the
+    page (pages of two workers' threads at once: after the last)."""
+    global _paused
+    with _paused_lock:
+        _paused += 1
+        if _paused == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0:
+                gc.enable()
+
 LIBRARY_CACHE = 4
 
 
@@ -469,8 +495,8 @@ class HealthActivities:
         builtin = isinstance(self.crm, BuiltinCrm) and self.crm.db_url == self.db_url
 
         def recompute_page() -> tuple[int, list[ScoreChange]]:
-            held = segments(page.accounts, cards)
-            with session(self.db_url) as s:
+            with collector_paused(), session(self.db_url) as s:
+                held = segments(page.accounts, cards)
                 changes = recompute_many(s, page.accounts, cards, at, cause=cause, held=held)
                 ids = [str(a["id"]) for a in page.accounts]
                 for card in cards:  # what counts for nothing any more (left its window; an older last value) goes
