@@ -38,7 +38,10 @@ def engine_for(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # LIFO: a session gets the connection returned last, whose page cache is warm and still valid (SQLite drops a
+        # connection's cache when another connection wrote since its last transaction: the API's threads took the
+        # pool's connections in turn, each finding its cache stale; POST /events 3.5 -> 2.4 ms in one measurement)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_use_lifo=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
