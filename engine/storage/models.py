@@ -306,7 +306,7 @@ class HealthEventValue(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(200))
-    account_id: Mapped[str] = mapped_column(String(200), index=True)
+    account_id: Mapped[str] = mapped_column(String(200))  # its look-ups use the window index, which starts with it
     scorecard_id: Mapped[str] = mapped_column(String(200))
     measure_id: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]  # when the event happened (its occurred_at, else when it was taken)
