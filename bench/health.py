@@ -15,6 +15,9 @@ accounts with the fields the scorecards read, and EVENTS events' values in healt
    signed support.ticket_opened events for existing accounts posted one at a time, A B B A event by event. Goal: the
    median slowed by under 1 ms. The bench checks that the scorecards-on API did record the events' values.
 
+The machine check printed first and last (a fixed Python loop, 200 synced writes) tells a run on a slow moment of
+the shared machine from a slower engine; so does the scorecards-off median, the same code in every run.
+
     .venv/bin/python bench/health.py [--accounts 100000] [--events 1000000] [--posts 1000] [--skip-nightly]
     .venv/bin/python bench/health.py --intake-only [--show-sql]   # the intake's transaction in process, on vs off
 """
@@ -107,6 +110,26 @@ trigger: { event: bench.never }
 steps:
   - wait: 1d
 """
+
+
+def machine_check(folder: Path) -> str:
+    """How fast the machine is now: a fixed 10,000,000-step Python loop, and 200 writes of 16 KB to a file each
+    synced to disk (a commit's work). Printed before and after the bench, so that a run made while the shared
+    machine was slow (other tenants taking its CPU or its disk) can be told from a slower engine."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    loop = time.perf_counter() - started
+    started = time.perf_counter()
+    with open(folder / "machine-check", "wb") as f:
+        for _ in range(200):
+            f.write(b"x" * 16384)
+            f.flush()
+            os.fsync(f.fileno())
+    syncs = time.perf_counter() - started
+    (folder / "machine-check").unlink()
+    return f"Python loop {loop:.2f} s, 200 synced writes {syncs:.2f} s"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -422,6 +445,8 @@ async def bench(accounts: int, events: int, posts: int, skip_nightly: bool) -> i
     db_url = f"sqlite:///{folder / 'playbook.db'}"
     now = datetime.now(UTC).replace(microsecond=0)
     ok = True
+    before = machine_check(folder)
+    print(f"machine check: {before}", flush=True)
     try:
         print(f"seeding {accounts:,} accounts and {events:,} events' values (3 scorecards) ...", flush=True)
         spent = seed(db_url, accounts, events, now)
@@ -455,6 +480,7 @@ async def bench(accounts: int, events: int, posts: int, skip_nightly: bool) -> i
         if scored == 0:
             print("  WARNING: POST /events scored nothing: the difference above is noise, not the cost of scoring")
             ok = False
+        print(f"machine check: {machine_check(folder)} now ({before} at the start)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0 if ok else 1
