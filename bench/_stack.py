@@ -6,13 +6,18 @@ so a bench neither needs nor disturbs a server already running on 7233.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -64,3 +69,71 @@ def playbook(text: str) -> Playbook:
 def quiet_logs() -> None:
     """The worker's production log setup, at WARNING: a line per activity would measure the terminal."""
     configure(json_output=True, level=logging.WARNING)
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """A bench's child process stopped as Ctrl-C stops it (SIGINT), killed if it has not ended in 20 s."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def engine_api(port: int) -> list[str]:
+    """`playbook api` on the port."""
+    return [sys.executable, "-m", "engine.cli", "api", "--port", str(port)]
+
+
+class ApiProcess:
+    """An HTTP API in a process of its own (``serve(port)``: its command line; engine_api by default), on a free port
+    it keeps when started again, its output appended to ``log``: ready once GET /health answers 200. As an async
+    context manager: started and ready, then stopped."""
+
+    def __init__(self, log: Path, env: dict[str, str], serve: Callable[[int], list[str]] = engine_api) -> None:
+        self.log, self.env, self.serve = log, env, serve
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.serve(self.port), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    async def ready(self, timeout: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise SystemExit(f"the API exited; see {self.log}:\n{self.log.read_text()[-3000:]}")
+                try:
+                    if (await http.get(f"{self.url}/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the API did not answer in {timeout:g} s; see {self.log}")
+                await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    async def __aenter__(self) -> ApiProcess:
+        self.start()
+        await self.ready()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        stop(self.process)

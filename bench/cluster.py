@@ -52,7 +52,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,8 +73,8 @@ from temporalio.client import Client, WorkflowExecutionStatus  # noqa: E402
 
 from activities.crm import seed  # noqa: E402
 from api.security import SIGNATURE_HEADER, create_token, sign  # noqa: E402
-from bench._stack import ACCOUNT, CONTACTS, ROOT, TEAM, dev_server, free_port, playbook  # noqa: E402
-from bench.ingest import Worker, percentile, stop  # noqa: E402
+from bench._stack import ACCOUNT, CONTACTS, TEAM, ApiProcess, dev_server, playbook, stop  # noqa: E402
+from bench.ingest import Worker, percentile  # noqa: E402
 from engine.interpreter.messages import WORKFLOW_NAME  # noqa: E402
 from engine.storage import models as t  # noqa: E402
 from engine.storage.db import session  # noqa: E402
@@ -150,47 +149,6 @@ def postgres(root: Path) -> Iterator[str]:
         yield url
     finally:
         next(servers, None)
-
-
-class ApiProcess:
-    """`python -m engine.cli api --port P`: restartable on the same port."""
-
-    def __init__(self, name: str, folder: Path, env: dict[str, str]) -> None:
-        self.name, self.folder, self.env = name, folder, env
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.folder / f"{self.name}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "api", "--port", str(self.port)],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    async def ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as http:
-            while True:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise SystemExit(f"{self.name} exited; see {self.folder / (self.name + '.log')}")
-                try:
-                    if (await http.get(f"{self.url}/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{self.name} did not answer in {timeout:g} s")
-                await asyncio.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
 
 
 async def worker_ready(worker: Worker, timeout: float = 90) -> None:
@@ -378,7 +336,7 @@ async def run(args: argparse.Namespace) -> None:
                     folder.mkdir()
                     workers.append(Worker(folder, env))
                     await workers[-1].__aenter__()
-                    apis.append(ApiProcess(f"api-{i}", root, env))
+                    apis.append(ApiProcess(root / f"api-{i}.log", env))
                     apis[-1].start()
                 await asyncio.gather(*(worker_ready(w) for w in workers), *(a.ready() for a in apis))
                 await drive_and_check(args, client, db_url, fake, workers, apis, token)

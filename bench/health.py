@@ -32,7 +32,6 @@ import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stack import ROOT, dev_server, free_port, quiet_logs  # noqa: E402
+from bench._stack import ROOT, ApiProcess, dev_server, quiet_logs  # noqa: E402
 
 NIGHTLY_GOAL_S = 60.0
 INTAKE_GOAL_MS = 1.0
@@ -255,44 +254,6 @@ async def nightly(client: Any, db_url: str, library: Path, cards: Path, at: date
 # ------------------------------------------------------------------------------------------------- the intake
 
 
-class Api:
-    """`playbook api` in its own process."""
-
-    def __init__(self, folder: Path, env: dict[str, str], name: str) -> None:
-        self.port = free_port()
-        self.log = folder / f"api-{name}.log"
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def __aenter__(self) -> Api:
-        import httpx
-
-        args = [sys.executable, "-m", "engine.cli", "api", "--port", str(self.port)]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.perf_counter() + 60
-        async with httpx.AsyncClient() as http:
-            while True:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"the API exited; see {self.log}:\n{self.log.read_text()[-3000:]}")
-                try:
-                    if (await http.get(f"http://127.0.0.1:{self.port}/health")).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if time.perf_counter() > deadline:
-                    raise SystemExit(f"the API did not answer in 60 s; see {self.log}")
-                await asyncio.sleep(0.2)
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 async def post_one(http: Any, event_id: str, accounts: int, rng: random.Random) -> float:
     """One signed support.ticket_opened for an existing account; its latency in ms."""
     from api.security import sign
@@ -332,7 +293,7 @@ async def intake(server: Any, folder: Path, db_url: str, library: Path, cards: P
     off_env = {**base, "PLAYBOOK_SCORECARDS": str(folder / "no-scorecards")}
     rng = random.Random(15)
     results: dict[str, list[float]] = {"on": [], "off": []}
-    async with Api(folder, on_env, "on") as on, Api(folder, off_env, "off") as off:
+    async with ApiProcess(folder / "api-on.log", on_env) as on, ApiProcess(folder / "api-off.log", off_env) as off:
         ports = {"on": on.port, "off": off.port}
         clients = {k: httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=60) for k, p in ports.items()}
         try:

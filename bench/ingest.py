@@ -48,7 +48,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stack import ROOT, TEAM, crm_database, dev_server, free_port, playbook, quiet_logs  # noqa: E402
+from bench._stack import (  # noqa: E402
+    ROOT,
+    TEAM,
+    ApiProcess,
+    crm_database,
+    dev_server,
+    playbook,
+    quiet_logs,
+    stop,
+)
 
 GOAL_RATIO = 0.8
 GOAL_P99_MS = 100.0
@@ -154,39 +163,9 @@ def serve_api(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None)
 
 
-class Api:
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = folder / "api.log"
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> Api:
-        import httpx
-
-        args = [sys.executable, __file__, "--serve-api", str(self.port)]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.perf_counter() + 60
-        async with httpx.AsyncClient() as http:
-            while True:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"the API exited; see {self.log}:\n{self.log.read_text()[-3000:]}")
-                try:
-                    if (await http.get(f"{self.url}/health")).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if time.perf_counter() > deadline:
-                    raise SystemExit(f"the API did not answer in 60 s; see {self.log}")
-                await asyncio.sleep(0.2)
-
-    async def __aexit__(self, *exc: Any) -> None:
-        stop(self.process)
+def serving_api(port: int) -> list[str]:
+    """This file's --serve-api on the port: `playbook api` with the intake's timers."""
+    return [sys.executable, __file__, "--serve-api", str(port)]
 
 
 class Worker:
@@ -219,16 +198,6 @@ class Worker:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
         stop(self.process)
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process and process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ------------------------------------------------------------------------------ the phases
@@ -496,7 +465,7 @@ async def bench(events: int, concurrency: int, load: float, profile: bool) -> in
                 "PLAYBOOK_EVENT_SIGNING_SECRET": SECRET,
                 "PLAYBOOK_LOG_FORMAT": "json",
             }
-            async with Worker(folder, env) as worker, Api(folder, env) as api:
+            async with Worker(folder, env) as worker, ApiProcess(folder / "api.log", env, serving_api) as api:
                 assert server.process and worker.process and api.process
                 limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
                 async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=60) as http:
@@ -627,7 +596,7 @@ async def breakdown(http: Any) -> None:
 
 
 async def profile_cpu(
-    http: Any, api: Api, worker: Worker, db_url: str, events: int, concurrency: int, folder: Path
+    http: Any, api: ApiProcess, worker: Worker, db_url: str, events: int, concurrency: int, folder: Path
 ) -> None:
     """One more API phase under py-spy (--gil: only the thread holding the GIL, Python running): where the API
     process spends its CPU."""
