@@ -88,7 +88,7 @@ def _nightly(db_url: str, cards: tuple[Any, ...], at: datetime, plan: str) -> li
         snapshot = read_account(s, "acc-1")
         assert snapshot is not None
         changes = health.recompute_many(s, [snapshot.account], cards, at, cause=f"nightly/{at.isoformat()}")
-        write_health_fields(s, health._crm_writes(changes))
+        write_health_fields(s, health.crm_writes(changes))
     return changes
 
 

@@ -504,7 +504,7 @@ class HealthActivities:
                 if retried:  # what an earlier attempt changed (and may not have sent or written) is found again
                     changes = changes_caused_by(s, cause, page.accounts, cards)
                 if builtin:  # the built-in CRM's fields in the same transaction (as an event's update writes them)
-                    write_health_fields(s, _crm_writes(changes))
+                    write_health_fields(s, crm_writes(changes))
                 return sum(1 for card_ids in held.values() if card_ids), changes
 
         scored, changes = await asyncio.to_thread(recompute_page)
@@ -515,7 +515,7 @@ class HealthActivities:
             await take_score_changes(client, req.task_queue, self.db_url, library, notable, self.crm)
         # a provider's cursor that does not move would page forever: a page without accounts ends the night
         after = page.after if page.accounts and page.after not in (None, "", req.after) else None
-        writes = [] if builtin else _crm_writes(changes)
+        writes = [] if builtin else crm_writes(changes)
         return HealthPageResult(after, len(page.accounts), scored, len(changes), len(notable), writes)
 
 
@@ -597,8 +597,9 @@ async def take_score_changes(
     return len(answers)
 
 
-def _crm_writes(changes: Sequence[ScoreChange]) -> list[HealthWrite]:
-    """What the CRM's health fields hold after these changes: the primary scorecard's score and band."""
+def crm_writes(changes: Sequence[ScoreChange]) -> list[HealthWrite]:
+    """What the CRM's health fields hold after these changes: the primary scorecard's score and band (the intake's,
+    a night's page and a scenario's writes)."""
     return [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
 
 

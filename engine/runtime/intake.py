@@ -42,7 +42,7 @@ from activities.crm import (
     write_health_fields,
 )
 from activities.errors import NotFoundError, ProviderError, RejectedError
-from activities.types import AccountSnapshot, HealthWrite
+from activities.types import AccountSnapshot
 from engine.interpreter.messages import EVENT_SIGNAL, Event, event_context
 from engine.language import expressions as ex
 from engine.language.model import Playbook, WaitForStep
@@ -51,7 +51,7 @@ from engine.storage import enrolled
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .health import SCORE_CHANGED, ScoreChange, update_for_event
+from .health import SCORE_CHANGED, ScoreChange, crm_writes, update_for_event
 from .runs import start_run
 
 log = structlog.get_logger("intake")
@@ -250,14 +250,9 @@ def _before_starts(
             health = update_for_event(
                 s, snapshot.account, event, scorecards, datetime.now(UTC), fields_changed=bool(account)
             )
-            write_health_fields(s, _crm_writes(health), {account_id: fields})
+            write_health_fields(s, crm_writes(health), {account_id: fields})
     snapshot = snapshot or AccountSnapshot(account={"id": account_id, "owner": None}, contacts=[], found=False)
     return Before(snapshot, runs, health)
-
-
-def _crm_writes(changes: Sequence[ScoreChange]) -> list[HealthWrite]:
-    """What the CRM's health fields hold after these changes: the primary scorecard's score and band."""
-    return [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary]
 
 
 def before_starts_in(
@@ -300,7 +295,7 @@ def before_starts_in(
         runs = enrolled.run_ids(s, account_id, listening)
     if scorecards and event is not None and snapshot.found:
         health = _health_in_engine(db_url, snapshot.account, event, scorecards, fields_changed=bool(account))
-    if writes := _crm_writes(health):
+    if writes := crm_writes(health):
         try:
             crm.write_health(writes, datetime.now(UTC))
         except ProviderError as err:

@@ -44,7 +44,6 @@ from activities.email import OutboxProvider
 from activities.library import LibraryActivities
 from activities.playbook_activities import PlaybookActivities
 from activities.segments import segment_refusal
-from activities.types import HealthWrite
 from engine.interpreter.messages import WORKFLOW_NAME, Event, RunInput, RunResult, TimelineEntry
 from engine.language import health as hl
 from engine.language.durations import parse_duration
@@ -373,7 +372,7 @@ def record_health(
         crm_account = snapshot.account if snapshot else {"id": account_id}
         # a scenario's events carry no account fields: only the scorecards that read the event's type score again
         changes = runtime_health.update_for_event(s, crm_account, event, list(cards), at, fields_changed=False)
-        write_health_fields(s, [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary])
+        write_health_fields(s, runtime_health.crm_writes(changes))
         return changes
 
 
@@ -576,7 +575,7 @@ def nightly_recompute(
         if snapshot is None:
             return []
         changes = runtime_health.recompute(s, snapshot.account, list(cards), at, cause=f"nightly/{at.isoformat()}")
-        write_health_fields(s, [HealthWrite(c.account_id, c.score, c.band) for c in changes if c.primary])
+        write_health_fields(s, runtime_health.crm_writes(changes))
         return changes
 
 
