@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,14 +34,14 @@ _INSERT_HISTORY = insert(_HISTORY)
 
 @functools.lru_cache(maxsize=4)
 def _insert_new_values(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING (scorecard, measure): a (scorecard, measure) the event gave before
-    is skipped by the unique key in the same statement, and the rows inserted come back (SQLite, PostgreSQL)."""
-    from sqlalchemy.dialects import postgresql, sqlite
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING (scorecard, measure) on PostgreSQL: a (scorecard, measure) the
+    event gave before is skipped by the unique key in the same statement, and the rows inserted come back (SQLite
+    runs the same statement as the driver's own text: add_event_values)."""
+    from sqlalchemy.dialects import postgresql
 
-    makers: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    if dialect not in makers:
+    if dialect != "postgresql":
         return None
-    return (makers[dialect](_VALUES).on_conflict_do_nothing(index_elements=["event_id", "scorecard_id", "measure_id"])
+    return (postgresql.insert(_VALUES).on_conflict_do_nothing(index_elements=["event_id", "scorecard_id", "measure_id"])
             .returning(_VALUES.c.scorecard_id, _VALUES.c.measure_id))
 
 
@@ -163,27 +163,44 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
     window, so an account's rows are the events of its windows."""
     if not queries:
         return {}
-    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
-    since = [q.since for q in queries]
-    widest = None if any(x is None for x in since) else min(utc(x) for x in since if x is not None)
+    wanted, widest, bounds = _windows(queries, utc)
     params: dict[str, Any] = {"account_id": account_id}
     if widest is not None:
         params["since"] = widest
     found: dict[tuple[str, str], float] = {}
-    bounds = {key: (utc(q.since) if q.since is not None else None) for key, q in wanted.items()}
     for card, measure, at, value in s.execute(_account_rows(widest is not None), params):
-        key = (card, measure)
-        q = wanted.get(key)
-        if q is None:
-            continue
-        bound = bounds[key]
-        if bound is not None and utc(at) <= bound:
-            continue
-        if q.last:
-            found[key] = float(value)  # in time order: the last one stays
-        else:
-            found[key] = found.get(key, 0.0) + float(value)
+        _add_value(found, wanted, bounds, card, measure, utc(at), value)
     return found
+
+
+_Key = tuple[str, str]
+
+
+def _windows(queries: Sequence[MeasureQuery], stored: Callable[[datetime], Any]) -> tuple[
+    dict[_Key, MeasureQuery], Any, dict[_Key, Any]
+]:
+    """How an account's recorded values are read (account_event_values, account_state): the measures by (scorecard,
+    measure), where the widest window starts (None: a measure has no window), and where each measure's starts; the
+    times as ``stored`` gives them (as the rows come back: aware datetimes, or SQLite's text)."""
+    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
+    starts = [q.since for q in queries]
+    widest = None if any(x is None for x in starts) else stored(min(x for x in starts if x is not None))
+    bounds = {key: (stored(q.since) if q.since is not None else None) for key, q in wanted.items()}
+    return wanted, widest, bounds
+
+
+def _add_value(found: dict[_Key, float], wanted: Mapping[_Key, MeasureQuery], bounds: Mapping[_Key, Any], card: str,
+               measure: str, at: Any, value: float) -> None:
+    """One recorded value (rows in time order) into its measure's value: the sum, or the last one; nothing when no
+    measure asked wants it or it is outside its measure's window."""
+    key = (card, measure)
+    q = wanted.get(key)
+    if q is None:
+        return
+    bound = bounds[key]
+    if bound is not None and at <= bound:
+        return
+    found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
 
 
 # An account's score rows and recorded values in one statement (SQLite: no row locks to take first), ordered as the
@@ -206,14 +223,11 @@ def account_state(
     (``lock``: the score rows locked first, PostgreSQL)."""
     if s.get_bind().dialect.name != "sqlite":
         return scores_of_account(s, account_id, lock=lock), account_event_values(s, account_id, queries)
-    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
-    since = [q.since for q in queries]
-    widest = None if not queries or any(x is None for x in since) else min(x for x in since if x is not None)
+    wanted, widest, bounds = _windows(queries, _sqlite_time) if queries else ({}, None, {})
     params: tuple[Any, ...] = (account_id, account_id)
     if widest is not None:
-        params += (_sqlite_time(widest),)
+        params += (widest,)
     sql = _RAW_ACCOUNT_STATE.format(window="AND at > ? " if widest is not None else "")
-    bounds = {key: (_sqlite_time(q.since) if q.since is not None else None) for key, q in wanted.items()}
     scores: dict[str, ScoreRow] = {}
     found: dict[tuple[str, str], float] = {}
     for kind, card, measure, at, value, band, components, version, previous, previous_band, _ in (
@@ -223,14 +237,7 @@ def account_state(
             scores[card] = ScoreRow(account_id, card, value, band, list(json.loads(components) if components else []),
                                     _from_sqlite_time(at), version, previous, previous_band)
             continue
-        key = (card, measure)
-        q = wanted.get(key)
-        if q is None:
-            continue
-        bound = bounds[key]
-        if bound is not None and at <= bound:
-            continue
-        found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
+        _add_value(found, wanted, bounds, card, measure, at, value)
     return scores, found
 
 
@@ -327,7 +334,7 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
     for the others."""
     known = set(known)
     new = list(new)
-    if _raw_sqlite(s, len(new)):
+    if _raw_sqlite(s):
         fresh = [r for r in new if (r.account_id, r.scorecard_id) not in known]
         _executemany(s, _RAW_INSERT_SCORE, [
             (r.account_id, r.scorecard_id, r.score, r.band, json.dumps(r.components), _sqlite_time(r.computed_at),
@@ -370,7 +377,6 @@ def delete_scores(s: Session, keys: Sequence[tuple[str, str]]) -> None:
 # times as naive UTC text with microseconds), without SQLAlchemy's per-row processing, which cost more than the
 # writes themselves for a nightly page's thousands of rows, and about half of an event's one or two (a prepared
 # statement's execution: 25-35 us rather than 60). Other databases: SQLAlchemy's.
-RAW_ROWS = 1
 _RAW_INSERT_SCORE = (
     "INSERT INTO health_scores (account_id, scorecard_id, score, band, components, computed_at, scorecard_version, "
     "previous_score, previous_band) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -385,8 +391,8 @@ _RAW_INSERT_HISTORY = (
 )
 
 
-def _raw_sqlite(s: Session, rows: int) -> bool:
-    return rows >= RAW_ROWS and s.get_bind().dialect.name == "sqlite"
+def _raw_sqlite(s: Session) -> bool:
+    return s.get_bind().dialect.name == "sqlite"
 
 
 def _sqlite_time(at: datetime) -> str:
@@ -422,7 +428,7 @@ def _history_row(r: Any) -> HistoryRow:
 
 
 def add_history(s: Session, rows: Sequence[HistoryRow]) -> None:
-    if _raw_sqlite(s, len(rows)):
+    if _raw_sqlite(s):
         _executemany(s, _RAW_INSERT_HISTORY, [
             (r.account_id, r.scorecard_id, r.score, r.band, _sqlite_time(r.computed_at), r.previous_score,
              r.previous_band, json.dumps(list(r.reasons)), r.cause)
