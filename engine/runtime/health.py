@@ -216,22 +216,27 @@ def left_segments(
     ScoreChange that sends nothing (a score that stops applying is no health event). When the scorecard was the
     account's primary one, the CRM's health fields now hold the new primary's score (a ScoreChange of it, unchanged,
     without history) or nothing. Scores on scorecards no longer in the folder (``known``) are left as they are."""
-    gone: list[tuple[str, str]] = []
-    for (account_id, card_id), old in stored.items():
+    gone = [(a, c) for a, c in stored if c in known and c not in held.get(a, ())]
+    if not gone:
+        return gone  # (every page and event: nothing left a segment)
+    first: dict[str, str] = {}  # account -> its primary scorecard before: the first (by id) it had a score on
+    for account_id, card_id in stored:
+        if card_id in known and (account_id not in first or card_id < first[account_id]):
+            first[account_id] = card_id
+    changed = {(c.account_id, c.scorecard_id) for c in changes}
+    written = {(w.account_id, w.scorecard_id): w for w in writes}
+    for account_id, card_id in gone:
+        old = stored[(account_id, card_id)]
         cards_now = held.get(account_id, ())
-        if card_id not in known or card_id in cards_now:
-            continue
-        gone.append((account_id, card_id))
         history.append(hs.HistoryRow(account_id, card_id, None, None, now, old.score, old.band, (), cause))
-        was_primary = card_id == min(c for a, c in stored if a == account_id and c in known)
+        was_primary = first[account_id] == card_id
         changes.append(ScoreChange(account_id, card_id, None, old.score, None, old.band, [], now, False,
                                    primary=was_primary and not cards_now))
         if was_primary and cards_now:
             new_primary = cards_now[0]
-            if any(c.account_id == account_id and c.scorecard_id == new_primary for c in changes):
-                continue  # its change, written after this one, is what the CRM gets
-            row = next((w for w in writes if (w.account_id, w.scorecard_id) == (account_id, new_primary)),
-                       stored.get((account_id, new_primary)))
+            if (account_id, new_primary) in changed:
+                continue  # the new primary's own change, made by this recompute, is what the CRM gets
+            row = written.get((account_id, new_primary), stored.get((account_id, new_primary)))
             score, band = (row.score, row.band) if row is not None else (None, None)  # not scored yet: nothing
             changes.append(ScoreChange(account_id, new_primary, score, score, band, band, [], now, False,
                                        primary=True))
