@@ -36,6 +36,7 @@ from engine.language.model import Playbook
 from engine.language.scorecard import Scorecard
 from engine.runtime import runs as run_service
 from engine.runtime.health import health_of
+from engine.storage import health as hs
 from engine.storage import health_overview as ho
 from engine.storage import models as t
 from engine.storage.db import session as db_session
@@ -431,7 +432,7 @@ def account_page(account_id: str, request: Request) -> Response:
                     "change": None if h.score is None or h.previous is None else h.score - h.previous,
                     "change_thirty": None if h.score is None or h.thirty_days is None else h.score - h.thirty_days,
                     "holding_down": hl.holding_down(h.scorecard_id, h.components),
-                    "history": ho.account_history(s, account_id, [h.scorecard_id], HISTORY_LIMIT),
+                    "history": hs.history(s, account_id, h.scorecard_id, HISTORY_LIMIT),  # with each cause
                 })
             runs, runs_total = ho.runs_of_account(s, account_id, LIST_LIMIT)
             s.expunge_all()

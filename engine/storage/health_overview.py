@@ -1,5 +1,5 @@
 """The book of accounts' health, for the ops page (docs/ops.md, "Health"): counts per band, recent band changes, the
-lowest scores, and one account's history with its causes.
+lowest scores, an account's runs (its history with causes is engine.storage.health.history).
 
 Read-only, plain SQLAlchemy Core over health_scores and health_history (engine/storage/health.py writes them), in
 the caller's transaction, SQLite and PostgreSQL alike. Made for 100,000 accounts x 3 scorecards: the counts are one
@@ -9,7 +9,6 @@ scorecard ids, bands, numbers, measure ids and titles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,18 +99,6 @@ def lowest(s: Session, scorecard_id: str, band: str, limit: int = 50) -> list[Sc
     )
     return [Scored(r.account_id, r.scorecard_id, r.score, r.band, utc(r.computed_at),
                    [x for x in (r.components or []) if isinstance(x, dict)]) for r in s.execute(query)]
-
-
-def account_history(s: Session, account_id: str, scorecard_ids: Sequence[str] | None = None,
-                    limit: int = 30) -> list[BandChange]:
-    """The account's changes of score (every scorecard's, or these scorecards'), newest first, at most ``limit``:
-    each with its cause (an event id, or nightly/<time>) and its reasons."""
-    h = _HISTORY.c
-    query = select(_HISTORY).where(h.account_id == account_id)
-    if scorecard_ids is not None:
-        query = query.where(h.scorecard_id.in_(list(scorecard_ids)))
-    rows = s.execute(query.order_by(h.computed_at.desc(), h.id.desc()).limit(limit))
-    return [_change(r) for r in rows]
 
 
 def runs_of_account(s: Session, account_id: str, limit: int = 50) -> tuple[list[t.RunProgress], int]:
