@@ -7,12 +7,12 @@ arithmetic is engine.language.health's and the bookkeeping engine.runtime.health
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -68,7 +68,7 @@ def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) 
         for r in rows:
             params += [event_id, r["account_id"], r["scorecard_id"], r["measure_id"], _sqlite_time(r["at"]),
                        r["value"]]
-        inserted = s.connection().exec_driver_sql(sql, tuple(params)).all()
+        inserted = _driver(s).execute(sql, params).fetchall()
         return len(inserted), len(rows) - len(inserted)
     statement = _insert_new_values(s.get_bind().dialect.name)
     if statement is not None:
@@ -163,56 +163,50 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
     window, so an account's rows are the events of its windows."""
     if not queries:
         return {}
-    wanted, widest, bounds = _windows(queries, utc)
+    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
+    starts = [q.since for q in queries]
+    widest = None if any(x is None for x in starts) else utc(min(x for x in starts if x is not None))
     params: dict[str, Any] = {"account_id": account_id}
     if widest is not None:
         params["since"] = widest
     found: dict[tuple[str, str], float] = {}
     for card, measure, at, value in s.execute(_account_rows(widest is not None), params):
-        _add_value(found, wanted, bounds, card, measure, utc(at), value)
+        q = wanted.get((card, measure))
+        if q is None or (q.since is not None and utc(at) <= utc(q.since)):
+            continue  # no measure asked for it, or outside its measure's window
+        key = (card, measure)
+        found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
     return found
 
 
-_Key = tuple[str, str]
-
-
-def _windows(queries: Sequence[MeasureQuery], stored: Callable[[datetime], Any]) -> tuple[
-    dict[_Key, MeasureQuery], Any, dict[_Key, Any]
-]:
-    """How an account's recorded values are read (account_event_values, account_state): the measures by (scorecard,
-    measure), where the widest window starts (None: a measure has no window), and where each measure's starts; the
-    times as ``stored`` gives them (as the rows come back: aware datetimes, or SQLite's text)."""
-    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
-    starts = [q.since for q in queries]
-    widest = None if any(x is None for x in starts) else stored(min(x for x in starts if x is not None))
-    bounds = {key: (stored(q.since) if q.since is not None else None) for key, q in wanted.items()}
-    return wanted, widest, bounds
-
-
-def _add_value(found: dict[_Key, float], wanted: Mapping[_Key, MeasureQuery], bounds: Mapping[_Key, Any], card: str,
-               measure: str, at: Any, value: float) -> None:
-    """One recorded value (rows in time order) into its measure's value: the sum, or the last one; nothing when no
-    measure asked wants it or it is outside its measure's window."""
-    key = (card, measure)
-    q = wanted.get(key)
-    if q is None:
-        return
-    bound = bounds[key]
-    if bound is not None and at <= bound:
-        return
-    found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
-
-
-# An account's score rows and recorded values in one statement (SQLite: no row locks to take first), ordered as the
-# two reads above order them; times as SQLAlchemy stores them on SQLite (naive UTC text with microseconds, which
-# compares as the times do).
-_RAW_ACCOUNT_STATE = (
+# An account's score rows and its measures' values in one statement (SQLite: no row locks to take first): the
+# score rows, then per scorecard and window the sums of its measures (grouped), and per `last` measure its newest
+# value, each read from the window index alone; what event_values reads for a page, in SQLite's own SUM (the same
+# sum the nightly pass gets), without sending the account's rows to Python.
+_STATE_SCORES = (
     "SELECT 0, scorecard_id, NULL, computed_at, score, band, components, scorecard_version, previous_score, "
-    "previous_band, 0 FROM health_scores WHERE account_id = ? "
-    "UNION ALL SELECT 1, scorecard_id, measure_id, at, value, NULL, NULL, NULL, NULL, NULL, id "
-    "FROM health_event_values WHERE account_id = ? {window}"
-    "ORDER BY 1, 4, 11"
+    "previous_band FROM health_scores WHERE account_id = ?"
 )
+_STATE_SUMS = (
+    "SELECT 1, scorecard_id, measure_id, NULL, SUM(value), NULL, NULL, NULL, NULL, NULL FROM health_event_values "
+    "WHERE account_id = ? AND scorecard_id = ? AND measure_id IN ({measures}){window} GROUP BY measure_id"
+)
+_STATE_LAST = (
+    "SELECT * FROM (SELECT 1, scorecard_id, measure_id, NULL, value, NULL, NULL, NULL, NULL, NULL "
+    "FROM health_event_values WHERE account_id = ? AND scorecard_id = ? AND measure_id = ?{window} "
+    "ORDER BY at DESC, id DESC LIMIT 1)"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _state_sql(shape: tuple[tuple[bool, int, bool], ...]) -> str:
+    """account_state's statement for queries of this shape: per part (last, how many measures, windowed)."""
+    parts = [_STATE_SCORES]
+    for last, measures, windowed in shape:
+        window = " AND at > ?" if windowed else ""
+        parts.append(_STATE_LAST.format(window=window) if last
+                     else _STATE_SUMS.format(measures=", ".join("?" * measures), window=window))
+    return " UNION ALL ".join(parts)
 
 
 def account_state(
@@ -223,21 +217,32 @@ def account_state(
     (``lock``: the score rows locked first, PostgreSQL)."""
     if s.get_bind().dialect.name != "sqlite":
         return scores_of_account(s, account_id, lock=lock), account_event_values(s, account_id, queries)
-    wanted, widest, bounds = _windows(queries, _sqlite_time) if queries else ({}, None, {})
-    params: tuple[Any, ...] = (account_id, account_id)
-    if widest is not None:
-        params += (widest,)
-    sql = _RAW_ACCOUNT_STATE.format(window="AND at > ? " if widest is not None else "")
+    sums: dict[tuple[str, datetime | None], list[str]] = {}  # as event_values: one part per scorecard and window
+    shape: list[tuple[bool, int, bool]] = []
+    params: list[Any] = [account_id]
+    for q in queries:
+        if q.last:
+            shape.append((True, 1, q.since is not None))
+            params += (account_id, q.scorecard_id, q.measure_id)
+            if q.since is not None:
+                params.append(_sqlite_time(q.since))
+        else:
+            sums.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
+    for (card, since), measures in sums.items():
+        shape.append((False, len(measures), since is not None))
+        params += (account_id, card, *measures)
+        if since is not None:
+            params.append(_sqlite_time(since))
     scores: dict[str, ScoreRow] = {}
     found: dict[tuple[str, str], float] = {}
-    for kind, card, measure, at, value, band, components, version, previous, previous_band, _ in (
-        s.connection().exec_driver_sql(sql, params)
+    for kind, card, measure, at, value, band, components, version, previous, previous_band in (
+        _driver(s).execute(_state_sql(tuple(shape)), params)
     ):
         if kind == 0:
-            scores[card] = ScoreRow(account_id, card, value, band, list(json.loads(components) if components else []),
+            scores[card] = ScoreRow(account_id, card, value, band, list(_loads(components) if components else []),
                                     _from_sqlite_time(at), version, previous, previous_band)
-            continue
-        _add_value(found, wanted, bounds, card, measure, at, value)
+        else:
+            found[(card, measure)] = float(value or 0.0)
     return scores, found
 
 
@@ -337,12 +342,12 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
     if _raw_sqlite(s):
         fresh = [r for r in new if (r.account_id, r.scorecard_id) not in known]
         _executemany(s, _RAW_INSERT_SCORE, [
-            (r.account_id, r.scorecard_id, r.score, r.band, json.dumps(r.components), _sqlite_time(r.computed_at),
+            (r.account_id, r.scorecard_id, r.score, r.band, _dumps(r.components), _sqlite_time(r.computed_at),
              r.scorecard_version, r.previous_score, r.previous_band)
             for r in fresh
         ])
         _executemany(s, _RAW_UPDATE_SCORE, [
-            (r.score, r.band, json.dumps(r.components), _sqlite_time(r.computed_at), r.scorecard_version,
+            (r.score, r.band, _dumps(r.components), _sqlite_time(r.computed_at), r.scorecard_version,
              r.previous_score, r.previous_band, r.account_id, r.scorecard_id)
             for r in new if (r.account_id, r.scorecard_id) in known
         ])
@@ -395,9 +400,26 @@ def _raw_sqlite(s: Session) -> bool:
     return s.get_bind().dialect.name == "sqlite"
 
 
+def _driver(s: Session) -> Any:
+    """The session's sqlite3 connection, in the session's transaction: an event's few statements executed by the
+    driver, without SQLAlchemy's result and event machinery around each (about 10 us a statement, a fifth of what
+    scoring added to an event's transaction)."""
+    return s.connection().connection.driver_connection
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of the health tables' components and reasons (ids, numbers, booleans): orjson, ten times faster than
+    json.dumps on a score's components; compact, which SQLAlchemy's JSON type reads back alike."""
+    return orjson.dumps(value).decode()
+
+
+_loads = orjson.loads
+
+
 def _sqlite_time(at: datetime) -> str:
-    """A time as SQLAlchemy's SQLite DateTime stores it (the window queries compare these texts)."""
-    return utc(at).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """A time as SQLAlchemy's SQLite DateTime stores it (the window queries compare these texts):
+    "%Y-%m-%d %H:%M:%S.%f", which isoformat writes in two thirds of strftime's time."""
+    return utc(at).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _from_sqlite_time(text: str) -> datetime:
@@ -405,8 +427,10 @@ def _from_sqlite_time(text: str) -> datetime:
 
 
 def _executemany(s: Session, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    if rows:
-        s.connection().exec_driver_sql(sql, rows)
+    if len(rows) == 1:
+        _driver(s).execute(sql, rows[0])
+    elif rows:
+        _driver(s).executemany(sql, rows)
 
 
 @dataclass(frozen=True)
@@ -431,7 +455,7 @@ def add_history(s: Session, rows: Sequence[HistoryRow]) -> None:
     if _raw_sqlite(s):
         _executemany(s, _RAW_INSERT_HISTORY, [
             (r.account_id, r.scorecard_id, r.score, r.band, _sqlite_time(r.computed_at), r.previous_score,
-             r.previous_band, json.dumps(list(r.reasons)), r.cause)
+             r.previous_band, _dumps(list(r.reasons)), r.cause)
             for r in rows
         ])
     elif rows:
