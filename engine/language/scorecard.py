@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -132,7 +133,18 @@ class Scorecard:
 
     def event_types(self) -> frozenset[str]:
         """The event types any measure reads."""
+        return self._event_types
+
+    @functools.cached_property
+    def _event_types(self) -> frozenset[str]:  # asked for each scorecard of every event taken: derived once
         return frozenset(m.source for m in self.measures if m.reads_events)
+
+    @functools.cached_property
+    def event_reads(self) -> tuple[tuple[str, bool, timedelta | None], ...]:
+        """(measure id, last, window) of each measure that reads events, in order: what an event's update and a
+        night's page ask the recorded values for (engine.runtime.health._queries), derived once."""
+        return tuple((m.id, m.kind == "last", timedelta(seconds=m.window_seconds) if m.window_seconds else None)
+                     for m in self.measures if m.reads_events)
 
     def band_of(self, score: float | None) -> str | None:
         """The first band whose `below` is above the score, else the last; None for no score."""

@@ -253,11 +253,9 @@ def recompute(s: Session, account: dict[str, Any], cards: Sequence[Scorecard], n
 
 
 def _queries(card: Scorecard, now: datetime) -> list[hs.MeasureQuery]:
-    return [
-        hs.MeasureQuery(card.id, m.id, m.kind == "last",
-                        now - timedelta(seconds=m.window_seconds) if m.window_seconds else None)
-        for m in card.measures if m.reads_events
-    ]
+    card_id = card.id
+    return [hs.MeasureQuery(card_id, measure_id, last, now - window if window is not None else None)
+            for measure_id, last, window in card.event_reads]
 
 
 def _previous_result(card: Scorecard, row: hs.ScoreRow) -> hl.HealthResult:

@@ -10,7 +10,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
@@ -82,8 +82,7 @@ def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) 
     return len(fresh), len(rows) - len(fresh)
 
 
-@dataclass(frozen=True)
-class MeasureQuery:
+class MeasureQuery(NamedTuple):  # a tuple: an event builds a few, a night's page a few per scorecard
     """One measure of one scorecard that reads events: ``last`` (the newest value) or the sum of the values (a count
     is a sum of ones) since ``since`` (None: no window)."""
 
