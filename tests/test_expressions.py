@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jinja2.runtime import Undefined
 
 from engine.language import expressions as ex
 from engine.language.expressions import ExpressionError, evaluate, render
@@ -441,3 +442,72 @@ def _written(lookup: tuple[str, list[tuple[str, bool]]]) -> str:
 def test_the_shortcut_matches_jinja_on_any_look_ups(context, pieces):
     source = "".join(pieces) or "{{ a }}"
     assert _outcome(render, source, context) == _outcome(ex.render_with_jinja, source, context)
+
+
+# ---------------------------------------------------------------- the shortcut for simple conditions
+
+
+def _same_outcome(outcome_a, outcome_b):
+    """Equal values of equal types (True is not 1 here), or errors with the same message. A bare look-up of what is
+    missing gives Jinja's undefined value itself (an error only once used), which compares to nothing."""
+    def plain(outcome):
+        kind, value = outcome
+        if isinstance(value, Undefined):
+            return "undefined", value._undefined_message, Undefined
+        return kind, value, type(value)
+    return plain(outcome_a) == plain(outcome_b)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'account.plan != "trial"', 'event.data.priority == "urgent"', "account.mrr >= 1000", "account.mrr < 1000.5",
+        'account.plan in ["pro", "enterprise"]', 'account.plan not in ("trial",)', "not account.vip",
+        'account.vip and account.plan == "pro"', "account.nothing or account.mrr", "account.mrr > 10 or account.gone",
+        "account.gone == 1", "account.items == 1", 'account.plan > 3', '"p" in account.plan', "account.tags",
+        "account.big == 1", "account.owner.lang == 'de'", "account['plan'] == 'pro'", "range == 1", "none == account.x",
+        "true", "account.mrr", "account.x is none", "account.mrr + 1 > 2", "-1 < account.mrr", "nobody.plan == 'x'",
+    ],
+)
+def test_the_shortcut_for_conditions_evaluates_as_jinja_does(source):
+    context = {"account": {"plan": "pro", "mrr": 1000, "vip": False, "nothing": 0, "x": None, "items": 1,
+                           "tags": ["a"], "big": 10**200, "owner": {"lang": "de"}},
+               "event": {"data": {"priority": "urgent"}}}
+    assert _same_outcome(_outcome(evaluate, source, context), _outcome(ex.evaluate_with_jinja, source, context))
+
+
+def test_the_shortcut_takes_the_usual_conditions_and_leaves_the_rest_to_jinja():
+    for source in ('account.plan != "trial"', 'event.data.priority == "urgent"', "a.b > 1 and not c.d in [1, 2]"):
+        assert ex._simple_expression(source) is not None, source
+    for source in ("account.mrr + 1 > 2", "account.name | upper == 'X'", "account.x is none", "x if y else z",
+                   "account.plan in [" + ", ".join(["1"] * 2000) + "]", "a == 1 == b"):
+        assert ex._simple_expression(source) is None, source
+
+
+_OPERATORS = st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "not in"])
+_LITERALS = st.one_of(
+    st.sampled_from(["1", "0", "1.5", "-1", "'a'", "''", "true", "false", "none", "[1, 'a']", "('a',)", "[]"]),
+    st.integers(-5, 5).map(str),
+)
+
+
+@st.composite
+def _conditions(draw, depth=0):
+    joins = ["and", "or", "not"] if depth < 3 else []
+    kind = draw(st.sampled_from(["compare", "compare", "lookup", "literal", *joins]))
+    if kind == "and" or kind == "or":
+        return f"({draw(_conditions(depth + 1))} {kind} {draw(_conditions(depth + 1))})"
+    if kind == "not":
+        return f"not {draw(_conditions(depth + 1))}"
+    operand = st.one_of(_LOOKUP.map(lambda lookup: _written(lookup)[3:-3]), _LITERALS)
+    if kind == "lookup":
+        return draw(_LOOKUP.map(lambda lookup: _written(lookup)[3:-3]))
+    if kind == "literal":
+        return draw(_LITERALS)
+    return f"{draw(operand)} {draw(_OPERATORS)} {draw(operand)}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(context=st.dictionaries(_NAMES, _VALUES, max_size=4), source=_conditions())
+def test_the_shortcut_matches_jinja_on_any_condition(context, source):
+    assert _same_outcome(_outcome(evaluate, source, context), _outcome(ex.evaluate_with_jinja, source, context))

@@ -793,6 +793,17 @@ def evaluate(source: str | bool, context: dict[str, Any]) -> Any:
     """Evaluates a bare expression (when, match, items)."""
     if isinstance(source, bool):
         return source
+    shortcut = _simple_expression(source)
+    if shortcut is not None:
+        try:
+            return shortcut(context)
+        except _AskJinja:
+            pass
+    return evaluate_with_jinja(source, context)
+
+
+def evaluate_with_jinja(source: str, context: dict[str, Any]) -> Any:
+    """evaluate() without its shortcut for simple comparisons: every expression through Jinja's sandbox."""
     try:
         expression = _compiled_expression(source)  # outside the budget, as in render()
     except (TemplateError, ArithmeticError, TypeError, ValueError, RecursionError) as err:
@@ -804,6 +815,102 @@ def evaluate(source: str | bool, context: dict[str, Any]) -> Any:
         raise ExpressionError(_describe(err)) from None
     finally:
         _BUDGET.reset(budget)
+
+
+# Most conditions are comparisons of look-ups with literals, joined by and/or/not: a scorecard's segment
+# (account.plan != "trial"), a measure's where (event.data.priority == "urgent"), a step's when. Those are
+# evaluated without Jinja, as the sandbox evaluates them: a look-up reads the keys of plain dicts (as the template
+# shortcut above), the operators are Python's (Jinja compiles them to the same), and and/or short-circuit and give
+# an operand back. Whatever could come out otherwise is Jinja's to say (_AskJinja): a missing name or key (the
+# StrictUndefined error), a key that is also a dict method, a value of another type, a comparison Python refuses.
+# None of these can reach the loop or step bounds, so skipping the budget changes nothing a replay could see.
+class _AskJinja(Exception):
+    """The shortcut cannot tell what Jinja would: evaluate the expression with Jinja."""
+
+
+_Evaluator = Callable[[dict[str, Any]], Any]
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "lteq": operator.le, "gt": operator.gt,
+    "gteq": operator.ge, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _simple_expression(source: str) -> _Evaluator | None:
+    """A function of the context giving the expression's value (or raising _AskJinja), when the expression is made
+    of look-ups, literals, comparisons, and, or, not; None otherwise."""
+    try:
+        parser = Parser(environment(), source, state="variable")
+        node = parser.parse_expression()
+        if not parser.stream.eos:
+            return None
+    except TemplateSyntaxError:
+        return None  # Jinja says why
+    if sum(1 for _ in node.find_all(nodes.Node)) >= _SIMPLE_NODES:
+        return None  # Jinja charges the budget a step per node: a literal list of 250,000 items is over it
+    return _simple(node)
+
+
+_SIMPLE_NODES = 1000
+
+
+def _simple(node: nodes.Node) -> _Evaluator | None:
+    if isinstance(node, nodes.Const):
+        if type(node.value) not in _PLAIN_VALUES:
+            return None
+        value = node.value
+        return lambda context: value
+    if isinstance(node, (nodes.List, nodes.Tuple)):
+        items = [item.value for item in node.items if isinstance(item, nodes.Const)]
+        if len(items) != len(node.items) or any(type(v) not in _PLAIN_VALUES for v in items):
+            return None
+        literal: Any = tuple(items) if isinstance(node, nodes.Tuple) else items
+        return lambda context: literal
+    if isinstance(node, nodes.Not):
+        inner = _simple(node.node)
+        return None if inner is None else (lambda context: not inner(context))
+    if isinstance(node, (nodes.And, nodes.Or)):
+        left, right = _simple(node.left), _simple(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node, nodes.And):
+            return lambda context: left(context) and right(context)
+        return lambda context: left(context) or right(context)
+    if isinstance(node, nodes.Compare):
+        if len(node.ops) != 1 or node.ops[0].op not in _COMPARISONS:
+            return None
+        first, second = _simple(node.expr), _simple(node.ops[0].expr)
+        if first is None or second is None:
+            return None
+        compare = _COMPARISONS[node.ops[0].op]
+
+        def comparison(context: dict[str, Any]) -> Any:
+            a, b = first(context), second(context)
+            try:
+                return compare(a, b)
+            except TypeError:
+                raise _AskJinja from None  # Jinja words the error
+        return comparison
+    chain = _chain(node)
+    if chain is None:
+        return None
+    name, keys = chain
+
+    def lookup(context: dict[str, Any]) -> Any:
+        value = context.get(name, _MISSING)
+        if value is _MISSING:
+            raise _AskJinja
+        for key in keys:
+            if type(value) is not dict or key in _DICT_ATTRIBUTES or key not in value:
+                raise _AskJinja
+            value = value[key]
+        if type(value) not in _PLAIN_VALUES or (type(value) is int and abs(value) > _LARGEST_PLAIN_INT):
+            raise _AskJinja
+        return value
+    return lookup
+
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------- analysis
