@@ -222,8 +222,9 @@ def before_starts(
     With ``scorecards`` (and the ``event``), the account's health scores are updated in the same transaction
     (engine.runtime.health.update_for_event) and the primary scorecard's score and band written into the account's
     fields ``health_score`` and ``health_band``; two posts of one event at once count nothing twice: the unique
-    (event id, scorecard, measure) skips the second's values (SQLite, PostgreSQL: it then answers the first's changes)
-    or refuses them (elsewhere: it runs again), and two first scores of one account the primary key (it runs again).
+    (account, scorecard, measure, event id) skips the second's values (SQLite, PostgreSQL: it then answers the
+    first's changes) or refuses them (elsewhere: it runs again), and two first scores of one account the primary key
+    (it runs again).
     """
     try:
         return _before_starts(db_url, event_id, account_id, account, contacts, listening, event, scorecards)

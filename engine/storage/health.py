@@ -23,7 +23,9 @@ _VALUES = t.HealthEventValue.__table__
 _SCORES = t.HealthScore.__table__
 _HISTORY = t.HealthHistory.__table__
 
-_SEEN = select(_VALUES.c.scorecard_id, _VALUES.c.measure_id).where(_VALUES.c.event_id == bindparam("event_id"))
+_SEEN = select(_VALUES.c.scorecard_id, _VALUES.c.measure_id).where(
+    _VALUES.c.account_id == bindparam("account_id"), _VALUES.c.event_id == bindparam("event_id")
+)
 _INSERT_VALUE = insert(_VALUES)
 _INSERT_SCORE = insert(_SCORES)
 _UPDATE_SCORE = update(_SCORES).where(
@@ -41,24 +43,27 @@ def _insert_new_values(dialect: str) -> Any:
 
     if dialect != "postgresql":
         return None
-    return (postgresql.insert(_VALUES).on_conflict_do_nothing(index_elements=["event_id", "scorecard_id", "measure_id"])
+    return (postgresql.insert(_VALUES).on_conflict_do_nothing(index_elements=_KEY)
             .returning(_VALUES.c.scorecard_id, _VALUES.c.measure_id))
+
+
+_KEY = ["account_id", "scorecard_id", "measure_id", "event_id"]  # the unique key (migration 0008)
 
 
 _RAW_INSERT_VALUES_HEAD = (
     "INSERT INTO health_event_values (event_id, account_id, scorecard_id, measure_id, at, value) VALUES "
 )
 _RAW_INSERT_VALUES_TAIL = (
-    " ON CONFLICT (event_id, scorecard_id, measure_id) DO NOTHING RETURNING scorecard_id, measure_id"
+    f" ON CONFLICT ({', '.join(_KEY)}) DO NOTHING RETURNING scorecard_id, measure_id"
 )
 
 
 def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
-    """Records what an event gives measures (rows: account_id, scorecard_id, measure_id, at, value); a (scorecard,
-    measure) the event already gave is left as it is. Returns (inserted, already there). One statement on SQLite and
-    PostgreSQL (insert, the unique key skipping what is there); elsewhere a read of what is there, then an insert:
-    two posts of one event at once, the unique (event id, scorecard, measure) refuses the second (IntegrityError:
-    the caller runs again)."""
+    """Records what an event gives measures (rows: account_id, scorecard_id, measure_id, at, value); an (account,
+    scorecard, measure) the event already gave is left as it is. Returns (inserted, already there). One statement on
+    SQLite and PostgreSQL (insert, the unique key skipping what is there); elsewhere a read of what is there, then an
+    insert: two posts of one event at once, the unique (account, scorecard, measure, event id) refuses the second
+    (IntegrityError: the caller runs again)."""
     if not rows:
         return 0, 0
     if s.get_bind().dialect.name == "sqlite":
@@ -74,9 +79,10 @@ def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) 
     if statement is not None:
         inserted = s.execute(statement, [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows]).all()
         return len(inserted), len(rows) - len(inserted)
-    seen = {(r.scorecard_id, r.measure_id) for r in s.execute(_SEEN, {"event_id": event_id})}
+    seen = {(account_id, r.scorecard_id, r.measure_id) for account_id in {r["account_id"] for r in rows}
+            for r in s.execute(_SEEN, {"account_id": account_id, "event_id": event_id})}
     fresh = [{**r, "event_id": event_id, "at": utc(r["at"])} for r in rows
-             if (r["scorecard_id"], r["measure_id"]) not in seen]
+             if (r["account_id"], r["scorecard_id"], r["measure_id"]) not in seen]
     if fresh:
         s.execute(_INSERT_VALUE, fresh)
     return len(fresh), len(rows) - len(fresh)
@@ -180,8 +186,8 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
 
 # An account's score rows and its measures' values in one statement (SQLite: no row locks to take first): the
 # score rows, then per scorecard and window the sums of its measures (grouped), and per `last` measure its newest
-# value, each read from the window index alone; what event_values reads for a page, in SQLite's own SUM (the same
-# sum the nightly pass gets), without sending the account's rows to Python.
+# value, each read through the unique key (led by the account); what event_values reads for a page, in SQLite's own
+# SUM (the same sum the nightly pass gets), without sending the account's rows to Python.
 _STATE_SCORES = (
     "SELECT 0, scorecard_id, NULL, computed_at, score, band, components, scorecard_version, previous_score, "
     "previous_band FROM health_scores WHERE account_id = ?"

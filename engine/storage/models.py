@@ -296,17 +296,19 @@ class RunStepProgress(Base):
 
 class HealthEventValue(Base):
     """What one event gives one measure of one scorecard (docs/health.md): 1 for a count, the number for a sum or a
-    last value; once per (event id, scorecard, measure), so a repeated event counts once. No personal data: ids, the
-    time and a number."""
+    last value; once per (account, scorecard, measure, event id), so a repeated event counts once. No personal data:
+    ids, the time and a number."""
 
     __tablename__ = "health_event_values"
+    # One index, the unique key, led by the account: a measure's window is read through it (the night keeps only
+    # what is in a window), and an event's values go to the account's pages (migration 0008)
     __table_args__ = (
-        UniqueConstraint("event_id", "scorecard_id", "measure_id"),
-        Index("ix_health_event_values_window", "account_id", "scorecard_id", "measure_id", "at"),
+        UniqueConstraint("account_id", "scorecard_id", "measure_id", "event_id",
+                         name="uq_health_event_values_account_event"),
     )
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(200))
-    account_id: Mapped[str] = mapped_column(String(200))  # its look-ups use the window index, which starts with it
+    account_id: Mapped[str] = mapped_column(String(200))
     scorecard_id: Mapped[str] = mapped_column(String(200))
     measure_id: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]  # when the event happened (its occurred_at, else when it was taken)
