@@ -721,6 +721,25 @@ def _lookups_only(source: str) -> tuple[str | _Lookup, ...] | None:
     return tuple(parts)
 
 
+_MISSING = object()
+
+
+def _plain_lookup(context: dict[str, Any], name: str, keys: tuple[str, ...]) -> Any:
+    """``name.key.key...`` read through plain dicts to a plain value (str, int, float, bool, None), as the sandbox
+    reads it; _MISSING where Jinja has to say (a missing name or key, a key that is also a dict method, a value of
+    another type, an int of over 100 digits)."""
+    value = context.get(name, _MISSING)
+    if value is _MISSING:
+        return _MISSING
+    for key in keys:
+        if type(value) is not dict or key in _DICT_ATTRIBUTES or key not in value:
+            return _MISSING
+        value = value[key]
+    if type(value) not in _PLAIN_VALUES or (type(value) is int and abs(value) > _LARGEST_PLAIN_INT):
+        return _MISSING
+    return value
+
+
 def _render_lookups(parts: tuple[str | _Lookup, ...], context: dict[str, Any]) -> str | None:
     """The text, or None where Jinja has to say (see _lookups_only)."""
     out: list[str] = []
@@ -728,15 +747,8 @@ def _render_lookups(parts: tuple[str | _Lookup, ...], context: dict[str, Any]) -
         if isinstance(part, str):
             out.append(part)
             continue
-        name, keys = part
-        if name not in context:
-            return None
-        value = context[name]
-        for key in keys:
-            if type(value) is not dict or key in _DICT_ATTRIBUTES or key not in value:
-                return None
-            value = value[key]
-        if type(value) not in _PLAIN_VALUES or (type(value) is int and abs(value) > _LARGEST_PLAIN_INT):
+        value = _plain_lookup(context, *part)
+        if value is _MISSING:
             return None
         out.append(str(value))
     text = "".join(out)
@@ -897,20 +909,11 @@ def _simple(node: nodes.Node) -> _Evaluator | None:
     name, keys = chain
 
     def lookup(context: dict[str, Any]) -> Any:
-        value = context.get(name, _MISSING)
+        value = _plain_lookup(context, name, keys)
         if value is _MISSING:
-            raise _AskJinja
-        for key in keys:
-            if type(value) is not dict or key in _DICT_ATTRIBUTES or key not in value:
-                raise _AskJinja
-            value = value[key]
-        if type(value) not in _PLAIN_VALUES or (type(value) is int and abs(value) > _LARGEST_PLAIN_INT):
             raise _AskJinja
         return value
     return lookup
-
-
-_MISSING = object()
 
 
 # ---------------------------------------------------------------- analysis
