@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -168,6 +170,17 @@ def serving_api(port: int) -> list[str]:
     return [sys.executable, __file__, "--serve-api", str(port)]
 
 
+def writable(db_path: str) -> bool:
+    """Whether SQLite's write lock on the database is free (taken and given back at once, waiting 0.2 s at most)."""
+    with contextlib.closing(sqlite3.connect(db_path, timeout=0.2, isolation_level=None)) as db:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        db.execute("ROLLBACK")
+        return True
+
+
 class Worker:
     """`python worker.py`, the production entry point, in its own process (JSON logs at INFO to a file): the bench
     process is then only the client, and its latencies are not held up by the worker's work."""
@@ -175,6 +188,7 @@ class Worker:
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.log = folder / "worker.log"
         self.env = env
+        self.db_path = env["PLAYBOOK_DATABASE_URL"].split("///", 1)[-1]
         self.process: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> Worker:
@@ -186,9 +200,20 @@ class Worker:
 
     def pause(self) -> None:
         """SIGSTOP: in production workers run on machines of their own; here they would take the two cores from
-        the API, the server and the client while events are timed. The runs wait for it at Temporal meanwhile."""
+        the API, the server and the client while events are timed. The runs wait for it at Temporal meanwhile.
+
+        A worker stopped inside a write transaction would keep SQLite's write lock while it is stopped, and every
+        write of the phase (the API's, the raw phase's seeding) would wait out the busy timeout and fail with
+        "database is locked": so once stopped, the database must take a write; if it does not, the worker goes
+        on for a moment and is stopped again."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        for _ in range(100):
+            self.process.send_signal(signal.SIGSTOP)
+            if writable(self.db_path):
+                return
+            self.process.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        raise SystemExit("the worker kept SQLite's write lock through 100 pauses")
 
     def resume(self) -> None:
         assert self.process is not None
