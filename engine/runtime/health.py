@@ -406,7 +406,7 @@ def health_of(s: Session, account_id: str, history_limit: int = 30) -> list[Acco
     """The account's scores (one per scorecard that scored it, by scorecard id), with trend and history."""
     found = []
     for (_, card_id), row in sorted(hs.scores_of(s, [account_id]).items()):
-        changes = hs.history(s, account_id, card_id, history_limit)
+        changes = hs.history(s, account_id, card_id, history_limit) if history_limit > 0 else []
         then = hs.score_at(s, account_id, card_id, row.computed_at - timedelta(days=TREND_DAYS))
         found.append(AccountHealth(
             scorecard_id=card_id, score=row.score, band=row.band, computed_at=row.computed_at,
