@@ -203,6 +203,23 @@ def _settings_to_start(command: str):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
+def _health_nightly(command: str) -> str:
+    """PLAYBOOK_HEALTH_NIGHTLY (scenarios recompute health at its nights, as production does), or one line on stderr
+    saying why it cannot be used, and exit 2."""
+    from .language.meaning import cron_problem
+    from .runtime.settings import SettingsError, load_settings
+
+    try:
+        nightly = load_settings().health_nightly
+    except SettingsError as err:
+        print(f"playbook {command}: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if nightly and (why := cron_problem(nightly)) is not None:
+        print(f"playbook {command}: PLAYBOOK_HEALTH_NIGHTLY: {why}", file=sys.stderr)
+        raise typer.Exit(2)
+    return nightly
+
+
 async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore[no-untyped-def]
     import asyncio
     import signal
@@ -613,7 +630,7 @@ def test(
     if not scenarios:
         Console(stderr=True).print("no scenario files (*.scenario.yaml) found", markup=False)
         raise typer.Exit(2)
-    reports = asyncio.run(run_scenarios(scenarios))
+    reports = asyncio.run(run_scenarios(scenarios, nightly=_health_nightly("test")))
     if json_output:
         print(json.dumps({"scenarios": [r.as_json() for r in reports]}, indent=2))
     else:

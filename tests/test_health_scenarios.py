@@ -139,6 +139,26 @@ def test_tickets_leaving_the_window_change_the_score_at_that_night(tmp_path):
     assert report.nights == 4
 
 
+def test_the_nights_follow_playbook_health_nightly(tmp_path):
+    """Scenarios recompute at production's nights (PLAYBOOK_HEALTH_NIGHTLY, which `playbook test` passes): at 09:00
+    UTC the same changes come seven hours later than at 02:00; with the nightly recompute off, never."""
+    (tmp_path / "waits-recovery.yaml").write_text(WAITS_FOR_RECOVERY, encoding="utf-8")
+    script = "".join(urgent(at).replace("    -", "  -") for at in ("1h", "2h", "3h"))
+    text = (
+        "playbook: waits-recovery.yaml\nstart: { at: 2026-03-03T12:00:00Z, manual: true }\n" + ACCOUNT
+        + "script:\n" + script + "expect:\n  - { health: { score: 45.6, band: red }, at: 3h }\n"
+    )
+    path = tmp_path / "nights.scenario.yaml"
+    path.write_text(text, encoding="utf-8")
+    (at_nine,) = asyncio.run(run_scenarios([path], library=PLAYBOOKS, nightly="0 9 * * *"))
+    (never,) = asyncio.run(run_scenarios([path], library=PLAYBOOKS, nightly=""))
+
+    assert at_nine.passed and never.passed, (at_nine.failures, never.failures)
+    changes = [e["at"] for e in at_nine.timeline if e["kind"] == "health"]
+    assert changes == ["+4d21h", "+27d21h", "+30d21h"], at_nine.timeline
+    assert never.nights == 0 and not [e for e in never.timeline if e["kind"] == "health"]
+
+
 def test_no_nightly_work_for_a_playbook_that_does_not_listen_to_health(tmp_path):
     (tmp_path / "waits-long.yaml").write_text(
         "id: waits-long\ntitle: Waits\ntrigger: { manual: true }\nsteps:\n"

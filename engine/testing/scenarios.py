@@ -10,11 +10,11 @@ notable change becomes health.score_changed, delivered to the run like any event
 events alone (start.events): the run starts on the first of them, or of the score changes they cause, that its
 trigger accepts.
 
-As in production, scores are also recomputed at night (02:00 UTC, PLAYBOOK_HEALTH_NIGHTLY's default): windows slide,
-dates come closer, and a notable change is delivered like an event's. Only when it can matter (the library has
-scorecards and the playbook, or a playbook it runs, listens to health.score_changed, or the scenario checks health or
-starts from events), and only at the nights where a score can change (next_night_after): a run that waits a year
-wakes a few times, not 365.
+As in production, scores are also recomputed at night (PLAYBOOK_HEALTH_NIGHTLY, UTC; 02:00 by default; empty:
+never): windows slide, dates come closer, and a notable change is delivered like an event's. Only when it can matter
+(the library has scorecards and the playbook, or a playbook it runs, listens to health.score_changed, or the scenario
+checks health or starts from events), and only at the nights where a score can change (next_night_after): a run that
+waits a year wakes a few times, not 365.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from croniter import croniter
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
@@ -76,7 +77,7 @@ from .driver import (
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
 RUN_LIMIT = timedelta(days=3 * 365)  # simulated; a scenario past this is stuck
 SCENARIO_PUBLIC_URL = "http://127.0.0.1:8000"  # `playbook dev`'s API: where the outbox's unsubscribe links point
-NIGHT = (2, 0)  # the nightly health recompute's time of day, UTC: PLAYBOOK_HEALTH_NIGHTLY's default (0 2 * * *)
+DEFAULT_NIGHTLY = "0 2 * * *"  # when the nightly health recompute runs, UTC: PLAYBOOK_HEALTH_NIGHTLY's default
 
 
 @dataclass
@@ -122,7 +123,8 @@ def sqlite_database(folder: Path) -> str:
 
 
 async def run_scenarios(
-    paths: list[Path], library: Path | None = None, database: Callable[[Path], str] = sqlite_database
+    paths: list[Path], library: Path | None = None, database: Callable[[Path], str] = sqlite_database,
+    nightly: str = DEFAULT_NIGHTLY,
 ) -> list[ScenarioReport]:
     """Runs scenarios one after another, each on a fresh time-skipping server.
 
@@ -130,6 +132,8 @@ async def run_scenarios(
     clock it moved, the driver it ended) cannot hold the next one's time still.
     ``library``: where playbook ids resolve, for scenarios kept outside a library folder.
     ``database``: the URL of an empty database for a scenario, given its temporary folder.
+    ``nightly``: when the nightly health recompute runs (a cron expression, UTC; "": never), as
+    PLAYBOOK_HEALTH_NIGHTLY says it for production.
     """
     resolver = Resolver(extra=Library.load(library).playbooks if library else None)
     reports = []
@@ -137,7 +141,7 @@ async def run_scenarios(
         async with await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=test_server_path(), runtime=quiet_runtime()
         ) as env:
-            reports.append(await run_scenario(path, env, resolver, library, database))
+            reports.append(await run_scenario(path, env, resolver, library, database, nightly))
     return reports
 
 
@@ -147,6 +151,7 @@ async def run_scenario(
     resolver: Resolver | None = None,
     library_root: Path | None = None,
     database: Callable[[Path], str] = sqlite_database,
+    nightly: str = DEFAULT_NIGHTLY,
 ) -> ScenarioReport:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -156,7 +161,7 @@ async def run_scenario(
         return ScenarioReport(str(path), False, [p.header() for p in checked.problems] or ["playbook not found"])
     tmp = Path(tempfile.mkdtemp(prefix="scenario-"))
     try:
-        report = await run_checked(path, checked.data, checked.playbook, env, database(tmp), library_root)
+        report = await run_checked(path, checked.data, checked.playbook, env, database(tmp), library_root, nightly)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report.seconds = loop.time() - started
@@ -170,9 +175,10 @@ async def run_checked(
     env: WorkflowEnvironment,
     db_url: str,
     library_root: Path | None,
+    nightly: str = DEFAULT_NIGHTLY,
 ) -> ScenarioReport:
     """A validated scenario on the given server and database, which it leaves as they are (playbook diff reads the
-    emails and tasks a run made from them)."""
+    emails and tasks a run made from them). ``nightly``: as run_scenarios."""
     migrate(db_url)
     if data.get("policy"):  # the scenario's own policy replaces the library's for this run
         playbook = dataclasses.replace(playbook, policy=build_policy(data["policy"], str(path)))
@@ -270,9 +276,10 @@ async def run_checked(
         except RPCError:
             return False
 
-    nightly = bool(cards) and (_uses_health(data) or listens_to_health(playbook, roots))
+    at_night = bool(cards) and bool(nightly) and (_uses_health(data) or listens_to_health(playbook, roots))
     intake = ScenarioIntake(
-        db_url, account["id"], playbook, cards, start_at, offset, start, open_gate, nightly=nightly, alive=run_alive
+        db_url, account["id"], playbook, cards, start_at, offset, start, open_gate, nightly=nightly if at_night else "",
+        alive=run_alive,
     )
     first_night = await intake.next_night(0.0)
     driver_activities = DriverActivities(client, db_url, policy.opt_out_categories(), intake)
@@ -392,7 +399,7 @@ class ScenarioIntake:
         start: Callable[[Event], Any],
         open_gate: Callable[[bool], Any],
         *,
-        nightly: bool = False,
+        nightly: str = "",
         alive: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.db_url, self.account_id, self.playbook, self.cards = db_url, account_id, playbook, list(cards)
@@ -402,7 +409,8 @@ class ScenarioIntake:
         self.started = False
         self.refusals: list[str] = []
         self.taken = 0
-        self.nightly_on = nightly and bool(self.cards)  # whether the scenario recomputes at night at all
+        self.night_cron = nightly  # when the nights are (cron, UTC); "": the scenario does not recompute at night
+        self.nightly_on = bool(nightly) and bool(self.cards)
         self.alive = alive
         self.finished = False  # the run ended (or never started): no more nights
         self.nights = 0  # nightly recomputes run
@@ -467,7 +475,8 @@ class ScenarioIntake:
             return None
         moment = self.start_at + timedelta(seconds=after or 0.0)
         night = await asyncio.to_thread(
-            next_night_after, self.db_url, self.account_id, self.cards, moment, self.start_at, self.nights > 0
+            next_night_after, self.db_url, self.account_id, self.cards, moment, self.start_at, self.nights > 0,
+            self.night_cron,
         )
         return None if night is None else (night - self.start_at).total_seconds()
 
@@ -501,11 +510,14 @@ def listens_to_health(playbook: Playbook, roots: Sequence[Path] = ()) -> bool:
     return False
 
 
-def night_at_or_after(moment: datetime) -> datetime:
-    """The first night (02:00 UTC) at or after ``moment``."""
+def night_at_or_after(moment: datetime, nightly: str = DEFAULT_NIGHTLY) -> datetime:
+    """The first night (a tick of the cron expression ``nightly``, UTC) at or after ``moment``."""
     moment = moment.astimezone(UTC)
-    night = moment.replace(hour=NIGHT[0], minute=NIGHT[1], second=0, microsecond=0)
-    return night if night >= moment else night + timedelta(days=1)
+    ticks = croniter(nightly, moment.replace(microsecond=0) - timedelta(seconds=1))
+    night: datetime = ticks.get_next(datetime)
+    while night < moment:
+        night = ticks.get_next(datetime)
+    return night
 
 
 def _day_changes(measure: Measure, account: dict[str, Any], since: datetime, until: datetime) -> Iterator[datetime]:
@@ -527,14 +539,17 @@ def _day_changes(measure: Measure, account: dict[str, Any], since: datetime, unt
 
 
 def next_night_after(
-    db_url: str, account_id: str, cards: Sequence[Scorecard], after: datetime, start_at: datetime, first_done: bool
+    db_url: str, account_id: str, cards: Sequence[Scorecard], after: datetime, start_at: datetime, first_done: bool,
+    nightly: str = DEFAULT_NIGHTLY,
 ) -> datetime | None:
     """The first night after ``after`` at which the account's scores can change by time alone: the first night of
     the scenario (it scores an account no event has), a night at which a recorded event has left its measure's
     window, or one at which a days_until/days_since measure crosses a threshold. None: no such night before the
     scenario's limit. The account's fields as they are now (a field a run writes counts from the next such night)."""
     after, limit = utc(after), utc(start_at) + RUN_LIMIT
-    candidates: list[datetime] = [] if first_done else [night_at_or_after(start_at + timedelta(microseconds=1))]
+    candidates: list[datetime] = [] if first_done else [
+        night_at_or_after(start_at + timedelta(microseconds=1), nightly)
+    ]
     with Session(engine_for(db_url)) as s:
         snapshot = read_account(s, account_id)
         account = snapshot.account if snapshot is not None else {"id": account_id}
@@ -556,10 +571,10 @@ def next_night_after(
         for measure in card.measures:
             if measure.kind in ("days_until", "days_since"):
                 for midnight in _day_changes(measure, account, after, limit):
-                    if night_at_or_after(midnight) > after:
+                    if night_at_or_after(midnight, nightly) > after:
                         candidates.append(midnight)
                         break
-    nights = [n for n in map(night_at_or_after, candidates) if after < n <= limit]
+    nights = [n for n in (night_at_or_after(c, nightly) for c in candidates) if after < n <= limit]
     return min(nights, default=None)
 
 
