@@ -5,7 +5,8 @@ account.signed_up events start trial-follow-up for five trial accounts, which wa
 trial ends; one then subscribes (the goal) and one cancels (an exit). The funnel is the one the runs kept
 themselves (run_progress). Olga signs in with an ops token, sees the library, opens trial-follow-up: the SVG
 chart and the tables say the same numbers as GET /playbooks/trial-follow-up/funnel; she opens a live run's
-timeline, which the worker answers. A CSM token is refused with a 403 page.
+timeline, which the worker answers. Three urgent tickets turn a paying customer red: the health page's chart, band
+table and band changes, and the account's page, show it. A CSM token is refused with a 403 page.
 
 A screenshot of the playbook's page is saved in the test's tmp dir, and copied to docs/ops.png when
 PLAYBOOK_UPDATE_DOCS=1, so that a test run leaves the working tree as it was. No browser is downloaded: when
@@ -30,6 +31,7 @@ from tests.paths import ROOT
 DOCS_SCREENSHOT = ROOT / "docs" / "ops.png"
 PLAYBOOK = "trial-follow-up"
 ACCOUNTS = [f"acc-ops-{n}" for n in range(1, 6)]
+HEALTHY = "acc-ops-pro"  # a paying customer whose urgent tickets the health page shows
 
 require_browser()
 
@@ -149,6 +151,31 @@ def test_ops_see_the_library_a_funnel_and_a_runs_timeline_in_the_browser(tmp_pat
             expect(page.locator('[data-total="entered"]')).to_have_text("0")
             expect(page.get_by_role("img", name=f"Funnel of {PLAYBOOK}")).to_contain_text("No runs have entered yet")
             expect(page.get_by_text("No live runs.")).to_be_visible()
+
+            # health: three urgent tickets turn a customer red (scorecards/repricer-health.yaml); the header's
+            # Health link, the bands chart and table, the band change and the account's own page say so
+            pro = {"name": "Pro shop", "language": "en", "timezone": daytime_zone(), "owner": "csm-en", "plan": "pro",
+                   "mrr": 400}
+            for n in range(3):
+                ticket = event("support.ticket_opened", HEALTHY, {"priority": "urgent"}, pro if n == 0 else None)
+                assert stack.post_event(ticket).status_code == 200
+            query = "select band from health_scores where account_id = ? and scorecard_id = 'repricer-health'"
+            stack.wait_for(lambda: stack.db(query, HEALTHY) == [("red",)])
+            page.get_by_role("banner").get_by_role("link", name="Health").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Health")
+            card = page.locator('section[data-scorecard="repricer-health"]')
+            expect(card.get_by_role("img", name=re.compile("^Accounts per band of"))).to_be_visible()
+            expect(card.locator('tr[data-band="red"] td').first).to_have_text("1")
+            change = card.locator(f'table[id^="changes-"] tr[data-account="{HEALTHY}"]')
+            expect(change.locator("td").nth(1)).to_have_text("red")
+            expect(change).to_contain_text("Urgent tickets, 30 days")
+            expect(page.locator("main")).not_to_contain_text("@")
+            change.get_by_role("link", name=HEALTHY).click()
+            expect(page.get_by_role("heading", level=1)).to_have_text(f"Account {HEALTHY}")
+            score = page.locator('article[data-scorecard="repricer-health"]')
+            expect(score.locator('[data-fact="band"]')).to_have_text("red")
+            expect(score.locator('tr[data-measure="urgent_tickets"] td').first).to_have_text("3")
+            expect(page.locator("main")).not_to_contain_text("@")
 
             page.get_by_role("button", name="Sign out").click()
             expect(page.get_by_role("status")).to_have_text("Signed out.")
