@@ -766,7 +766,8 @@ def diff(
         from .testing.diff_scenarios import diff_scenarios, scenarios_of
 
         found = scenarios_of(new_file, after.playbook.id)
-        scenario_diffs = asyncio.run(diff_scenarios(found, before.playbook, after.playbook, new_file.resolve().parent))
+        scenario_diffs = asyncio.run(diff_scenarios(found, before.playbook, after.playbook, new_file.resolve().parent,
+                                                    nightly=_health_nightly("diff")))
     live_diff = None
     if live:
         try:

@@ -30,7 +30,7 @@ from engine.runtime.connect import quiet_runtime
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .scenarios import DEFAULT_START, offset_text, run_checked, sqlite_database, test_server_path
+from .scenarios import DEFAULT_NIGHTLY, DEFAULT_START, offset_text, run_checked, sqlite_database, test_server_path
 
 
 @dataclass
@@ -96,19 +96,21 @@ def scenarios_of(playbook_file: Path, playbook_id: str) -> list[Path]:
 
 
 async def diff_scenarios(
-    paths: list[Path], old: Playbook, new: Playbook, library: Path | None = None
+    paths: list[Path], old: Playbook, new: Playbook, library: Path | None = None, nightly: str = DEFAULT_NIGHTLY
 ) -> list[ScenarioDiff]:
-    """Every scenario on both versions, one after the other, each run on a fresh time-skipping server."""
+    """Every scenario on both versions, one after the other, each run on a fresh time-skipping server (health
+    recomputed at the nights of ``nightly``, as run_scenarios)."""
     results = []
     for path in paths:
-        before = await run_on(path, old, library)
-        after = await run_on(path, new, library)
+        before = await run_on(path, old, library, nightly=nightly)
+        after = await run_on(path, new, library, nightly=nightly)
         results.append(ScenarioDiff(str(path), before, after, differences(before, after)))
     return results
 
 
 async def run_on(
-    path: Path, playbook: Playbook, library: Path | None = None, database: Callable[[Path], str] = sqlite_database
+    path: Path, playbook: Playbook, library: Path | None = None, database: Callable[[Path], str] = sqlite_database,
+    nightly: str = DEFAULT_NIGHTLY,
 ) -> Behaviour:
     """One scenario on one version: what `playbook test` would run, with what it did kept."""
     checked = validate_scenario_file(path, lambda _reference, _scenario: playbook)
@@ -125,7 +127,7 @@ async def run_on(
             async with await WorkflowEnvironment.start_time_skipping(
                 test_server_existing_path=test_server_path(), runtime=quiet_runtime()
             ) as env:
-                report = await run_checked(path, checked.data, checked.playbook, env, db_url, library)
+                report = await run_checked(path, checked.data, checked.playbook, env, db_url, library, nightly)
         except Exception as err:  # noqa: BLE001 - one scenario that cannot run is reported, the others still run
             behaviour.error = f"{type(err).__name__}: {err}"
             return behaviour
