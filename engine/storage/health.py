@@ -17,7 +17,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
-from engine.storage.db import in_chunks, utc
+from engine.storage.db import in_chunks, sqlite_driver, utc
 
 _VALUES = t.HealthEventValue.__table__
 _SCORES = t.HealthScore.__table__
@@ -66,14 +66,14 @@ def add_event_values(s: Session, event_id: str, rows: Sequence[dict[str, Any]]) 
     (IntegrityError: the caller runs again)."""
     if not rows:
         return 0, 0
-    if s.get_bind().dialect.name == "sqlite":
+    if (driver := sqlite_driver(s)) is not None:
         # one execution of the driver's: SQLAlchemy's insertmanyvalues with RETURNING cost twice the insert
         sql = _RAW_INSERT_VALUES_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)) + _RAW_INSERT_VALUES_TAIL
         params: list[Any] = []
         for r in rows:
             params += [event_id, r["account_id"], r["scorecard_id"], r["measure_id"], _sqlite_time(r["at"]),
                        r["value"]]
-        inserted = _driver(s).execute(sql, params).fetchall()
+        inserted = driver.execute(sql, params).fetchall()
         return len(inserted), len(rows) - len(inserted)
     statement = _insert_new_values(s.get_bind().dialect.name)
     if statement is not None:
@@ -123,16 +123,22 @@ def _last_query(windowed: bool) -> Any:
     return query.where(_VALUES.c.at > bindparam("since")) if windowed else query
 
 
+def _sum_groups(queries: Sequence[MeasureQuery]) -> dict[tuple[str, datetime | None], list[str]]:
+    """The summed measures (counts and sums) by scorecard and window start: one grouped read each."""
+    groups: dict[tuple[str, datetime | None], list[str]] = {}
+    for q in queries:
+        if not q.last:
+            groups.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
+    return groups
+
+
 def event_values(
     s: Session, account_ids: Sequence[str], queries: Sequence[MeasureQuery]
 ) -> dict[tuple[str, str, str], float]:
     """(account, scorecard, measure) -> the measure's value from the events recorded: the sum over the window (an
     absent key: no event in it), or the last value. Sums: one grouped query per window and scorecard."""
     found: dict[tuple[str, str, str], float] = {}
-    sums: dict[tuple[str, datetime | None], list[str]] = {}
-    for q in queries:
-        if not q.last:
-            sums.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
+    sums = _sum_groups(queries)
     for ids in in_chunks(list(account_ids), 500):
         for (card, since), measures in sums.items():
             params: dict[str, Any] = {"account_ids": list(ids), "scorecard_id": card, "measure_ids": measures}
@@ -220,9 +226,9 @@ def account_state(
     """scores_of_account and account_event_values together (an event's update): the account's stored scores by
     scorecard, and its measures' values by (scorecard, measure). One statement on SQLite; elsewhere the two reads
     (``lock``: the score rows locked first, PostgreSQL)."""
-    if s.get_bind().dialect.name != "sqlite":
+    driver = sqlite_driver(s)
+    if driver is None:
         return scores_of_account(s, account_id, lock=lock), account_event_values(s, account_id, queries)
-    sums: dict[tuple[str, datetime | None], list[str]] = {}  # as event_values: one part per scorecard and window
     shape: list[tuple[bool, int, bool]] = []
     params: list[Any] = [account_id]
     for q in queries:
@@ -231,9 +237,7 @@ def account_state(
             params += (account_id, q.scorecard_id, q.measure_id)
             if q.since is not None:
                 params.append(_sqlite_time(q.since))
-        else:
-            sums.setdefault((q.scorecard_id, q.since), []).append(q.measure_id)
-    for (card, since), measures in sums.items():
+    for (card, since), measures in _sum_groups(queries).items():  # as event_values: a part per scorecard and window
         shape.append((False, len(measures), since is not None))
         params += (account_id, card, *measures)
         if since is not None:
@@ -241,7 +245,7 @@ def account_state(
     scores: dict[str, ScoreRow] = {}
     found: dict[tuple[str, str], float] = {}
     for kind, card, measure, at, value, band, components, version, previous, previous_band in (
-        _driver(s).execute(_state_sql(tuple(shape)), params)
+        driver.execute(_state_sql(tuple(shape)), params)
     ):
         if kind == 0:
             scores[card] = ScoreRow(account_id, card, value, band, list(_loads(components) if components else []),
@@ -344,14 +348,14 @@ def write_scores(s: Session, new: Iterable[ScoreRow], known: Iterable[tuple[str,
     for the others."""
     known = set(known)
     new = list(new)
-    if _raw_sqlite(s):
+    if (driver := sqlite_driver(s)) is not None:
         fresh = [r for r in new if (r.account_id, r.scorecard_id) not in known]
-        _executemany(s, _RAW_INSERT_SCORE, [
+        _executemany(driver, _RAW_INSERT_SCORE, [
             (r.account_id, r.scorecard_id, r.score, r.band, _dumps(r.components), _sqlite_time(r.computed_at),
              r.scorecard_version, r.previous_score, r.previous_band)
             for r in fresh
         ])
-        _executemany(s, _RAW_UPDATE_SCORE, [
+        _executemany(driver, _RAW_UPDATE_SCORE, [
             (r.score, r.band, _dumps(r.components), _sqlite_time(r.computed_at), r.scorecard_version,
              r.previous_score, r.previous_band, r.account_id, r.scorecard_id)
             for r in new if (r.account_id, r.scorecard_id) in known
@@ -401,17 +405,6 @@ _RAW_INSERT_HISTORY = (
 )
 
 
-def _raw_sqlite(s: Session) -> bool:
-    return s.get_bind().dialect.name == "sqlite"
-
-
-def _driver(s: Session) -> Any:
-    """The session's sqlite3 connection, in the session's transaction: an event's few statements executed by the
-    driver, without SQLAlchemy's result and event machinery around each (about 10 us a statement, a fifth of what
-    scoring added to an event's transaction)."""
-    return s.connection().connection.driver_connection
-
-
 def _dumps(value: Any) -> str:
     """JSON text of the health tables' components and reasons (ids, numbers, booleans): orjson, ten times faster than
     json.dumps on a score's components; compact, which SQLAlchemy's JSON type reads back alike."""
@@ -431,11 +424,11 @@ def _from_sqlite_time(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def _executemany(s: Session, sql: str, rows: list[tuple[Any, ...]]) -> None:
+def _executemany(driver: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
     if len(rows) == 1:
-        _driver(s).execute(sql, rows[0])
+        driver.execute(sql, rows[0])
     elif rows:
-        _driver(s).executemany(sql, rows)
+        driver.executemany(sql, rows)
 
 
 @dataclass(frozen=True)
@@ -457,8 +450,8 @@ def _history_row(r: Any) -> HistoryRow:
 
 
 def add_history(s: Session, rows: Sequence[HistoryRow]) -> None:
-    if _raw_sqlite(s):
-        _executemany(s, _RAW_INSERT_HISTORY, [
+    if (driver := sqlite_driver(s)) is not None:
+        _executemany(driver, _RAW_INSERT_HISTORY, [
             (r.account_id, r.scorecard_id, r.score, r.band, _sqlite_time(r.computed_at), r.previous_score,
              r.previous_band, _dumps(list(r.reasons)), r.cause)
             for r in rows
