@@ -206,18 +206,17 @@ def _settings_to_start(command: str):  # type: ignore[no-untyped-def]
 def _health_nightly(command: str) -> str:
     """PLAYBOOK_HEALTH_NIGHTLY (scenarios recompute health at its nights, as production does), or one line on stderr
     saying why it cannot be used, and exit 2."""
-    from .language.meaning import cron_problem
     from .runtime.settings import SettingsError, load_settings
 
     try:
-        nightly = load_settings().health_nightly
+        settings = load_settings()
     except SettingsError as err:
         print(f"playbook {command}: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
-    if nightly and (why := cron_problem(nightly)) is not None:
-        print(f"playbook {command}: PLAYBOOK_HEALTH_NIGHTLY: {why}", file=sys.stderr)
+    if (why := settings.health_nightly_problem()) is not None:
+        print(f"playbook {command}: {why}", file=sys.stderr)
         raise typer.Exit(2)
-    return nightly
+    return settings.health_nightly
 
 
 async def _dev_stack(settings, port: int, ui_port: int) -> None:  # type: ignore[no-untyped-def]

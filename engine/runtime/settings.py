@@ -261,13 +261,20 @@ class Settings(BaseSettings):
     def logs_as_json(self) -> bool:
         return (self.log_format or ("console" if self.is_dev else "json")) == "json"
 
+    def health_nightly_problem(self) -> str | None:
+        """Why PLAYBOOK_HEALTH_NIGHTLY is not a cron expression (None: it is, or it is empty: no nightly recompute);
+        checked at start-up, and by `playbook test` and `playbook diff`, whose scenarios recompute at its nights."""
+        if not self.health_nightly:
+            return None
+        from engine.language.meaning import cron_problem
+
+        why = cron_problem(self.health_nightly)
+        return None if why is None else f"PLAYBOOK_HEALTH_NIGHTLY: {why}"
+
     def check(self) -> Settings:
         problems = []
-        if self.health_nightly:
-            from engine.language.meaning import cron_problem
-
-            if (why := cron_problem(self.health_nightly)) is not None:
-                problems.append(f"PLAYBOOK_HEALTH_NIGHTLY: {why}")
+        if (nightly := self.health_nightly_problem()) is not None:
+            problems.append(nightly)
         if self.email_provider not in ("outbox", "sendgrid"):
             problems.append(f"PLAYBOOK_EMAIL_PROVIDER must be outbox or sendgrid, not {self.email_provider!r}")
         if self.crm_provider not in ("builtin", "hubspot"):
