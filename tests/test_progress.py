@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -28,7 +30,14 @@ from temporalio.worker import Replayer
 from activities.crm import BuiltinCrm, seed
 from activities.email import OutboxProvider
 from activities.playbook_activities import PlaybookActivities
-from activities.types import Done, ProgressReport
+from activities.types import (
+    ApprovalCreated,
+    ApprovalRequest,
+    CallTaskRequest,
+    CallTaskResult,
+    Done,
+    ProgressReport,
+)
 from engine.interpreter import core
 from engine.interpreter.messages import EVENT_SIGNAL, WORKFLOW_NAME, Carried, Event, RunInput, RunResult
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
@@ -309,6 +318,93 @@ def test_a_cancelled_run_closes_its_open_call_task_and_approval(tmp_path):
                 assert [x.status for x in s.scalars(select(t.Approval))] == ["cancelled"]
             row = world.row(key)
             assert row is not None and row.status == "cancelled"
+            await replays(handle)
+
+    run(scenario())
+
+
+class HeldCreations:
+    """The real create_call_task and create_approval, held at their start until released: a run can be stopped
+    while they run. Each still writes its row when released, as an activity the run no longer waits for does."""
+
+    def __init__(self, db_url: str) -> None:
+        self.acts = PlaybookActivities(db_url, BuiltinCrm(db_url), OutboxProvider())
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def all(self) -> list[Any]:
+        held = {"create_call_task": self.create_call_task, "create_approval": self.create_approval}
+        return [held.get(activity._Definition.must_from_callable(a).name, a) for a in self.acts.all()]
+
+    def hold(self) -> None:
+        self.started.release()
+        assert self.release.wait(20)
+
+    @activity.defn(name="create_call_task")
+    def create_call_task(self, req: CallTaskRequest) -> CallTaskResult:
+        self.hold()
+        return self.acts.create_call_task(req)
+
+    @activity.defn(name="create_approval")
+    def create_approval(self, req: ApprovalRequest) -> ApprovalCreated:
+        self.hold()
+        return self.acts.create_approval(req)
+
+    async def both_started(self) -> None:
+        for _ in range(2):
+            assert await asyncio.to_thread(self.started.acquire, True, 10)
+
+
+async def handled(handle: WorkflowHandle[Any, Any], event_type: EventType.ValueType) -> None:
+    """Until the run's worker has completed a workflow task after the latest event of this type."""
+    deadline = time.monotonic() + 10
+    while True:
+        kinds = [e.event_type for e in (await handle.fetch_history()).events]
+        if event_type in kinds and EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[
+            len(kinds) - kinds[::-1].index(event_type):
+        ]:
+            return
+        assert time.monotonic() < deadline, f"no workflow task completed after {event_type}"
+        await asyncio.sleep(0.05)
+
+
+EXITING_ASKS = ASKING.replace("id: progress-asking", "id: progress-exiting-asks").replace(
+    "trigger: { manual: true }", "trigger: { manual: true }\nexit_when:\n  - { event: account.churned }"
+)
+
+
+@pytest.mark.parametrize("stop", ["cancel", "exit"])
+def test_a_run_stopped_while_its_call_task_and_approval_are_being_created_closes_them(tmp_path, stop):
+    """The run is cancelled, or an exit event comes, while the activities creating its call task and approval still
+    run: they finish (the rows are written), and the run closes both as cancelled before it ends; neither stays in
+    the inbox. Before, the creations were cancelled with the run and the rows they wrote stayed open."""
+
+    async def scenario() -> None:
+        held = HeldCreations(f"sqlite:///{tmp_path / 'playbook.db'}")
+        async with lab(tmp_path, held.all()) as world:
+            handle = await world.start(playbook(ASKING if stop == "cancel" else EXITING_ASKS))
+            await held.both_started()
+            if stop == "cancel":
+                await handle.cancel()
+                await handled(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
+            else:
+                await world.event(handle, "account.churned")
+                await handled(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+            with session(world.db_url) as s:  # nothing written yet: both creations are held
+                assert s.scalars(select(t.CallTask)).all() == [] and s.scalars(select(t.Approval)).all() == []
+            held.release.set()
+            if stop == "cancel":
+                with pytest.raises(WorkflowFailureError):
+                    await handle.result()
+            else:
+                assert (await handle.result()).outcome == "exited"
+            with session(world.db_url) as s:
+                assert [x.status for x in s.scalars(select(t.CallTask))] == ["cancelled"]
+                assert [x.status for x in s.scalars(select(t.Approval))] == ["cancelled"]
+            key = handle.first_execution_run_id
+            assert key is not None
+            row = world.row(key)
+            assert row is not None and row.status == ("cancelled" if stop == "cancel" else "exited")
             await replays(handle)
 
     run(scenario())

@@ -67,6 +67,10 @@ PROGRESS_PATCH = "run-progress"
 # and approvals as cancelled, as an exit or a stop does; before it they stayed open in the inbox. Asked only when a
 # run is cancelled, so other runs' histories do not change.
 CANCEL_CLOSES_ASKS_PATCH = "cancel-closes-asks"
+# Runs started since this patch let the creation of a call task or approval they wait for finish when the run exits
+# or is cancelled meanwhile, and close what it made with their other open asks. Before it the creation was cancelled
+# with the run; when its activity had already written the row, the task or approval stayed open in the inbox for good.
+ASK_CREATION_PATCH = "ask-creation-finishes"
 # The step kinds a run of the control group (settings.control) skips with the reason "control": every effect on
 # the world. Waits, wait_for, set, switch, split, for_each and stop run as in a treated run, and goals still count.
 CONTROL_SKIPPED = frozenset({"email", "call_task", "crm", "assign", "approval", "run_playbook"})
@@ -218,6 +222,7 @@ class SeenEvent:
 
 
 Runner = Callable[[Any, Any, Scope], Awaitable[dict[str, Any]]]
+OpenedAsk = Callable[[Any], tuple[str, str]]  # a creation's result -> (task/approval id, kind)
 
 
 class InterpreterCore:
@@ -245,6 +250,7 @@ class InterpreterCore:
         self.statuses: dict[str, dict[str, Any]] = {}  # step id -> {status, result}
         self.pending: dict[str, PendingAsk] = {}
         self.open_asks: dict[str, str] = {}  # task/approval id -> kind, until answered, timed out or closed
+        self.creating: dict[asyncio.Task[Any], OpenedAsk] = {}  # creations of asks the run was stopped during
         # Events: every one gets a sequence number; only those of a type some wait_for listens to are kept.
         self.seq = 0
         self.events: list[SeenEvent] = []
@@ -470,6 +476,39 @@ class InterpreterCore:
             raise activity_failure(name, err) from None
         self.stop_if_exiting()
         return result
+
+    async def create_ask(
+        self, step: m.Step, scope: Scope, name: str, arg: Any, result_type: type, opened: OpenedAsk
+    ) -> Any:
+        """Creates a call task or approval the step will wait for, as ``call`` does, with one difference: when the
+        run exits or is cancelled while the activity runs, the activity is not cancelled with it. Its row may be
+        written already; so the creation finishes and close_open_asks closes what it made. The ask is open from
+        the moment its result is known, before an exit in the same workflow task can stop the step."""
+        if not workflow.patched(ASK_CREATION_PATCH):
+            return await self.call(step, scope, name, arg, result_type)
+        async with self.slot(scope):
+            creating = workflow.start_activity(name, arg, result_type=result_type, **self.options(step, scope))
+            self.creating[creating] = opened
+            await asyncio.wait([creating])  # a cancel stops this wait, not the activity: it stays in self.creating
+        del self.creating[creating]
+        try:
+            result = creating.result()
+        except ActivityError as err:
+            raise activity_failure(name, err) from None
+        ask_id, kind = opened(result)
+        self.open_asks[ask_id] = kind
+        self.stop_if_exiting()
+        return result
+
+    async def creations_finished(self) -> None:
+        """The creations a stop interrupted have finished; what they made is among the open asks."""
+        while self.creating:
+            creating, opened = next(iter(self.creating.items()))
+            await asyncio.wait([creating])
+            del self.creating[creating]
+            if not creating.cancelled() and creating.exception() is None:  # a failed creation made nothing
+                ask_id, kind = opened(creating.result())
+                self.open_asks[ask_id] = kind
 
     # ----------------------------------------------------------------- exits
 

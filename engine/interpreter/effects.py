@@ -233,7 +233,13 @@ class EffectSteps(WaitingSteps):
             outcomes=list(step.outcomes),
             wait=step.wait,
         )
-        created: act.CallTaskResult = await self.call(step, scope, "create_call_task", request, act.CallTaskResult)
+        created: act.CallTaskResult
+        if step.wait:
+            created = await self.create_ask(
+                step, scope, "create_call_task", request, act.CallTaskResult, _opened_task
+            )
+        else:  # a task nobody waits for stays in the inbox whatever becomes of the run
+            created = await self.call(step, scope, "create_call_task", request, act.CallTaskResult)
         result: dict[str, Any] = {"task_id": created.task_id, "assignee": created.assignee, "outcome": None}
         if not step.wait:
             return result
@@ -293,3 +299,7 @@ class EffectSteps(WaitingSteps):
         for name, value in step.values.items():
             scope.vars[name] = self.render(value, scope)
         return {}
+
+
+def _opened_task(created: act.CallTaskResult) -> tuple[str, str]:
+    return created.task_id, "call_task"

@@ -114,7 +114,9 @@ class WaitingSteps(InterpreterCore):
                 draft=draft,
                 due_at=due.isoformat() if due else None,
             )
-            created: act.ApprovalCreated = await self.call(step, scope, "create_approval", request, act.ApprovalCreated)
+            created: act.ApprovalCreated = await self.create_ask(
+                step, scope, "create_approval", request, act.ApprovalCreated, _opened_approval
+            )
             ask = PendingAsk(Pending("approval", created.approval_id, step.id, list(created.deciders)))
             self.note(step, "waiting", f"for approval {created.approval_id} by {', '.join(created.deciders) or 'ops'}")
             answer: Decision | None = await self.await_answer(step, ask, due)
@@ -216,3 +218,7 @@ class WaitingSteps(InterpreterCore):
                 f"{o.by!r} may not record the outcome of task {ask.info.id}; it is {ask.info.deciders[0]}'s"
             )
         return ask
+
+
+def _opened_approval(created: act.ApprovalCreated) -> tuple[str, str]:
+    return created.approval_id, "approval"

@@ -119,7 +119,9 @@ class Interpreter(EffectSteps, FlowSteps):
         self.starting_slices.discard(child_id)
 
     async def close_open_asks(self) -> None:
-        """Tasks and approvals the run no longer waits for leave the inbox as cancelled."""
+        """Tasks and approvals the run no longer waits for leave the inbox as cancelled, those still being created
+        when the run stopped too."""
+        await self.creations_finished()
         for ask_id, kind in list(self.open_asks.items()):
             request: Any
             if kind == "call_task":
