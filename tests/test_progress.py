@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -350,8 +351,8 @@ class HeldCreations:
         self.hold()
         return self.acts.create_approval(req)
 
-    async def both_started(self) -> None:
-        for _ in range(2):
+    async def have_started(self, count: int) -> None:
+        for _ in range(count):
             assert await asyncio.to_thread(self.started.acquire, True, 10)
 
 
@@ -383,7 +384,7 @@ def test_a_run_stopped_while_its_call_task_and_approval_are_being_created_closes
         held = HeldCreations(f"sqlite:///{tmp_path / 'playbook.db'}")
         async with lab(tmp_path, held.all()) as world:
             handle = await world.start(playbook(ASKING if stop == "cancel" else EXITING_ASKS))
-            await held.both_started()
+            await held.have_started(2)
             if stop == "cancel":
                 await handle.cancel()
                 await handled(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
@@ -405,6 +406,47 @@ def test_a_run_stopped_while_its_call_task_and_approval_are_being_created_closes
             assert key is not None
             row = world.row(key)
             assert row is not None and row.status == ("cancelled" if stop == "cancel" else "exited")
+            await replays(handle)
+
+    run(scenario())
+
+
+SLICED_ASKS = """\
+id: progress-sliced-asks
+title: An approval per item, in a slice
+trigger: { manual: true }
+exit_when:
+  - { event: account.churned }
+steps:
+  - id: items
+    for_each:
+      items: range(120) | list
+      as: n
+      concurrency: 120
+      steps:
+        - id: ok
+          approval: { approvers: [owner], message: "Go on with {{ n }}?", timeout: 5d }
+"""
+
+
+def test_an_exit_while_a_slices_approvals_are_being_created_closes_every_one(tmp_path):
+    """120 items run in a slice (a child workflow); the exit comes while their creations run (the worker's 50
+    activity threads held, the rest queued). The slice lets every creation finish, then closes them all: no
+    approval is left pending, whichever moment its creation had reached."""
+
+    async def scenario() -> None:
+        held = HeldCreations(f"sqlite:///{tmp_path / 'playbook.db'}")
+        async with lab(tmp_path, held.all()) as world:
+            handle = await world.start(playbook(SLICED_ASKS))
+            await held.have_started(50)
+            await world.event(handle, "account.churned")
+            await handled(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+            held.release.set()
+            result = await handle.result()
+            assert result.outcome == "exited"
+            with session(world.db_url) as s:
+                statuses = Counter(x.status for x in s.scalars(select(t.Approval)))
+            assert set(statuses) == {"cancelled"} and statuses["cancelled"] >= 50, statuses
             await replays(handle)
 
     run(scenario())
