@@ -1,8 +1,9 @@
-"""The three reads of an account's measure values agree (engine/storage/health.py): account_state (an event's
-update on SQLite: one statement, SQLite summing), account_event_values (an event's update elsewhere: the account's
-rows summed in Python) and event_values (the nightly pass: grouped sums per page). Values in and out of their
-windows, on the window's edge, in the future, several per instant, `last` measures with and without a window, and
-scorecards the account's events do not feed: an event's score and the night's are computed from the same numbers."""
+"""The three reads of an account's measure values agree (engine/storage/health.py), on SQLite and PostgreSQL:
+account_state (an event's update: on SQLite one statement of its own), account_event_values (an event's update on
+PostgreSQL: one UNION ALL) and event_values (the nightly pass: grouped sums per page), the database summing in
+each. Values in and out of their windows, on the window's edge, in the future, several per instant, `last`
+measures with and without a window, and scorecards the account's events do not feed: an event's score and the
+night's are computed from the same numbers."""
 
 from __future__ import annotations
 
@@ -58,14 +59,29 @@ _rows = st.lists(st.tuples(st.sampled_from(MEASURES), _minutes, _value), max_siz
     other=[(("alpha", "nps"), 0, 5.0)],
 )
 def test_an_events_read_and_the_nights_read_agree(tmp_path: Path, rows: list, other: list) -> None:
+    db_url = f"sqlite:///{tmp_path / 'playbook.db'}"
+    migrate(db_url)
+    agree(tmp_path, db_url, rows, other)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_rows, other=_rows)
+@example(
+    rows=[(("alpha", "nps"), 60, 3.0), (("alpha", "nps"), 60, 9.0), (("beta", "csat"), 14 * 1440, 10.0),
+          (("alpha", "tickets_7d"), 7 * 1440, 1.0), (("alpha", "tickets_7d"), 7 * 1440 - 1, 1.0)],
+    other=[(("alpha", "nps"), 0, 5.0)],
+)
+def test_the_reads_agree_on_postgresql(tmp_path: Path, postgres: str, rows: list, other: list) -> None:
+    agree(tmp_path, postgres, rows, other)
+
+
+def agree(tmp_path: Path, db_url: str, rows: list, other: list) -> None:
     folder = tmp_path / "cards"
     folder.mkdir(exist_ok=True)
     for name, text in CARDS.items():
         (folder / name).write_text(text, encoding="utf-8")
     cards = read_scorecards(folder)
     assert [c.id for c in cards] == ["alpha", "beta"]
-    db_url = f"sqlite:///{tmp_path / 'playbook.db'}"
-    migrate(db_url)
     with session(db_url) as s:
         s.execute(hs._VALUES.delete())
         for account, values in (("acc-1", rows), ("acc-2", other)):  # acc-2: rows that must not leak into acc-1's

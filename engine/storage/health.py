@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from engine.storage import models as t
@@ -157,37 +157,56 @@ def event_values(
     return found
 
 
-@functools.lru_cache(maxsize=2)
-def _account_rows(windowed: bool) -> Any:
-    query = (
-        select(_VALUES.c.scorecard_id, _VALUES.c.measure_id, _VALUES.c.at, _VALUES.c.value)
-        .where(_VALUES.c.account_id == bindparam("account_id"))
-        .order_by(_VALUES.c.at, _VALUES.c.id)
-    )
-    return query.where(_VALUES.c.at > bindparam("since")) if windowed else query
+@functools.lru_cache(maxsize=256)
+def _account_values_query(shape: tuple[tuple[bool, bool], ...]) -> Any:
+    """account_event_values's statement for queries of this shape, per part (last, windowed): a `last` measure's
+    newest value or a scorecard's grouped sums over one window, all in one UNION ALL; parameters p<n>_*."""
+    parts: list[Any] = []
+    for n, (last, windowed) in enumerate(shape):
+        where = [_VALUES.c.account_id == bindparam("account_id"), _VALUES.c.scorecard_id == bindparam(f"p{n}_card")]
+        if windowed:
+            where.append(_VALUES.c.at > bindparam(f"p{n}_since"))
+        if last:
+            newest = (
+                select(_VALUES.c.scorecard_id, _VALUES.c.measure_id, _VALUES.c.value)
+                .where(*where, _VALUES.c.measure_id == bindparam(f"p{n}_measure"))
+                .order_by(_VALUES.c.at.desc(), _VALUES.c.id.desc())
+                .limit(1)
+                .subquery()
+            )
+            parts.append(select(newest.c.scorecard_id, newest.c.measure_id, newest.c.value))
+        else:
+            parts.append(
+                select(_VALUES.c.scorecard_id, _VALUES.c.measure_id, func.sum(_VALUES.c.value))
+                .where(*where, _VALUES.c.measure_id.in_(bindparam(f"p{n}_measures", expanding=True)))
+                .group_by(_VALUES.c.scorecard_id, _VALUES.c.measure_id)
+            )
+    return union_all(*parts)
 
 
 def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQuery]) -> dict[tuple[str, str], float]:
-    """(scorecard, measure) -> the measure's value for one account (an event's update), as event_values gives it:
-    the sum over the window (an absent key: no event in it) or the last value. One query: the account's values since
-    the widest window (all of them when a measure has none), summed here. The nightly pass prunes what has left its
-    window, so an account's rows are the events of its windows."""
+    """(scorecard, measure) -> the measure's value for one account (an event's update on PostgreSQL), as
+    event_values gives it: the sum over the window (an absent key: no event in it) or the last value. One
+    statement, the database summing (the same SUM the nightly pass gets), as account_state's on SQLite."""
     if not queries:
         return {}
-    wanted = {(q.scorecard_id, q.measure_id): q for q in queries}
-    starts = [q.since for q in queries]
-    widest = None if any(x is None for x in starts) else utc(min(x for x in starts if x is not None))
+    shape: list[tuple[bool, bool]] = []
     params: dict[str, Any] = {"account_id": account_id}
-    if widest is not None:
-        params["since"] = widest
-    found: dict[tuple[str, str], float] = {}
-    for card, measure, at, value in s.execute(_account_rows(widest is not None), params):
-        q = wanted.get((card, measure))
-        if q is None or (q.since is not None and utc(at) <= utc(q.since)):
-            continue  # no measure asked for it, or outside its measure's window
-        key = (card, measure)
-        found[key] = float(value) if q.last else found.get(key, 0.0) + float(value)  # in time order: the last stays
-    return found
+    for q in queries:
+        if q.last:
+            n = len(shape)
+            shape.append((True, q.since is not None))
+            params[f"p{n}_card"], params[f"p{n}_measure"] = q.scorecard_id, q.measure_id
+            if q.since is not None:
+                params[f"p{n}_since"] = utc(q.since)
+    for (card, since), measures in _sum_groups(queries).items():
+        n = len(shape)
+        shape.append((False, since is not None))
+        params[f"p{n}_card"], params[f"p{n}_measures"] = card, measures
+        if since is not None:
+            params[f"p{n}_since"] = utc(since)
+    return {(card, measure): float(value or 0.0)
+            for card, measure, value in s.execute(_account_values_query(tuple(shape)), params)}
 
 
 # An account's score rows and its measures' values in one statement (SQLite: no row locks to take first): the
