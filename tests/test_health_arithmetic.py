@@ -26,6 +26,8 @@ from engine.language.health import (
     number,
     reasons,
     round1,
+    shown_change,
+    shown_number,
 )
 from engine.language.scorecard import Band, Measure, Scorecard, ScoreRule, validate_scorecard_text
 
@@ -616,3 +618,14 @@ def test_round1_is_round_to_one_decimal(x):
                                0.04999999999999999, 99.95, 1e12 - 0.05, 1e15 + 0.5, float("inf"), float("nan"), 7])
 def test_round1_at_its_edges(x):
     assert exactly(round1(x)) == exactly(round(x, 1))
+
+
+@pytest.mark.parametrize(("value", "number", "change"), [
+    (None, "–", "–"), (60.0, "60", "+60"), (59.96, "60", "+60"), (58.84, "58.8", "+58.8"), (-18.8, "-18.8", "−18.8"),
+    (-0.04, "0", "±0"), (0.0, "0", "±0"), (0.05, "0.1", "+0.1"), (-53.333, "-53.3", "−53.3"),
+])
+def test_scores_and_points_are_shown_with_one_decimal_at_most(value, number, change) -> None:
+    """The ops pages, the inbox and the CLI show a score or points alike: 59.96 is 60 everywhere (not 60.0), a
+    change that rounds to nothing is ±0, never −0."""
+    assert (shown_number(value), shown_change(value)) == (number, change)
+    assert shown_change(value, "-", minus="-") == change.replace("−", "-").replace("–", "-")

@@ -55,25 +55,13 @@ def _label(outcome: str) -> str:
     return outcome.replace("_", " ").capitalize()
 
 
-def _points(value: float | None) -> str:
-    """A score or a measure's value as the inbox shows it: 42.5, 40 (no .0), or a dash when missing."""
-    if value is None:
-        return "–"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
-
-
-def _signed(value: float) -> str:
-    """Points a measure costs or gives, with a real minus sign: −30, +4.5."""
-    return ("−" if value < 0 else "+") + _points(abs(value))
-
-
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
 )
 _env.filters["when"] = _when
 _env.filters["label"] = _label
-_env.filters["points"] = _points
-_env.filters["signed"] = _signed
+_env.filters["points"] = hl.shown_number
+_env.filters["signed"] = hl.shown_change
 templates = Jinja2Templates(env=_env)
 
 

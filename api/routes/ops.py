@@ -104,22 +104,6 @@ def _segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
-def _score(value: float | None) -> str:
-    """A score or points: 58.8, 60, '–' for none."""
-    if value is None:
-        return "–"
-    return f"{value:.1f}".removesuffix(".0")
-
-
-def _points(value: float | None) -> str:
-    """A change in points: '+4.2', '−18.8', '±0', '–' for none."""
-    if value is None:
-        return "–"
-    rounded = round(value, 1)
-    sign = "+" if rounded > 0 else "−" if rounded < 0 else "±"
-    return f"{sign}{_score(abs(rounded))}"
-
-
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
 )
@@ -129,8 +113,8 @@ _env.filters["pct"] = ops_chart.pct
 _env.filters["signed_pct"] = ops_chart.signed_pct
 _env.filters["redact"] = redact
 _env.filters["segment"] = _segment
-_env.filters["score"] = _score
-_env.filters["points"] = _points
+_env.filters["score"] = hl.shown_number
+_env.filters["points"] = hl.shown_change
 templates = Jinja2Templates(env=_env)
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from engine.language import health as hl
 from engine.storage.db import utc
 
 if TYPE_CHECKING:
@@ -47,13 +48,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _number(value: float | None, empty: str = "-") -> str:
-    if value is None:
-        return empty
-    return f"{value:.1f}".removesuffix(".0") if float(value).is_integer() else f"{value:.1f}"
+    return hl.shown_number(value, empty)
 
 
 def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1f}"
+    return hl.shown_change(value, "-", minus="-")
 
 
 def _read(account_id: str) -> list[AccountHealth]:
@@ -148,8 +147,9 @@ def show(
             )
         console.print(table)
         if body["reasons"]:
+            reasons = "; ".join(f"{r['title']} ({_signed(r['points'])} points)" for r in body["reasons"])
             console.print(
-                "holding it down: " + "; ".join(f"{r['title']} ({r['points']:+.1f} points)" for r in body["reasons"]),
+                "holding it down: " + reasons,
                 markup=False, highlight=False,
             )
 

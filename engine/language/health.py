@@ -431,3 +431,20 @@ def explain(result: HealthResult) -> list[str]:
     else:
         lines.append(f"total: {_fmt(result.score)} -> band {result.band}")
     return lines
+
+
+def shown_number(value: float | None, empty: str = "–") -> str:
+    """A score, points or a measure's value as people read them (the ops pages, the inbox, the CLI): one decimal
+    at most, none when it rounds whole (58.8, 60, 0 for -0.04); ``empty`` when there is none."""
+    if value is None:
+        return empty
+    return f"{round(float(value), 1) + 0.0:.1f}".removesuffix(".0")  # + 0.0: -0.0 is shown 0
+
+
+def shown_change(value: float | None, empty: str = "–", minus: str = "−") -> str:
+    """A change in points, or what a measure costs: +4.2, −18.8 (a real minus sign; the CLI passes "-"), ±0."""
+    if value is None:
+        return empty
+    rounded = round(float(value), 1)
+    sign = "+" if rounded > 0 else minus if rounded < 0 else "±"
+    return sign + shown_number(abs(rounded))
