@@ -52,6 +52,7 @@ from engine.storage import progress
 from engine.storage.db import migrate, session
 from engine.testing import scenarios
 from tests.postgres import empty
+from tests.split_history import split_after_local_activities
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,13 +191,18 @@ def run(coro: Any) -> Any:
 
 
 async def replays(*handles: WorkflowHandle[Any, Any]) -> None:
-    """The runs' histories, reports and all, replay on the same code (the reports are deterministic)."""
+    """The runs' histories, reports and all, replay on the same code (the reports are deterministic), also as a
+    worker may have written them: each local activity's result in one workflow task, its use in the next
+    (tests/split_history.py)."""
     replayer = Replayer(
         workflows=[PlaybookRun, PlaybookForEachChunk], workflow_runner=sandbox_runner(), data_converter=DATA_CONVERTER
     )
     for handle in handles:
-        result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
-        assert result.replay_failure is None, result.replay_failure
+        written = await handle.fetch_history()
+        split, _ = split_after_local_activities(written)
+        for history in (written, split):
+            result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+            assert result.replay_failure is None, result.replay_failure
 
 
 # ------------------------------------------------------------------ runs as they move

@@ -32,6 +32,7 @@ from engine.interpreter.messages import FOR_EACH_WORKFLOW_NAME, WORKFLOW_NAME
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 from engine.runtime.workers import DATA_CONVERTER, sandbox_runner
 from tests.paths import ROOT
+from tests.split_history import split_after_local_activities
 
 HISTORIES = ROOT / "tests" / "histories"
 
@@ -83,6 +84,17 @@ def test_every_recorded_history_is_indexed_and_both_workflows_are_covered(releas
 @pytest.mark.parametrize(("release", "file"), CASES, ids=[f"{r}/{f.removesuffix('.json')}" for r, f in CASES])
 def test_recorded_history_replays(release, file):
     result = asyncio.run(replayer(PlaybookRun, PlaybookForEachChunk).replay_workflow(history(release, file)))
+    assert result.replay_failure is None
+
+
+@pytest.mark.parametrize(("release", "file"), CASES, ids=[f"{r}/{f.removesuffix('.json')}" for r, f in CASES])
+def test_recorded_history_replays_with_each_local_activitys_use_in_the_next_task(release, file):
+    """The same history as a loaded worker may have written it (tests/split_history.py): each local activity's
+    result in one workflow task, what the run did with it in the next."""
+    split, splits = split_after_local_activities(history(release, file))
+    if workflow_type(release, file) == WORKFLOW_NAME:  # every run loads its account (a local activity since 0.2.0)
+        assert splits >= (1 if release != "0.1.0" else 0)
+    result = asyncio.run(replayer(PlaybookRun, PlaybookForEachChunk).replay_workflow(split))
     assert result.replay_failure is None
 
 

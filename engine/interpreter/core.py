@@ -70,6 +70,9 @@ CANCEL_CLOSES_ASKS_PATCH = "cancel-closes-asks"
 # Runs started since this patch let the creation of a call task or approval they wait for finish when the run exits
 # or is cancelled meanwhile, and close what it made with their other open asks. Before it the creation was cancelled
 # with the run; when its activity had already written the row, the task or approval stayed open in the inbox for good.
+# Asked when the workflow starts (use_ask_creation), not at the creation: there, in the workflow task after a local
+# activity's (load_account's, when its result comes after its task completed), a replay meets the marker before the
+# SDK knows of it, and fails with a nondeterminism error (seen in tests/test_lost_answer.py on a loaded machine).
 ASK_CREATION_PATCH = "ask-creation-finishes"
 # The step kinds a run of the control group (settings.control) skips with the reason "control": every effect on
 # the world. Waits, wait_for, set, switch, split, for_each and stop run as in a treated run, and goals still count.
@@ -251,6 +254,7 @@ class InterpreterCore:
         self.pending: dict[str, PendingAsk] = {}
         self.open_asks: dict[str, str] = {}  # task/approval id -> kind, until answered, timed out or closed
         self.creating: dict[asyncio.Task[Any], OpenedAsk] = {}  # creations of asks the run was stopped during
+        self.creations_finish = False  # ASK_CREATION_PATCH, decided when the workflow starts (use_fanout)
         # Events: every one gets a sequence number; only those of a type some wait_for listens to are kept.
         self.seq = 0
         self.events: list[SeenEvent] = []
@@ -277,8 +281,10 @@ class InterpreterCore:
         self.blocked = 0  # while reporting: the steps blocked now in a wait (time, an event, a person, children)
 
     def use_fanout(self) -> None:
-        """Whether this run has the for_each of FANOUT_PATCH; decided once, when the workflow starts."""
+        """Whether this run has the for_each of FANOUT_PATCH, and lets an ask's creation finish when it stops
+        (ASK_CREATION_PATCH); each decided once, when the workflow starts."""
         self.fanout = workflow.patched(FANOUT_PATCH)
+        self.creations_finish = workflow.patched(ASK_CREATION_PATCH)
 
     # ----------------------------------------------------------------- context and values
 
@@ -484,7 +490,7 @@ class InterpreterCore:
         run exits or is cancelled while the activity runs, the activity is not cancelled with it. Its row may be
         written already; so the creation finishes and close_open_asks closes what it made. The ask is open from
         the moment its result is known, before an exit in the same workflow task can stop the step."""
-        if not workflow.patched(ASK_CREATION_PATCH):
+        if not self.creations_finish:
             return await self.call(step, scope, name, arg, result_type)
         async with self.slot(scope):
             creating = workflow.start_activity(name, arg, result_type=result_type, **self.options(step, scope))
