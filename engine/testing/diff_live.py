@@ -70,14 +70,13 @@ from engine.storage import models as t
 from engine.storage.db import migrate, session
 
 from .driver import ASKED_SIGNAL, DRIVER_NAME, Asked, DriverActivities, DriverInput, ScenarioDriver
-from .scenarios import failed_result, offset_text, test_server_path
+from .scenarios import SAME_MOMENT, failed_result, offset_text, test_server_path
 
 DEFAULT_LIMIT = 500
 READ_CONCURRENCY = 8  # histories read at once from the live cluster
 START_CONCURRENCY = 16  # replays started at once on the test server
 READ_TIMEOUT = 60.0  # seconds a replay has to say where it stands (a worker flooded, a query stuck)
 BATCH = 25  # runs replayed together (each twice): started, then read at their ages, before the next batch starts
-SAME_MOMENT = timedelta(minutes=1)  # effects this close on both versions are at the same moment (replay jitter)
 IN_PROGRESS = frozenset({"started", "waiting"})
 FINISHED = frozenset({"done", "skipped", "failed", "not_run"})
 KINDS = ("path", "emails", "now")  # what may differ for a run, in report order

@@ -30,7 +30,16 @@ from engine.runtime.connect import quiet_runtime
 from engine.storage import models as t
 from engine.storage.db import session
 
-from .scenarios import DEFAULT_NIGHTLY, DEFAULT_START, offset_text, run_checked, sqlite_database, test_server_path
+from .scenarios import (
+    DEFAULT_NIGHTLY,
+    DEFAULT_START,
+    SAME_MOMENT,
+    offset_seconds,
+    offset_text,
+    run_checked,
+    sqlite_database,
+    test_server_path,
+)
 
 
 @dataclass
@@ -226,11 +235,18 @@ def _effect_lines(
             continue
         remaining.remove(match)
         for field_name in ("to", "assignee", *compared):
-            if field_name in item and item[field_name] != match.get(field_name):
+            if field_name in item and not _same(field_name, item[field_name], match.get(field_name)):
                 lines.append(f"{name}: {field_name} {_value(item[field_name])} → {_value(match.get(field_name))}")
     for item in remaining:
         lines.append(f"{what} {item['step']} ({_effect_key(item)[1]}): only on the new version ({_describe(item)})")
     return lines
+
+
+def _same(field_name: str, a: Any, b: Any) -> bool:
+    """Equal; for "at", less than SAME_MOMENT apart (the scenario's clock runs in real time while effects are made)."""
+    if field_name == "at" and isinstance(a, str) and isinstance(b, str):
+        return abs(offset_seconds(a) - offset_seconds(b)) < SAME_MOMENT.total_seconds()
+    return bool(a == b)
 
 
 def _value(value: Any) -> str:

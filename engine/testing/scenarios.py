@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import secrets
 import shutil
 import tempfile
@@ -104,6 +105,19 @@ def _venv_binary(name: str) -> str | None:
 
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else None
+
+
+# Effects this close on two runs of one scenario are at the same moment: on the time-skipping server the clock runs
+# in real time while activities and workflow tasks are under way, so a loaded machine moves an effect a few seconds.
+SAME_MOMENT = timedelta(minutes=1)
+_OFFSET_PART = re.compile(r"(\d+)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def offset_seconds(text: str) -> int:
+    """offset_text's text back in seconds: "+3d2s" -> 259202."""
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _OFFSET_PART.findall(text))
+    return -seconds if text.startswith("-") else seconds
 
 
 def offset_text(delta: timedelta) -> str:
