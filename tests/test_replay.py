@@ -27,7 +27,7 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from engine.interpreter.core import FANOUT_PATCH, PROGRESS_PATCH
+from engine.interpreter.core import ASK_CREATION_PATCH, FANOUT_PATCH, PROGRESS_PATCH
 from engine.interpreter.messages import FOR_EACH_WORKFLOW_NAME, WORKFLOW_NAME
 from engine.interpreter.workflow import PlaybookForEachChunk, PlaybookRun
 from engine.runtime.workers import DATA_CONVERTER, sandbox_runner
@@ -110,6 +110,7 @@ class ReorderedPlaybookRun:
         timeout = timedelta(seconds=60)
         # the patches PlaybookRun asks for first, so the failure is about the reordering
         workflow.patched(FANOUT_PATCH)
+        workflow.patched(ASK_CREATION_PATCH)
         workflow.patched(PROGRESS_PATCH)
         await workflow.execute_activity("assign_owner", {}, start_to_close_timeout=timeout)
         await workflow.execute_local_activity(
