@@ -70,7 +70,7 @@ CANCEL_CLOSES_ASKS_PATCH = "cancel-closes-asks"
 # Runs started since this patch let the creation of a call task or approval they wait for finish when the run exits
 # or is cancelled meanwhile, and close what it made with their other open asks. Before it the creation was cancelled
 # with the run; when its activity had already written the row, the task or approval stayed open in the inbox for good.
-# Asked when the workflow starts (use_ask_creation), not at the creation: there, in the workflow task after a local
+# Asked when the workflow starts (use_fanout), not at the creation: there, in the workflow task after a local
 # activity's (load_account's, when its result comes after its task completed), a replay meets the marker before the
 # SDK knows of it, and fails with a nondeterminism error (seen in tests/test_lost_answer.py on a loaded machine).
 ASK_CREATION_PATCH = "ask-creation-finishes"
