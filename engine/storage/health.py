@@ -190,23 +190,36 @@ def account_event_values(s: Session, account_id: str, queries: Sequence[MeasureQ
     statement, the database summing (the same SUM the nightly pass gets), as account_state's on SQLite."""
     if not queries:
         return {}
-    shape: list[tuple[bool, bool]] = []
+    parts = _parts(queries)
     params: dict[str, Any] = {"account_id": account_id}
-    for q in queries:
-        if q.last:
-            n = len(shape)
-            shape.append((True, q.since is not None))
-            params[f"p{n}_card"], params[f"p{n}_measure"] = q.scorecard_id, q.measure_id
-            if q.since is not None:
-                params[f"p{n}_since"] = utc(q.since)
-    for (card, since), measures in _sum_groups(queries).items():
-        n = len(shape)
-        shape.append((False, since is not None))
-        params[f"p{n}_card"], params[f"p{n}_measures"] = card, measures
-        if since is not None:
-            params[f"p{n}_since"] = utc(since)
+    for n, part in enumerate(parts):
+        params[f"p{n}_card"] = part.scorecard_id
+        if part.last:
+            params[f"p{n}_measure"] = part.measures[0]
+        else:
+            params[f"p{n}_measures"] = part.measures
+        if part.since is not None:
+            params[f"p{n}_since"] = utc(part.since)
+    shape = tuple((part.last, part.since is not None) for part in parts)
     return {(card, measure): float(value or 0.0)
-            for card, measure, value in s.execute(_account_values_query(tuple(shape)), params)}
+            for card, measure, value in s.execute(_account_values_query(shape), params)}
+
+
+class _Part(NamedTuple):
+    """One part of an account's read of its measures' values (account_state, account_event_values)."""
+
+    last: bool  # a `last` measure's newest value; else the sums of a scorecard's measures over one window
+    scorecard_id: str
+    measures: list[str]  # the `last` measure alone
+    since: datetime | None
+
+
+def _parts(queries: Sequence[MeasureQuery]) -> list[_Part]:
+    """The parts of an account's read, in the order both statements take them: each `last` measure, then each
+    scorecard's summed measures per window (grouped as event_values groups them)."""
+    parts = [_Part(True, q.scorecard_id, [q.measure_id], q.since) for q in queries if q.last]
+    parts += [_Part(False, card, measures, since) for (card, since), measures in _sum_groups(queries).items()]
+    return parts
 
 
 # An account's score rows and its measures' values in one statement (SQLite: no row locks to take first): the
@@ -248,23 +261,17 @@ def account_state(
     driver = sqlite_driver(s)
     if driver is None:
         return scores_of_account(s, account_id, lock=lock), account_event_values(s, account_id, queries)
-    shape: list[tuple[bool, int, bool]] = []
+    parts = _parts(queries)
     params: list[Any] = [account_id]
-    for q in queries:
-        if q.last:
-            shape.append((True, 1, q.since is not None))
-            params += (account_id, q.scorecard_id, q.measure_id)
-            if q.since is not None:
-                params.append(_sqlite_time(q.since))
-    for (card, since), measures in _sum_groups(queries).items():  # as event_values: a part per scorecard and window
-        shape.append((False, len(measures), since is not None))
-        params += (account_id, card, *measures)
-        if since is not None:
-            params.append(_sqlite_time(since))
+    for part in parts:
+        params += (account_id, part.scorecard_id, *part.measures)
+        if part.since is not None:
+            params.append(_sqlite_time(part.since))
+    shape = tuple((part.last, len(part.measures), part.since is not None) for part in parts)
     scores: dict[str, ScoreRow] = {}
     found: dict[tuple[str, str], float] = {}
     for kind, card, measure, at, value, band, components, version, previous, previous_band in (
-        driver.execute(_state_sql(tuple(shape)), params)
+        driver.execute(_state_sql(shape), params)
     ):
         if kind == 0:
             scores[card] = ScoreRow(account_id, card, value, band, list(_loads(components) if components else []),
